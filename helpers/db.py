@@ -1,0 +1,106 @@
+"""ASE databases by path or URL: SQLite files by default, PostgreSQL when a URL is given.
+
+Every stage writes rows keyed by ``structure_id`` (a string: the COD id, or a name derived
+from the file for non-COD sources), so re-running a stage updates rather than duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ase.db
+from ase import Atoms
+from ase.db.core import Database
+from ase.db.row import AtomsRow
+
+URL_PREFIXES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
+
+
+def is_url(name: str | Path) -> bool:
+    """True for server database URLs (PostgreSQL/MySQL), False for file paths."""
+    return str(name).startswith(URL_PREFIXES)
+
+
+def connect(name: str | Path, *, must_exist: bool = False, **kwargs: Any) -> Database:
+    """Open an ASE database by file path (SQLite) or server URL.
+
+    ``must_exist`` turns a missing SQLite file into a clear ``FileNotFoundError`` instead of
+    silently creating an empty database (a typo in a path should not look like "no data").
+    """
+    name = str(name)
+    if is_url(name):
+        return ase.db.connect(name, **kwargs)
+    path = Path(name)
+    if must_exist and not path.is_file():
+        raise FileNotFoundError(f"database {path} does not exist (run the previous notebook first?)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return ase.db.connect(str(path), type="db", **kwargs)
+
+
+def rows(db: Database, **selection: Any) -> Iterator[AtomsRow]:
+    """All rows matching ``selection``, in id order."""
+    yield from db.select(sort="id", **selection)
+
+
+def ids_with(db: Database, key: str, **selection: Any) -> dict[str, int]:
+    """Map ``row[key]`` -> row id for rows that have ``key`` (e.g. every ``structure_id``)."""
+    out: dict[str, int] = {}
+    for row in db.select(key, columns=["id", "key_value_pairs"], **selection):
+        out[str(row.get(key))] = row.id
+    return out
+
+
+def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
+           data: dict | None = None, **key_value_pairs: Any) -> int:
+    """Write ``atoms`` as the single row matching ``match``: replace it if present.
+
+    Deletes and inserts in one transaction so a crash leaves either the old or the new row.
+    """
+    kvp = {**match, **key_value_pairs}
+    with db:
+        old = [row.id for row in db.select(**match, columns=["id"])]
+        if old:
+            db.delete(old)
+        return db.write(atoms, key_value_pairs=kvp, data=data or {})
+
+
+def sanitize(value: Any) -> Any:
+    """Make a value storable as an ASE db key-value pair (str, int, float, bool), else None."""
+    import math
+
+    import numpy as np
+
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace").decode("utf-8")
+        # ASE refuses strings that read as numbers ("1000001"): store those as numbers.
+        for kind in (int, float):
+            try:
+                number = kind(value)
+            except ValueError:
+                continue
+            return number if math.isfinite(number) else value
+        return value
+    return str(value)
+
+
+def clean_kvp(pairs: dict[str, Any]) -> dict[str, Any]:
+    """Drop None values and reserved names; coerce the rest to storable types."""
+    from ase.db.core import reserved_keys
+
+    out = {}
+    for key, value in pairs.items():
+        value = sanitize(value)
+        if value is None or key in reserved_keys or not key.isidentifier():
+            continue
+        out[key] = value
+    return out

@@ -1,0 +1,119 @@
+"""The study's step 2: put fetched CIFs into the raw ASE database, one row per entry.
+
+Unreadable entries are kept (empty Atoms, ``readable=False``, the exception text in
+``read_error``) so the filter can report them; nothing fetched is dropped silently.
+Re-loading the same entry replaces its row (keyed by ``structure_id``), never duplicates it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+from ase.db.core import Database
+
+from helpers import db as dbmod
+from helpers.cif import CifEntry, read_entries, sha256, single_block_text
+
+COD_ID = re.compile(r"^\d{7}$")
+
+
+@dataclass
+class CifFile:
+    """A fetched CIF: its text, where it came from, and its COD id when it is a COD entry."""
+
+    text: str
+    source: str
+    name: str
+    cod_id: int | None = None
+
+
+@dataclass
+class LoadReport:
+    """Counts from loading files into the raw database."""
+
+    files: int = 0
+    entries: int = 0
+    written: int = 0
+    unchanged: int = 0
+    unreadable: int = 0
+    outside_elements: int = 0
+    skipped_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+def structure_id(file: CifFile, entry: CifEntry, n_entries: int) -> str:
+    """Stable id: ``cod-<id>`` for COD entries, ``file-<name>[#block]`` otherwise."""
+    if file.cod_id is not None:
+        return f"cod-{file.cod_id}"
+    base = f"file-{file.name}"
+    return f"{base}#{entry.block}" if n_entries > 1 else base
+
+
+def entry_elements(entry: CifEntry) -> set[str] | None:
+    """Elements of an entry: from its atoms, else from its formula; None when unknown."""
+    if entry.atoms is not None and len(entry.atoms):
+        return set(entry.atoms.get_chemical_symbols())
+    elements = entry.metadata.get("cif_elements")
+    return set(elements.split(",")) if elements else None
+
+
+def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] | None = None,
+               progress: bool = True) -> LoadReport:
+    """Write every entry of ``files`` whose elements are within ``elements`` into ``db``."""
+    from tqdm.auto import tqdm
+
+    allowed = set(elements) if elements else None
+    existing = {sid: db.get(id=rid).get("sha256") for sid, rid in dbmod.ids_with(db, "structure_id").items()}
+    report = LoadReport()
+    for file in tqdm(files, desc="load raw", unit="file", disable=not progress):
+        report.files += 1
+        entries = read_entries(file.text, one_entry=file.cod_id is not None)
+        for entry in entries:
+            report.entries += 1
+            found = entry_elements(entry)
+            sid = structure_id(file, entry, len(entries))
+            if allowed is not None and found is not None and not found <= allowed:
+                report.outside_elements += 1
+                report.skipped_ids.append(sid)
+                continue
+            text = single_block_text(file.text, entry.block) if len(entries) > 1 else file.text
+            digest = sha256(text)
+            if existing.get(sid) == digest:
+                report.unchanged += 1
+                continue
+            write_entry(db, entry, file, sid, text, digest)
+            report.written += 1
+            report.unreadable += entry.atoms is None
+    return report
+
+
+def write_entry(db: Database, entry: CifEntry, file: CifFile, sid: str, text: str, digest: str) -> int:
+    """Write one entry to the raw database (replacing an older row of the same id)."""
+    atoms = entry.atoms if entry.atoms is not None else Atoms()
+    kvp: dict[str, Any] = {
+        **entry.metadata,
+        "cod_id": file.cod_id,
+        "block": entry.block or None,
+        "source": file.source,
+        "file_name": file.name,
+        "sha256": digest,
+        "readable": entry.atoms is not None,
+        "read_error": entry.error,
+        "elements": ",".join(sorted(set(atoms.get_chemical_symbols()))) or None,
+    }
+    data = {"cif": text}
+    if entry.atoms is not None and "occupancy" in entry.atoms.info:
+        data["occupancy"] = entry.atoms.info["occupancy"]
+    return dbmod.upsert(db, atoms, {"structure_id": sid}, data=data, **dbmod.clean_kvp(kvp))
+
+
+def cod_id_from_name(path: Path) -> int | None:
+    """COD id from a file name like ``1000001.cif`` (COD archive / rsync mirror layout)."""
+    return int(path.stem) if COD_ID.match(path.stem) else None
