@@ -16,8 +16,8 @@ SOURCE_ENV = "COD_SOURCE"
 
 
 def resolve_source(source: str | None = None) -> str:
-    """``COD_SOURCE`` if set, else ``source``, else the COD web service."""
-    return os.environ.get(SOURCE_ENV) or source or COD_URL
+    """An explicit ``source`` wins; else ``COD_SOURCE`` if set; else the COD web service."""
+    return source or os.environ.get(SOURCE_ENV) or COD_URL
 
 
 def is_url(source: str) -> bool:

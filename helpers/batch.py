@@ -1,0 +1,243 @@
+"""Run one batch of relaxations: the work behind one papermill run of ``03_relax``.
+
+Deterministic, cost-balanced batches; every finished structure is committed at once; a
+re-run skips what is done (same structure, same settings hash) and retries what crashed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ase import Atoms
+from ase.db.core import Database
+
+from helpers import db as dbmod
+from helpers.potentials import get_potential
+from helpers.relax import RelaxResult, RelaxSettings, relax, versions
+
+#: statuses that are final: a re-run does not redo them (``error``/``timeout`` are retried)
+FINAL_STATUSES = ("converged", "step_cap", "exploded", "skipped")
+#: above this fraction of exploded/error/timeout a batch warns loudly
+FAILURE_ALARM = 0.2
+#: clean-DB keys copied onto each relaxed row (the experimental reference travels with it)
+REFERENCE_KEYS = ("cod_id", "a_exp", "b_exp", "c_exp", "alpha_exp", "beta_exp", "gamma_exp", "V_exp",
+                  "density_exp", "temperature", "pressure", "spacegroup", "spacegroup_number",
+                  "cif_formula", "r_factor", "flag_high_pressure", "flag_no_temperature", "source")
+
+
+def relax_cost(natoms: int) -> float:
+    """Relative cost of relaxing ``natoms`` atoms: steps grow ~n, each step ~n (model + BFGS)."""
+    return float(natoms) ** 2
+
+
+def split_batches(items: list[tuple[str, int]], n_batches: int) -> list[list[str]]:
+    """Split ``(structure_id, natoms)`` into ``n_batches`` lists of about equal cost.
+
+    Longest-processing-time-first greedy assignment; ties broken by id, so the split is
+    the same on every machine and every run.
+    """
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+    loads = [0.0] * n_batches
+    batches: list[list[str]] = [[] for _ in range(n_batches)]
+    for sid, natoms in sorted(items, key=lambda x: (-relax_cost(x[1]), x[0])):
+        target = min(range(n_batches), key=lambda b: (loads[b], b))
+        batches[target].append(sid)
+        loads[target] += relax_cost(natoms)
+    return [sorted(b) for b in batches]
+
+
+def batch_ids(clean_db: Database, batch: int, n_batches: int) -> list[str]:
+    """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database."""
+    if not 0 <= batch < n_batches:
+        raise ValueError(f"batch must be in 0..{n_batches - 1}, got {batch}")
+    rows = clean_db.select("structure_id", columns=["id", "key_value_pairs", "numbers"])
+    items = [(row.structure_id, row.natoms) for row in rows]
+    return split_batches(items, n_batches)[batch]
+
+
+def output_path(out_db: str, potential: str, batch: int, n_batches: int) -> str:
+    """Where this job writes: ``out_db`` itself, or its per-batch shard when split.
+
+    ``{potential}`` in ``out_db`` is filled in. Server URLs take every job directly; SQLite
+    files get one shard per batch (one writer per file) that :func:`merge_shards` combines.
+    """
+    out = out_db.format(potential=potential)
+    if n_batches == 1 or dbmod.is_url(out):
+        return out
+    path = Path(out)
+    return str(path.with_name(f"{path.stem}.batch{batch:04d}of{n_batches:04d}{path.suffix}"))
+
+
+def shard_paths(out_db: str, potential: str) -> list[Path]:
+    """Existing shard files of ``out_db`` (all batch splits)."""
+    path = Path(out_db.format(potential=potential))
+    pattern = re.compile(re.escape(path.stem) + r"\.batch\d{4}of\d{4}" + re.escape(path.suffix) + "$")
+    return sorted(p for p in path.parent.glob(f"{path.stem}.batch*") if pattern.match(p.name))
+
+
+@dataclass
+class BatchReport:
+    """What one batch did, per structure and in total."""
+
+    potential: str
+    batch: int
+    n_batches: int
+    out_db: str
+    settings_hash: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped_done: int = 0
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def status_counts(self) -> Counter:
+        return Counter(r["status"] for r in self.rows)
+
+    def failure_rate(self) -> float:
+        counts = self.status_counts()
+        bad = counts["exploded"] + counts["error"] + counts["timeout"]
+        return bad / max(1, len(self.rows))
+
+
+def configure_threads(n_threads: int | None = None) -> int:
+    """Pin torch (and BLAS, where threadpoolctl is present) to ``n_threads`` threads.
+
+    numpy's BLAS and torch fighting over the cores made BFGS 3x slower (NOTES.md).
+    """
+    import torch
+
+    n = n_threads or int(os.environ.get("CODANI_THREADS", 0)) or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        pass
+    return n
+
+
+def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int = 0, n_batches: int = 1,
+              settings: RelaxSettings | None = None, max_wall_time: float | None = None,
+              trajectory_dir: str | None = None, limit: int | None = None, progress: bool = True,
+              n_threads: int | None = None, calculator_options: dict | None = None) -> BatchReport:
+    """Relax every structure of one batch into its output database; resumable.
+
+    Structures with elements the potential does not cover are recorded as ``skipped``.
+    """
+    from tqdm.auto import tqdm
+
+    pot = get_potential(potential)
+    settings = (settings or RelaxSettings(potential=potential)).resolved(pot.steps_per_atom)
+    if settings.potential != potential:
+        raise ValueError(f"settings are for {settings.potential!r}, batch is for {potential!r}")
+    configure_threads(n_threads)
+    clean = dbmod.connect(clean_db, must_exist=True)
+    ids = batch_ids(clean, batch, n_batches)[:limit]
+    target = output_path(out_db, potential, batch, n_batches)
+    out = dbmod.connect(target)
+    settings_hash = settings.hash()
+    report = BatchReport(potential, batch, n_batches, target, settings_hash)
+    done = _finished(out, settings_hash)
+    todo = [sid for sid in ids if sid not in done]
+    report.skipped_done = len(ids) - len(todo)
+    calc = None
+    bar = tqdm(todo, desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal", disable=not progress)
+    for sid in bar:
+        row = clean.get(structure_id=sid)
+        atoms = row.toatoms()
+        missing = pot.covers(atoms.get_chemical_symbols())
+        if missing:
+            result = _skipped(atoms, settings, f"{potential} does not cover {', '.join(sorted(missing))}")
+        else:
+            calc = calc or pot.calculator(**(calculator_options or {}))
+            trajectory = Path(trajectory_dir) / f"{sid}.traj" if trajectory_dir else None
+            if trajectory:
+                trajectory.parent.mkdir(parents=True, exist_ok=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory)
+        write_result(out, row, result, settings, settings_hash)
+        report.rows.append(_summary_row(sid, len(atoms), result, row))
+        bar.set_postfix(Counter(r["status"] for r in report.rows))
+    _alarm(report)
+    return report
+
+
+def _finished(out: Database, settings_hash: str) -> set[str]:
+    return {row.structure_id for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"])
+            if row.get("status") in FINAL_STATUSES}
+
+
+def _skipped(atoms: Atoms, settings: RelaxSettings, message: str) -> RelaxResult:
+    return RelaxResult(atoms=atoms.copy(), status="skipped", converged=False, steps=0,
+                       max_steps=settings.max_steps(len(atoms)), e_initial=None, e_final=None,
+                       fmax_final=None, wall_time=0.0, message=message)
+
+
+def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxSettings,
+                 settings_hash: str) -> int:
+    """Commit one relaxation (replacing an earlier attempt with the same settings)."""
+    kvp = {key: clean_row.get(key) for key in REFERENCE_KEYS}
+    kvp.update(
+        potential=settings.potential, status=result.status, converged=result.converged,
+        steps=result.steps, max_steps=result.max_steps, fmax_final=result.fmax_final,
+        e_initial=result.e_initial, e_final=result.e_final, wall_time=round(result.wall_time, 3),
+        force_calls=result.force_calls, optimizer=settings.optimizer, cell_filter=settings.cell_filter,
+        fmax_target=settings.fmax, V_relaxed=result.atoms.get_volume() if result.atoms.pbc.all() else None,
+        message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
+    )
+    data = {"cell_exp": clean_row.data.get("cell_exp", clean_row.cell.tolist()),
+            "settings": settings.__dict__, "versions": versions(), "message": result.message}
+    match = {"structure_id": clean_row.structure_id, "settings_hash": settings_hash}
+    return dbmod.upsert(out, result.atoms, match, data=data, **dbmod.clean_kvp(kvp))
+
+
+def _summary_row(sid: str, natoms: int, result: RelaxResult, clean_row) -> dict[str, Any]:
+    v_exp = clean_row.get("V_exp") or clean_row.toatoms().get_volume()
+    v = result.atoms.get_volume() if result.atoms.pbc.all() else float("nan")
+    return {"structure_id": sid, "natoms": natoms, "status": result.status, "steps": result.steps,
+            "max_steps": result.max_steps, "fmax_final": result.fmax_final,
+            "dV_pct": 100 * (v - v_exp) / v_exp, "wall_time": round(result.wall_time, 2),
+            "message": result.message}
+
+
+def _alarm(report: BatchReport) -> None:
+    rate = report.failure_rate()
+    if report.rows and rate > FAILURE_ALARM:
+        msg = (f"!!! {report.potential} batch {report.batch}: {rate:.0%} of {len(report.rows)} structures "
+               f"exploded/errored/timed out ({dict(report.status_counts())}) — check the inputs and settings")
+        print("\n" + "!" * 80 + f"\n{msg}\n" + "!" * 80)
+        warnings.warn(msg, stacklevel=2)
+
+
+def merge_shards(out_db: str, potential: str, shards: list[str] | None = None) -> int:
+    """Merge per-batch shard files into ``out_db``; idempotent (keyed by structure + settings).
+
+    A shard row replaces the merged row only when it is newer, so merging twice, or merging
+    shards of a resumed run, gives the same database. Returns the merged row count.
+    """
+    target = dbmod.connect(out_db.format(potential=potential))
+    paths = shards if shards is not None else [str(p) for p in shard_paths(out_db, potential)]
+    existing = {(row.structure_id, row.settings_hash): row.mtime
+                for row in target.select("structure_id", columns=["key_value_pairs", "mtime"])}
+    for path in paths:
+        shard = dbmod.connect(path, must_exist=True)
+        for row in shard.select("structure_id"):
+            key = (row.structure_id, row.settings_hash)
+            if key in existing and existing[key] >= row.mtime:
+                continue
+            kvp = {k: v for k, v in row.key_value_pairs.items() if k not in ("structure_id", "settings_hash")}
+            dbmod.upsert(target, row.toatoms(),
+                         {"structure_id": row.structure_id, "settings_hash": row.settings_hash},
+                         data=row.data, **kvp)
+            existing[key] = row.mtime
+    return target.count()

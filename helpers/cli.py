@@ -1,0 +1,72 @@
+"""Command line: ``python -m helpers.cli demo | campaign | merge`` (also installed as ``codani``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from helpers.pipeline import DEMO_COD_IDS, STUDY_POTENTIALS
+
+
+def _ids(text: str | None):
+    if text is None:
+        return DEMO_COD_IDS
+    if text in ("all", ""):
+        return None
+    return [int(x) for x in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="codani", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fetch -> filter -> relax (ANI-1x, ANI-1ccx) -> analysis via papermill")
+    demo.add_argument("--run-dir", default="data")
+    demo.add_argument("--cod-ids", default=None, help="comma-separated COD ids, or 'all' (default: demo set)")
+    demo.add_argument("--source", default=None, help="URL or directory (default: $COD_SOURCE or COD)")
+    demo.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
+    demo.add_argument("--n-batches", type=int, default=1)
+    demo.add_argument("--limit", type=int, default=None)
+
+    camp = sub.add_parser("campaign", help="run 03_relax for every (potential x batch) and merge the shards")
+    camp.add_argument("--clean-db", default="data/clean.db")
+    camp.add_argument("--out-db", default="data/relaxed_{potential}.db")
+    camp.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
+    camp.add_argument("--n-batches", type=int, default=1)
+    camp.add_argument("--max-parallel", type=int, default=1)
+    camp.add_argument("--log-dir", default="data/executed")
+    camp.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                      help="extra 03_relax parameter, e.g. --set fmax=0.001 --set optimizer='\"LBFGS\"'")
+
+    merge = sub.add_parser("merge", help="merge per-batch shards into one database per potential")
+    merge.add_argument("--out-db", default="data/relaxed_{potential}.db")
+    merge.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from helpers.pipeline import run_pipeline
+
+        result = run_pipeline(run_dir=args.run_dir, cod_ids=_ids(args.cod_ids), source=args.source,
+                              potentials=args.potentials.split(","), n_batches=args.n_batches,
+                              limit=args.limit)
+        print(json.dumps(result, indent=2))
+    elif args.command == "campaign":
+        from helpers.paths import resolve
+        from helpers.pipeline import CampaignPlan, run_campaign
+
+        extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        plan = CampaignPlan(args.potentials.split(","), args.n_batches, resolve(args.clean_db),
+                            resolve(args.out_db), extra)
+        print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel), indent=2))
+    elif args.command == "merge":
+        from helpers.batch import merge_shards
+        from helpers.paths import resolve
+
+        for potential in args.potentials.split(","):
+            print(potential, merge_shards(resolve(args.out_db), potential))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Run the four notebooks with papermill: the demo, and campaigns of (potential x batch) jobs.
+
+Every executed notebook is kept as the log of its run. Relax jobs write per-batch shards
+that are merged into one database per potential (idempotently) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers.paths import project_root, resolve
+
+#: small, clean CHNO COD entries (24-36 atoms per cell) that relax in seconds: the demo input
+DEMO_COD_IDS = (2000642, 2007300, 4021477, 1011063)
+NOTEBOOKS = ("01_fetch", "02_filter", "03_relax", "04_analysis")
+STUDY_POTENTIALS = ("ani1x", "ani1ccx")
+
+
+def notebook_path(name: str) -> Path:
+    return project_root() / "notebooks" / f"{name}.ipynb"
+
+
+def execute(name: str, parameters: dict[str, Any], log_dir: str | Path, tag: str = "",
+            progress: bool = False) -> Path:
+    """Execute notebook ``name`` with ``parameters``; the executed copy goes to ``log_dir``."""
+    import papermill
+
+    out = Path(resolve(log_dir)) / f"{name}{'.' + tag if tag else ''}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env_defaults = {"OPENBLAS_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
+    for key, value in env_defaults.items():
+        os.environ.setdefault(key, value)
+    papermill.execute_notebook(str(notebook_path(name)), str(out), parameters=parameters,
+                               cwd=str(project_root()), progress_bar=progress, kernel_name="python3")
+    return out
+
+
+@dataclass
+class CampaignPlan:
+    """The (potential x batch) relax jobs of a campaign and where they write."""
+
+    potentials: Sequence[str]
+    n_batches: int
+    clean_db: str
+    out_db: str
+    relax_parameters: dict[str, Any] = field(default_factory=dict)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [{**self.relax_parameters, "potential": p, "batch": b, "n_batches": self.n_batches,
+                 "clean_db": self.clean_db, "out_db": self.out_db}
+                for p in self.potentials for b in range(self.n_batches)]
+
+
+def run_relax_job(parameters: dict[str, Any], log_dir: str | Path) -> Path:
+    """One papermill run of ``03_relax`` (usable as a Dask task: plain arguments, returns a path)."""
+    tag = f"{parameters['potential']}.batch{parameters['batch']:04d}of{parameters['n_batches']:04d}"
+    return execute("03_relax", parameters, log_dir, tag=tag)
+
+
+def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int = 1) -> dict[str, int]:
+    """Run every job of ``plan`` (``max_parallel`` at a time), then merge shards per potential."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from helpers.batch import merge_shards
+
+    jobs = plan.jobs()
+    if max_parallel > 1:
+        with ProcessPoolExecutor(max_parallel) as pool:
+            list(tqdm(pool.map(run_relax_job, jobs, [log_dir] * len(jobs)), total=len(jobs), desc="jobs"))
+    else:
+        for job in tqdm(jobs, desc="relax jobs"):
+            run_relax_job(job, log_dir)
+    merged = {}
+    for potential in plan.potentials:
+        merged[potential] = merge_shards(resolve(plan.out_db), potential) if plan.n_batches > 1 else -1
+    return merged
+
+
+def run_pipeline(run_dir: str = "data", cod_ids: Sequence[int] | None = DEMO_COD_IDS,
+                 source: str | None = None, potentials: Sequence[str] = STUDY_POTENTIALS,
+                 n_batches: int = 1, relax_parameters: dict[str, Any] | None = None,
+                 limit: int | None = None) -> dict[str, Any]:
+    """Fetch -> filter -> relax (each potential) -> analysis, all through the notebooks."""
+    run = Path(resolve(run_dir))
+    logs = run / "executed"
+    dbs = {"raw_db": str(run / "raw.db"), "clean_db": str(run / "clean.db"),
+           "rejects_db": str(run / "rejects.db")}
+    out_db = str(run / "relaxed_{potential}.db")
+    execute("01_fetch", {"source": source, "raw_db": dbs["raw_db"],
+                         "cod_ids": list(cod_ids) if cod_ids else None, "limit": limit}, logs)
+    execute("02_filter", {k: dbs[k] for k in ("raw_db", "clean_db", "rejects_db")}, logs)
+    plan = CampaignPlan(potentials, n_batches, dbs["clean_db"], out_db, relax_parameters or {})
+    run_campaign(plan, logs)
+    relaxed = [out_db.format(potential=p) for p in potentials]
+    execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"],
+                            "out_dir": str(run / "analysis")}, logs)
+    return {"run_dir": str(run), "executed": str(logs), "analysis": str(run / "analysis"), **dbs}

@@ -1,0 +1,229 @@
+"""Relax one crystal (atoms and cell) with a potential, the study's way, and say how it ended.
+
+The study: BFGS on atoms + cell to fmax = 5e-4 eV/Å, at most ``300 + x * n_atoms`` steps.
+Every relaxation ends with a status instead of an exception: ``converged``, ``step_cap``,
+``exploded`` (non-finite energy/forces, cell volume blown up or collapsed, atoms fused),
+``timeout`` (wall-time limit) or ``error`` (message kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+
+OPTIMIZERS = ("BFGS", "LBFGS", "FIRE", "PreconLBFGS")
+CELL_FILTERS = ("frechet", "fixed")
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """Everything that changes a relaxation's answer (hashed to recognise finished work)."""
+
+    potential: str = "ani1x"
+    fmax: float = 0.0005
+    max_steps_base: int = 300
+    steps_per_atom: int | None = None
+    optimizer: str = "BFGS"
+    cell_filter: str = "frechet"
+    fix_symmetry: bool = False
+    hydrostatic: bool = False
+    # explosion guards
+    max_volume_ratio: float = 2.0
+    min_volume_ratio: float = 0.5
+    min_pair_distance: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        if self.cell_filter not in CELL_FILTERS:
+            raise ValueError(f"unknown cell filter {self.cell_filter!r}; choose from {CELL_FILTERS}")
+        if not self.fmax > 0:
+            raise ValueError("fmax must be positive")
+
+    def resolved(self, default_steps_per_atom: int) -> RelaxSettings:
+        """Fill ``steps_per_atom`` from the potential's default (the study's x)."""
+        if self.steps_per_atom is not None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, steps_per_atom=default_steps_per_atom)
+
+    def max_steps(self, natoms: int) -> int:
+        """The study's step cap: ``max_steps_base + steps_per_atom * natoms``."""
+        if self.steps_per_atom is None:
+            raise ValueError("steps_per_atom unresolved")
+        return int(self.max_steps_base + self.steps_per_atom * natoms)
+
+    def hash(self) -> str:
+        """Short stable hash of the settings and the software versions that change results."""
+        payload = json.dumps({**asdict(self), "versions": versions()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RelaxResult:
+    """How one relaxation ended; ``atoms`` carries the final energy/forces/stress."""
+
+    atoms: Atoms
+    status: str
+    converged: bool
+    steps: int
+    max_steps: int
+    e_initial: float | None
+    e_final: float | None
+    fmax_final: float | None
+    wall_time: float
+    force_calls: int = 0
+    message: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Exploded(RuntimeError):
+    """The structure left physical territory; relaxing further is wasted time."""
+
+
+class WallTimeExceeded(RuntimeError):
+    """The per-structure wall-time limit was reached."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries whose changes could change a relaxed structure."""
+    import ase
+    import torch
+    import torchani
+
+    return {"ase": ase.__version__, "torch": torch.__version__.split("+")[0],
+            "torchani": torchani.__version__}
+
+
+def make_optimizer(name: str, target, logfile=None, trajectory=None):
+    """An ASE optimizer by name, attached to ``target`` (Atoms or a cell filter)."""
+    from ase import optimize
+
+    if name == "PreconLBFGS":
+        from ase.optimize.precon import Exp, PreconLBFGS
+
+        return PreconLBFGS(target, precon=Exp(), logfile=logfile, trajectory=trajectory)
+    return getattr(optimize, name)(target, logfile=logfile, trajectory=trajectory)
+
+
+def wrap_cell(atoms: Atoms, settings: RelaxSettings):
+    """Atoms alone (fixed cell) or the Fréchet cell filter (atoms + cell)."""
+    if settings.cell_filter == "fixed":
+        return atoms
+    from ase.filters import FrechetCellFilter
+
+    return FrechetCellFilter(atoms, hydrostatic_strain=settings.hydrostatic)
+
+
+def min_distance(atoms: Atoms) -> float:
+    """Shortest interatomic distance under PBC (inf for fewer than two atoms)."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) < 2:
+        return math.inf
+    d = neighbor_list("d", atoms, 1.2)
+    return float(d.min()) if len(d) else math.inf
+
+
+def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
+          max_wall_time: float | None = None, trajectory: str | Path | None = None,
+          logfile: str | None = None) -> RelaxResult:
+    """Relax a copy of ``atoms``; never raises for a bad structure (see the module docstring).
+
+    ``settings.steps_per_atom`` must be resolved (see :meth:`RelaxSettings.resolved`).
+    """
+    atoms = atoms.copy()
+    atoms.calc = calc
+    if settings.fix_symmetry:
+        from ase.constraints import FixSymmetry
+
+        atoms.set_constraint(FixSymmetry(atoms))
+    cap = settings.max_steps(len(atoms))
+    v0 = atoms.get_volume() if atoms.pbc.all() else None
+    start = time.perf_counter()
+    calls_before = getattr(calc, "n_calls", 0)
+    e_initial = None
+    opt = target = None
+    status, message = "error", ""
+    converged = False
+    try:
+        e_initial = float(atoms.get_potential_energy())
+        if not math.isfinite(e_initial):
+            raise Exploded(f"initial energy is {e_initial}")
+        target = wrap_cell(atoms, settings)
+        opt = make_optimizer(settings.optimizer, target, logfile=logfile,
+                             trajectory=str(trajectory) if trajectory else None)
+
+        def guard() -> None:
+            _check_physical(atoms, settings, v0)
+            if max_wall_time is not None and time.perf_counter() - start > max_wall_time:
+                raise WallTimeExceeded(f"wall-time limit {max_wall_time:.0f} s reached")
+
+        opt.attach(guard, interval=1)
+        converged = bool(opt.run(fmax=settings.fmax, steps=cap))
+        status = "converged" if converged else "step_cap"
+    except Exploded as exc:
+        status, message = "exploded", str(exc)
+    except WallTimeExceeded as exc:
+        status, message = "timeout", str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded, the batch goes on
+        status, message = "error", f"{type(exc).__name__}: {exc}"
+    steps = int(opt.nsteps) if opt is not None else 0
+    fmax_final = _fmax(target) if target is not None and status != "error" else None
+    final = _final_atoms(atoms)
+    return RelaxResult(
+        atoms=final, status=status, converged=converged and status == "converged", steps=steps,
+        max_steps=cap, e_initial=e_initial, e_final=final.calc.results.get("energy") if final.calc else None,
+        fmax_final=fmax_final,
+        wall_time=time.perf_counter() - start,
+        force_calls=getattr(calc, "n_calls", 0) - calls_before, message=message,
+    )
+
+
+def _check_physical(atoms: Atoms, settings: RelaxSettings, v0: float | None) -> None:
+    results = atoms.calc.results if atoms.calc is not None else {}
+    energy = results.get("energy")
+    if energy is not None and not math.isfinite(energy):
+        raise Exploded(f"energy became {energy}")
+    forces = results.get("forces")
+    if forces is not None and not np.isfinite(forces).all():
+        raise Exploded("forces became non-finite")
+    if v0:
+        ratio = atoms.get_volume() / v0
+        if not settings.min_volume_ratio <= ratio <= settings.max_volume_ratio:
+            raise Exploded(f"cell volume changed by a factor {ratio:.2f}")
+    d = min_distance(atoms)
+    if d < settings.min_pair_distance:
+        raise Exploded(f"atoms fused: closest pair {d:.2f} Å < {settings.min_pair_distance} Å")
+
+
+def _final_atoms(atoms: Atoms) -> Atoms:
+    """A plain copy with the last energy/forces/stress attached (storable in ase.db)."""
+    results = dict(atoms.calc.results) if atoms.calc is not None else {}
+    final = atoms.copy()
+    final.set_constraint()
+    keep = {k: results[k] for k in ("energy", "forces", "stress") if k in results}
+    if keep:
+        final.calc = SinglePointCalculator(final, **keep)
+    return final
+
+
+def _fmax(target) -> float | None:
+    """The optimizer's convergence measure: largest force row, cell rows included for filters."""
+    try:
+        forces = np.asarray(target.get_forces())
+    except Exception:  # noqa: BLE001 - no valid forces (e.g. exploded): unknown
+        return None
+    if not len(forces) or not np.isfinite(forces).all():
+        return None
+    return float(np.sqrt((forces**2).sum(axis=1).max()))
