@@ -1,0 +1,628 @@
+"""The study's step 5 and beyond: errors of relaxed cells against experiment, per potential.
+
+Relative error ΔX = (X_relaxed − X_exp) / X_exp in percent for the volume, |a1|, |a2|, |a3|
+and the density; absolute error in degrees for α, β, γ. The experimental reference is the
+conventional cell the filter stored (``data["cell_exp"]`` of the relaxed row, else the
+``*_exp`` keys, else the clean row's cell). Lattice vectors are compared in the same setting
+(see :mod:`helpers.structure_compare`); ``cell_setting`` says whether the relaxed cell had to be
+mapped back, and rows it could not map ("unmatched") are left out of the lattice-vector fits.
+
+Only converged relaxations enter the statistics by default; the counts per status are
+reported next to them. Everything :func:`run_analysis` writes is described in its docstring.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ase import Atoms
+from ase.geometry import cell_to_cellpar, cellpar_to_cell
+
+from helpers import db as dbmod
+from helpers.distributions import fit_gaussian, median_mad
+from helpers.structure_compare import STRUCTURE_COLUMNS, compare_structures, match_setting
+
+log = logging.getLogger(__name__)
+
+#: g/cm^3 per amu/Å^3
+AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One compared quantity: the errors.csv column holding its error, and how to label it."""
+
+    name: str
+    column: str
+    unit: str
+    label: str
+    lattice: bool  # depends on the cell setting (excluded when the setting is unmatched)
+
+
+QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
+    Quantity("volume", "dV_pct", "%", "ΔV", False),
+    Quantity("a1", "da1_pct", "%", "Δ|a1|", True),
+    Quantity("a2", "da2_pct", "%", "Δ|a2|", True),
+    Quantity("a3", "da3_pct", "%", "Δ|a3|", True),
+    Quantity("alpha", "dalpha_deg", "°", "Δα", True),
+    Quantity("beta", "dbeta_deg", "°", "Δβ", True),
+    Quantity("gamma", "dgamma_deg", "°", "Δγ", True),
+    Quantity("density", "ddensity_pct", "%", "Δρ", False),
+    # filled by thermal_corrected(): experiment extrapolated to the reference temperature
+    Quantity("volume_thermal", "dV_thermal_pct", "%", "ΔV (thermal-corrected)", False),
+    Quantity("a1_thermal", "da1_thermal_pct", "%", "Δ|a1| (thermal-corrected)", True),
+]}
+BASE_QUANTITIES = ("volume", "a1", "a2", "a3", "alpha", "beta", "gamma", "density")
+STATUSES = ("converged", "step_cap", "exploded", "error")
+#: The study's table (MISSION.md), μ and σ in percent, for side-by-side comparison.
+STUDY_RESULT = pd.DataFrame(
+    [("volume", "ani1x", 3.0, 8.4), ("volume", "ani1ccx", 1.6, 10.0),
+     ("a1", "ani1x", 1.2, 6.1), ("a1", "ani1ccx", 1.2, 6.8)],
+    columns=["quantity", "potential", "mu_study", "sigma_study"])
+DISPLAY_NAMES = {"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x"}
+ERROR_COLUMNS = [
+    "structure_id", "potential", "natoms", "V_exp", "V_relaxed", "dV_pct", "a1_exp", "a1_relaxed", "da1_pct",
+    "converged", "steps", "status",
+    "a2_exp", "a2_relaxed", "da2_pct", "a3_exp", "a3_relaxed", "da3_pct",
+    "alpha_exp", "alpha_relaxed", "dalpha_deg", "beta_exp", "beta_relaxed", "dbeta_deg",
+    "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
+    "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
+    "fmax_final", "e_final", "optimizer", "cell_filter", "settings_hash", "potential_name", "db", "row_id",
+    "note",
+]
+
+
+def display_name(potential: str) -> str:
+    """'ani1x' -> 'ANI-1x' (unknown names unchanged), for tables and plot labels."""
+    base, _, rest = str(potential).partition("[")
+    for key, nice in DISPLAY_NAMES.items():
+        if base.lower().startswith(key):
+            return nice + base[len(key):] + (f"[{rest}" if rest else "")
+    return str(potential)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting errors from the databases
+
+
+def resolve_dbs(relaxed_dbs: str | Path | Iterable[str | Path]) -> list[str]:
+    """Database names from a glob, a path, a URL or a list of those (sorted per glob, no repeats)."""
+    items = [relaxed_dbs] if isinstance(relaxed_dbs, (str, Path)) else list(relaxed_dbs)
+    out: list[str] = []
+    for item in items:
+        name = str(item)
+        if dbmod.is_url(name):
+            found = [name]
+        elif any(ch in name for ch in "*?["):
+            found = sorted(glob.glob(name))
+        elif Path(name).is_file():
+            found = [name]
+        else:
+            raise FileNotFoundError(f"relaxed database {name} does not exist (run 03_relax first?)")
+        out.extend(f for f in found if f not in out)
+    if not out:
+        raise FileNotFoundError(f"no relaxed databases match {relaxed_dbs!r} (run 03_relax first?)")
+    return out
+
+
+def _exp_cell(row, clean_row) -> tuple[np.ndarray | None, str]:
+    """The experimental conventional cell and where it came from."""
+    for source, holder in (("relaxed.data", row), ("clean.data", clean_row)):
+        if holder is None:
+            continue
+        cell = (holder.data or {}).get("cell_exp")
+        if cell is not None and np.asarray(cell, dtype=float).shape == (3, 3):
+            return np.asarray(cell, dtype=float), f"{source}.cell_exp"
+    keys = ("a_exp", "b_exp", "c_exp", "alpha_exp", "beta_exp", "gamma_exp")
+    if all(row.get(k) is not None for k in keys):
+        return cellpar_to_cell([row.get(k) for k in keys]), "relaxed.kvp"
+    if clean_row is not None and clean_row.natoms:
+        return np.asarray(clean_row.cell, dtype=float), "clean.atoms"
+    return None, "none"
+
+
+def _density(atoms: Atoms, volume: float) -> float:
+    return float(atoms.get_masses().sum() * AMU_PER_A3_TO_G_PER_CM3 / volume) if volume > 0 else np.nan
+
+
+def _pct(calc: float, exp: float) -> float:
+    return float((calc - exp) / exp * 100) if exp and np.isfinite(exp) and np.isfinite(calc) else np.nan
+
+
+def _status(row) -> str:
+    status = row.get("status")
+    if status:
+        return str(status)
+    converged = row.get("converged")
+    return "unknown" if converged is None else ("converged" if converged else "step_cap")
+
+
+def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float = 1e-2,
+               matcher: bool = False) -> dict[str, Any]:
+    """One errors.csv record from a relaxed row (and its clean row, when available)."""
+    kvp = row.key_value_pairs
+    record: dict[str, Any] = {
+        "structure_id": kvp.get("structure_id"), "potential_name": kvp.get("potential", "unknown"),
+        "status": _status(row), "converged": bool(kvp.get("converged", False)), "steps": kvp.get("steps"),
+        "temperature": kvp.get("temperature", clean_row.get("temperature") if clean_row else None),
+        "cod_id": kvp.get("cod_id"), "spacegroup_number": kvp.get("spacegroup_number"),
+        "fmax_final": kvp.get("fmax_final"), "e_final": kvp.get("e_final"),
+        "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
+        "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
+    }
+    notes = []
+    relaxed = row.toatoms()
+    exp_atoms = clean_row.toatoms() if clean_row is not None else None
+    record["natoms"] = len(relaxed) if len(relaxed) else (len(exp_atoms) if exp_atoms is not None else 0)
+    cell_exp, record["exp_source"] = _exp_cell(row, clean_row)
+    if cell_exp is None:
+        notes.append("no experimental cell")
+    else:
+        par = cell_to_cellpar(cell_exp)
+        v_exp = kvp.get("V_exp") or abs(float(np.linalg.det(cell_exp)))
+        record.update(V_exp=v_exp, a1_exp=par[0], a2_exp=par[1], a3_exp=par[2],
+                      alpha_exp=par[3], beta_exp=par[4], gamma_exp=par[5])
+        density_exp = kvp.get("density_exp")
+        if density_exp is None:
+            source = exp_atoms if exp_atoms is not None and len(exp_atoms) else relaxed
+            density_exp = _density(source, v_exp) if len(source) else np.nan
+        record["density_exp"] = density_exp
+    if not len(relaxed) or not relaxed.cell.rank == 3:
+        notes.append("no relaxed structure")
+    elif cell_exp is not None:
+        cell_rel = np.asarray(relaxed.cell, dtype=float)
+        v_rel = abs(float(np.linalg.det(cell_rel)))
+        n_exp = len(exp_atoms) if exp_atoms is not None and len(exp_atoms) else len(relaxed)
+        match = match_setting(cell_exp, cell_rel, exp_atoms, relaxed)
+        if n_exp != len(relaxed):
+            notes.append(f"atom count changed {n_exp} -> {len(relaxed)}; volume compared per atom")
+            match.setting = "unmatched"
+            v_rel *= n_exp / len(relaxed)
+        par = cell_to_cellpar(match.transform @ cell_rel)
+        record.update(V_relaxed=v_rel, density_relaxed=_density(relaxed, abs(float(np.linalg.det(cell_rel)))),
+                      cell_setting=match.setting,
+                      setting_transform=" ".join(str(int(v)) for v in match.transform.ravel()))
+        if match.setting != "same":
+            notes.append(f"cell setting {match.setting} (length misfit {match.length_misfit:.2f}, "
+                         f"angle misfit {match.angle_misfit:.1f}°)")
+        for k, name in enumerate(("a1", "a2", "a3", "alpha", "beta", "gamma")):
+            record[f"{name}_relaxed"] = par[k]
+        record["dV_pct"] = _pct(v_rel, record["V_exp"])
+        record["ddensity_pct"] = _pct(record["density_relaxed"], record["density_exp"])
+        for name in ("a1", "a2", "a3"):
+            record[f"d{name}_pct"] = _pct(record[f"{name}_relaxed"], record[f"{name}_exp"])
+        for name in ("alpha", "beta", "gamma"):
+            record[f"d{name}_deg"] = float(record[f"{name}_relaxed"] - record[f"{name}_exp"])
+        if structure and exp_atoms is not None and len(exp_atoms):
+            record.update(compare_structures(exp_atoms, relaxed, match.transform, symprec, matcher))
+        elif structure:
+            notes.append("no clean structure for structure checks")
+    record["note"] = "; ".join(notes)
+    return record
+
+
+def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str | Path | None = None, *,
+                   structure: bool = False, symprec: float = 1e-2, matcher: bool = False,
+                   progress: bool = False) -> pd.DataFrame:
+    """One row per structure × potential (errors.csv layout) from relaxed databases.
+
+    ``relaxed_dbs``: glob, path, PostgreSQL URL or a list of them. ``clean_db`` (optional)
+    supplies the experimental structure when a relaxed row lacks the reference cell, and is
+    needed for ``structure=True`` (space group, displacement, bond checks: ~0.05 s per
+    48-atom structure; ``matcher`` adds pymatgen's StructureMatcher RMS, ~0.5 s more each).
+    When the same potential appears with several ``settings_hash`` values, ``potential``
+    becomes ``name[hash7]`` so the runs are not mixed; ``potential_name`` keeps the bare name.
+    Duplicate rows of one structure, potential and settings (e.g. overlapping shards) keep the
+    converged one, else the last.
+    """
+    from tqdm.auto import tqdm
+
+    names = resolve_dbs(relaxed_dbs)
+    clean = dbmod.connect(clean_db, must_exist=True) if clean_db is not None else None
+    clean_ids = dbmod.ids_with(clean, "structure_id") if clean is not None else {}
+    records = []
+    for name in names:
+        database = dbmod.connect(name, must_exist=True)
+        for row in tqdm(dbmod.rows(database), total=database.count(), desc=f"errors {Path(name).name}",
+                        disable=not progress):
+            sid = row.get("structure_id")
+            clean_row = clean.get(id=clean_ids[str(sid)]) if str(sid) in clean_ids else None
+            try:
+                record = row_errors(row, clean_row, structure=structure, symprec=symprec, matcher=matcher)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the analysis
+                record = {"structure_id": sid, "potential_name": row.get("potential", "unknown"),
+                          "status": _status(row), "converged": bool(row.get("converged", False)),
+                          "row_id": row.id, "note": f"analysis failed: {type(exc).__name__}: {exc}"}
+            record["db"] = name
+            records.append(record)
+    columns = ERROR_COLUMNS + (STRUCTURE_COLUMNS if structure else [])
+    frame = pd.DataFrame.from_records(records, columns=columns) if records else pd.DataFrame(columns=columns)
+    frame["potential"] = _run_labels(frame)
+    return _drop_duplicates(frame).reset_index(drop=True)
+
+
+def _run_labels(frame: pd.DataFrame) -> pd.Series:
+    labels = frame["potential_name"].astype(str)
+    hashes = frame["settings_hash"].fillna("").astype(str)
+    several = frame.assign(h=hashes).groupby("potential_name")["h"].transform("nunique") > 1
+    return labels.where(~several, labels + "[" + hashes.str[:7] + "]")
+
+
+def _drop_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    order = frame.assign(_conv=frame["converged"].fillna(False).astype(bool), _pos=np.arange(len(frame)))
+    order = order.sort_values(["_conv", "_pos"])
+    kept = order.drop_duplicates(["structure_id", "potential"], keep="last").sort_values("_pos")
+    if len(kept) < len(frame):
+        log.warning("dropped %d duplicate structure × potential rows", len(frame) - len(kept))
+    return kept.drop(columns=["_conv", "_pos"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def converged_mask(errors: pd.DataFrame) -> pd.Series:
+    """Rows whose relaxation converged (``converged`` true and status not an error)."""
+    return errors["converged"].fillna(False).astype(bool) & ~errors["status"].isin(["error", "exploded"])
+
+
+def _values(errors: pd.DataFrame, quantity: Quantity) -> pd.Series:
+    if quantity.column not in errors:
+        return pd.Series(dtype=float)
+    subset = errors
+    if quantity.lattice and "cell_setting" in errors:
+        subset = errors[errors["cell_setting"] != "unmatched"]
+    return pd.to_numeric(subset[quantity.column], errors="coerce").dropna()
+
+
+def _select(errors: pd.DataFrame, converged_only: bool) -> pd.DataFrame:
+    return errors[converged_mask(errors)] if converged_only and len(errors) else errors
+
+
+def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Sequence[str] = BASE_QUANTITIES,
+              by: Sequence[str] = ("potential",)) -> pd.DataFrame:
+    """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD.
+
+    mu/sigma come from :func:`helpers.distributions.fit_gaussian` (least squares on the
+    histogram, like the study); ``mu_mle``/``sigma_mle`` (scipy.stats.norm.fit) and
+    ``sigma_mad`` (1.4826·MAD) sit beside them. Units: percent, degrees for angles.
+    """
+    rows = []
+    data = _select(errors, converged_only)
+    groups = data.groupby(list(by), sort=True, dropna=False) if len(data) else []
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for name in quantities:
+            quantity = QUANTITIES[name]
+            if quantity.column not in group:
+                continue
+            fit = fit_gaussian(_values(group, quantity).to_numpy())
+            rows.append({**dict(zip(by, key)), "quantity": name, "unit": quantity.unit, **fit.as_dict()})
+    columns = [*by, "quantity", "unit", "n", "mu", "sigma", "median", "mad", "sigma_mad", "mu_mle",
+               "sigma_mle", "fit_method", "n_outside_fit"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a1"), wide: bool = False,
+                counts: pd.DataFrame | None = None, with_study: bool = True) -> pd.DataFrame:
+    """μ and σ in the layout of the study's table (MISSION.md): rows "ΔV, ANI-1x", columns μ [%], σ [%].
+
+    Adds n, median, MAD, the study's own numbers where the potential and quantity match, and
+    (``counts`` from :func:`status_counts`) the status counts per potential. ``wide=True``
+    puts the potentials side by side instead: rows per quantity, columns (potential, μ/σ).
+    """
+    data = summary[summary["quantity"].isin(quantities)].copy()
+    if with_study:
+        data = data.merge(STUDY_RESULT, on=["quantity", "potential"], how="left")
+    order = {q: k for k, q in enumerate(quantities)}
+    data = data.sort_values(["quantity", "potential"],
+                            key=lambda s: s.map(order) if s.name == "quantity" else s)
+    data["label"] = [f"{QUANTITIES[q].label}, {display_name(p)}"
+                     for q, p in zip(data["quantity"], data["potential"])]
+    if wide:
+        data["quantity_label"] = [f"{QUANTITIES[q].label} [{QUANTITIES[q].unit}]" for q in data["quantity"]]
+        table = data.pivot(index="quantity_label", columns="potential", values=["mu", "sigma"])
+        table = table.swaplevel(axis=1).sort_index(axis=1, level=0)
+        table.columns = pd.MultiIndex.from_tuples([(display_name(p), {"mu": "μ", "sigma": "σ"}[s])
+                                                   for p, s in table.columns])
+        return table.reindex([f"{QUANTITIES[q].label} [{QUANTITIES[q].unit}]" for q in quantities
+                              if f"{QUANTITIES[q].label} [{QUANTITIES[q].unit}]" in table.index]).round(2)
+    table = data.set_index("label")
+    keep = {"mu": "μ", "sigma": "σ", "n": "n", "median": "median", "mad": "MAD"}
+    if with_study:
+        keep.update(mu_study="μ study", sigma_study="σ study")
+    out = table[list(keep)].rename(columns=keep)
+    if counts is not None:
+        extra = counts.reindex(table["potential"]).set_axis(table.index)
+        out = out.join(extra.drop(columns=[c for c in ("total",) if c in extra]))
+    out.index.name = "quantity"
+    return out.round(2)
+
+
+def status_counts(errors: pd.DataFrame) -> pd.DataFrame:
+    """Relaxations per potential × status (converged, step_cap, exploded, error, then any other)."""
+    if errors.empty:
+        return pd.DataFrame(columns=[*STATUSES, "total"])
+    table = pd.crosstab(errors["potential"], errors["status"])
+    columns = [*STATUSES, *sorted(set(table.columns) - set(STATUSES))]
+    table = table.reindex(columns=columns, fill_value=0)
+    table["total"] = table.sum(axis=1)
+    table["converged_fraction"] = (table["converged"] / table["total"]).round(4)
+    table.columns.name = None
+    return table
+
+
+def outliers(errors: pd.DataFrame, threshold_pct: float = 20.0, quantity: str = "volume",
+             converged_only: bool = True) -> pd.DataFrame:
+    """Rows with |Δ| above the threshold, largest first, with db and row_id to open them."""
+    column = QUANTITIES[quantity].column
+    data = _select(errors, converged_only)
+    values = pd.to_numeric(data.get(column, pd.Series(dtype=float)), errors="coerce")
+    picked = data[values.abs() > threshold_pct]
+    keep = [c for c in ("structure_id", "potential", "status", column, "V_exp", "V_relaxed", "temperature",
+                        "cell_setting", "note", "db", "row_id") if c in picked]
+    order = picked[column].abs().sort_values(ascending=False).index
+    return picked.reindex(order)[keep].reset_index(drop=True)
+
+
+def outlier_fractions(errors: pd.DataFrame, threshold_pct: float = 20.0, quantity: str = "volume",
+                      converged_only: bool = True) -> pd.DataFrame:
+    """Per potential: n, outliers (|Δ| > threshold), their fraction and structure ids."""
+    column = QUANTITIES[quantity].column
+    data = _select(errors, converged_only)
+    rows = []
+    for potential, group in data.groupby("potential") if len(data) else []:
+        values = pd.to_numeric(group[column], errors="coerce")
+        bad = group[values.abs() > threshold_pct]
+        n = int(values.notna().sum())
+        rows.append({"potential": potential, "quantity": quantity, "threshold_pct": threshold_pct, "n": n,
+                     "n_outliers": len(bad), "fraction": len(bad) / n if n else np.nan,
+                     "structure_ids": ",".join(map(str, bad["structure_id"]))})
+    columns = ["potential", "quantity", "threshold_pct", "n", "n_outliers", "fraction", "structure_ids"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def band_labels(edges: Sequence[float]) -> list[str]:
+    """'< 150 K', '150–250 K', '≥ 250 K' for edges (150, 250)."""
+    edges = list(edges)
+    labels = [f"< {edges[0]:g} K"]
+    labels += [f"{lo:g}–{hi:g} K" for lo, hi in zip(edges[:-1], edges[1:])]
+    return labels + [f"≥ {edges[-1]:g} K"]
+
+
+def add_temperature_band(errors: pd.DataFrame, edges: Sequence[float] = (150, 250)) -> pd.DataFrame:
+    """Copy with a ``temperature_band`` column ('unknown T' when the CIF gave no temperature)."""
+    out = errors.copy()
+    temperature = pd.to_numeric(out["temperature"], errors="coerce")
+    bins = [-np.inf, *edges, np.inf]
+    band = pd.cut(temperature, bins=bins, labels=band_labels(edges), right=False)
+    out["temperature_band"] = band.astype(str).where(temperature.notna(), "unknown T")
+    return out
+
+
+def temperature_bands(errors: pd.DataFrame, edges: Sequence[float] = (150, 250),
+                      quantities: Sequence[str] = ("volume", "a1"),
+                      converged_only: bool = True) -> pd.DataFrame:
+    """summary.csv statistics split by measurement-temperature band."""
+    banded = add_temperature_band(errors, edges)
+    table = summarize(banded, converged_only, quantities, by=("potential", "temperature_band"))
+    order = {b: k for k, b in enumerate([*band_labels(edges), "unknown T"])}
+    table = table.sort_values(["potential", "temperature_band", "quantity"],
+                              key=lambda s: s.map(order) if s.name == "temperature_band" else s)
+    return table.reset_index(drop=True)
+
+
+def thermal_assumption(alpha_v: float = 1.65e-4, t_ref: float = 0.0) -> str:
+    """The thermal-expansion assumption in words, for tables and plots."""
+    return (f"V_exp extrapolated to {t_ref:g} K: V_ref = V_exp / (1 + α_V (T − {t_ref:g} K)), "
+            f"α_V = {alpha_v * 1e4:.3g} × 10⁻⁴ K⁻¹ constant and isotropic (|a1| scaled by the cube root); "
+            "α_V really falls towards 0 K, so this over-corrects low-temperature data a little")
+
+
+def thermal_corrected(errors: pd.DataFrame, alpha_v: float = 1.65e-4, t_ref: float = 0.0) -> pd.DataFrame:
+    """Copy with errors against experiment extrapolated to ``t_ref`` (0 K relaxations vs 0 K cells).
+
+    Organic crystals expand by α_V ≈ 1.6–1.7 × 10⁻⁴ K⁻¹ (CSD surveys). Adds V_exp_ref,
+    dV_thermal_pct, a1_exp_ref, da1_thermal_pct (NaN without a temperature) and the assumption
+    text in ``attrs["assumption"]``.
+    """
+    out = errors.copy()
+    temperature = pd.to_numeric(out["temperature"], errors="coerce")
+    factor = 1 + alpha_v * (temperature - t_ref)
+    out["V_exp_ref"] = pd.to_numeric(out["V_exp"], errors="coerce") / factor
+    out["a1_exp_ref"] = pd.to_numeric(out["a1_exp"], errors="coerce") / factor ** (1 / 3)
+    v_rel = pd.to_numeric(out["V_relaxed"], errors="coerce")
+    a_rel = pd.to_numeric(out["a1_relaxed"], errors="coerce")
+    out["dV_thermal_pct"] = (v_rel - out["V_exp_ref"]) / out["V_exp_ref"] * 100
+    out["da1_thermal_pct"] = (a_rel - out["a1_exp_ref"]) / out["a1_exp_ref"] * 100
+    out.attrs["assumption"] = thermal_assumption(alpha_v, t_ref)
+    return out
+
+
+def paired_table(errors: pd.DataFrame, quantity: str = "volume", converged_only: bool = True) -> pd.DataFrame:
+    """Structure × potential table of one error, only structures every potential has (converged)."""
+    column = QUANTITIES[quantity].column
+    data = _select(errors, converged_only)
+    if quantity in QUANTITIES and QUANTITIES[quantity].lattice and "cell_setting" in data:
+        data = data[data["cell_setting"] != "unmatched"]
+    table = data.pivot_table(index="structure_id", columns="potential", values=column, aggfunc="first")
+    return table.dropna()
+
+
+def paired_differences(errors: pd.DataFrame, quantity: str = "volume",
+                       converged_only: bool = True) -> pd.DataFrame:
+    """Potentials compared on the same structures: one row per pair (A, B).
+
+    Per pair, the structures both converged: n, mean/median/std of Δ_A − Δ_B, the fraction
+    where A is closer to experiment (|Δ_A| < |Δ_B|), and the Wilcoxon signed-rank p-value of
+    the paired differences (scipy; NaN below 10 pairs or when all differences are zero).
+    """
+    from scipy.stats import wilcoxon
+
+    column = QUANTITIES[quantity].column
+    data = _select(errors, converged_only)
+    if QUANTITIES[quantity].lattice and "cell_setting" in data:
+        data = data[data["cell_setting"] != "unmatched"]
+    wide = data.pivot_table(index="structure_id", columns="potential", values=column, aggfunc="first")
+    rows = []
+    for a, b in itertools.combinations(sorted(wide.columns), 2):
+        pair = wide[[a, b]].dropna()
+        diff = pair[a] - pair[b]
+        p_value = np.nan
+        if len(diff) >= 10 and np.any(diff != 0):
+            p_value = float(wilcoxon(diff).pvalue)
+        rows.append({"quantity": quantity, "potential_a": a, "potential_b": b, "n_common": len(pair),
+                     "mu_a": pair[a].mean(), "mu_b": pair[b].mean(), "mean_diff": diff.mean(),
+                     "median_diff": diff.median(), "std_diff": diff.std(),
+                     "a_closer_fraction": float((pair[a].abs() < pair[b].abs()).mean()) if len(pair)
+                     else np.nan,
+                     "wilcoxon_p": p_value})
+    columns = ["quantity", "potential_a", "potential_b", "n_common", "mu_a", "mu_b", "mean_diff",
+               "median_diff", "std_diff", "a_closer_fraction", "wilcoxon_p"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def structure_checks(relaxed_dbs, clean_db, symprec: float = 1e-2, matcher: bool = False) -> pd.DataFrame:
+    """Space-group survival, displacement RMSD and bond-graph checks per structure × potential."""
+    frame = collect_errors(relaxed_dbs, clean_db, structure=True, symprec=symprec, matcher=matcher)
+    return frame[["structure_id", "potential", "status", "converged", *STRUCTURE_COLUMNS]]
+
+
+def structure_summary(errors: pd.DataFrame, converged_only: bool = True) -> pd.DataFrame:
+    """Per potential: fraction of space groups kept, of molecules intact, median displacement."""
+    data = _select(errors, converged_only)
+    if "sg_survived" not in data or data.empty:
+        return pd.DataFrame(columns=["potential", "n", "sg_survived_fraction", "bonds_intact_fraction",
+                                     "molecules_same_fraction", "rmsd_median_A", "rmsd_mad_A",
+                                     "matcher_matched_fraction"])
+    rows = []
+    for potential, group in data.groupby("potential"):
+        rmsd = pd.to_numeric(group["rmsd_A"], errors="coerce").dropna()
+        median, mad = median_mad(rmsd.to_numpy())
+        rows.append({"potential": potential, "n": len(group),
+                     "sg_survived_fraction": _fraction(group["sg_survived"]),
+                     "bonds_intact_fraction": _fraction(group["bonds_intact"]),
+                     "molecules_same_fraction": _fraction(group["molecules_same"]),
+                     "rmsd_median_A": median, "rmsd_mad_A": mad,
+                     "matcher_matched_fraction": float(group["matcher_rms"].notna().mean())})
+    return pd.DataFrame(rows)
+
+
+def _fraction(flags: pd.Series) -> float:
+    known = flags.dropna()
+    return float(known.astype(bool).mean()) if len(known) else np.nan
+
+
+def load_pair(record: pd.Series | dict, clean_db: str | Path | None = None) -> dict[str, Atoms]:
+    """The relaxed (and experimental, with ``clean_db``) Atoms of one errors.csv row, e.g. an outlier.
+
+    For viewing: ``nglview.show_ase(load_pair(outliers(errors).iloc[0], clean_db)["relaxed"])``.
+    """
+    out = {"relaxed": dbmod.connect(record["db"], must_exist=True).get(id=int(record["row_id"])).toatoms()}
+    if clean_db is not None:
+        clean = dbmod.connect(clean_db, must_exist=True)
+        out["experimental"] = clean.get(structure_id=record["structure_id"]).toatoms()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def safe_name(text: str) -> str:
+    """File-name-safe version of a potential label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "unnamed"
+
+
+def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysis", *,
+                 converged_only: bool = True, quantities: Sequence[str] = BASE_QUANTITIES,
+                 threshold_pct: float = 20.0, temperature_edges: Sequence[float] = (150, 250),
+                 alpha_v: float = 1.65e-4, t_ref: float = 0.0, structure: bool = True,
+                 symprec: float = 1e-2, matcher: bool = False, plots: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
+    """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
+
+    Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
+    correction and structure-check columns), summary.csv, study_table.csv (long, the study's
+    layout, with status counts), study_table_wide.csv, status_counts.csv, outliers.csv,
+    outlier_fractions.csv, temperature_bands.csv, thermal_summary.csv, paired_volume.csv,
+    paired_a1.csv, structure_summary.csv; figures hist_<potential>_<quantity>.png,
+    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png.
+    Returns the DataFrames by name plus ``files`` (name -> path) and ``figures`` (paths).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if structure and clean_db is None:
+        log.warning("structure checks need clean_db; skipped")
+        structure = False
+    errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
+                            progress=progress)
+    errors = thermal_corrected(errors, alpha_v, t_ref)
+    errors = add_temperature_band(errors, temperature_edges)
+    counts = status_counts(errors)
+    summary = summarize(errors, converged_only, quantities)
+    thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"))
+    thermal["assumption"] = thermal_assumption(alpha_v, t_ref)
+    results: dict[str, Any] = {
+        "errors": errors, "summary": summary, "status_counts": counts,
+        "study_table": study_table(summary, counts=counts),
+        "study_table_wide": study_table(summary, quantities=quantities, wide=True),
+        "outliers": outliers(errors, threshold_pct, converged_only=converged_only),
+        "outlier_fractions": outlier_fractions(errors, threshold_pct, converged_only=converged_only),
+        "temperature_bands": temperature_bands(errors, temperature_edges, converged_only=converged_only),
+        "thermal_summary": thermal,
+        "paired_volume": paired_differences(errors, "volume", converged_only),
+        "paired_a1": paired_differences(errors, "a1", converged_only),
+        "structure_summary": structure_summary(errors, converged_only),
+    }
+    files = {}
+    for name, frame in results.items():
+        path = out / f"{name}.csv"
+        keep_index = name in ("status_counts", "study_table", "study_table_wide")
+        frame.to_csv(path, index=keep_index)
+        files[name] = path
+    results["files"] = files
+    settings = {"threshold_pct": threshold_pct, "alpha_v": alpha_v, "t_ref": t_ref,
+                "edges": temperature_edges}
+    results["figures"] = _write_figures(results, out, quantities, converged_only, **settings) if plots else []
+    return results
+
+
+def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str], converged_only: bool, *,
+                   threshold_pct: float, alpha_v: float, t_ref: float, edges: Sequence[float]) -> list[Path]:
+    from helpers import plots
+
+    errors = results["errors"]
+    data = _select(errors, converged_only)
+    figures = []
+    for potential, group in data.groupby("potential") if len(data) else []:
+        for name in quantities:
+            values = _values(group, QUANTITIES[name])
+            if values.empty:
+                continue
+            path = out / f"hist_{safe_name(potential)}_{name}.png"
+            figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct))
+    for name in quantities:
+        if not data.empty and data[QUANTITIES[name].column].notna().any():
+            figures.append(plots.overlay(data, out / f"overlay_{name}.png", quantity=name))
+    if not data.empty and pd.to_numeric(data["temperature"], errors="coerce").notna().any():
+        figures.append(plots.dv_vs_temperature(data, out / "dv_vs_temperature.png", alpha_v, t_ref, edges))
+    wide = paired_table(errors, "volume", converged_only)
+    for a, b in itertools.combinations(sorted(wide.columns), 2):
+        if len(wide):
+            path = out / f"paired_{safe_name(a)}_vs_{safe_name(b)}.png"
+            figures.append(plots.paired_scatter(wide, a, b, path))
+    if not results["status_counts"].empty:
+        figures.append(plots.status_bars(results["status_counts"], out / "status_counts.png"))
+    return figures

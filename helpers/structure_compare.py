@@ -1,0 +1,272 @@
+"""Compare a relaxed crystal with its experimental structure: cell setting, symmetry, packing, bonds.
+
+The study compared the cell vector |a1|. That only means something when both cells are in the
+same setting: the relaxation must not have reordered or reduced the vectors. FrechetCellFilter
+deforms the cell continuously, so normally the relaxed vectors are the experimental ones,
+strained. :func:`match_setting` checks that and, when another step (a Niggli reduction, an
+axis permutation, a rotation to standard orientation) changed the setting, finds the integer
+transformation that maps the relaxed cell back; it says which case applied.
+
+Beyond the cell: did the space group survive (spglib, same tolerance on both sides), how far
+did the atoms move once the homogeneous cell strain is removed, and did every molecule stay
+intact (same covalent bond graph)?
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from ase import Atoms
+from ase.build.tools import niggli_reduce_cell
+from ase.geometry import cell_to_cellpar
+
+#: A mapped cell must agree with the experimental one within these (relative length, degrees).
+LENGTH_TOL = 0.35
+ANGLE_TOL = 25.0
+#: Covalent-radius multiplier for bonds: 1.2 x (r_i + r_j) keeps O-H/N-H of relaxed structures
+#: (~1.0 Å vs 0.97 Å = r_O + r_H) bonded and stays far below hydrogen-bond H...O (>= 1.5 Å).
+BOND_MULT = 1.2
+
+
+@dataclass
+class SettingMatch:
+    """How the relaxed cell relates to the experimental one.
+
+    ``transform`` T maps the relaxed cell into the experimental setting: ``T @ cell_relaxed``.
+    ``setting``: "same" (T = identity), "mapped" (another unimodular T) or "unmatched".
+    """
+
+    setting: str
+    transform: np.ndarray
+    length_misfit: float
+    angle_misfit: float
+
+
+def _misfit(cell: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    par, ref = cell_to_cellpar(cell), cell_to_cellpar(reference)
+    return float(np.max(np.abs(par[:3] / ref[:3] - 1))), float(np.max(np.abs(par[3:] - ref[3:])))
+
+
+@lru_cache(maxsize=1)
+def _unimodular_small() -> np.ndarray:
+    """All 3x3 integer matrices with entries in {-1, 0, 1} and determinant ±1."""
+    mats = np.array(list(itertools.product((-1, 0, 1), repeat=9)), dtype=float).reshape(-1, 3, 3)
+    det = np.rint(np.linalg.det(mats))
+    return mats[np.abs(det) == 1]
+
+
+def _best_small_transform(cell_exp: np.ndarray, cell_rel: np.ndarray) -> np.ndarray:
+    """Rotation-free search: the small unimodular T whose T @ cell_rel best matches cell_exp's metric."""
+    mats = _unimodular_small()
+    cells = mats @ cell_rel
+    lengths = np.linalg.norm(cells, axis=2)
+    ref_len = np.linalg.norm(cell_exp, axis=1)
+    len_err = np.max(np.abs(lengths / ref_len - 1), axis=1)
+    pairs = ((1, 2), (2, 0), (0, 1))
+    cos = np.stack([np.einsum("nk,nk->n", cells[:, i], cells[:, j]) / (lengths[:, i] * lengths[:, j])
+                    for i, j in pairs], axis=1)
+    ref_cos = np.array([cell_exp[i] @ cell_exp[j] / (ref_len[i] * ref_len[j]) for i, j in pairs])
+    ang_err = np.degrees(np.max(np.abs(np.arccos(np.clip(cos, -1, 1)) - np.arccos(ref_cos)), axis=1))
+    return mats[int(np.argmin(len_err + ang_err / 60.0))]
+
+
+def _score(length: float, angle: float) -> float:
+    return length + angle / 60.0
+
+
+def _orientation_transform(cell_exp: np.ndarray, cell_rel: np.ndarray, tol: float = 0.3) -> np.ndarray | None:
+    """T from the orientation, when the relaxed vectors are near-integer combinations of the exp ones."""
+    try:
+        frac = cell_rel @ np.linalg.inv(cell_exp)
+    except np.linalg.LinAlgError:
+        return None
+    near = np.rint(frac)
+    if np.max(np.abs(frac - near)) > tol or abs(round(np.linalg.det(near))) != 1:
+        return None
+    return np.rint(np.linalg.inv(near))
+
+
+def _metric_candidates(cell_exp: np.ndarray, cell_rel: np.ndarray) -> list[np.ndarray]:
+    """Unique unimodular candidates found without the orientation: identity, Niggli, small search."""
+    found: list[np.ndarray] = []
+
+    def add(matrix) -> None:
+        matrix = np.rint(np.asarray(matrix, dtype=float))
+        if (np.all(np.isfinite(matrix)) and abs(round(np.linalg.det(matrix))) == 1
+                and not any(np.array_equal(matrix, m) for m in found)):
+            found.append(matrix)
+
+    add(np.eye(3))
+    try:
+        _, op_exp = niggli_reduce_cell(cell_exp)
+        _, op_rel = niggli_reduce_cell(cell_rel)
+        # ASE returns the reduced cell rotated to standard form; op.T @ cell is it unrotated.
+        add(np.linalg.inv(op_exp.T) @ op_rel.T)
+    except (np.linalg.LinAlgError, ValueError, RuntimeError):
+        pass
+    add(_best_small_transform(cell_exp, cell_rel))
+    return found
+
+
+def match_setting(cell_exp, cell_rel, exp: Atoms | None = None, relaxed: Atoms | None = None,
+                  length_tol: float = LENGTH_TOL, angle_tol: float = ANGLE_TOL) -> SettingMatch:
+    """Find T (integer, det ±1) with ``T @ cell_rel`` in the setting of ``cell_exp``.
+
+    1. Orientation: when ``cell_rel @ inv(cell_exp)`` is close to an integer matrix (the
+       relaxed vectors kept their direction, as with FrechetCellFilter) its inverse is T:
+       identity in the normal case, a reordering or reduction otherwise.
+    2. Otherwise (the cell was rotated too) candidates from the metric alone: identity, both
+       cells Niggli-reduced, and a search over unimodular matrices with entries -1/0/1 by
+       lengths and angles. Cell metrics cannot tell a permutation of near-equal axes, so when
+       the structures are given (same atoms, same order) the candidate that keeps fractional
+       coordinates closest wins; otherwise the smallest misfit. Identity wins near-ties.
+
+    A T qualifies only within ``length_tol`` (relative) and ``angle_tol`` (degrees) of the
+    experimental cell. None qualifying: "unmatched" with T = identity (the volume stays
+    comparable, the lattice vectors do not).
+    """
+    cell_exp = np.asarray(cell_exp, dtype=float)
+    cell_rel = np.asarray(cell_rel, dtype=float)
+    identity = np.eye(3)
+
+    def result(transform: np.ndarray) -> SettingMatch:
+        length, angle = _misfit(transform @ cell_rel, cell_exp)
+        setting = "same" if np.array_equal(transform, identity) else "mapped"
+        return SettingMatch(setting, transform, length, angle)
+
+    oriented = _orientation_transform(cell_exp, cell_rel)
+    if oriented is not None:
+        found = result(oriented)
+        if found.length_misfit <= length_tol and found.angle_misfit <= angle_tol:
+            return found
+    fits = [result(t) for t in _metric_candidates(cell_exp, cell_rel)]
+    fits = [f for f in fits if f.length_misfit <= length_tol and f.angle_misfit <= angle_tol]
+    if not fits:
+        length, angle = _misfit(cell_rel, cell_exp)
+        return SettingMatch("unmatched", identity, length, angle)
+    comparable = (exp is not None and relaxed is not None and len(exp) == len(relaxed) > 0
+                  and np.array_equal(exp.numbers, relaxed.numbers))
+    if comparable:
+        cost = [displacement_rmsd(exp, relaxed, f.transform)[0] for f in fits]
+        slack = 0.05  # Å
+    else:
+        cost = [_score(f.length_misfit, f.angle_misfit) for f in fits]
+        slack = 0.02
+    best = int(np.argmin(cost))
+    if fits[0].setting == "same" and cost[0] <= cost[best] + slack:
+        return fits[0]
+    return fits[best]
+
+
+def spacegroup(atoms: Atoms, symprec: float = 1e-2) -> tuple[int | None, str | None]:
+    """(number, Hermann–Mauguin symbol) from spglib, or (None, None) when it finds none."""
+    import spglib
+
+    if len(atoms) == 0:
+        return None, None
+    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers)
+    try:
+        data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    except Exception:  # noqa: BLE001 - spglib raises its own error types for bad cells
+        return None, None
+    if data is None:
+        return None, None
+    return int(data.number), str(data.international)
+
+
+def bonds(atoms: Atoms, mult: float = BOND_MULT) -> set[tuple[int, int]]:
+    """Covalently bonded atom pairs (i < j), periodic images included, by scaled covalent radii."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return set()
+    radii = mult * covalent_radii[atoms.numbers]
+    i, j = neighbor_list("ij", atoms, radii.tolist())
+    return {(int(a), int(b)) for a, b in zip(i, j) if a < b}
+
+
+def molecules(atoms: Atoms, pairs: set[tuple[int, int]]) -> Counter:
+    """Multiset of molecular formulas (connected components of the bond graph)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(atoms)
+    if n == 0:
+        return Counter()
+    rows = [p[0] for p in pairs]
+    cols = [p[1] for p in pairs]
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    symbols = np.array(atoms.get_chemical_symbols())
+    return Counter(Atoms(symbols[labels == k].tolist()).get_chemical_formula() for k in np.unique(labels))
+
+
+def displacement_rmsd(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> tuple[float, float]:
+    """RMS and max displacement (Å) of atoms once cell strain and overall translation are removed.
+
+    Fractional coordinates of the relaxed atoms (in the experimental setting, via ``transform``)
+    minus the experimental ones, wrapped to the nearest image, mean shift removed, measured
+    in the experimental cell. Needs the same atoms in the same order.
+    """
+    transform = np.eye(3) if transform is None else transform
+    cell_rel = transform @ np.asarray(relaxed.cell)
+    frac_rel = relaxed.positions @ np.linalg.inv(cell_rel)
+    frac_exp = exp.positions @ np.linalg.inv(np.asarray(exp.cell))
+    delta = frac_rel - frac_exp
+    delta -= np.rint(delta)
+    shift = delta.mean(axis=0)
+    delta -= shift
+    delta -= np.rint(delta)
+    cart = np.linalg.norm(delta @ np.asarray(exp.cell), axis=1)
+    return float(np.sqrt(np.mean(cart**2))), float(cart.max())
+
+
+def matcher_rms(exp: Atoms, relaxed: Atoms) -> float | None:
+    """pymatgen StructureMatcher RMS (normalised by (V/n)^(1/3)), volume scaled; None if no match."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        s_exp = AseAtomsAdaptor.get_structure(exp)
+        s_rel = AseAtomsAdaptor.get_structure(relaxed)
+        result = StructureMatcher(scale=True, attempt_supercell=False).get_rms_dist(s_exp, s_rel)
+    except Exception:  # noqa: BLE001 - a failed match is a result, not a crash
+        return None
+    return None if result is None else float(result[0])
+
+
+def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None,
+                       symprec: float = 1e-2, matcher: bool = True) -> dict[str, object]:
+    """Space-group survival, packing displacement and bond-graph checks as one flat record."""
+    sg_exp, sym_exp = spacegroup(exp, symprec)
+    sg_rel, sym_rel = spacegroup(relaxed, symprec)
+    same_atoms = len(exp) == len(relaxed) and list(exp.numbers) == list(relaxed.numbers)
+    out: dict[str, object] = {
+        "sg_exp": sg_exp, "sg_exp_symbol": sym_exp, "sg_relaxed": sg_rel, "sg_relaxed_symbol": sym_rel,
+        "sg_survived": (sg_exp == sg_rel) if sg_exp is not None and sg_rel is not None else None,
+        "same_atom_order": same_atoms,
+    }
+    b_exp, b_rel = bonds(exp), bonds(relaxed)
+    mol_exp, mol_rel = molecules(exp, b_exp), molecules(relaxed, b_rel)
+    out["n_molecules_exp"] = sum(mol_exp.values())
+    out["n_molecules_relaxed"] = sum(mol_rel.values())
+    out["molecules_same"] = mol_exp == mol_rel
+    if same_atoms:
+        out["bonds_broken"] = len(b_exp - b_rel)
+        out["bonds_formed"] = len(b_rel - b_exp)
+        out["bonds_intact"] = b_exp == b_rel
+        out["rmsd_A"], out["max_disp_A"] = displacement_rmsd(exp, relaxed, transform)
+    else:
+        out.update(bonds_broken=None, bonds_formed=None, bonds_intact=None, rmsd_A=None, max_disp_A=None)
+    out["matcher_rms"] = matcher_rms(exp, relaxed) if matcher else None
+    return out
+
+
+STRUCTURE_COLUMNS = ["sg_exp", "sg_exp_symbol", "sg_relaxed", "sg_relaxed_symbol", "sg_survived",
+                     "same_atom_order", "n_molecules_exp", "n_molecules_relaxed", "molecules_same",
+                     "bonds_broken", "bonds_formed", "bonds_intact", "rmsd_A", "max_disp_A", "matcher_rms"]

@@ -1,0 +1,303 @@
+"""Known-answer tests of the analysis stage: constructed relaxed databases with known errors.
+
+The "relaxed" structures are the experimental benzene crystal (COD 2100348) deformed by a known
+amount and written with the relaxed-row schema, so every error has an exact expected value.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase import Atoms
+from ase.geometry import cell_to_cellpar
+from ase.io import read
+
+from helpers import analysis
+from helpers import db as dbmod
+from helpers.distributions import fit_gaussian, median_mad
+from helpers.structure_compare import match_setting
+
+EXP_KEYS = ("a_exp", "b_exp", "c_exp", "alpha_exp", "beta_exp", "gamma_exp")
+
+
+@pytest.fixture(scope="module")
+def benzene(cod_dir) -> Atoms:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read(cod_dir / "2100348.cif")
+
+
+def exp_kvp(atoms: Atoms, sid: str, temperature: float | None = 296.0) -> dict:
+    par = cell_to_cellpar(atoms.cell)
+    kvp = dict(zip(EXP_KEYS, (float(v) for v in par)))
+    kvp.update(structure_id=sid, V_exp=float(atoms.get_volume()),
+               density_exp=float(atoms.get_masses().sum() * 1.66053906660 / atoms.get_volume()))
+    if temperature is not None:
+        kvp["temperature"] = temperature
+    return kvp
+
+
+def write_clean(path, structures: dict[str, Atoms], temperatures: dict[str, float | None]) -> None:
+    database = dbmod.connect(path)
+    for sid, atoms in structures.items():
+        database.write(atoms, key_value_pairs=exp_kvp(atoms, sid, temperatures.get(sid, 296.0)),
+                       data={"cell_exp": np.asarray(atoms.cell).tolist()})
+
+
+def write_relaxed(path, exp: Atoms, relaxed: Atoms, sid: str, potential: str, status: str = "converged",
+                  steps: int = 42, temperature: float | None = 296.0, **extra) -> None:
+    database = dbmod.connect(path)
+    kvp = {**exp_kvp(exp, sid, temperature), "potential": potential, "status": status,
+           "converged": status == "converged", "steps": steps, "settings_hash": "abc123", **extra}
+    database.write(relaxed, key_value_pairs=kvp, data={"cell_exp": np.asarray(exp.cell).tolist()})
+
+
+def scaled(atoms: Atoms, factors=(1.0, 1.0, 1.0)) -> Atoms:
+    out = atoms.copy()
+    out.set_cell(np.asarray(atoms.cell) * np.asarray(factors)[:, None], scale_atoms=True)
+    return out
+
+
+# --- Gaussian fit and robust statistics ------------------------------------------------------
+
+
+def test_gaussian_fit_recovers_mu_sigma_of_normal_data():
+    values = np.random.default_rng(0).normal(3.0, 8.4, 4000)
+    fit = fit_gaussian(values)
+    assert fit.method == "curve_fit histogram"
+    assert fit.mu == pytest.approx(3.0, abs=0.5)
+    assert fit.sigma == pytest.approx(8.4, rel=0.06)
+    assert fit.sigma_mad == pytest.approx(8.4, rel=0.06)
+
+
+def test_histogram_fit_follows_the_peak_when_tails_pull_the_mean():
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(2.0, 5.0, 3000), rng.uniform(150, 400, 150)])
+    fit = fit_gaussian(values)
+    assert fit.mu == pytest.approx(2.0, abs=0.6)
+    assert fit.sigma == pytest.approx(5.0, rel=0.1)
+    assert fit.mu_mle > 10  # the maximum-likelihood fit is dragged by the tail
+    assert fit.n_outside == 150 and fit.n == 3150
+
+
+def test_median_mad_and_small_samples():
+    assert median_mad(np.array([1, 2, 3, 4, 100])) == (3.0, 1.0)
+    fit = fit_gaussian([1.0, 2.0, 3.0])
+    assert fit.method.startswith("norm.fit") and fit.mu == pytest.approx(2.0)
+    assert fit_gaussian([]).n == 0
+
+
+# --- cell setting -------------------------------------------------------------------------------
+
+
+def test_match_setting_same_permuted_reduced_and_rotated(benzene):
+    cell = np.asarray(benzene.cell)
+    strained = cell * np.array([1.03, 0.98, 1.05])[:, None]
+    assert match_setting(cell, strained).setting == "same"
+    perm = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=float)
+    found = match_setting(cell, perm @ strained)
+    assert found.setting == "mapped"
+    np.testing.assert_allclose(found.transform @ perm @ strained, strained, atol=1e-9)
+    shear = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+    np.testing.assert_allclose(match_setting(cell, shear @ strained).transform @ shear @ strained, strained,
+                               atol=1e-9)
+    theta = np.radians(30)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    rotated = perm @ strained @ rot.T
+    found = match_setting(cell, rotated)
+    assert found.setting == "mapped"
+    np.testing.assert_allclose(cell_to_cellpar(found.transform @ rotated), cell_to_cellpar(strained),
+                               atol=1e-9)
+    assert match_setting(cell, cell * 3).setting == "unmatched"
+
+
+# --- errors from databases ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dbs(tmp_path_factory, benzene):
+    """Two potentials on three 'structures' (benzene under three ids) with known deformations."""
+    root = tmp_path_factory.mktemp("analysis")
+    ids = {"cod-0000001": 100.0, "cod-0000002": 200.0, "cod-0000003": None}
+    write_clean(root / "clean.db", {sid: benzene for sid in ids}, ids)
+    iso = scaled(benzene, [1.02] * 3)                       # ΔV = 1.02³ − 1, Δa = 2 %
+    aniso = scaled(benzene, [1.05, 1.0, 1.0])                # ΔV = Δa1 = 5 %, Δa2 = 0
+    perm = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    permuted = aniso.copy()                                  # same crystal, axes relabelled b, c, a
+    permuted.set_cell(perm @ np.asarray(aniso.cell), scale_atoms=False)
+    shrunk = scaled(benzene, [0.99] * 3)
+    write_relaxed(root / "relaxed_ani1x.db", benzene, iso, "cod-0000001", "ani1x", temperature=100.0)
+    write_relaxed(root / "relaxed_ani1x.db", benzene, aniso, "cod-0000002", "ani1x", temperature=200.0)
+    write_relaxed(root / "relaxed_ani1x.db", benzene, scaled(benzene, [2.0] * 3), "cod-0000003", "ani1x",
+                  status="exploded", temperature=None)
+    write_relaxed(root / "relaxed_ani1ccx.db", benzene, permuted, "cod-0000001", "ani1ccx", temperature=100.0)
+    write_relaxed(root / "relaxed_ani1ccx.db", benzene, shrunk, "cod-0000002", "ani1ccx", temperature=200.0)
+    write_relaxed(root / "relaxed_ani1ccx.db", benzene, Atoms(), "cod-0000003", "ani1ccx", status="error",
+                  steps=0, temperature=None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def errors(dbs):
+    return analysis.collect_errors(str(dbs / "relaxed_*.db"), dbs / "clean.db", structure=True, matcher=True)
+
+
+def pick(errors, sid, potential):
+    rows = errors[(errors.structure_id == sid) & (errors.potential == potential)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_collect_errors_exact_known_answers(errors):
+    assert len(errors) == 6
+    iso = pick(errors, "cod-0000001", "ani1x")
+    assert iso.dV_pct == pytest.approx((1.02**3 - 1) * 100, abs=1e-9)
+    for name in ("da1_pct", "da2_pct", "da3_pct"):
+        assert iso[name] == pytest.approx(2.0, abs=1e-9)
+    assert iso.dalpha_deg == pytest.approx(0, abs=1e-9)
+    assert iso.ddensity_pct == pytest.approx((1 / 1.02**3 - 1) * 100, abs=1e-9)
+    assert iso.cell_setting == "same" and iso.temperature == 100.0
+    aniso = pick(errors, "cod-0000002", "ani1x")
+    assert aniso.dV_pct == pytest.approx(5.0, abs=1e-9)
+    assert aniso.da1_pct == pytest.approx(5.0, abs=1e-9) and aniso.da2_pct == pytest.approx(0, abs=1e-9)
+
+
+def test_permuted_cell_is_mapped_back_and_said_so(errors):
+    row = pick(errors, "cod-0000001", "ani1ccx")
+    assert row.cell_setting == "mapped"
+    assert "mapped" in row.note
+    assert row.da1_pct == pytest.approx(5.0, abs=1e-9)
+    assert row.da2_pct == pytest.approx(0.0, abs=1e-9) and row.da3_pct == pytest.approx(0.0, abs=1e-9)
+    assert row.dV_pct == pytest.approx(5.0, abs=1e-9)
+
+
+def test_structure_checks_on_deformed_cells(errors):
+    iso = pick(errors, "cod-0000001", "ani1x")
+    assert iso.sg_exp == 61 and iso.sg_relaxed == 61 and bool(iso.sg_survived)
+    assert bool(iso.bonds_intact) and bool(iso.molecules_same) and iso.n_molecules_exp == 4
+    assert iso.rmsd_A == pytest.approx(0, abs=1e-9)
+    permuted = pick(errors, "cod-0000001", "ani1ccx")
+    assert permuted.rmsd_A == pytest.approx(0, abs=1e-9)
+    assert permuted.matcher_rms == pytest.approx(0, abs=1e-6)
+
+
+def test_broken_molecule_and_lost_symmetry_are_detected(tmp_path, benzene):
+    exp = benzene
+    moved = exp.copy()
+    h = [i for i, s in enumerate(moved.get_chemical_symbols()) if s == "H"][0]
+    moved.positions[h] += [0.0, 0.0, 1.2]                  # one C-H bond broken
+    write_clean(tmp_path / "clean.db", {"cod-1": exp}, {})
+    write_relaxed(tmp_path / "relaxed.db", exp, moved, "cod-1", "ani1x")
+    row = analysis.collect_errors(tmp_path / "relaxed.db", tmp_path / "clean.db", structure=True,
+                                  matcher=False).iloc[0]
+    assert not row.bonds_intact and row.bonds_broken == 1
+    assert not row.molecules_same
+    assert not row.sg_survived and row.sg_relaxed != 61
+    assert row.dV_pct == pytest.approx(0, abs=1e-9)
+    assert row.rmsd_A == pytest.approx(1.2 / np.sqrt(len(exp)), rel=0.05)
+
+
+def test_status_counts_and_converged_only(errors):
+    counts = analysis.status_counts(errors)
+    assert counts.loc["ani1x", "converged"] == 2 and counts.loc["ani1x", "exploded"] == 1
+    assert counts.loc["ani1ccx", "error"] == 1 and counts.loc["ani1ccx", "total"] == 3
+    summary = analysis.summarize(errors)
+    volume = summary[(summary.potential == "ani1x") & (summary.quantity == "volume")].iloc[0]
+    assert volume.n == 2  # the exploded one is left out
+    assert volume.mu == pytest.approx(np.mean([(1.02**3 - 1) * 100, 5.0]))
+    everything = analysis.summarize(errors, converged_only=False)
+    assert everything[(everything.potential == "ani1x") & (everything.quantity == "volume")].n.iloc[0] == 3
+
+
+def test_outliers_listed_with_ids(errors):
+    assert analysis.outliers(errors, 20).empty
+    found = analysis.outliers(errors, 20, converged_only=False)
+    assert list(found.structure_id) == ["cod-0000003"] and found.dV_pct.iloc[0] == pytest.approx(700.0)
+    fractions = analysis.outlier_fractions(errors, 4.0).set_index("potential")
+    assert fractions.loc["ani1x", "n_outliers"] == 2 and fractions.loc["ani1ccx", "n_outliers"] == 1
+    assert fractions.loc["ani1ccx", "structure_ids"] == "cod-0000001"
+    pair = analysis.load_pair(found.iloc[0])
+    assert pair["relaxed"].get_volume() == pytest.approx(8 * found.V_exp.iloc[0])
+
+
+def test_temperature_bands_and_thermal_correction(errors):
+    bands = analysis.temperature_bands(errors, edges=(150, 250), quantities=("volume",))
+    ani1x = bands[bands.potential == "ani1x"].set_index("temperature_band")
+    assert ani1x.loc["< 150 K", "n"] == 1 and ani1x.loc["150–250 K", "n"] == 1
+    assert ani1x.loc["< 150 K", "mu"] == pytest.approx((1.02**3 - 1) * 100)
+    corrected = analysis.thermal_corrected(errors, alpha_v=1.65e-4)
+    row = corrected[(corrected.structure_id == "cod-0000002") & (corrected.potential == "ani1x")].iloc[0]
+    v_ref = row.V_exp / (1 + 1.65e-4 * 200)
+    assert row.dV_thermal_pct == pytest.approx((1.05 * row.V_exp - v_ref) / v_ref * 100)
+    assert "1.65 × 10⁻⁴ K⁻¹" in corrected.attrs["assumption"]
+    assert np.isnan(corrected[corrected.structure_id == "cod-0000003"].dV_thermal_pct).all()
+
+
+def test_thermal_correction_zero_for_a_perfect_0K_volume():
+    factor = 1 + 300 * 1.6e-4
+    frame = pd.DataFrame({"temperature": [300.0], "V_exp": [1000.0], "V_relaxed": [1000.0 / factor],
+                          "a1_exp": [10.0], "a1_relaxed": [10.0 / factor ** (1 / 3)]})
+    out = analysis.thermal_corrected(frame, alpha_v=1.6e-4)
+    assert out.dV_thermal_pct.iloc[0] == pytest.approx(0, abs=1e-12)
+    assert out.da1_thermal_pct.iloc[0] == pytest.approx(0, abs=1e-12)
+
+
+def test_paired_differences_use_common_structures_only():
+    rows = []
+    for k in range(12):
+        rows.append({"structure_id": f"s{k}", "potential": "A", "dV_pct": 2.0 + k, "converged": True,
+                     "status": "converged"})
+        rows.append({"structure_id": f"s{k}", "potential": "B", "dV_pct": 1.0 + k, "converged": k < 10,
+                     "status": "converged" if k < 10 else "step_cap"})
+    paired = analysis.paired_differences(pd.DataFrame(rows)).iloc[0]
+    assert paired.n_common == 10
+    assert paired.mean_diff == pytest.approx(1.0) and paired.std_diff == pytest.approx(0.0)
+    assert paired.a_closer_fraction == 0.0
+    assert paired.wilcoxon_p < 0.01
+
+
+def test_study_table_layouts(errors):
+    summary = analysis.summarize(errors)
+    table = analysis.study_table(summary, counts=analysis.status_counts(errors))
+    assert list(table.index) == ["ΔV, ANI-1ccx", "ΔV, ANI-1x", "Δ|a1|, ANI-1ccx", "Δ|a1|, ANI-1x"]
+    assert table.loc["ΔV, ANI-1x", "μ study"] == 3.0 and table.loc["Δ|a1|, ANI-1ccx", "σ study"] == 6.8
+    assert table.loc["ΔV, ANI-1x", "exploded"] == 1
+    wide = analysis.study_table(summary, wide=True)
+    assert ("ANI-1x", "μ") in wide.columns and list(wide.index) == ["ΔV [%]", "Δ|a1| [%]"]
+
+
+def test_settings_variants_are_not_mixed(tmp_path, benzene):
+    write_relaxed(tmp_path / "r1.db", benzene, scaled(benzene, [1.01] * 3), "cod-1", "ani1x")
+    write_relaxed(tmp_path / "r2.db", benzene, scaled(benzene, [1.03] * 3), "cod-1", "ani1x",
+                  settings_hash="zzz999")
+    errors = analysis.collect_errors([tmp_path / "r1.db", tmp_path / "r2.db"])
+    assert sorted(errors.potential) == ["ani1x[abc123]", "ani1x[zzz999]"]
+    assert errors.exp_source.iloc[0] == "relaxed.data.cell_exp"
+
+
+def test_missing_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run 03_relax first"):
+        analysis.collect_errors(str(tmp_path / "relaxed_*.db"))
+    with pytest.raises(FileNotFoundError):
+        analysis.collect_errors(tmp_path / "nothing.db")
+
+
+def test_run_analysis_writes_every_table_and_figure(dbs, tmp_path):
+    out = tmp_path / "analysis"
+    result = analysis.run_analysis(str(dbs / "relaxed_*.db"), dbs / "clean.db", out, matcher=False,
+                                   quantities=("volume", "a1"))
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns[:7]) == ["potential", "quantity", "unit", "n", "mu", "sigma", "median"]
+    assert {"mad"} <= set(summary.columns) and set(summary.quantity) == {"volume", "a1"}
+    errors = pd.read_csv(out / "errors.csv")
+    required = ["structure_id", "potential", "natoms", "V_exp", "V_relaxed", "dV_pct", "a1_exp", "a1_relaxed",
+                "da1_pct", "converged", "steps"]
+    assert set(required) <= set(errors.columns) and len(errors) == 6
+    for name in ("hist_ani1x_volume.png", "hist_ani1ccx_a1.png", "overlay_volume.png",
+                 "dv_vs_temperature.png", "status_counts.png", "paired_ani1ccx_vs_ani1x.png"):
+        assert (out / name).stat().st_size > 5000, name
+    assert all(p.stat().st_size > 0 for p in result["figures"])
+    assert set(result["files"]) >= {"summary", "errors", "study_table", "status_counts", "temperature_bands"}
