@@ -30,6 +30,8 @@ class CifFile:
     source: str
     name: str
     cod_id: int | None = None
+    #: extra key-value pairs for the raw row (e.g. COD search metadata, keys ``cod_*``)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +100,7 @@ def write_entry(db: Database, entry: CifEntry, file: CifFile, sid: str, text: st
     """Write one entry to the raw database (replacing an older row of the same id)."""
     atoms = entry.atoms if entry.atoms is not None else Atoms()
     kvp: dict[str, Any] = {
+        **file.extra,
         **entry.metadata,
         "cod_id": file.cod_id,
         "block": entry.block or None,

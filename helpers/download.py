@@ -1,0 +1,316 @@
+"""Polite, resumable HTTP download of COD CIFs into a local cache folder.
+
+Why each piece exists:
+- a shared :class:`RateLimiter` keeps the whole run at ``rate`` requests/s however many worker
+  threads there are, and a 429's ``Retry-After`` pauses every worker, not only the one that got it;
+- :func:`get_text` retries what is worth retrying (timeouts, connection errors, truncated bodies,
+  5xx, 429, HTML error pages served with status 200) with exponential backoff, and gives up with
+  one short reason;
+- every file is checked (:func:`cif_problem`) and written atomically (temp file + ``os.replace``),
+  so a file under its final name is always complete: a killed run resumes by downloading only
+  what is missing or broken.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+USER_AGENT = "codani/0.1 (research; ANI vs COD molecular crystals; python-requests)"
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_DATA_BLOCK = re.compile(r"(?im)^[ \t]*data_(\S*)")
+_COD_CODE = re.compile(r"(?im)^[ \t]*_cod_database_code[ \t]+['\"]?(\d+)")
+
+
+@dataclass
+class RetryPolicy:
+    """How hard to try one URL. Defaults suit an overnight run against the real COD."""
+
+    attempts: int = 6
+    backoff: float = 2.0  # seconds before the 2nd attempt; doubles each time (with jitter)
+    max_backoff: float = 120.0
+    max_retry_after: float = 900.0  # a longer Retry-After is capped to this
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+
+    def wait(self, attempt: int) -> float:
+        """Backoff before attempt ``attempt + 1``: exponential, capped, 50-100 % jitter."""
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+class RateLimiter:
+    """At most ``rate`` request starts per second across all threads (``None``/0: unlimited)."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.interval = 1.0 / rate if rate else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Block until this caller's slot; slots are handed out in call order."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+    def defer(self, seconds: float) -> None:
+        """Hand out no slot for ``seconds`` from now (the server asked us to back off)."""
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
+
+
+class FetchError(Exception):
+    """A URL could not be fetched; ``reason`` is short and groupable, ``history`` lists every attempt."""
+
+    def __init__(self, reason: str, attempts: int, history: list[str]):
+        super().__init__(reason)
+        self.reason, self.attempts, self.history = reason, attempts, history
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either a number or an HTTP date; None when absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def decode(content: bytes) -> str:
+    """Bytes -> text without ever failing (non-UTF-8 bytes kept as surrogate escapes)."""
+    return content.decode("utf-8", errors="surrogateescape")
+
+
+def get_text(session: requests.Session, url: str, *, policy: RetryPolicy, limiter: RateLimiter,
+             params: dict | None = None, check: Callable[[str], str | None] | None = None,
+             ) -> tuple[bytes, int]:
+    """GET ``url`` with retries; returns (body bytes, attempts used) or raises :class:`FetchError`.
+
+    ``check(text)`` returns a problem description for a body that arrived but is not what we
+    asked for (HTML error page, wrong entry, unparseable): such a body is retried too.
+    """
+    history: list[str] = []
+    for attempt in range(1, policy.attempts + 1):
+        limiter.wait()
+        try:
+            response = session.get(url, params=params,
+                                   timeout=(policy.connect_timeout, policy.read_timeout))
+            if response.status_code in RETRY_STATUS:
+                delay = retry_after_seconds(response.headers.get("Retry-After"))
+                raise _Retryable(f"HTTP {response.status_code}", delay)
+            if response.status_code != 200:
+                history.append(f"HTTP {response.status_code}")
+                raise FetchError(f"HTTP {response.status_code}", attempt, history)
+            body = response.content
+            problem = check(decode(body)) if check else None
+            if problem:
+                raise _Retryable(problem)
+            return body, attempt
+        except _Retryable as exc:
+            reason, delay = exc.reason, exc.retry_after
+        except requests.Timeout:
+            reason, delay = "timeout", None
+        except requests.exceptions.ChunkedEncodingError:
+            reason, delay = "truncated body", None
+        except requests.ConnectionError as exc:
+            reason, delay = f"connection error ({type(exc).__name__})", None
+        except requests.RequestException as exc:
+            reason, delay = f"request error ({type(exc).__name__}: {exc})", None
+        history.append(reason)
+        if attempt == policy.attempts:
+            break
+        if delay is not None:
+            delay = min(delay, policy.max_retry_after)
+            limiter.defer(delay)
+        time.sleep(delay if delay is not None else policy.wait(attempt))
+    raise FetchError(history[-1], policy.attempts, history)
+
+
+def cif_problem(text: str, cod_id: int | None = None, parse: bool = True) -> str | None:
+    """Why ``text`` is not an intact CIF of entry ``cod_id`` (None when it is).
+
+    Checks: non-empty, not an HTML page, has a ``data_`` block, the COD id it states (in
+    ``_cod_database_code`` or a 7-digit block name) is ``cod_id``, and (``parse``) ASE parses it.
+    """
+    if not text.strip():
+        return "empty body"
+    head = text.lstrip()[:500].lower()
+    if head.startswith("<") or "<html" in head or "<!doctype" in head:
+        return "HTML page instead of CIF"
+    block = _DATA_BLOCK.search(text)
+    if block is None:
+        return "no data_ block"
+    if cod_id is not None:
+        code = _COD_CODE.search(text)
+        stated = code.group(1) if code else block.group(1)
+        if re.fullmatch(r"\d{7}", stated) and int(stated) != int(cod_id):
+            return f"COD id mismatch (file is {stated})"
+    if parse:
+        from ase.io.cif import parse_cif
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                blocks = list(parse_cif(io.StringIO(text)))
+        except Exception as exc:  # noqa: BLE001 - any parser failure is the reason
+            return f"CIF parse error ({type(exc).__name__}: {exc})"
+        if not blocks:
+            return "no data_ block"
+    return None
+
+
+def cache_path(cache_dir: str | Path, cod_id: int) -> Path:
+    """COD mirror layout: ``1000000`` -> ``<cache>/1/00/00/1000000.cif`` (few files per folder)."""
+    digits = str(int(cod_id))
+    return Path(cache_dir) / digits[0] / digits[1:3] / digits[3:5] / f"{digits}.cif"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete, never partial."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_partials(cache_dir: str | Path) -> int:
+    """Delete temp files left by a killed run; returns how many."""
+    n = 0
+    for part in Path(cache_dir).rglob(".*.cif.*.part"):
+        part.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+@dataclass
+class DownloadResult:
+    """Outcome for one entry: ``downloaded`` (this run), ``cached`` (already intact) or ``failed``."""
+
+    cod_id: int
+    status: str
+    path: Path | None = None
+    reason: str | None = None
+    attempts: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+def cached_ok(path: Path, cod_id: int) -> bool:
+    """A cached file is trusted when present and passes the cheap checks (it was fully checked
+    before it was atomically renamed into place; parsing 40k files again would take minutes)."""
+    try:
+        text = decode(path.read_bytes())
+    except OSError:
+        return False
+    return cif_problem(text, cod_id, parse=False) is None
+
+
+def cif_url(base_url: str, cod_id: int) -> str:
+    return f"{base_url.rstrip('/')}/{int(cod_id)}.cif"
+
+
+def new_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def download_cifs(cod_ids: Iterable[int], base_url: str, cache_dir: str | Path, *,
+                  concurrency: int = 4, rate: float | None = 1.0, policy: RetryPolicy | None = None,
+                  progress: bool = True, limiter: RateLimiter | None = None) -> list[DownloadResult]:
+    """Make ``<cache>/…/<id>.cif`` intact for every id; download only missing or broken files.
+
+    ``concurrency`` worker threads share one rate limit of ``rate`` requests/s. Returns one
+    result per distinct id, in input order. Interrupting (Ctrl-C) cancels queued downloads.
+    """
+    from tqdm.auto import tqdm
+
+    policy = policy or RetryPolicy()
+    limiter = limiter or RateLimiter(rate)
+    ids = list(dict.fromkeys(int(i) for i in cod_ids))
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    remove_partials(cache)
+    results: dict[int, DownloadResult] = {}
+    todo: list[int] = []
+    for cod_id in ids:
+        path = cache_path(cache, cod_id)
+        if path.is_file() and cached_ok(path, cod_id):
+            results[cod_id] = DownloadResult(cod_id, "cached", path)
+        else:
+            todo.append(cod_id)
+
+    local = threading.local()
+    sessions: list[requests.Session] = []
+
+    def one(cod_id: int) -> DownloadResult:
+        if not hasattr(local, "session"):
+            local.session = new_session()
+            sessions.append(local.session)
+        path = cache_path(cache, cod_id)
+        try:
+            body, attempts = get_text(local.session, cif_url(base_url, cod_id), policy=policy,
+                                      limiter=limiter, check=lambda text: cif_problem(text, cod_id))
+        except FetchError as exc:
+            return DownloadResult(cod_id, "failed", None, exc.reason, exc.attempts, exc.history)
+        write_atomic(path, body)
+        return DownloadResult(cod_id, "downloaded", path, attempts=attempts)
+
+    counts = {"ok": 0, "failed": 0}
+    bar = tqdm(total=len(todo), desc=f"download ({len(results)} cached)", unit="cif", disable=not progress,
+               smoothing=0.05)
+    executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="cod-dl")
+    try:
+        futures = [executor.submit(one, cod_id) for cod_id in todo]
+        for future in as_completed(futures):
+            result = future.result()
+            results[result.cod_id] = result
+            counts["ok" if result.status == "downloaded" else "failed"] += 1
+            bar.set_postfix(done=counts["ok"], failed=counts["failed"], remaining=bar.total - bar.n - 1,
+                            refresh=False)
+            bar.update()
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    executor.shutdown(wait=True)
+    for session in sessions:
+        session.close()
+    return [results[i] for i in ids]
