@@ -330,6 +330,8 @@ def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a
                             key=lambda s: s.map(order) if s.name == "quantity" else s)
     data["label"] = [f"{QUANTITIES[q].label}, {display_name(p)}"
                      for q, p in zip(data["quantity"], data["potential"])]
+    if wide and data.empty:
+        return pd.DataFrame()
     if wide:
         data["quantity_label"] = [f"{QUANTITIES[q].label} [{QUANTITIES[q].unit}]" for q in data["quantity"]]
         table = data.pivot(index="quantity_label", columns="potential", values=["mu", "sigma"])
@@ -505,17 +507,21 @@ def structure_summary(errors: pd.DataFrame, converged_only: bool = True) -> pd.D
     if "sg_survived" not in data or data.empty:
         return pd.DataFrame(columns=["potential", "n", "sg_survived_fraction", "bonds_intact_fraction",
                                      "molecules_same_fraction", "rmsd_median_A", "rmsd_mad_A",
-                                     "matcher_matched_fraction"])
+                                     "rmsd_heavy_median_A", "matcher_matched_fraction"])
     rows = []
     for potential, group in data.groupby("potential"):
         rmsd = pd.to_numeric(group["rmsd_A"], errors="coerce").dropna()
         median, mad = median_mad(rmsd.to_numpy())
+        heavy = pd.to_numeric(group["rmsd_heavy_A"], errors="coerce").dropna()
         rows.append({"potential": potential, "n": len(group),
                      "sg_survived_fraction": _fraction(group["sg_survived"]),
                      "bonds_intact_fraction": _fraction(group["bonds_intact"]),
                      "molecules_same_fraction": _fraction(group["molecules_same"]),
                      "rmsd_median_A": median, "rmsd_mad_A": mad,
-                     "matcher_matched_fraction": float(group["matcher_rms"].notna().mean())})
+                     "rmsd_heavy_median_A": float(heavy.median()) if len(heavy) else np.nan,
+                     # NaN when StructureMatcher was not run (no row has a value)
+                     "matcher_matched_fraction": float(group["matcher_rms"].notna().mean())
+                     if data["matcher_rms"].notna().any() else np.nan})
     return pd.DataFrame(rows)
 
 

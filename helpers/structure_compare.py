@@ -206,12 +206,13 @@ def molecules(atoms: Atoms, pairs: set[tuple[int, int]]) -> Counter:
     return Counter(Atoms(symbols[labels == k].tolist()).get_chemical_formula() for k in np.unique(labels))
 
 
-def displacement_rmsd(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> tuple[float, float]:
-    """RMS and max displacement (Å) of atoms once cell strain and overall translation are removed.
+def displacements(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> np.ndarray:
+    """Per-atom displacement (Å) once the cell strain and the overall translation are removed.
 
     Fractional coordinates of the relaxed atoms (in the experimental setting, via ``transform``)
-    minus the experimental ones, wrapped to the nearest image, mean shift removed, measured
-    in the experimental cell. Needs the same atoms in the same order.
+    minus the experimental ones, wrapped to the nearest image, minus the mean shift of the
+    heavy atoms (X-ray H positions are systematically short, so H should not define the
+    origin), measured in the experimental cell. Needs the same atoms in the same order.
     """
     transform = np.eye(3) if transform is None else transform
     cell_rel = transform @ np.asarray(relaxed.cell)
@@ -219,15 +220,23 @@ def displacement_rmsd(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None =
     frac_exp = exp.positions @ np.linalg.inv(np.asarray(exp.cell))
     delta = frac_rel - frac_exp
     delta -= np.rint(delta)
-    shift = delta.mean(axis=0)
-    delta -= shift
+    heavy = exp.numbers > 1
+    delta -= delta[heavy].mean(axis=0) if heavy.any() else delta.mean(axis=0)
     delta -= np.rint(delta)
-    cart = np.linalg.norm(delta @ np.asarray(exp.cell), axis=1)
-    return float(np.sqrt(np.mean(cart**2))), float(cart.max())
+    return np.linalg.norm(delta @ np.asarray(exp.cell), axis=1)
+
+
+def displacement_rmsd(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> tuple[float, float]:
+    """RMS and max of :func:`displacements` over all atoms (Å)."""
+    disp = displacements(exp, relaxed, transform)
+    return float(np.sqrt(np.mean(disp**2))), float(disp.max())
 
 
 def matcher_rms(exp: Atoms, relaxed: Atoms) -> float | None:
-    """pymatgen StructureMatcher RMS (normalised by (V/n)^(1/3)), volume scaled; None if no match."""
+    """pymatgen StructureMatcher RMS, volume scaled; None if no match (default tolerances).
+
+    pymatgen normalises it by (V/n)^(1/3); multiply by that to compare with ``rmsd_A``.
+    """
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -260,13 +269,19 @@ def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None 
         out["bonds_broken"] = len(b_exp - b_rel)
         out["bonds_formed"] = len(b_rel - b_exp)
         out["bonds_intact"] = b_exp == b_rel
-        out["rmsd_A"], out["max_disp_A"] = displacement_rmsd(exp, relaxed, transform)
+        disp = displacements(exp, relaxed, transform)
+        heavy = disp[exp.numbers > 1]
+        out["rmsd_A"] = float(np.sqrt(np.mean(disp**2)))
+        out["rmsd_heavy_A"] = float(np.sqrt(np.mean(heavy**2))) if heavy.size else None
+        out["max_disp_A"] = float(disp.max())
     else:
-        out.update(bonds_broken=None, bonds_formed=None, bonds_intact=None, rmsd_A=None, max_disp_A=None)
+        out.update(bonds_broken=None, bonds_formed=None, bonds_intact=None, rmsd_A=None, rmsd_heavy_A=None,
+                   max_disp_A=None)
     out["matcher_rms"] = matcher_rms(exp, relaxed) if matcher else None
     return out
 
 
 STRUCTURE_COLUMNS = ["sg_exp", "sg_exp_symbol", "sg_relaxed", "sg_relaxed_symbol", "sg_survived",
                      "same_atom_order", "n_molecules_exp", "n_molecules_relaxed", "molecules_same",
-                     "bonds_broken", "bonds_formed", "bonds_intact", "rmsd_A", "max_disp_A", "matcher_rms"]
+                     "bonds_broken", "bonds_formed", "bonds_intact", "rmsd_A", "rmsd_heavy_A", "max_disp_A",
+                     "matcher_rms"]

@@ -197,7 +197,8 @@ def test_broken_molecule_and_lost_symmetry_are_detected(tmp_path, benzene):
     assert not row.molecules_same
     assert not row.sg_survived and row.sg_relaxed != 61
     assert row.dV_pct == pytest.approx(0, abs=1e-9)
-    assert row.rmsd_A == pytest.approx(1.2 / np.sqrt(len(exp)), rel=0.05)
+    assert row.rmsd_A == pytest.approx(1.2 / np.sqrt(len(exp)), abs=1e-9)
+    assert row.rmsd_heavy_A == pytest.approx(0, abs=1e-9) and row.max_disp_A == pytest.approx(1.2)
 
 
 def test_status_counts_and_converged_only(errors):
@@ -301,3 +302,34 @@ def test_run_analysis_writes_every_table_and_figure(dbs, tmp_path):
         assert (out / name).stat().st_size > 5000, name
     assert all(p.stat().st_size > 0 for p in result["figures"])
     assert set(result["files"]) >= {"summary", "errors", "study_table", "status_counts", "temperature_bands"}
+
+
+def test_rows_written_by_the_filter_and_relax_stages(tmp_path, cod_dir):
+    """Schema contract with 02 and 03: a clean row from run_filter, a relaxed row from write_result."""
+    import shutil
+
+    from helpers.batch import write_result
+    from helpers.fetch import fetch
+    from helpers.filters import run_filter
+    from helpers.relax import RelaxResult, RelaxSettings
+
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(cod_dir / "2100348.cif", source)
+    fetch(str(source), str(tmp_path / "raw.db"), progress=False)
+    run_filter(str(tmp_path / "raw.db"), str(tmp_path / "clean.db"), str(tmp_path / "rejects.db"), progress=False)
+    clean = dbmod.connect(tmp_path / "clean.db", must_exist=True)
+    clean_row = clean.get(structure_id="cod-2100348")
+    settings = RelaxSettings(potential="ani1x", steps_per_atom=6)
+    out = dbmod.connect(tmp_path / "relaxed_ani1x.db")
+    relaxed = scaled(clean_row.toatoms(), [1.04, 1.0, 1.0])
+    write_result(out, clean_row, RelaxResult(atoms=relaxed, status="converged", converged=True, steps=7,
+                                             max_steps=600, e_initial=-1.0, e_final=-2.0, fmax_final=4e-4,
+                                             wall_time=1.0), settings, "hash0001")
+    row = analysis.collect_errors(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", structure=True).iloc[0]
+    assert row.potential == "ani1x" and row.status == "converged" and row.steps == 7
+    assert row.dV_pct == pytest.approx(4.0, abs=1e-9) and row.da1_pct == pytest.approx(4.0, abs=1e-9)
+    assert row.temperature == pytest.approx(296.0) and row.cell_setting == "same"
+    assert row.exp_source == "relaxed.data.cell_exp"
+    assert row.ddensity_pct == pytest.approx((1 / 1.04 - 1) * 100, abs=1e-6)
+    assert bool(row.sg_survived) and bool(row.bonds_intact)
