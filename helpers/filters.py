@@ -1,0 +1,199 @@
+"""Notebook 02's entry point: run the checks over the raw database into a clean and a rejects database.
+
+Every raw row ends in exactly one of the two output databases (keyed by ``structure_id``), so
+re-running is idempotent: a structure that now passes is removed from the rejects and vice versa.
+Clean rows carry the experimental reference cell (a, b, c, α, β, γ, V, density, cell matrix) that
+the analysis compares the relaxed cells with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from helpers import db as dbmod
+from helpers.checks import AMU_PER_A3_TO_G_PER_CM3, CHECKS, Check, Entry, Rejection, Thresholds
+
+__all__ = ["CHECKS", "FilterReport", "FilterResult", "Thresholds", "evaluate", "filter_row",
+           "reference_cell", "run_filter"]
+
+
+@dataclass
+class FilterResult:
+    """The verdict on one entry: every failed check (in chain order) and the flags raised."""
+
+    structure_id: str
+    rejections: list[Rejection] = field(default_factory=list)
+    flags: list[Rejection] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.rejections
+
+    @property
+    def checks(self) -> list[str]:
+        return [r.check for r in self.rejections]
+
+
+def evaluate(entry: Entry, thresholds: Thresholds | None = None,
+             checks: Sequence[Check] = CHECKS) -> FilterResult:
+    """Run every check on one entry; a check that crashes is itself recorded, never raised."""
+    t = thresholds or Thresholds()
+    result = FilterResult(entry.structure_id)
+    for check in checks:
+        try:
+            found = check.func(entry, t)
+        except Exception as exc:  # noqa: BLE001 - bad input must not stop the run
+            found = Rejection(check.name, f"check {check.name} could not run: {type(exc).__name__}: {exc}",
+                              {"exception": f"{type(exc).__name__}: {exc}", "internal_error": True})
+        if found is None:
+            continue
+        found.check = check.name
+        if check.kind == "flag":
+            result.flags.append(found)
+            if t.flags_reject:
+                result.rejections.append(found)
+        else:
+            result.rejections.append(found)
+    return result
+
+
+def filter_row(row, thresholds: Thresholds | None = None, **overrides: Any) -> FilterResult:
+    """Verdict on one raw database row (an ``AtomsRow``) or an :class:`Entry` (for reuse and fuzzing)."""
+    entry = row if isinstance(row, Entry) else Entry.from_row(row)
+    return evaluate(entry, thresholds or Thresholds.make(**overrides))
+
+
+def reference_cell(atoms: Atoms) -> tuple[dict[str, float], list[list[float]]]:
+    """Experimental reference cell as stored in the clean DB: a..gamma, V (Å, °, Å^3), density, matrix."""
+    a, b, c, alpha, beta, gamma = (float(x) for x in atoms.cell.cellpar())
+    volume = float(atoms.cell.volume)
+    density = float(atoms.get_masses().sum() / volume * AMU_PER_A3_TO_G_PER_CM3) if volume > 0 else None
+    kvp = {"a_exp": a, "b_exp": b, "c_exp": c, "alpha_exp": alpha, "beta_exp": beta, "gamma_exp": gamma,
+           "V_exp": volume, "density_exp": density}
+    return kvp, np.asarray(atoms.cell.array, dtype=float).tolist()
+
+
+@dataclass
+class FilterReport:
+    """What the filter did: the verdict per structure and the counts per check."""
+
+    results: list[FilterResult] = field(default_factory=list)
+    checks: Sequence[Check] = field(default_factory=lambda: list(CHECKS))
+    clean_db: str = ""
+    rejects_db: str = ""
+
+    @property
+    def passed(self) -> list[str]:
+        return [r.structure_id for r in self.results if r.passed]
+
+    @property
+    def rejected(self) -> list[str]:
+        return [r.structure_id for r in self.results if not r.passed]
+
+    def counts(self):
+        """Structures per check (``n``: failing it at all; ``n_first``: as the headline reason),
+        then flags, ``passed`` and ``total`` rows."""
+        import pandas as pd
+
+        rows = []
+        for check in self.checks:
+            if check.kind == "flag":
+                n = sum(any(f.check == check.name for f in r.flags) for r in self.results)
+            else:
+                n = sum(check.name in r.checks for r in self.results)
+            first = sum(bool(r.checks) and r.checks[0] == check.name for r in self.results)
+            rows.append({"check": check.name, "kind": check.kind, "n": n, "n_first": first,
+                         "description": check.description})
+        n_pass = len(self.passed)
+        rows.append({"check": "passed", "kind": "result", "n": n_pass, "n_first": n_pass,
+                     "description": "in the clean database"})
+        rows.append({"check": "total", "kind": "result", "n": len(self.results), "n_first": len(self.results),
+                     "description": "raw entries filtered"})
+        return pd.DataFrame(rows).set_index("check")
+
+    def table(self):
+        """One line per rejected structure: its failed checks and the headline reason."""
+        import pandas as pd
+
+        return pd.DataFrame([{"structure_id": r.structure_id, "checks": ",".join(r.checks),
+                              "reason": r.rejections[0].reason} for r in self.results if not r.passed])
+
+
+def _output_row(row, entry: Entry, result: FilterResult) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Which database the entry goes to ('clean' or 'rejects'), and its key-value pairs and data."""
+    flags = {f"flag_{c.name}": any(f.check == c.name for f in result.flags)
+             for c in CHECKS if c.kind == "flag"}
+    base = {**row.key_value_pairs, "raw_id": row.id, **flags}
+    if result.passed:
+        cell_kvp, cell = reference_cell(entry.atoms)
+        return "clean", {**base, **cell_kvp}, {**row.data, "cell_exp": cell}
+    kvp = {**base, "checks": ",".join(result.checks), "reason": result.rejections[0].reason,
+           "n_failures": len(result.rejections)}
+    data = {**row.data, "rejections": [r.as_dict() for r in result.rejections],
+            "flags": [f.as_dict() for f in result.flags]}
+    return "rejects", kvp, data
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain Python containers and numbers (ASE's JSON data column chokes on numpy scalars in dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float = 0.8,
+               elements: Sequence[str] | None = ("C", "H", "N", "O"), progress: bool = True,
+               chunk_size: int = 200, **thresholds: Any) -> FilterReport:
+    """Filter every raw row into ``clean_db`` or ``rejects_db``; idempotent, never stops on bad input.
+
+    ``thresholds`` override :class:`helpers.checks.Thresholds` (e.g. ``h_missing_tolerance=0.5``).
+    """
+    from tqdm.auto import tqdm
+
+    t = Thresholds.make(min_distance=min_distance, elements=elements, **thresholds)
+    raw = dbmod.connect(raw_db, must_exist=True)
+    out = {"clean": dbmod.connect(clean_db), "rejects": dbmod.connect(rejects_db)}
+    ids = {name: dbmod.ids_with(db, "structure_id") for name, db in out.items()}
+    stale: dict[str, list[int]] = {"clean": [], "rejects": []}
+    report = FilterReport(clean_db=str(clean_db), rejects_db=str(rejects_db))
+    rows = tqdm(dbmod.rows(raw), total=raw.count(), desc="filter", unit="structure", disable=not progress)
+    for chunk in _chunks(rows, chunk_size):
+        with out["clean"], out["rejects"]:  # one transaction per chunk
+            for row in chunk:
+                entry = Entry.from_row(row)
+                result = evaluate(entry, t)
+                target, kvp, data = _output_row(row, entry, result)
+                other = "rejects" if target == "clean" else "clean"
+                sid = entry.structure_id
+                kvp = dbmod.clean_kvp({k: v for k, v in kvp.items() if k != "structure_id"})
+                # replace in place (ASE's delete() VACUUMs the whole file every call)
+                out[target].write(entry.atoms, key_value_pairs={"structure_id": sid, **kvp},
+                                  data=_jsonable(data), id=ids[target].get(sid))
+                if sid in ids[other]:
+                    stale[other].append(ids[other].pop(sid))
+                report.results.append(result)
+    for name, stale_ids in stale.items():
+        out[name].delete(stale_ids)  # moved to the other database: one batch, one VACUUM
+    return report
+
+
+def _chunks(iterable, size: int):
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
