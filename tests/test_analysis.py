@@ -317,7 +317,8 @@ def test_rows_written_by_the_filter_and_relax_stages(tmp_path, cod_dir):
     source.mkdir()
     shutil.copy(cod_dir / "2100348.cif", source)
     fetch(str(source), str(tmp_path / "raw.db"), progress=False)
-    run_filter(str(tmp_path / "raw.db"), str(tmp_path / "clean.db"), str(tmp_path / "rejects.db"), progress=False)
+    run_filter(str(tmp_path / "raw.db"), str(tmp_path / "clean.db"), str(tmp_path / "rejects.db"),
+               progress=False)
     clean = dbmod.connect(tmp_path / "clean.db", must_exist=True)
     clean_row = clean.get(structure_id="cod-2100348")
     settings = RelaxSettings(potential="ani1x", steps_per_atom=6)
@@ -326,7 +327,8 @@ def test_rows_written_by_the_filter_and_relax_stages(tmp_path, cod_dir):
     write_result(out, clean_row, RelaxResult(atoms=relaxed, status="converged", converged=True, steps=7,
                                              max_steps=600, e_initial=-1.0, e_final=-2.0, fmax_final=4e-4,
                                              wall_time=1.0), settings, "hash0001")
-    row = analysis.collect_errors(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", structure=True).iloc[0]
+    frame = analysis.collect_errors(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", structure=True)
+    row = frame.iloc[0]
     assert row.potential == "ani1x" and row.status == "converged" and row.steps == 7
     assert row.dV_pct == pytest.approx(4.0, abs=1e-9) and row.da1_pct == pytest.approx(4.0, abs=1e-9)
     assert row.temperature == pytest.approx(296.0) and row.cell_setting == "same"
