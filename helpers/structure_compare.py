@@ -90,6 +90,16 @@ def _orientation_transform(cell_exp: np.ndarray, cell_rel: np.ndarray, tol: floa
     return np.rint(np.linalg.inv(near))
 
 
+def _stretched_only(cell_exp: np.ndarray, cell_rel: np.ndarray, tol: float = 0.3) -> bool:
+    """True when each relaxed vector is mostly its own experimental vector, stretched (any amount)."""
+    try:
+        frac = cell_rel @ np.linalg.inv(cell_exp)
+    except np.linalg.LinAlgError:
+        return False
+    off = frac - np.diag(np.diag(frac))
+    return bool(np.all(np.diag(frac) > 0.5) and np.max(np.abs(off)) < tol)
+
+
 def _metric_candidates(cell_exp: np.ndarray, cell_rel: np.ndarray) -> list[np.ndarray]:
     """Unique unimodular candidates found without the orientation: identity, Niggli, small search."""
     found: list[np.ndarray] = []
@@ -116,9 +126,10 @@ def match_setting(cell_exp, cell_rel, exp: Atoms | None = None, relaxed: Atoms |
                   length_tol: float = LENGTH_TOL, angle_tol: float = ANGLE_TOL) -> SettingMatch:
     """Find T (integer, det ±1) with ``T @ cell_rel`` in the setting of ``cell_exp``.
 
-    1. Orientation: when ``cell_rel @ inv(cell_exp)`` is close to an integer matrix (the
-       relaxed vectors kept their direction, as with FrechetCellFilter) its inverse is T:
-       identity in the normal case, a reordering or reduction otherwise.
+    1. Orientation: when ``F = cell_rel @ inv(cell_exp)`` is diagonal-dominant (each relaxed
+       vector is its experimental one, stretched by any amount, as with FrechetCellFilter,
+       even for a cell that blew up) T is the identity; when F is close to another integer
+       matrix (a reordering or reduction that kept the orientation), T is its inverse.
     2. Otherwise (the cell was rotated too) candidates from the metric alone: identity, both
        cells Niggli-reduced, and a search over unimodular matrices with entries -1/0/1 by
        lengths and angles. Cell metrics cannot tell a permutation of near-equal axes, so when
@@ -138,6 +149,8 @@ def match_setting(cell_exp, cell_rel, exp: Atoms | None = None, relaxed: Atoms |
         setting = "same" if np.array_equal(transform, identity) else "mapped"
         return SettingMatch(setting, transform, length, angle)
 
+    if _stretched_only(cell_exp, cell_rel):
+        return result(identity)
     oriented = _orientation_transform(cell_exp, cell_rel)
     if oriented is not None:
         found = result(oriented)

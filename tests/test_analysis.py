@@ -111,7 +111,9 @@ def test_match_setting_same_permuted_reduced_and_rotated(benzene):
     assert found.setting == "mapped"
     np.testing.assert_allclose(cell_to_cellpar(found.transform @ rotated), cell_to_cellpar(strained),
                                atol=1e-9)
-    assert match_setting(cell, cell * 3).setting == "unmatched"
+    assert match_setting(cell, cell * 3).setting == "same"  # blew up, but still the same vectors
+    odd = np.array([[20.0, 0, 0], [1.0, 3.0, 0], [0.5, 0.7, 4.0]]) @ rot.T
+    assert match_setting(cell, odd).setting == "unmatched"
 
 
 # --- errors from databases ----------------------------------------------------------------------
@@ -335,3 +337,12 @@ def test_rows_written_by_the_filter_and_relax_stages(tmp_path, cod_dir):
     assert row.exp_source == "relaxed.data.cell_exp"
     assert row.ddensity_pct == pytest.approx((1 / 1.04 - 1) * 100, abs=1e-6)
     assert bool(row.sg_survived) and bool(row.bonds_intact)
+
+
+def test_unmatched_cells_leave_the_lattice_fits_but_not_the_volume_fit():
+    frame = pd.DataFrame({"structure_id": ["a", "b", "c"], "potential": "ani1x", "converged": True,
+                          "status": "converged", "dV_pct": [1.0, 2.0, 3.0], "da1_pct": [1.0, 2.0, 50.0],
+                          "cell_setting": ["same", "mapped", "unmatched"]})
+    summary = analysis.summarize(frame, quantities=("volume", "a1")).set_index("quantity")
+    assert summary.loc["volume", "n"] == 3 and summary.loc["a1", "n"] == 2
+    assert summary.loc["a1", "mu"] == pytest.approx(1.5)
