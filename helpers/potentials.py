@@ -45,10 +45,9 @@ def _ani_factory(model_name: str, dispersion: str | None = None) -> Callable[...
         calc = OnePassANICalculator(model)
         if dispersion is None:
             return calc
-        from helpers.dispersion import D3_REFERENCE, with_dispersion
+        from helpers.dispersion import with_model_dispersion
 
-        method, damping = D3_REFERENCE[model_name][:2]
-        return with_dispersion(calc, method=method, damping=damping)
+        return with_model_dispersion(calc, model_name)
 
     return make
 

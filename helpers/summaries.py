@@ -21,16 +21,21 @@ def db_table(name: str, columns: Sequence[str] | None = None, **selection) -> pd
 
 
 def rejection_bar_chart(counts: pd.DataFrame, ax=None):
-    """Horizontal bar chart of a filter report's counts (rows: check or 'passed'; column 'count')."""
+    """Horizontal bar chart of a filter report's counts (index: check; columns ``kind``, ``n``).
+
+    Rejecting checks are red, flags (recorded, not rejected) grey; totals are left out.
+    """
     import matplotlib.pyplot as plt
 
-    series = counts["count"] if "count" in counts else counts.iloc[:, 0]
-    series = series.sort_values()
+    shown = counts[counts["kind"].isin(["reject", "flag"])] if "kind" in counts else counts
+    series = shown["n"].sort_values()
+    colors = ["tab:grey" if shown.loc[i, "kind"] == "flag" else "tab:red" for i in series.index] \
+        if "kind" in shown else "tab:red"
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.35 * len(series) + 1))
-    series.plot.barh(ax=ax, color="tab:red")
+    series.plot.barh(ax=ax, color=colors)
     ax.set_xlabel("structures")
-    ax.set_title("Filter outcome per check (a structure can fail several)")
+    ax.set_title("Structures per failed check (red: rejected, grey: flagged; one can fail several)")
     for i, value in enumerate(series):
         ax.text(value, i, f" {value}", va="center")
     return ax

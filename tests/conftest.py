@@ -35,3 +35,21 @@ def model_dir() -> Path:
     if not MODEL_DIR.is_dir():
         pytest.fail(f"ANI NeuroChem files missing: {MODEL_DIR}")
     return MODEL_DIR
+
+
+#: small, clean, real COD crystals (24-36 atoms) used wherever a test relaxes something
+SMALL_COD_IDS = (2007300, 4021477, 2000642, 1011063)
+
+
+@pytest.fixture(scope="session")
+def small_clean_db(tmp_path_factory, cod_dir) -> str:
+    """A clean database of the small demo crystals, made by the real fetch and filter."""
+    from helpers.fetch import fetch
+    from helpers.filters import run_filter
+
+    folder = tmp_path_factory.mktemp("small")
+    fetch(source=str(cod_dir), raw_db=str(folder / "raw.db"), cod_ids=SMALL_COD_IDS, progress=False)
+    report = run_filter(str(folder / "raw.db"), str(folder / "clean.db"), str(folder / "rejects.db"),
+                        progress=False)
+    assert report.counts().loc["passed", "n"] == len(SMALL_COD_IDS)
+    return str(folder / "clean.db")
