@@ -39,7 +39,7 @@ NUMERIC_COLUMNS = {
     "diffrtemp", "cellpressure", "diffrpressure", "Rall", "Robs", "Rref", "wRall", "wRobs", "wRref",
     "duplicateof", "optimal", "wavelength", "year",
 }
-AMBIENT_KPA = 101.325
+INTEGER_COLUMNS = {"nel", "sgNumber", "Z", "duplicateof", "optimal", "year"}
 
 
 class CodSearchError(RuntimeError):
@@ -119,7 +119,10 @@ def _value(column: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip() in ("", "?", ".", "NULL")):
         return None
     if column in NUMERIC_COLUMNS:
-        return cif_number(value)
+        number = cif_number(value)
+        if column in INTEGER_COLUMNS and number is not None and number.is_integer():
+            return int(number)
+        return number
     text = str(value).strip()
     if column in ("formula", "calcformula"):
         text = text.strip("-").strip()

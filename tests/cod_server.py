@@ -273,13 +273,23 @@ def _handler(cod: FakeCod):
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """Clients that hang up (timeouts, killed processes) are part of the tests, not errors."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
 def serve_cod(cif_dir: str | Path, **settings: Any) -> Iterator[FakeCod]:
     """Run a fake COD on 127.0.0.1 (free port) in a background thread for the ``with`` block."""
     cod = FakeCod(cif_dir=Path(cif_dir), **settings)
     cod.rows()  # build the search table before the first request (parsing takes ~1 s)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(cod))
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), _handler(cod))
     cod.url = f"http://127.0.0.1:{server.server_address[1]}/cod/"
     thread = threading.Thread(target=server.serve_forever, name="fake-cod", daemon=True)
     thread.start()

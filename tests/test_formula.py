@@ -115,6 +115,7 @@ def test_entry_metadata_parsed_and_prefixed():
                             "volume": "12", "celltemp": "218(2)", "sg": "P b c a", "Z": "4",
                             "duplicateof": None, "doi": "10.1107/x", "Robs": "0.041"})
     assert entry.cod_id == 2100348 and entry.elements == frozenset("CH")
+    assert isinstance(entry.meta["cod_z"], int) and isinstance(entry.meta["cod_a"], float)
     assert entry.meta == {"cod_formula": "C6 H6", "cod_a": 7.44, "cod_vol": 467.2, "cod_celltemp": 218.0,
                           "cod_sg": "P b c a", "cod_z": 4.0, "cod_doi": "10.1107/x", "cod_robs": 0.041}
     assert entry.r_factor == 0.041 and entry.pressure_kpa is None
