@@ -56,14 +56,16 @@ def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
            data: dict | None = None, **key_value_pairs: Any) -> int:
     """Write ``atoms`` as the single row matching ``match``: replace it if present.
 
-    Deletes and inserts in one transaction so a crash leaves either the old or the new row.
+    Overwrites the existing row in place (same id) inside one transaction, so a crash leaves
+    either the old or the new row; ``delete`` is avoided because SQLite VACUUMs on every delete.
     """
     kvp = {**match, **key_value_pairs}
     with db:
         old = [row.id for row in db.select(**match, columns=["id"])]
-        if old:
-            db.delete(old)
-        return db.write(atoms, key_value_pairs=kvp, data=data or {})
+        row_id = db.write(atoms, key_value_pairs=kvp, data=data or {}, id=old[0] if old else None)
+        if len(old) > 1:  # duplicates from an older version or a race: keep one
+            db.delete(old[1:])
+        return row_id
 
 
 def sanitize(value: Any) -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 
 from helpers.paths import project_root, resolve
 
-#: small, clean CHNO COD entries (24-36 atoms per cell) that relax in seconds: the demo input
-DEMO_COD_IDS = (2000642, 2007300, 4021477, 1011063)
+#: small, clean CHNO COD entries (29-48 atoms per cell) that relax in seconds: the demo input
+DEMO_COD_IDS = (2000642, 2007300, 4021477, 2100348)
 NOTEBOOKS = ("01_fetch", "02_filter", "03_relax", "04_analysis")
 STUDY_POTENTIALS = ("ani1x", "ani1ccx")
 

@@ -102,7 +102,7 @@ def test_every_potential_relaxes_real_crystals_at_study_settings(cod_dir, model_
     potential = get_potential(name)
     settings = RelaxSettings(potential=name).resolved(potential.steps_per_atom)
     calc = potential.calculator()
-    for cod_id in (2007300, 4021477, 1011063):
+    for cod_id in (2007300, 4021477, 2000642):
         atoms = ase.io.read(cod_dir / f"{cod_id}.cif")
         result = relax(atoms, calc, settings)
         dv = result.atoms.get_volume() / atoms.get_volume() - 1
