@@ -33,6 +33,9 @@ def parse_formula(formula: str) -> dict[str, float]:
             raise ValueError(f"unknown element {symbol!r} in formula {formula!r}")
         counts[symbol] = counts.get(symbol, 0.0) + (float(number) if number else 1.0)
         pos = match.end()
+    tail = compact[pos:].strip(" ,*()[]")
+    if tail and not re.fullmatch(r"[\d.\s*()\[\],+]*", tail):
+        raise ValueError(f"cannot parse {tail!r} in formula {formula!r}")
     if not counts:
         raise ValueError(f"no elements in formula {formula!r}")
     return counts

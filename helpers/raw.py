@@ -114,6 +114,9 @@ def write_entry(db: Database, entry: CifEntry, file: CifFile, sid: str, text: st
     data = {"cif": text}
     if entry.atoms is not None and "occupancy" in entry.atoms.info:
         data["occupancy"] = entry.atoms.info["occupancy"]
+    if entry.atoms is not None and "spacegroup_kinds" in entry.atoms.arrays:
+        # which CIF site each atom came from: lets the filter name sites without re-reading the CIF
+        data["spacegroup_kinds"] = entry.atoms.arrays["spacegroup_kinds"].tolist()
     return dbmod.upsert(db, atoms, {"structure_id": sid}, data=data, **dbmod.clean_kvp(kvp))
 
 
