@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     camp.add_argument("--n-batches", type=int, default=1)
     camp.add_argument("--max-parallel", type=int, default=1)
     camp.add_argument("--log-dir", default="data/executed")
+    camp.add_argument("--scheduler", default=None,
+                      help="run on Dask: local, tcp://host:port, a scheduler file, slurm or pbs (default: no Dask)")
+    camp.add_argument("--n-workers", type=int, default=None, help="Dask workers (local) or batch jobs (slurm/pbs)")
+    camp.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per Dask worker")
+    camp.add_argument("--retries", type=int, default=2, help="extra attempts for a failed Dask job")
     camp.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                       help="extra 03_relax parameter, e.g. --set fmax=0.001 --set optimizer='\"LBFGS\"'")
 
@@ -58,7 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         plan = CampaignPlan(args.potentials.split(","), args.n_batches, resolve(args.clean_db),
                             resolve(args.out_db), extra)
-        print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel), indent=2))
+        if args.scheduler is None:
+            print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel), indent=2))
+        else:
+            from helpers.distributed import make_client, run_campaign_dask
+
+            client = make_client(args.scheduler, n_workers=args.n_workers,
+                                 threads_per_worker=args.threads_per_worker)
+            with client:
+                result = run_campaign_dask(plan, resolve(args.log_dir), client, retries=args.retries,
+                                           n_threads=args.threads_per_worker)
+            print(json.dumps(result, indent=2))
+            return 1 if result["failed"] else 0
     elif args.command == "merge":
         from helpers.batch import merge_shards
         from helpers.paths import resolve

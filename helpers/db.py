@@ -23,13 +23,21 @@ def is_url(name: str | Path) -> bool:
     return str(name).startswith(URL_PREFIXES)
 
 
+def is_postgres(name: str | Path) -> bool:
+    return str(name).startswith(("postgresql://", "postgres://"))
+
+
 def connect(name: str | Path, *, must_exist: bool = False, **kwargs: Any) -> Database:
     """Open an ASE database by file path (SQLite) or server URL.
 
     ``must_exist`` turns a missing SQLite file into a clear ``FileNotFoundError`` instead of
     silently creating an empty database (a typo in a path should not look like "no data").
+    A PostgreSQL database that does not exist yet is created (unless ``must_exist``), so
+    ``postgresql://host/relaxed_{potential}`` works like a file name template.
     """
     name = str(name)
+    if is_postgres(name):
+        return _connect_postgres(name, must_exist, **kwargs)
     if is_url(name):
         return ase.db.connect(name, **kwargs)
     path = Path(name)
@@ -61,11 +69,76 @@ def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
     """
     kvp = {**match, **key_value_pairs}
     with db:
+        _lock_key(db, match)
         old = [row.id for row in db.select(**match, columns=["id"])]
         row_id = db.write(atoms, key_value_pairs=kvp, data=data or {}, id=old[0] if old else None)
         if len(old) > 1:  # duplicates from an older version or a race: keep one
             db.delete(old[1:])
         return row_id
+
+
+# --- PostgreSQL: many processes writing to one database -------------------------------------------------
+# ase-db-backends 0.11 is not safe for concurrent writers as shipped: (1) two first writers both create
+# the tables and one fails; (2) the id of a new row is read from the sequence's ``last_value``, which is
+# global, so another process's insert in between attaches species/keys to the wrong row; (3) its
+# connection wrapper has no ``rollback``, so any error inside ``with db:`` is masked by an
+# AttributeError. The shims below fix (2) and (3); table creation and upserts take advisory locks.
+
+_INIT_LOCK = 0x636F64  # advisory lock id held while creating the ASE tables
+
+
+def _patch_postgres_backend() -> None:
+    from ase_db_backends import postgresql as pg
+
+    if not hasattr(pg.Connection, "rollback"):
+        pg.Connection.rollback = lambda self: self.con.rollback()
+    pg.PostgreSQLDatabase.get_last_id = _session_last_id
+
+
+def _session_last_id(self, cur) -> int:
+    """Id of the row this session inserted last (``currval`` is per session, ``last_value`` is not)."""
+    cur.execute("SELECT currval('systems_id_seq')")
+    return int(cur.fetchone()[0])
+
+
+def _connect_postgres(url: str, must_exist: bool, **kwargs: Any) -> Database:
+    import psycopg2
+
+    _patch_postgres_backend()
+    try:
+        psycopg2.connect(url).close()
+    except psycopg2.OperationalError as err:
+        if must_exist or "does not exist" not in str(err):
+            raise
+        _create_postgres_database(url)
+    db = ase.db.connect(url, **kwargs)
+    with db:  # create the tables once, even when many jobs start together
+        db.connection.cursor().execute("SELECT pg_advisory_xact_lock(?)", (_INIT_LOCK,))
+        db._initialize(db.connection)
+    return db
+
+
+def _create_postgres_database(url: str) -> None:
+    import psycopg2
+    from psycopg2.extensions import parse_dsn
+
+    name = parse_dsn(url)["dbname"]
+    conn = psycopg2.connect(url, dbname="postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+        pass  # another job created it first
+    finally:
+        conn.close()
+
+
+def _lock_key(db: Database, match: dict[str, Any]) -> None:
+    """Serialise writers of the same ``match`` key until commit (PostgreSQL; SQLite has one writer)."""
+    if getattr(db, "type", None) == "postgresql":
+        key = "|".join(f"{k}={match[k]}" for k in sorted(match))
+        db.connection.cursor().execute("SELECT pg_advisory_xact_lock(hashtext(?))", (key,))
 
 
 def sanitize(value: Any) -> Any:
