@@ -157,7 +157,12 @@ def pg_url(pg_server, request) -> str:
     return pg_server.create_database(name)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout`/`kill` also stop the server
     with tempfile.TemporaryDirectory(prefix="codani-pg-") as tmp:
         server = PostgresServer(tmp).start()
         print(server.create_database("codani"), flush=True)
