@@ -56,8 +56,11 @@ def split_batches(items: list[tuple[str, int]], n_batches: int) -> list[list[str
 
 def batch_ids(clean_db: Database, batch: int, n_batches: int) -> list[str]:
     """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database."""
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     if not 0 <= batch < n_batches:
-        raise ValueError(f"batch must be in 0..{n_batches - 1}, got {batch}")
+        raise ValueError(f"batch must be in 0..{n_batches - 1}, got {batch} (batches are numbered from 0; "
+                         f"n_batches={n_batches})")
     rows = clean_db.select("structure_id", columns=["id", "key_value_pairs", "numbers"])
     items = [(row.structure_id, row.natoms) for row in rows]
     return split_batches(items, n_batches)[batch]

@@ -47,6 +47,7 @@ class Thresholds:
     high_pressure_kpa: float = 1000.0  # above this the measurement is flagged high-pressure
     flags_reject: bool = False  # treat flags (high pressure, no temperature) as rejections
     max_pairs: int = 25  # close pairs stored per structure (the count is always complete)
+    check_time_limit: float | None = 60.0  # s per check and entry (helpers.guard); None: unlimited
 
     @classmethod
     def make(cls, **overrides: Any) -> Thresholds:
@@ -154,7 +155,10 @@ class Entry:
         structure = self.pymatgen["structure"]
         if structure is None:
             return None, None
-        return pymatgen_atoms(structure), "pymatgen"
+        try:
+            return pymatgen_atoms(structure), "pymatgen"
+        except Exception:  # noqa: BLE001 - e.g. a dummy species ('Zz'): no usable geometry, ASE failed too
+            return None, None
 
     @cached_property
     def site_kinds(self) -> np.ndarray | None:
@@ -302,12 +306,20 @@ def check_pymatgen_parse(entry: Entry, t: Thresholds) -> Rejection | None:
                      {"error": info["error"], "warnings": info["warnings"]})
 
 
+def finite_geometry(atoms: Atoms) -> bool:
+    """Cell and positions are finite numbers (geometric checks on NaN/inf crash or mislead)."""
+    return bool(np.isfinite(atoms.cell.array).all() and np.isfinite(atoms.positions).all())
+
+
 def check_incomplete(entry: Entry, t: Thresholds) -> Rejection | None:
     """Nonsensical/incomplete: no atoms, a single atom, or no three-dimensional cell."""
     atoms, source = entry.geometry
     if atoms is None:
         return None
     n = len(atoms)
+    if not finite_geometry(atoms):
+        return Rejection("incomplete_structure", "incomplete structure: cell or atom positions are not finite "
+                         "numbers (NaN/inf in the CIF)", {"n_atoms": n, "atoms_source": source})
     volume = float(abs(np.linalg.det(atoms.cell.array))) if atoms.cell.rank == 3 else 0.0
     problems = []
     if n < 2:
@@ -386,11 +398,25 @@ def close_pairs(atoms: Atoms, cutoff: float) -> list[tuple[int, int, float, tupl
     return pairs
 
 
+def cell_widths(atoms: Atoms) -> np.ndarray:
+    """Distances between opposite faces of the cell (Å); the shortest bounds any periodic image."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 / np.linalg.norm(atoms.cell.reciprocal(), axis=1)
+
+
 def check_close_contacts(entry: Entry, t: Thresholds) -> Rejection | None:
     """The study's criterion 3: two atoms closer than ``min_distance`` (misplaced/duplicated H, disorder)."""
     atoms, source = entry.geometry
-    if atoms is None or len(atoms) < 1 or atoms.cell.rank < 3:
+    if atoms is None or len(atoms) < 1 or not finite_geometry(atoms) or atoms.cell.rank < 3:
         return None
+    widths = cell_widths(atoms)
+    if widths.min() < t.min_distance:
+        # every atom is closer than the cutoff to its own periodic image; a neighbour list over such
+        # a cell would enumerate (cutoff / width)^3 images and can run for hours (fuzzed CIFs)
+        return Rejection("close_contact",
+                         f"cell width {widths.min():.3g} Å is shorter than {t.min_distance:.2f} Å: every atom "
+                         "touches its own periodic image", {"cell_widths": widths.tolist(),
+                                                            "cutoff": t.min_distance, "atoms_source": source})
     pairs = close_pairs(atoms, t.min_distance)
     if not pairs:
         return None
@@ -483,7 +509,7 @@ def check_cell_volume(entry: Entry, t: Thresholds) -> Rejection | None:
     """The cell from a, b, c, α, β, γ disagrees with the reported ``_cell_volume``."""
     atoms, source = entry.geometry
     reported = cif_number(entry.tag("_cell_volume"))
-    if atoms is None or atoms.cell.rank < 3 or not reported:
+    if atoms is None or not finite_geometry(atoms) or atoms.cell.rank < 3 or not reported:
         return None
     volume = float(atoms.cell.volume)
     rel = (volume - reported) / reported
@@ -498,7 +524,8 @@ def check_cell_volume(entry: Entry, t: Thresholds) -> Rejection | None:
 def check_density(entry: Entry, t: Thresholds) -> Rejection | None:
     """Density outside the range of molecular crystals (missing/duplicated atoms, wrong cell)."""
     atoms, source = entry.geometry
-    if atoms is None or len(atoms) < 2 or atoms.cell.rank < 3 or atoms.cell.volume < 1.0:
+    if atoms is None or len(atoms) < 2 or not finite_geometry(atoms) or atoms.cell.rank < 3 \
+            or atoms.cell.volume < 1.0:
         return None
     weights = entry.atom_weights if entry.atom_weights is not None else np.ones(len(atoms))
     density = float(np.dot(atoms.get_masses(), weights) / atoms.cell.volume * AMU_PER_A3_TO_G_PER_CM3)

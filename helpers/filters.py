@@ -17,6 +17,7 @@ from ase import Atoms
 
 from helpers import db as dbmod
 from helpers.checks import AMU_PER_A3_TO_G_PER_CM3, CHECKS, Check, Entry, Rejection, Thresholds
+from helpers.guard import TimeLimitExceeded, time_limit
 
 __all__ = ["CHECKS", "FilterReport", "FilterResult", "Thresholds", "evaluate", "filter_row",
            "reference_cell", "run_filter"]
@@ -46,7 +47,11 @@ def evaluate(entry: Entry, thresholds: Thresholds | None = None,
     result = FilterResult(entry.structure_id)
     for check in checks:
         try:
-            found = check.func(entry, t)
+            with time_limit(t.check_time_limit, f"check {check.name}"):
+                found = check.func(entry, t)
+        except TimeLimitExceeded as exc:  # a pathological entry: its own reason, the run goes on
+            found = Rejection(check.name, f"check {check.name} not finished: {exc} (per-entry guard)",
+                              {"timeout": t.check_time_limit})
         except Exception as exc:  # noqa: BLE001 - bad input must not stop the run
             found = Rejection(check.name, f"check {check.name} could not run: {type(exc).__name__}: {exc}",
                               {"exception": f"{type(exc).__name__}: {exc}", "internal_error": True})

@@ -73,10 +73,12 @@ def _neurochem_info(directory: Path, stem: str) -> neurochem.NeurochemInfo:
     ``NeurochemInfo.from_info_file`` resolves them against ``$TORCHANI_DATA_DIR`` instead.
     """
     info_file = directory / f"{stem}.info"
+    if not directory.is_dir():
+        raise ModelFilesError(f"{MODEL_DIR_ENV}={directory} does not exist; {_fix_hint(stem)}")
     if not info_file.is_file():
         raise ModelFilesError(
             f"{MODEL_DIR_ENV}={directory} has no {info_file.name}; expected the NeuroChem "
-            f"files of torchani's model zoo ({stem}.info and {stem}/)"
+            f"files of torchani's model zoo ({stem}.info and {stem}/); {_fix_hint(stem)}"
         )
     const, sae, prefix, size = [line.strip() for line in info_file.read_text().splitlines()[:4]]
     info = neurochem.NeurochemInfo(
@@ -88,8 +90,18 @@ def _neurochem_info(directory: Path, stem: str) -> neurochem.NeurochemInfo:
                 if not (p := neurochem.model_dir_from_prefix(info.ensemble_prefix, i)).is_dir()]
     if missing:
         raise ModelFilesError(f"NeuroChem files missing under {directory}: "
-                              + ", ".join(str(m) for m in missing))
+                              + ", ".join(str(m) for m in missing) + f"; {_fix_hint(stem)}")
+    empty = [p for i in range(info.ensemble_size)
+             if not any((p := neurochem.model_dir_from_prefix(info.ensemble_prefix, i)).glob("ANN-*.nnf"))]
+    if empty:
+        raise ModelFilesError("no network weights (ANN-<element>.nnf and *.wparam files) in "
+                              + ", ".join(str(p) for p in empty) + f"; {_fix_hint(stem)}")
     return info
+
+
+def _fix_hint(stem: str) -> str:
+    return (f"point {MODEL_DIR_ENV} at the folder holding {stem}.info and {stem}/ with its weights "
+            f"(e.g. ../shared/models/ani-neurochem), or unset it to let torchani download them")
 
 
 @lru_cache(maxsize=8)
@@ -98,7 +110,11 @@ def _load_cached(name: str, directory: str | None, model_index: int | None) -> t
     if directory is None:
         return getattr(torchani.models, factory)(model_index=model_index)
     info = _neurochem_info(Path(directory), stem)
-    aev, networks, sae, symbols = neurochem.modules_from_info(info, model_index)
+    try:
+        aev, networks, sae, symbols = neurochem.modules_from_info(info, model_index)
+    except FileNotFoundError as exc:  # a weight file of one element/member is missing
+        raise ModelFilesError(f"model weights incomplete in {directory}: {exc.filename} is missing; "
+                              f"{_fix_hint(stem)}") from exc
     model = torchani.arch.ANI(symbols, aev, networks, sae, periodic_table_index=True)
     model.requires_grad_(False)
     return model

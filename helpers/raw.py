@@ -18,8 +18,11 @@ from ase.db.core import Database
 
 from helpers import db as dbmod
 from helpers.cif import CifEntry, read_entries, sha256, single_block_text
+from helpers.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
 
 COD_ID = re.compile(r"^\d{7}$")
+#: seconds allowed to parse one file (helpers.guard); a longer parse is recorded as unreadable
+READ_TIME_LIMIT = DEFAULT_SECONDS
 
 
 @dataclass
@@ -76,7 +79,7 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
     report = LoadReport()
     for file in tqdm(files, desc="load raw", unit="file", disable=not progress):
         report.files += 1
-        entries = read_entries(file.text, one_entry=file.cod_id is not None)
+        entries = read_file_entries(file)
         for entry in entries:
             report.entries += 1
             found = entry_elements(entry)
@@ -94,6 +97,15 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
             report.written += 1
             report.unreadable += entry.atoms is None
     return report
+
+
+def read_file_entries(file: CifFile, seconds: float | None = READ_TIME_LIMIT) -> list[CifEntry]:
+    """The entries of one file; a file whose parsing exceeds ``seconds`` is one unreadable entry."""
+    try:
+        with time_limit(seconds, f"reading {file.name}"):
+            return read_entries(file.text, one_entry=file.cod_id is not None)
+    except TimeLimitExceeded as exc:
+        return [CifEntry(block="", atoms=None, error=f"TimeLimitExceeded: {exc}")]
 
 
 def write_entry(db: Database, entry: CifEntry, file: CifFile, sid: str, text: str, digest: str) -> int:
