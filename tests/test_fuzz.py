@@ -377,3 +377,43 @@ def test_time_limit_turns_a_slow_parse_into_an_unreadable_entry(monkeypatch):
     monkeypatch.setattr(raw, "read_entries", lambda text, one_entry=False: time.sleep(30))
     [entry] = raw.read_file_entries(raw.CifFile(text="data_x\n", source="s", name="slow"), seconds=0.2)
     assert entry.atoms is None and "TimeLimitExceeded" in entry.error and "slow" in entry.error
+
+
+# --------------------------------------------------------------------------------------------
+# relax stage: a batch with faulty structures goes on, each structure ends with its status
+
+
+@pytest.mark.slow
+def test_relax_batch_survives_faulty_structures(small_clean_db, tmp_path):
+    """One clean DB with a good crystal, a crushed copy (cell x0.3: fused atoms) and a rattled copy that
+    cannot converge within the step cap: run_batch gives each its status and relaxes the good one."""
+    from helpers.batch import run_batch
+    from helpers.potentials import get_potential
+    from helpers.relax import RelaxSettings, relax
+
+    source = dbmod.connect(small_clean_db, must_exist=True)
+    row = source.get(structure_id="cod-1011063")  # ice, 12 atoms
+    calc = get_potential("ani1x").calculator(model_index=0)
+    pre = relax(row.toatoms(), calc, RelaxSettings(fmax=0.02, steps_per_atom=50, max_steps_base=300))
+    assert pre.status == "converged"
+
+    crushed = row.toatoms()
+    crushed.set_cell(crushed.cell * 0.3, scale_atoms=True)
+    rattled = row.toatoms()
+    rattled.rattle(0.15, seed=3)
+    clean = dbmod.connect(tmp_path / "clean.db")
+    kvp = {k: v for k, v in row.key_value_pairs.items() if k != "structure_id"}
+    for sid, atoms in (("good", pre.atoms), ("crushed", crushed), ("cannot-converge", rattled)):
+        clean.write(atoms, key_value_pairs={**kvp, "structure_id": sid}, data=row.data)
+
+    # cap = 4 steps: the pre-relaxed crystal converges at once (fmax 0.05 > its 0.02), the rattled one cannot
+    settings = RelaxSettings(fmax=0.05, max_steps_base=4, steps_per_atom=0)
+    report = run_batch(str(tmp_path / "clean.db"), str(tmp_path / "relaxed.db"), "ani1x", settings=settings,
+                       progress=False, n_threads=1, calculator_options={"model_index": 0})
+    status = {r["structure_id"]: r["status"] for r in report.rows}
+    assert status == {"good": "converged", "crushed": "exploded", "cannot-converge": "step_cap"}
+    out = {r.structure_id: r for r in dbmod.connect(tmp_path / "relaxed.db").select()}
+    assert {sid: r.status for sid, r in out.items()} == status
+    assert "fused" in out["crushed"].message
+    assert out["cannot-converge"].steps == 4 and out["cannot-converge"].fmax_final > 0.05
+    assert out["good"].converged and out["good"].fmax_final <= 0.05
