@@ -167,7 +167,13 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
                 trajectory.parent.mkdir(parents=True, exist_ok=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory)
+                if settings.strategy == "fast":
+                    from helpers.fastrelax import relax_fast
+
+                    result = relax_fast(atoms, potential, settings, final_calc=calc, max_wall_time=max_wall_time,
+                                        trajectory=trajectory)
+                else:
+                    result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory)
         write_result(out, row, result, settings, settings_hash)
         report.rows.append(_summary_row(sid, len(atoms), result, row))
         bar.set_postfix(Counter(r["status"] for r in report.rows))
@@ -195,6 +201,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         steps=result.steps, max_steps=result.max_steps, fmax_final=result.fmax_final,
         e_initial=result.e_initial, e_final=result.e_final, wall_time=round(result.wall_time, 3),
         force_calls=result.force_calls, optimizer=settings.optimizer, cell_filter=settings.cell_filter,
+        strategy=settings.strategy,
         fmax_target=settings.fmax, V_relaxed=result.atoms.get_volume() if result.atoms.pbc.all() else None,
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
     )

@@ -22,6 +22,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 OPTIMIZERS = ("BFGS", "LBFGS", "FIRE", "PreconLBFGS")
 CELL_FILTERS = ("frechet", "fixed")
+#: "study": one exact relaxation (relax()); "fast": cheap pre-relaxation + exact final stage
+#: (helpers.fastrelax.relax_fast; the result still comes from the full model at full fmax)
+STRATEGIES = ("study", "fast")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,11 @@ class RelaxSettings:
     max_volume_ratio: float = 2.0
     min_volume_ratio: float = 0.5
     min_pair_distance: float = 0.5
+    strategy: str = "study"
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
         if self.cell_filter not in CELL_FILTERS:
@@ -65,7 +71,10 @@ class RelaxSettings:
 
     def hash(self) -> str:
         """Short stable hash of the settings and the software versions that change results."""
-        payload = json.dumps({**asdict(self), "versions": versions()}, sort_keys=True)
+        fields = asdict(self)
+        if fields["strategy"] == "study":  # hashes from before the field existed stay valid
+            del fields["strategy"]
+        payload = json.dumps({**fields, "versions": versions()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -137,10 +146,11 @@ def min_distance(atoms: Atoms) -> float:
 
 def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
           max_wall_time: float | None = None, trajectory: str | Path | None = None,
-          logfile: str | None = None) -> RelaxResult:
+          logfile: str | None = None, on_optimizer=None) -> RelaxResult:
     """Relax a copy of ``atoms``; never raises for a bad structure (see the module docstring).
 
     ``settings.steps_per_atom`` must be resolved (see :meth:`RelaxSettings.resolved`).
+    ``on_optimizer(opt)`` is called once the optimizer exists (e.g. to seed or read its Hessian).
     """
     atoms = atoms.copy()
     atoms.calc = calc
@@ -163,6 +173,8 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         target = wrap_cell(atoms, settings)
         opt = make_optimizer(settings.optimizer, target, logfile=logfile,
                              trajectory=str(trajectory) if trajectory else None)
+        if on_optimizer is not None:
+            on_optimizer(opt)
 
         def guard() -> None:
             _check_physical(atoms, settings, v0)
