@@ -7,6 +7,7 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 fi
-if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
+# playwright itself comes with the dev extra (`make env`); top it up only in an existing older venv
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c "import playwright" 2>/dev/null; then
     .venv/bin/pip install "playwright>=1.45"
 fi

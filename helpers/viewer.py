@@ -16,6 +16,16 @@ from ase import Atoms
 from helpers import db as dbmod
 
 
+def import_nglview():
+    """nglview, without its pkg_resources deprecation warning (nglview 3.1.4 is pinned, see pyproject)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import nglview
+    return nglview
+
+
 @dataclass
 class Scene:
     """What to draw for one rejection: atoms (maybe with added images), spheres, labelled pairs."""
@@ -50,7 +60,7 @@ def scene_for(atoms: Atoms, rejection: dict[str, Any], max_pairs: int = 10) -> S
 
 def draw(view, scene: Scene, sphere_radius: float = 0.45) -> None:
     """Put ``scene`` into an nglview widget (replacing what it showed)."""
-    import nglview
+    nglview = import_nglview()
 
     for cid in list(view._ngl_component_ids):
         view.remove_component(cid)
@@ -77,7 +87,7 @@ class RejectViewer:
 
     def __init__(self, rejects_db: str, check: str | None = None):
         import ipywidgets as w
-        import nglview
+        nglview = import_nglview()
 
         self.db = dbmod.connect(rejects_db, must_exist=True)
         self.by_check = rejects_by_check(self.db)
