@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     camp.add_argument("--out-db", default="data/relaxed_{potential}.db")
     camp.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
     camp.add_argument("--n-batches", type=int, default=1)
-    camp.add_argument("--max-parallel", type=int, default=1)
+    camp.add_argument("--max-parallel", type=int, default=None,
+                      help="relax jobs at once on this machine (default: one per core)")
     camp.add_argument("--log-dir", default="data/executed")
     camp.add_argument("--scheduler", default=None,
                       help="run on Dask: local, tcp://host:port, a scheduler file, slurm or pbs (default: no Dask)")

@@ -67,7 +67,7 @@ def test_pipeline_end_to_end_with_both_study_potentials(tmp_path, cod_dir, model
         assert len(rows) == 3
         for row in rows:
             assert row.status == "converged" and row.fmax_final <= 0.0005
-            assert np.isfinite(row.energy) and row.get_stress().shape == (6,)
+            assert np.isfinite(row.energy) and np.shape(row.stress) == (6,)
             assert abs(row.volume / row.V_exp - 1) < 0.30  # within 30 % of experiment
     analysis = Path(result["analysis"])
     summary = pd.read_csv(analysis / "summary.csv")
