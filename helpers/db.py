@@ -44,7 +44,32 @@ def connect(name: str | Path, *, must_exist: bool = False, **kwargs: Any) -> Dat
     if must_exist and not path.is_file():
         raise FileNotFoundError(f"database {path} does not exist (run the previous notebook first?)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return ase.db.connect(str(path), type="db", **kwargs)
+    # ASE's lock file (O_EXCL ``<db>.lock``) outlives a killed writer and then blocks every later writer
+    # forever; SQLite's own locks, which the kernel releases when a process dies, serialise writers.
+    kwargs.setdefault("use_lock_file", False)
+    db = ase.db.connect(str(path), type="db", **kwargs)
+    _create_sqlite_tables(db)
+    return db
+
+
+def _create_sqlite_tables(db: Database) -> None:
+    """Create a new SQLite file's tables in one transaction.
+
+    ASE issues each ``CREATE TABLE`` in autocommit mode, so a kill in the middle left a file with some
+    tables and no version row, which ASE then refuses to open ("Please convert to new format").
+    """
+    import sqlite3
+
+    con = sqlite3.connect(db.filename, timeout=20, isolation_level=None)
+    try:
+        if con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='information'").fetchone()[0]:
+            return  # complete (ASE writes the information table last)
+        con.execute("BEGIN IMMEDIATE")  # also makes concurrent creators wait for each other
+        db._initialize(con)  # re-checks under the lock; its commit() ends this transaction
+        if con.in_transaction:
+            con.execute("COMMIT")
+    finally:
+        con.close()  # an exception or a kill before COMMIT rolls the whole schema back
 
 
 def rows(db: Database, **selection: Any) -> Iterator[AtomsRow]:
