@@ -75,7 +75,9 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
     from tqdm.auto import tqdm
 
     allowed = set(elements) if elements else None
-    existing = {sid: db.get(id=rid).get("sha256") for sid, rid in dbmod.ids_with(db, "structure_id").items()}
+    # one query for every (id, digest), without loading each row's CIF text
+    existing = {row.structure_id: row.get("sha256")
+                for row in db.select("structure_id", columns=["id", "key_value_pairs"])}
     report = LoadReport()
     for file in tqdm(files, desc="load raw", unit="file", disable=not progress):
         report.files += 1
