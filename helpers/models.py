@@ -7,6 +7,7 @@ weights; when ``ANI_MODEL_DIR`` points at a folder of them we build the models f
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -136,15 +137,9 @@ def load_ani(
         raise KeyError(f"unknown ANI model {name!r}; known: {', '.join(ANI_MODELS)}")
     directory = model_dir()
     base = _load_cached(name, str(directory) if directory else None, model_index)
-    model = _copy_model(base).to(dtype=dtype)
+    model = copy.deepcopy(base).to(dtype=dtype)  # the cached model stays untouched
     set_neighborlist(model, neighborlist)
     return model
-
-
-def _copy_model(model: torchani.arch.ANI) -> torchani.arch.ANI:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def set_neighborlist(model: torchani.arch.ANI, neighborlist: str | Neighborlist) -> None:
@@ -158,9 +153,3 @@ def set_neighborlist(model: torchani.arch.ANI, neighborlist: str | Neighborlist)
             neighborlist = _parse_neighborlist(neighborlist)
     model.neighborlist = neighborlist
     model.potentials["nnp"].aev_computer.neighborlist = neighborlist
-
-
-def model_symbols(name: str) -> tuple[str, ...]:
-    """Elements a model covers, without loading its weights."""
-    return {"ani1x": ("H", "C", "N", "O"), "ani1ccx": ("H", "C", "N", "O"),
-            "ani2x": ("H", "C", "N", "O", "S", "F", "Cl")}[name]
