@@ -3,18 +3,18 @@
 (a) the study's method exactly: one crystal at a time, torchani's stock ASE calculator with its
     default ``all_pairs`` neighbour list, float64, 8-model ensemble, ASE BFGS + FrechetCellFilter,
     fmax 5e-4 eV/Å, cap 300 + x·n; torch uses every core.
-(b) the fast path (``RelaxSettings(strategy="fast")``, :func:`helpers.fastrelax.relax_fast`):
-    one-pass calculator, per-cell neighbour list, cheap pre-relaxation (one network, float32),
-    exact final stage (full float64 ensemble, BFGS, the study's fmax and cap), and one crystal
-    per core in worker processes with one torch thread each.
-Both run interleaved in chunks of ``--workers`` crystals (study on each crystal of the chunk, then
-the fast path on the whole chunk in parallel), so load from other users hits both alike.
+(b) the fast path (``RelaxSettings(strategy="fast")``, :func:`helpers.fastrelax.relax_many`): the same
+    BFGS + FrechetCellFilter, fmax and cap per crystal, but the crystals of a worker's share are
+    evaluated side by side in one torchani pass per step (fused ensemble, Verlet pair lists, float64,
+    :class:`helpers.batched_ani.BatchedANI`), the cell filter's algebra done once per step; one worker
+    process per core with one torch thread, shares balanced by atoms².
+The study runs first, then the fast path; the load average is printed at both ends.
 Crystals come from ../shared/data through the real fetch + filter stages.
 
-Prints per crystal: wall time, force calls, steps, final fmax, relaxed volume, energy per atom,
-|V_fast − V_study| / V_study and the speed-up; per crystal the cost floor (ns per atom per force
-call of the full model alone) and the time split of the fast path's final stage (model /
-neighbour list / optimizer). Ends with ``speedup: <r>x, max |dV fast - dV seed|: <p>%``.
+Prints per crystal: study wall time, force calls, steps, final fmax, relaxed volume, energy per atom,
+|V_fast − V_study| / V_study; the cost floor (ns per atom per pass of the full model alone, one crystal
+and all crystals in one pass); the fast path's time split (model / neighbour lists / optimizer) and
+both paths' totals. Ends with ``speedup: <r>x, max |dV fast - dV seed|: <p>%``.
 Usage: ``.venv/bin/python benchmarks/relax_throughput.py [--quick | --big] [--csv out.csv]``.
 """
 
@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-#: clean COD crystals (pass helpers.filters.run_filter), 24-116 atoms: the default list
-DEFAULT_IDS = (1011063, 2007300, 2000642, 2100348, 7100406, 2007325)
+#: clean COD crystals (pass helpers.filters.run_filter), 24-148 atoms: the default list
+DEFAULT_IDS = (1011063, 2007300, 2000642, 2100348, 7100406, 2007325, 2210104)
 QUICK_IDS = (2007300, 2100348)
-#: added by --big: 148-496 atoms
-BIG_IDS = (2210104, 2008119, 2009480, 4022310, 2007008)
+#: added by --big: 184-496 atoms (the study's method needs hours for these)
+BIG_IDS = (2008119, 2009480, 4022310, 2007008)
 
 
 def load_crystals(cod_ids, workdir: Path) -> list:
@@ -115,60 +115,62 @@ def study_relax(atoms, potential: str):
     return result, {"t_calc": calc.t_calc}
 
 
-def fast_relax(args):
-    """Worker: the fast path on one crystal, one torch thread; returns the result and time split."""
-    sid, atoms, potential = args
+def fast_share(args):
+    """Worker: the fast path on its share of the crystals, one torch thread; results and time split."""
+    shares, potential, batch_atoms, draft = args
     _threads(1)
-    from helpers.fastrelax import relax_fast, stage_calculator
+    import torch
+
+    from helpers.batched_ani import BatchedANI
+    from helpers.fastrelax import relax_many
+    from helpers.models import load_ani
     from helpers.potentials import get_potential
     from helpers.relax import RelaxSettings
 
-    settings = RelaxSettings(potential=potential, strategy="fast").resolved(get_potential(potential).steps_per_atom)
-    final = stage_calculator(potential, None, "float64")
-    if not hasattr(final, "t_calc"):
-        count_calls(final)
-        final.nl_timer = Timed(final.model.neighborlist)
-    t_calc, t_nl = final.t_calc, final.nl_timer.total
+    settings = RelaxSettings(potential=potential, strategy="fast", draft=draft).resolved(
+        get_potential(potential).steps_per_atom)
+    model = load_ani(potential)
+    evaluator = BatchedANI(model)
+    drafter = BatchedANI(model, dtype=getattr(torch, draft)) if draft else None
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = relax_fast(atoms, potential, settings, final_calc=final)
+        results = dict(relax_many(shares, evaluator, settings, max_batch_atoms=batch_atoms, draft=drafter))
     wall = time.perf_counter() - start
-    stages = result.extra["stages"]
-    t_nl = final.nl_timer.total - t_nl
-    split = {"final_wall": stages[-1]["wall_time"], "final_nl": t_nl, "final_model": final.t_calc - t_calc - t_nl,
-             "cheap_wall": sum(s["wall_time"] for s in stages[:-1])}
-    split["final_opt"] = split["final_wall"] - split["final_model"] - split["final_nl"]
-    return sid, result, wall, split
+    both = [e for e in (evaluator, drafter) if e is not None]
+    split = {"wall": wall, "model": sum(e.time_model for e in both), "pairs": sum(e.time_pairs for e in both),
+             "passes": sum(e.n_calls for e in both), "draft_passes": drafter.n_calls if drafter else 0,
+             "rebuilds": sum(e.n_rebuilds for e in both)}
+    split["optimizer"] = wall - split["model"] - split["pairs"]
+    return results, split
 
 
-def cost_floor(atoms, potential: str, repeats: int = 5) -> float:
-    """ns per atom per energy+forces+stress call of the full float64 ensemble, one thread."""
-    from helpers.fastrelax import stage_calculator
+def cost_floor(atoms_list, potential: str, repeats: int = 5) -> float:
+    """ns per atom of one energy+forces+stress pass of the full float64 ensemble over ``atoms_list``."""
+    from helpers.batched_ani import BatchedANI
+    from helpers.models import load_ani
 
-    calc = stage_calculator(potential, None, "float64")
-    probe = atoms.copy()
+    evaluator = BatchedANI(load_ani(potential))
     times = []
     for _ in range(repeats):
-        probe.calc = None
-        calc.reset()
         t = time.perf_counter()
-        calc.calculate(probe, ["energy", "forces", "stress"])
+        evaluator.evaluate(atoms_list)
         times.append(time.perf_counter() - t)
-    return 1e9 * min(times) / len(atoms)
+    return 1e9 * min(times) / sum(len(a) for a in atoms_list)
 
 
 def _floor_worker(args):
-    atoms, potential = args
+    atoms_list, potential = args
     _threads(1)
-    return cost_floor(atoms, potential)
+    return cost_floor(atoms_list, potential)
 
 
 def energy_per_atom(atoms, potential: str) -> float:
-    from helpers.fastrelax import stage_calculator
+    from helpers.calculators import OnePassANICalculator
+    from helpers.models import load_ani
 
     probe = atoms.copy()
-    probe.calc = stage_calculator(potential, None, "float64")
+    probe.calc = OnePassANICalculator(load_ani(potential))
     return probe.get_potential_energy() / len(atoms)
 
 
@@ -179,77 +181,85 @@ def main() -> None:
     parser.add_argument("--ids", help="comma-separated COD ids instead of the default list")
     parser.add_argument("--potential", default="ani1x")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-atoms", type=int, default=512, help="atoms per model pass in the fast path")
+    parser.add_argument("--draft", default="float32", type=lambda v: None if v == "none" else v,
+                        help="dtype of the fast path's draft model, or 'none' for exact forces throughout")
     parser.add_argument("--csv", default="relax_throughput.csv")
     args = parser.parse_args()
     ids = (tuple(int(i) for i in args.ids.split(",")) if args.ids else
            QUICK_IDS if args.quick else DEFAULT_IDS + (BIG_IDS if args.big else ()))
     import torch
 
+    from helpers.batch import split_batches
+
     torch.set_num_threads(args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         crystals = load_crystals(ids, Path(tmp))
-    print(f"{len(crystals)} crystals, {args.potential}; study: 1 process x {args.workers} threads; "
-          f"fast: {args.workers} processes x 1 thread", flush=True)
-    rows = []
-    study_total = fast_total = 0.0
+    print(f"{len(crystals)} crystals, {args.potential}; study: one at a time, 1 process x {args.workers} threads; "
+          f"fast: {args.workers} processes x 1 thread, each relaxing its share side by side "
+          f"(<= {args.batch_atoms} atoms per model pass); load average {os.getloadavg()[0]:.2f}", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
-        floors = list(pool.map(_floor_worker, [(a, args.potential) for _, a, _ in crystals]))
-        for start in range(0, len(crystals), args.workers):
-            chunk = crystals[start:start + args.workers]
-            study = {}
-            for sid, atoms, _ in chunk:
-                t = time.perf_counter()
-                result, split = study_relax(atoms, args.potential)
-                study[sid] = (result, time.perf_counter() - t, split)
-                study_total += study[sid][1]
-                print(f"  study {sid} ({len(atoms)} atoms): {study[sid][1]:.1f} s, {result.status}", flush=True)
+        floors = list(pool.map(_floor_worker, [([a], args.potential) for _, a, _ in crystals]))
+        floor_batched = pool.submit(_floor_worker, ([a for _, a, _ in crystals], args.potential)).result()
+        study, study_total = {}, 0.0
+        for sid, atoms, _ in crystals:
             t = time.perf_counter()
-            fast = {sid: (res, wall, split) for sid, res, wall, split in
-                    pool.map(fast_relax, [(sid, atoms, args.potential) for sid, atoms, _ in chunk])}
-            chunk_wall = time.perf_counter() - t
-            fast_total += chunk_wall
-            print(f"  fast  chunk of {len(chunk)} in parallel: {chunk_wall:.1f} s", flush=True)
-            for sid, atoms, v_exp in chunk:
-                rows.append(_row(sid, atoms, v_exp, study[sid], fast[sid], floors[crystals.index(
-                    next(c for c in crystals if c[0] == sid))], args.potential))
+            result, split = study_relax(atoms, args.potential)
+            study[sid] = (result, time.perf_counter() - t, split)
+            study_total += study[sid][1]
+            print(f"  study {sid} ({len(atoms)} atoms): {study[sid][1]:.1f} s, {result.status}, "
+                  f"{result.steps} steps", flush=True)
+        by_id = {sid: atoms for sid, atoms, _ in crystals}
+        plan = split_batches([(sid, len(atoms)) for sid, atoms, _ in crystals], args.workers)
+        t = time.perf_counter()
+        outputs = list(pool.map(fast_share, [([(sid, by_id[sid]) for sid in share], args.potential,
+                                              args.batch_atoms, args.draft) for share in plan if share]))
+        fast_total = time.perf_counter() - t
+    fast = {sid: res for results, _ in outputs for sid, res in results.items()}
+    splits = pd.DataFrame([split for _, split in outputs])
+    print(f"  fast  all {len(crystals)} crystals: {fast_total:.1f} s (per worker: "
+          + ", ".join(f"{w:.1f} s" for w in splits.wall) + ")", flush=True)
+    rows = [_row(sid, atoms, v_exp, study[sid], fast[sid], floors[k], args.potential)
+            for k, (sid, atoms, v_exp) in enumerate(crystals)]
     table = pd.DataFrame(rows)
     table.to_csv(args.csv, index=False)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
     print(table.drop(columns=["E_study", "E_fast"]).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"\ncost floor (full float64 ensemble, 1 thread): "
-          f"{np.median(table.ns_atom_call):.0f} ns per atom per call (median; per crystal in the CSV)")
-    opt = table[["t_model", "t_nl", "t_opt"]].sum()
-    print(f"fast path final stage time split: model {opt.t_model:.1f} s, neighbour list {opt.t_nl:.1f} s, "
-          f"optimizer {opt.t_opt:.1f} s; cheap stage {table.t_cheap.sum():.1f} s")
+    print(f"\ncost floor (full float64 ensemble, 1 thread, one pass): {np.median(table.ns_atom_call):.0f} ns per atom "
+          f"for one crystal (median; per crystal in the CSV), {floor_batched:.0f} ns per atom for all "
+          f"{len(crystals)} crystals in one pass")
+    tot = splits[["wall", "model", "pairs", "optimizer", "passes", "draft_passes", "rebuilds"]].sum()
+    print(f"fast path time split (summed over workers): model {tot.model:.1f} s, neighbour lists {tot.pairs:.1f} s, "
+          f"optimizer and bookkeeping {tot.optimizer:.1f} s; {int(tot.passes)} model passes "
+          f"({int(tot.draft_passes)} of them draft), "
+          f"{int(tot.rebuilds)} pair-list builds")
     print(f"study: {len(table)} crystals in {study_total:.0f} s = {3600 * len(table) / study_total:.0f} crystals/h; "
-          f"fast: {fast_total:.0f} s = {3600 * len(table) / fast_total:.0f} crystals/h; wrote {args.csv}")
+          f"fast: {fast_total:.0f} s = {3600 * len(table) / fast_total:.0f} crystals/h; wrote {args.csv}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     worse = table[(table.dV_diff_pct > 0.5) & (table.dE_meV_atom > 0)]
     if len(worse):
         print(f"fast path above 0.5 % volume AND higher energy for: {', '.join(worse.structure_id)}")
     print(f"speedup: {study_total / fast_total:.1f}x, max |dV fast - dV seed|: {table.dV_diff_pct.max():.2f}%")
 
 
-def _row(sid, atoms, v_exp, study, fast, floor, potential) -> dict:
-    s_res, s_wall, _ = study
-    f_res, f_wall, split = fast
+def _row(sid, atoms, v_exp, study, f_res, floor, potential) -> dict:
+    s_res, s_wall, split = study
     v_s, v_f = s_res.atoms.get_volume(), f_res.atoms.get_volume()
     e_s = energy_per_atom(s_res.atoms, potential)
     e_f = f_res.e_final / len(atoms)
     return {
-        "structure_id": sid, "natoms": len(atoms),
-        "study_s": s_wall, "fast_s": f_wall, "speedup": s_wall / f_wall,
+        "structure_id": sid, "natoms": len(atoms), "study_s": s_wall,
         "study_calls": s_res.force_calls, "fast_calls": f_res.force_calls,
-        "study_steps": s_res.steps, "fast_steps": f_res.steps, "fast_final_steps": f_res.extra.get("final_steps"),
+        "fast_draft_calls": f_res.extra.get("draft_calls", 0),
+        "study_steps": s_res.steps, "fast_steps": f_res.steps,
         "study_status": s_res.status, "fast_status": f_res.status,
         "study_fmax": s_res.fmax_final, "fast_fmax": f_res.fmax_final,
         "V_exp": v_exp, "V_study": v_s, "V_fast": v_f,
         "dV_study_pct": 100 * (v_s - v_exp) / v_exp, "dV_fast_pct": 100 * (v_f - v_exp) / v_exp,
         "dV_diff_pct": 100 * abs(v_f - v_s) / v_s,
         "E_study": e_s, "E_fast": e_f, "dE_meV_atom": 1000 * (e_f - e_s),
-        "ns_atom_call": floor, "study_t_calc": study[2]["t_calc"],
-        "t_model": split["final_model"], "t_nl": split["final_nl"],
-        "t_opt": split["final_opt"], "t_cheap": split["cheap_wall"],
+        "ns_atom_call": floor, "study_t_calc": split["t_calc"],
     }
 
 

@@ -152,33 +152,79 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     done = _finished(out, settings_hash)
     todo = [sid for sid in ids if sid not in done]
     report.skipped_done = len(ids) - len(todo)
-    calc = None
-    bar = tqdm(todo, desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal", disable=not progress)
-    for sid in bar:
+    bar = tqdm(total=len(todo), desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal",
+               disable=not progress)
+
+    def record(row, atoms: Atoms, result: RelaxResult) -> None:
+        write_result(out, row, result, settings, settings_hash)
+        report.rows.append(_summary_row(row.structure_id, len(atoms), result, row))
+        bar.update()
+        bar.set_postfix(Counter(r["status"] for r in report.rows))
+
+    runnable = []
+    for sid in todo:
         row = clean.get(structure_id=sid)
         atoms = row.toatoms()
         missing = pot.covers(atoms.get_chemical_symbols())
         if missing:
-            result = _skipped(atoms, settings, f"{potential} does not cover {', '.join(sorted(missing))}")
+            record(row, atoms, _skipped(atoms, settings, f"{potential} does not cover {', '.join(sorted(missing))}"))
         else:
-            calc = calc or pot.calculator(**(calculator_options or {}))
-            trajectory = Path(trajectory_dir) / f"{sid}.traj" if trajectory_dir else None
-            if trajectory:
-                trajectory.parent.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                if settings.strategy == "fast":
-                    from helpers.fastrelax import relax_fast
-
-                    result = relax_fast(atoms, potential, settings, final_calc=calc, max_wall_time=max_wall_time,
-                                        trajectory=trajectory)
-                else:
-                    result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory)
-        write_result(out, row, result, settings, settings_hash)
-        report.rows.append(_summary_row(sid, len(atoms), result, row))
-        bar.set_postfix(Counter(r["status"] for r in report.rows))
+            runnable.append((sid, len(atoms)))
+    if not runnable:
+        bar.close()
+        _alarm(report)
+        return report
+    calc = pot.calculator(**(calculator_options or {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if settings.strategy == "fast" and batchable(calc, settings, trajectory_dir):
+            _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record)
+        else:
+            for sid, _ in runnable:
+                row = clean.get(structure_id=sid)
+                atoms = row.toatoms()
+                trajectory = Path(trajectory_dir) / f"{sid}.traj" if trajectory_dir else None
+                if trajectory:
+                    trajectory.parent.mkdir(parents=True, exist_ok=True)
+                record(row, atoms, relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory))
+    bar.close()
     _alarm(report)
     return report
+
+
+def batchable(calc, settings: RelaxSettings, trajectory_dir: str | None = None) -> bool:
+    """Can these crystals be relaxed side by side (``helpers.fastrelax``)?
+
+    Needs a plain torchani model (the D3 variants add a second calculator), an optimizer that
+    steps one step at a time, and no per-step trajectory files.
+    """
+    from helpers.calculators import OnePassANICalculator
+    from helpers.fastrelax import LOCKSTEP_OPTIMIZERS
+
+    return (isinstance(calc, OnePassANICalculator) and settings.optimizer in LOCKSTEP_OPTIMIZERS
+            and not trajectory_dir)
+
+
+def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, settings: RelaxSettings,
+                        max_wall_time: float | None, record) -> None:
+    """Relax ``runnable`` crystals side by side, largest first, committing each as it ends."""
+    from helpers.batched_ani import BatchedANI
+    from helpers.fastrelax import relax_many
+
+    rows = {}
+
+    def items():
+        for sid, _ in sorted(runnable, key=lambda x: (-x[1], x[0])):
+            rows[sid] = clean.get(structure_id=sid)
+            yield sid, rows[sid].toatoms()
+
+    import torch
+
+    draft = BatchedANI(calc.model, dtype=getattr(torch, settings.draft)) if settings.draft else None
+    for sid, result in relax_many(items(), BatchedANI(calc.model), settings, max_wall_time=max_wall_time,
+                                  draft=draft):
+        row = rows.pop(sid)
+        record(row, result.atoms, result)
 
 
 def _finished(out: Database, settings_hash: str) -> set[str]:
@@ -200,8 +246,8 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         potential=settings.potential, status=result.status, converged=result.converged,
         steps=result.steps, max_steps=result.max_steps, fmax_final=result.fmax_final,
         e_initial=result.e_initial, e_final=result.e_final, wall_time=round(result.wall_time, 3),
-        force_calls=result.force_calls, optimizer=settings.optimizer, cell_filter=settings.cell_filter,
-        strategy=settings.strategy,
+        force_calls=result.force_calls, draft_calls=result.extra.get("draft_calls"), optimizer=settings.optimizer,
+        cell_filter=settings.cell_filter, strategy=settings.strategy,
         fmax_target=settings.fmax, V_relaxed=result.atoms.get_volume() if result.atoms.pbc.all() else None,
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
     )

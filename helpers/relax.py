@@ -24,9 +24,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 DISTANCE_CHECK_EVERY = 10
 OPTIMIZERS = ("BFGS", "LBFGS", "FIRE", "PreconLBFGS")
 CELL_FILTERS = ("frechet", "fixed")
-#: "study": one exact relaxation (relax()); "fast": cheap pre-relaxation + exact final stage
-#: (helpers.fastrelax.relax_fast; the result still comes from the full model at full fmax)
+#: "study": one crystal at a time (relax()); "fast": the same optimizer on many crystals side by
+#: side, one model pass per step for all (helpers.fastrelax.relax_many; reported results always
+#: come from the full float64 model at the full fmax)
 STRATEGIES = ("study", "fast")
+DRAFTS = (None, "float32")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,10 @@ class RelaxSettings:
     max_volume_ratio: float = 2.0
     min_volume_ratio: float = 0.5
     min_pair_distance: float = 0.5
-    strategy: str = "study"
+    strategy: str = "fast"
+    #: strategy "fast" only: dtype of the draft copy of the model that moves crystals until its
+    #: forces pass fmax, before the exact float64 model finishes (None: exact forces throughout)
+    draft: str | None = "float32"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -56,6 +61,8 @@ class RelaxSettings:
             raise ValueError(f"unknown cell filter {self.cell_filter!r}; choose from {CELL_FILTERS}")
         if not self.fmax > 0:
             raise ValueError("fmax must be positive")
+        if self.draft not in DRAFTS:
+            raise ValueError(f"unknown draft {self.draft!r}; choose from {DRAFTS}")
 
     def resolved(self, default_steps_per_atom: int) -> RelaxSettings:
         """Fill ``steps_per_atom`` from the potential's default (the study's x)."""
@@ -74,8 +81,8 @@ class RelaxSettings:
     def hash(self) -> str:
         """Short stable hash of the settings and the software versions that change results."""
         fields = asdict(self)
-        if fields["strategy"] == "study":  # hashes from before the field existed stay valid
-            del fields["strategy"]
+        if fields["strategy"] == "study":  # hashes from before these fields existed stay valid
+            del fields["strategy"], fields["draft"]
         payload = json.dumps({**fields, "versions": versions()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -19,7 +19,7 @@ CONTRACT = {
                   "min_distance": 0.8},
     "03_relax": {"potential": "ani1x", "batch": 0, "n_batches": 1, "clean_db": "data/clean.db",
                  "out_db": "data/relaxed_{potential}.db", "fmax": 0.0005, "max_steps_base": 300,
-                 "steps_per_atom": None, "optimizer": "BFGS"},
+                 "steps_per_atom": None, "optimizer": "BFGS", "strategy": "fast", "draft": "float32"},
     "04_analysis": {"relaxed_dbs": "data/relaxed_*.db", "clean_db": "data/clean.db", "out_dir": "data/analysis"},
 }
 
