@@ -1,18 +1,20 @@
 """The fast relax path: the study's optimizer on many crystals at once, one model pass per step.
 
 Each crystal keeps its own ASE optimizer (BFGS by default) on its own FrechetCellFilter, with
-the study's fmax and step cap: the trajectory of every crystal is the one ``relax()`` follows,
-to floating-point summation order. What changes is how forces are computed: every step, the
-crystals still running are evaluated together in one torchani pass (:class:`BatchedANI`), a
-finished crystal leaves the batch at once and the next one from the queue takes its place.
-The cell filter's forces (a matrix logarithm per call) are computed once per step instead of
-the three times ASE's ``run`` asks for them.
+the study's fmax and step cap: without a draft, the trajectory of every crystal is the one
+``relax()`` follows, to floating-point summation order. What changes is how forces are computed:
+every step, the crystals still running are evaluated together in one torchani pass
+(:class:`BatchedANI`), a finished crystal leaves the batch at once and the next one from the
+queue takes its place. The optimizer's arithmetic is done once and cheaply: the cell filter's
+forces once per step (ASE's ``run`` asks three times), its matrix logarithm by a series, and the
+BFGS step by a Cholesky solve while the Hessian is positive definite.
 
 With a ``draft`` evaluator (the same ensemble in float32, 1.5-2x cheaper per pass) the crystal
 moves on draft forces until they pass fmax (or the step cap); the exact float64 model then
 re-evaluates that geometry and BFGS continues on exact forces, Hessian kept, until the exact
 forces pass fmax. The first and the last evaluation are always exact, so the initial energy and
-everything reported comes from the full float64 model at the full tolerance.
+everything reported comes from the full float64 model at the full tolerance (a crystal that
+explodes or errors during the draft phase keeps the draft's last numbers; its status says why).
 
 ``relax_many`` yields ``(key, RelaxResult)`` as each crystal ends, so callers commit finished
 work immediately; statuses and guards are those of :func:`helpers.relax.relax`.
