@@ -96,14 +96,14 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
           must_contain: Sequence[str] | None = None, exclude: Sequence[str] = (),
           max_pressure_kpa: float | None = None, drop_duplicates: bool = False,
           max_r_factor: float | None = None, keep_unknown_formula: bool = True,
-          search_format: str = "json") -> FetchReport:
+          search_format: str = "json", n_workers: int | None = 1) -> FetchReport:
     """Fetch CIFs from ``source`` (``COD_SOURCE`` overrides) into ``raw_db``; idempotent, resumable.
 
     Web options: ``cache_dir`` (default ``cif_cache`` beside ``raw_db``), ``rate`` (requests/s for
     the whole run), ``concurrency`` (threads), ``retry`` (attempts, backoff, timeouts). Search
     options: ``must_contain``/``exclude`` (COD ``el``/``nel``), and the pre-download selection
     ``max_pressure_kpa``, ``drop_duplicates``, ``max_r_factor``, ``keep_unknown_formula``
-    (see :func:`helpers.cod.select`).
+    (see :func:`helpers.cod.select`). ``n_workers`` processes parse the CIFs (None: every core).
     """
     source = resolve_source(source)
     report = FetchReport(source=source)
@@ -119,7 +119,7 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
                                           keep_unknown_formula=keep_unknown_formula))
     else:
         files = _directory_files(report, source, elements, cod_ids, limit, existing)
-    report.load = load_files(db, files, elements, progress=progress)
+    report.load = load_files(db, files, elements, progress=progress, n_workers=n_workers)
     report.in_raw_db = db.count()
     return report
 

@@ -18,6 +18,7 @@ from ase import Atoms
 from helpers import db as dbmod
 from helpers.checks import AMU_PER_A3_TO_G_PER_CM3, CHECKS, Check, Entry, Rejection, Thresholds
 from helpers.guard import TimeLimitExceeded, time_limit
+from helpers.parallel import ordered_map
 
 __all__ = ["CHECKS", "FilterReport", "FilterResult", "Thresholds", "evaluate", "filter_row",
            "reference_cell", "run_filter"]
@@ -159,10 +160,12 @@ def _jsonable(value: Any) -> Any:
 
 def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float = 0.8,
                elements: Sequence[str] | None = ("C", "H", "N", "O"), progress: bool = True,
-               chunk_size: int = 200, **thresholds: Any) -> FilterReport:
+               chunk_size: int = 200, n_workers: int | None = 1, **thresholds: Any) -> FilterReport:
     """Filter every raw row into ``clean_db`` or ``rejects_db``; idempotent, never stops on bad input.
 
     ``thresholds`` override :class:`helpers.checks.Thresholds` (e.g. ``h_missing_tolerance=0.5``).
+    The checks run in ``n_workers`` processes (None: every core; :mod:`helpers.parallel`); this
+    process writes the verdicts, in raw-database order, one transaction per ``chunk_size`` rows.
     """
     from tqdm.auto import tqdm
 
@@ -172,12 +175,13 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
     ids = {name: dbmod.ids_with(db, "structure_id") for name, db in out.items()}
     stale: dict[str, list[int]] = {"clean": [], "rejects": []}
     report = FilterReport(clean_db=str(clean_db), rejects_db=str(rejects_db))
-    rows = tqdm(dbmod.rows(raw), total=raw.count(), desc="filter", unit="structure", disable=not progress)
-    for chunk in _chunks(rows, chunk_size):
+    verdicts = ordered_map(_evaluate_row, ((row, t) for row in dbmod.rows(raw)), n_workers,
+                           on_crash=_crashed_checks)
+    verdicts = tqdm(verdicts, total=raw.count(), desc="filter", unit="structure", disable=not progress)
+    for chunk in _chunks(verdicts, chunk_size):
         with out["clean"], out["rejects"]:  # one transaction per chunk
-            for row in chunk:
+            for (row, _), result in chunk:
                 entry = Entry.from_row(row)
-                result = evaluate(entry, t)
                 target, kvp, data = _output_row(row, entry, result)
                 other = "rejects" if target == "clean" else "clean"
                 sid = entry.structure_id
@@ -191,6 +195,20 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
     for name, stale_ids in stale.items():
         out[name].delete(stale_ids)  # moved to the other database: one batch, one VACUUM
     return report
+
+
+def _evaluate_row(item: tuple[Any, Thresholds]) -> FilterResult:
+    """Worker side of :func:`run_filter`: the verdict on one raw row."""
+    row, thresholds = item
+    return evaluate(Entry.from_row(row), thresholds)
+
+
+def _crashed_checks(item: tuple[Any, Thresholds], exc: BaseException) -> FilterResult:
+    """The checks took their process down (memory, segfault): the entry is rejected saying so."""
+    row, _ = item
+    reason = f"checks could not run: their process died on this entry ({exc})"
+    return FilterResult(str(row.get("structure_id", row.id)),
+                        [Rejection("checks_crashed", reason, {"internal_error": True})])
 
 
 def _chunks(iterable, size: int):

@@ -19,6 +19,7 @@ from ase.db.core import Database
 from helpers import db as dbmod
 from helpers.cif import CifEntry, read_entries, sha256, single_block_text
 from helpers.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
+from helpers.parallel import ordered_map
 
 COD_ID = re.compile(r"^\d{7}$")
 #: seconds allowed to parse one file (helpers.guard); a longer parse is recorded as unreadable
@@ -70,8 +71,12 @@ def entry_elements(entry: CifEntry) -> set[str] | None:
 
 
 def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] | None = None,
-               progress: bool = True) -> LoadReport:
-    """Write every entry of ``files`` whose elements are within ``elements`` into ``db``."""
+               progress: bool = True, n_workers: int | None = 1) -> LoadReport:
+    """Write every entry of ``files`` whose elements are within ``elements`` into ``db``.
+
+    Files are parsed by ``n_workers`` processes (None: every core; :mod:`helpers.parallel`) and
+    written here, in order, by this process alone.
+    """
     from tqdm.auto import tqdm
 
     allowed = set(elements) if elements else None
@@ -79,9 +84,9 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
     existing = {row.structure_id: row.get("sha256")
                 for row in db.select("structure_id", columns=["id", "key_value_pairs"])}
     report = LoadReport()
-    for file in tqdm(files, desc="load raw", unit="file", disable=not progress):
+    parsed = ordered_map(read_file_entries, files, n_workers, on_crash=_crashed_reader)
+    for file, entries in tqdm(parsed, desc="load raw", unit="file", disable=not progress):
         report.files += 1
-        entries = read_file_entries(file)
         for entry in entries:
             report.entries += 1
             found = entry_elements(entry)
@@ -108,6 +113,11 @@ def read_file_entries(file: CifFile, seconds: float | None = READ_TIME_LIMIT) ->
             return read_entries(file.text, one_entry=file.cod_id is not None)
     except TimeLimitExceeded as exc:
         return [CifEntry(block="", atoms=None, error=f"TimeLimitExceeded: {exc}")]
+
+
+def _crashed_reader(file: CifFile, exc: BaseException) -> list[CifEntry]:
+    """The parser took its process down (memory, segfault): one unreadable entry saying so."""
+    return [CifEntry(block="", atoms=None, error=f"reader process died on this file: {exc}")]
 
 
 def write_entry(db: Database, entry: CifEntry, file: CifFile, sid: str, text: str, digest: str) -> int:

@@ -20,10 +20,10 @@ PARTIAL_OCCUPANCY_COD = [2001174, 2003003, 2010108, 2014244, 2203315, 2208311, 2
 
 @pytest.fixture(scope="session")
 def filtered_all(tmp_path_factory, shared_data):
-    """All 144 real files through fetch and filter (elements=None: every file is loaded)."""
+    """All 144 real files through fetch and filter (elements=None: every file is loaded), on 2 processes."""
     tmp = tmp_path_factory.mktemp("filter_all")
-    fetch(source=str(shared_data), raw_db=str(tmp / "raw.db"), elements=None, progress=False)
-    report = run_filter(tmp / "raw.db", tmp / "clean.db", tmp / "rejects.db", progress=False)
+    fetch(source=str(shared_data), raw_db=str(tmp / "raw.db"), elements=None, progress=False, n_workers=2)
+    report = run_filter(tmp / "raw.db", tmp / "clean.db", tmp / "rejects.db", progress=False, n_workers=2)
     print("\n" + report.counts().drop(columns="description").to_string())
     return {"report": report, "raw": ase.db.connect(str(tmp / "raw.db")),
             "clean": ase.db.connect(str(tmp / "clean.db")), "rejects": ase.db.connect(str(tmp / "rejects.db"))}

@@ -14,9 +14,9 @@ from helpers.pipeline import NOTEBOOKS, notebook_path, run_pipeline
 
 CONTRACT = {
     "01_fetch": {"source": None, "raw_db": "data/raw.db", "elements": ["C", "H", "N", "O"], "cod_ids": None,
-                 "limit": None},
+                 "limit": None, "n_workers": None},
     "02_filter": {"raw_db": "data/raw.db", "clean_db": "data/clean.db", "rejects_db": "data/rejects.db",
-                  "min_distance": 0.8},
+                  "min_distance": 0.8, "n_workers": None},
     "03_relax": {"potential": "ani1x", "batch": 0, "n_batches": 1, "clean_db": "data/clean.db",
                  "out_db": "data/relaxed_{potential}.db", "fmax": 0.0005, "max_steps_base": 300,
                  "steps_per_atom": None, "optimizer": "BFGS", "strategy": "fast", "draft": "float32"},
