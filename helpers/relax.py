@@ -175,7 +175,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     v0 = atoms.get_volume() if atoms.pbc.all() else None
     start = time.perf_counter()
     calls_before = getattr(calc, "n_calls", 0)
-    e_initial = None
+    e_initial = e_disp_initial = None
     opt = target = None
     status, message = "error", ""
     converged = False
@@ -183,6 +183,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         e_initial = float(atoms.get_potential_energy())
         if not math.isfinite(e_initial):
             raise Exploded(f"initial energy is {e_initial}")
+        e_disp_initial = dispersion_energy(calc, e_initial)
         target = wrap_cell(atoms, settings)
         opt = make_optimizer(settings.optimizer, target, logfile=logfile,
                              trajectory=str(trajectory) if trajectory else None)
@@ -209,13 +210,33 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     steps = int(opt.nsteps) if opt is not None else 0
     fmax_final = _fmax(target) if target is not None and status != "error" else None
     final = _final_atoms(atoms)
+    e_final = final.calc.results.get("energy") if final.calc else None
+    extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final)}
     return RelaxResult(
         atoms=final, status=status, converged=converged and status == "converged", steps=steps,
-        max_steps=cap, e_initial=e_initial, e_final=final.calc.results.get("energy") if final.calc else None,
+        max_steps=cap, e_initial=e_initial, e_final=e_final,
         fmax_final=fmax_final,
         wall_time=time.perf_counter() - start,
         force_calls=getattr(calc, "n_calls", 0) - calls_before, message=message,
+        extra={k: v for k, v in extra.items() if v is not None},
     )
+
+
+def dispersion_energy(calc: Calculator, energy: float | None) -> float | None:
+    """The D3 part (eV) of ``energy`` when ``calc`` is ANI + D3 and its last call gave ``energy``.
+
+    Lets a ``-d3`` row say how much of its energy is dispersion; None for plain ANI.
+    """
+    contributions = getattr(calc, "energy_contributions", None)
+    if contributions is None or energy is None:
+        return None
+    try:
+        parts = contributions()
+    except Exception:  # noqa: BLE001 - no complete calculation yet
+        return None
+    if not math.isclose(sum(parts.values()), energy, rel_tol=1e-12, abs_tol=1e-9):
+        return None  # the last call failed half-way: its parts are not this energy's
+    return float(parts["dispersion"])
 
 
 def _check_physical(atoms: Atoms, settings: RelaxSettings, v0: float | None, distances: bool = True) -> None:

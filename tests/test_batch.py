@@ -60,6 +60,20 @@ def test_run_batch_resumes_and_retries_errors(small_clean_db, tmp_path, model_di
     assert len(third.rows) == 1 and db.count() == 5
 
 
+def test_d3_rows_store_the_dispersion_energy(small_clean_db, tmp_path, model_dir):
+    """A -d3 batch row carries e_dispersion(_initial); a plain ANI row does not."""
+    out = str(tmp_path / "relaxed_{potential}.db")
+    for potential in ("ani1x-d3", "ani1x"):
+        settings = RelaxSettings(potential=potential, max_steps_base=2, steps_per_atom=0)
+        run_batch(small_clean_db, out, potential, settings=settings, limit=1, progress=False, n_threads=1)
+    d3_row = next(dbmod.connect(out.format(potential="ani1x-d3")).select())
+    plain_row = next(dbmod.connect(out.format(potential="ani1x")).select())
+    assert d3_row.e_dispersion < 0 and d3_row.e_dispersion_initial < 0
+    assert "e_dispersion" not in plain_row.key_value_pairs
+    # same geometry at the start: the D3 row's initial energy is the plain one plus its dispersion part
+    assert d3_row.e_initial == pytest.approx(plain_row.e_initial + d3_row.e_dispersion_initial, abs=1e-6)
+
+
 def test_shards_merge_idempotently(small_clean_db, tmp_path, model_dir):
     out = str(tmp_path / "relaxed_{potential}.db")
     for batch in range(2):

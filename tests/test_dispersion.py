@@ -137,6 +137,22 @@ def test_one_pass_per_geometry(benzene, ani1x):
     assert base.n_calls == 2
 
 
+def test_relaxation_records_the_dispersion_part_of_its_energies(benzene, ani1x):
+    """A -d3 relaxation says how much of e_initial and e_final is D3, checked against D3 alone."""
+    from helpers.relax import RelaxSettings, relax
+
+    settings = RelaxSettings(potential="ani1x-d3", strategy="study", max_steps_base=3, steps_per_atom=0)
+    result = relax(benzene, with_model_dispersion(OnePassANICalculator(ani1x), "ani1x"), settings)
+    assert result.steps == 3 and result.status == "step_cap"
+    for atoms, key in ((benzene, "e_dispersion_initial"), (result.atoms, "e_dispersion")):
+        alone = atoms.copy()
+        alone.calc = d3_calculator("wb97x", "d3bj")
+        assert result.extra[key] == pytest.approx(alone.get_potential_energy(), abs=1e-9)
+    assert result.extra["e_dispersion"] < -1.0 and result.e_final < result.e_initial
+    plain = relax(benzene, OnePassANICalculator(ani1x), RelaxSettings(max_steps_base=1, steps_per_atom=0))
+    assert "e_dispersion" not in plain.extra
+
+
 def test_reference_table_covers_every_model_and_loads():
     assert set(D3_REFERENCE) == set(ANI_MODELS)
     for name, ref in D3_REFERENCE.items():
