@@ -76,8 +76,8 @@ ERROR_COLUMNS = [
     "alpha_exp", "alpha_relaxed", "dalpha_deg", "beta_exp", "beta_relaxed", "dbeta_deg",
     "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
-    "fmax_final", "e_final", "optimizer", "cell_filter", "settings_hash", "potential_name", "db", "row_id",
-    "note",
+    "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
+    "row_id", "note",
 ]
 
 
@@ -156,6 +156,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "temperature": kvp.get("temperature", clean_row.get("temperature") if clean_row else None),
         "cod_id": kvp.get("cod_id"), "spacegroup_number": kvp.get("spacegroup_number"),
         "fmax_final": kvp.get("fmax_final"), "e_final": kvp.get("e_final"),
+        "e_dispersion": kvp.get("e_dispersion"),
         "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
         "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
     }

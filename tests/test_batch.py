@@ -6,9 +6,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from helpers import db as dbmod
+from helpers.analysis import collect_errors
 from helpers.batch import merge_shards, output_path, relax_cost, run_batch, shard_paths, split_batches
 from helpers.relax import RelaxSettings
 
@@ -72,6 +74,9 @@ def test_d3_rows_store_the_dispersion_energy(small_clean_db, tmp_path, model_dir
     assert "e_dispersion" not in plain_row.key_value_pairs
     # same geometry at the start: the D3 row's initial energy is the plain one plus its dispersion part
     assert d3_row.e_initial == pytest.approx(plain_row.e_initial + d3_row.e_dispersion_initial, abs=1e-6)
+    errors = collect_errors([out.format(potential=p) for p in ("ani1x-d3", "ani1x")], small_clean_db)
+    by_potential = errors.set_index("potential_name").e_dispersion
+    assert by_potential["ani1x-d3"] == pytest.approx(d3_row.e_dispersion) and np.isnan(by_potential["ani1x"])
 
 
 def test_shards_merge_idempotently(small_clean_db, tmp_path, model_dir):
