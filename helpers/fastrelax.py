@@ -174,6 +174,9 @@ class _Slot:
     e_initial: float | None = None
     status: str | None = None
     message: str = ""
+    #: seconds of this process spent on this crystal: its share (by atoms) of every pass it was in,
+    #: plus its own optimizer work; what ``max_wall_time`` limits (in flight it shares the time)
+    cost: float = 0.0
 
     def __post_init__(self) -> None:
         self.atoms = self.atoms.copy()
@@ -195,6 +198,13 @@ class _Slot:
 
     def receive(self, results: dict) -> None:
         """New energy/forces/stress for the current geometry; decide whether and how to step on."""
+        started = time.perf_counter()
+        try:
+            self._receive(results)
+        finally:
+            self.cost += time.perf_counter() - started
+
+    def _receive(self, results: dict) -> None:
         exact = self.exact_next
         self.calls += 1
         self.draft_calls += not exact
@@ -213,7 +223,7 @@ class _Slot:
                     raise Exploded(f"atoms fused: closest pair {closest:.2f} Å < {self.settings.min_pair_distance} Å")
             optimizable = self.opt.optimizable
             converged = optimizable.converged(optimizable.get_gradient(), self.settings.fmax)
-            out_of_time = self.max_wall_time is not None and time.perf_counter() - self.start > self.max_wall_time
+            out_of_time = self.max_wall_time is not None and self.cost > self.max_wall_time
             if not exact:
                 if converged or self.opt.nsteps >= self.cap or out_of_time:
                     self.drafting, self.exact_next = False, True  # judge this geometry with the exact model
@@ -225,7 +235,8 @@ class _Slot:
                 self.status = "step_cap"
                 return
             elif out_of_time:
-                self.status, self.message = "timeout", f"wall-time limit {self.max_wall_time:.0f} s reached"
+                self.status, self.message = "timeout", (
+                    f"wall-time limit {self.max_wall_time:.0f} s reached (this crystal's share of the batched passes)")
                 return
             self.opt.step()
             self.opt.nsteps += 1
@@ -249,7 +260,7 @@ class _Slot:
             max_steps=self.cap, e_initial=self.e_initial,
             e_final=final.calc.results.get("energy") if final.calc else None, fmax_final=fmax_final,
             wall_time=time.perf_counter() - self.start, force_calls=self.calls, message=self.message,
-            extra={"batched": True, "draft_calls": self.draft_calls},
+            extra={"batched": True, "draft_calls": self.draft_calls, "cost_time": self.cost},
         )
 
 
@@ -294,16 +305,23 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: BatchedANI, set
 
 def _evaluate(evaluator: BatchedANI, slots: list[_Slot]) -> None:
     """One pass for all; if the pass fails, find the culprit crystal by evaluating one by one."""
+    started = time.perf_counter()
     try:
         results = evaluator.evaluate([s.atoms for s in slots], keys=[s.key for s in slots])
     except Exception:  # noqa: BLE001
         for slot in slots:
+            started = time.perf_counter()
             try:
-                slot.receive(evaluator.evaluate([slot.atoms], keys=[slot.key])[0])
+                res = evaluator.evaluate([slot.atoms], keys=[slot.key])[0]
+                slot.cost += time.perf_counter() - started
+                slot.receive(res)
             except Exception as exc:  # noqa: BLE001
                 slot.fail(f"{type(exc).__name__}: {exc}")
         return
+    elapsed = time.perf_counter() - started
+    n_atoms = sum(len(s.atoms) for s in slots)
     for slot, res in zip(slots, results):
+        slot.cost += elapsed * len(slot.atoms) / n_atoms
         slot.receive(res)
 
 
