@@ -60,12 +60,11 @@ def _notebook_copy(folder: Path) -> Path:
 
     nb = nbformat.read(ROOT / "notebooks" / "02_filter.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = "\n".join([
+    cell.source += "\n".join([  # the notebook's own defaults stay; the databases are overridden
+        "\n# the test's databases",
         f"raw_db = {str(folder / 'raw.db')!r}",
         f"clean_db = {str(folder / 'clean.db')!r}",
         f"rejects_db = {str(folder / 'rejects.db')!r}",
-        "min_distance = 0.8",
-        'elements = ["C", "H", "N", "O"]',
     ])
     for c in nb.cells:
         if c.cell_type == "code":
