@@ -84,8 +84,13 @@ class Entry:
 
     @classmethod
     def from_row(cls, row) -> Entry:
-        return cls(structure_id=str(row.get("structure_id", row.id)), atoms=row.toatoms(),
+        return cls(structure_id=cls.structure_id_of(row), atoms=row.toatoms(),
                    kvp=dict(row.key_value_pairs), data=dict(row.data))
+
+    @staticmethod
+    def structure_id_of(row) -> str:
+        """A raw row's ``structure_id`` (its database id for rows written without one)."""
+        return str(row.get("structure_id", row.id))
 
     @property
     def cif(self) -> str:

@@ -130,13 +130,13 @@ class FilterReport:
                               "reason": r.rejections[0].reason} for r in self.results if not r.passed])
 
 
-def _output_row(row, entry: Entry, result: FilterResult) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def _output_row(row, atoms: Atoms, result: FilterResult) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Which database the entry goes to ('clean' or 'rejects'), and its key-value pairs and data."""
     flags = {f"flag_{c.name}": any(f.check == c.name for f in result.flags)
              for c in CHECKS if c.kind == "flag"}
     base = {**row.key_value_pairs, "raw_id": row.id, **flags}
     if result.passed:
-        cell_kvp, cell = reference_cell(entry.atoms)
+        cell_kvp, cell = reference_cell(atoms)
         return "clean", {**base, **cell_kvp}, {**row.data, "cell_exp": cell}
     kvp = {**base, "checks": ",".join(result.checks), "reason": result.rejections[0].reason,
            "n_failures": len(result.rejections)}
@@ -181,13 +181,13 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
     for chunk in _chunks(verdicts, chunk_size):
         with out["clean"], out["rejects"]:  # one transaction per chunk
             for (row, _), result in chunk:
-                entry = Entry.from_row(row)
-                target, kvp, data = _output_row(row, entry, result)
+                atoms = row.toatoms()  # the checks' Entry stayed with whoever ran them
+                target, kvp, data = _output_row(row, atoms, result)
                 other = "rejects" if target == "clean" else "clean"
-                sid = entry.structure_id
+                sid = result.structure_id
                 kvp = dbmod.clean_kvp({k: v for k, v in kvp.items() if k != "structure_id"})
                 # replace in place (ASE's delete() VACUUMs the whole file every call)
-                out[target].write(entry.atoms, key_value_pairs={"structure_id": sid, **kvp},
+                out[target].write(atoms, key_value_pairs={"structure_id": sid, **kvp},
                                   data=_jsonable(data), id=ids[target].get(sid))
                 if sid in ids[other]:
                     stale[other].append(ids[other].pop(sid))
@@ -207,8 +207,7 @@ def _crashed_checks(item: tuple[Any, Thresholds], exc: BaseException) -> FilterR
     """The checks took their process down (memory, segfault): the entry is rejected saying so."""
     row, _ = item
     reason = f"checks could not run: their process died on this entry ({exc})"
-    return FilterResult(str(row.get("structure_id", row.id)),
-                        [Rejection("checks_crashed", reason, {"internal_error": True})])
+    return FilterResult(Entry.structure_id_of(row), [Rejection("checks_crashed", reason, {"internal_error": True})])
 
 
 def _chunks(iterable, size: int):

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from itertools import islice
+from itertools import chain, islice
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -53,11 +53,11 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], n_workers: int | None 
     iterator = iter(items)
     head = list(islice(iterator, serial_below if workers > 1 else 0))
     if workers == 1 or len(head) < serial_below:
-        for item in _chain(head, iterator):
+        for item in chain(head, iterator):
             yield item, fn(item)
         return
     pending: deque[tuple[T, Future]] = deque()
-    source = _chain(head, iterator)
+    source = chain(head, iterator)
     pool = _pool(workers)
     try:
         while True:
@@ -84,11 +84,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], n_workers: int | None 
 
 
 _END = object()
-
-
-def _chain(head: list, rest: Iterator) -> Iterator:
-    yield from head
-    yield from rest
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
