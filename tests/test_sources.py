@@ -27,11 +27,23 @@ def structure_ids(path):
     return sorted(str(r.structure_id) for r in dbmod.connect(path).select())
 
 
+def manifest_cifs(data) -> list:
+    """Every CIF the data folder's manifests list: ``manifest.csv`` (cod/, more/) and ``cod-sample/manifest.csv``."""
+    import csv
+
+    listed = [data / row["file"] for row in csv.DictReader(open(data / "manifest.csv"))]
+    listed += [data / "cod-sample" / row["file"] for row in csv.DictReader(open(data / "cod-sample" / "manifest.csv"))]
+    return sorted(listed)
+
+
 def test_directory_files_recursive_filtered_limited(shared_data):
     every = directory_files(shared_data)
-    assert len(every) == 144 and every == sorted(every)
+    assert every == manifest_cifs(shared_data)  # every listed CIF, nothing else, in a stable order
     assert any(p.parent.parent != shared_data for p in every)  # found at depth > 1
-    assert [p.stem for p in directory_files(shared_data, cod_ids=[2100348, 1000001])] == ["1000001", "2100348"]
+    picked = directory_files(shared_data, cod_ids=[2100348, 1000001])
+    # 2100348 is in cod/ (a cod-tools variant) and in cod-sample/ (the unaltered entry): both files are found
+    assert [p.relative_to(shared_data).as_posix() for p in picked] == [
+        "cod/1000001.cif", "cod/2100348.cif", "cod-sample/2100348.cif"]
     assert len(directory_files(shared_data, limit=5)) == 5
     with pytest.raises(FileNotFoundError):
         directory_files(shared_data / "no-such-folder")
