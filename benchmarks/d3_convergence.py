@@ -3,7 +3,7 @@
 Prints, per crystal, the two-body D3(BJ) energy and pressure with ωB97X parameters from
   - simple-dftd3 with Ewald summation of the two-body term (the reference: no truncation),
   - simple-dftd3 with its default sharp real-space cutoff (60 Bohr = 31.75 Å), and with the same
-    cutoff switched off smoothly over 5 Bohr (``helpers.dispersion`` default),
+    cutoff switched off smoothly over 5 Bohr (``helpers.relax.potentials.dispersion`` default),
   - the helpers default + three-body ATM (to show its size; not the default),
   - torchani ``TwoBodyDispersionD3`` at cutoffs 8/12/16/20/30 Å, with its default smooth
     envelope (the one usable in a relaxation) and with a hard truncation (lattice sum only).
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchani.potentials.dftd3 import TwoBodyDispersionD3  # noqa: E402
 
-from helpers.dispersion import d3_calculator  # noqa: E402
+from helpers.relax.potentials.dispersion import d3_calculator  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -1,8 +1,8 @@
 """Files per second through the raw load (CIF parsing) and the filter, one process vs every core.
 
 Copies the real COD CIFs of ../shared/data/cod ``--copies`` times into a temporary folder (under
-new names, so each copy is its own entry), then runs :func:`helpers.fetch.fetch` and
-:func:`helpers.filters.run_filter` with ``n_workers=1`` and with ``n_workers=N`` (default: every
+new names, so each copy is its own entry), then runs :func:`helpers.fetch.stage.fetch` and
+:func:`helpers.filter.stage.run_filter` with ``n_workers=1`` and with ``n_workers=N`` (default: every
 core) into fresh databases, checks that both produce the same rows and prints seconds, files per
 second and the speed-up, with the projection to 40,000 entries.
 Usage: ``.venv/bin/python benchmarks/load_filter_throughput.py [--copies 8] [--workers N]``.
@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def rows_of(path: Path) -> list[tuple]:
-    from helpers import db
+    from helpers.store import db
 
     return sorted((r.structure_id, r.get("sha256"), r.get("checks"), r.get("reason"), len(r.toatoms()))
                   for r in db.connect(str(path)).select())
 
 
 def run(cifs: Path, out: Path, n_workers: int) -> tuple[float, float]:
-    from helpers.fetch import fetch
-    from helpers.filters import run_filter
+    from helpers.fetch.stage import fetch
+    from helpers.filter.stage import run_filter
 
     out.mkdir()
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def run(cifs: Path, out: Path, n_workers: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    from helpers.parallel import worker_count
+    from helpers.run.parallel import worker_count
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=8)

@@ -36,7 +36,7 @@ def timed_fast(args):
 def study_per_step(atoms, potential: str, steps: int) -> float:
     """Seconds per BFGS step of the study's method: runs capped at 1 and at ``steps`` steps, differenced
     (so model loading and the first evaluation do not count)."""
-    import helpers.relax as relax_module
+    import helpers.relax.engine as relax_module
 
     original = relax_module.RelaxSettings.resolved
     times = {}

@@ -3,11 +3,11 @@
 (a) the study's method exactly: one crystal at a time, torchani's stock ASE calculator with its
     default ``all_pairs`` neighbour list, float64, 8-model ensemble, ASE BFGS + FrechetCellFilter,
     fmax 5e-4 eV/Å, cap 300 + x·n; torch uses every core.
-(b) the fast path (``RelaxSettings(strategy="fast")``, :func:`helpers.fastrelax.relax_many`): the same
+(b) the fast path (``RelaxSettings(strategy="fast")``, :func:`helpers.relax.side_by_side.relax_many`): the same
     BFGS + FrechetCellFilter, fmax and cap per crystal, but the crystals of a worker's share are
     evaluated side by side in one torchani pass per step (fused ensemble, Verlet pair lists, float64,
-    :class:`helpers.batched_ani.BatchedANI`), the cell filter's algebra done once per step; one worker
-    process per core with one torch thread, shares balanced by atoms².
+    :class:`helpers.relax.potentials.ani_side_by_side.SideBySideANI`), the cell filter's algebra done once per
+    step; one worker process per core with one torch thread, shares balanced by atoms².
 The study runs first, then the fast path; the load average is printed at both ends.
 Crystals come from ../shared/data through the real fetch + filter stages.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-#: clean COD crystals (pass helpers.filters.run_filter), 24-148 atoms: the default list
+#: clean COD crystals (pass helpers.filter.stage.run_filter), 24-148 atoms: the default list
 DEFAULT_IDS = (1011063, 2007300, 2000642, 2100348, 7100406, 2007325, 2210104)
 QUICK_IDS = (2007300, 2100348)
 #: added by --big: 184-496 atoms (the study's method needs hours for these)
@@ -48,9 +48,9 @@ BIG_IDS = (2008119, 2009480, 4022310, 2007008)
 
 def load_crystals(cod_ids, workdir: Path) -> list:
     """(structure_id, Atoms, V_exp) of the clean crystals, via the project's own fetch + filter."""
-    from helpers import db
-    from helpers.fetch import fetch
-    from helpers.filters import run_filter
+    from helpers.fetch.stage import fetch
+    from helpers.filter.stage import run_filter
+    from helpers.store import db
 
     fetch(source=str(SHARED / "data" / "cod"), raw_db=str(workdir / "raw.db"), cod_ids=cod_ids, progress=False)
     run_filter(str(workdir / "raw.db"), str(workdir / "clean.db"), str(workdir / "rejects.db"), progress=False)
@@ -102,9 +102,9 @@ def study_relax(atoms, potential: str):
     """The study's method exactly (see the module docstring)."""
     import torch
 
-    from helpers.models import load_ani
-    from helpers.potentials import get_potential
-    from helpers.relax import RelaxSettings, relax
+    from helpers.relax.engine import RelaxSettings, relax
+    from helpers.relax.potentials.ani import load_ani
+    from helpers.relax.potentials.registry import get_potential
 
     calc = count_calls(load_ani(potential, dtype=torch.float64, neighborlist="all_pairs").ase())
     settings = RelaxSettings(potential=potential).resolved(get_potential(potential).steps_per_atom)
@@ -121,17 +121,17 @@ def fast_share(args):
     _threads(1)
     import torch
 
-    from helpers.batched_ani import BatchedANI
-    from helpers.fastrelax import relax_many
-    from helpers.models import load_ani
-    from helpers.potentials import get_potential
-    from helpers.relax import RelaxSettings
+    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.potentials.ani import load_ani
+    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
+    from helpers.relax.potentials.registry import get_potential
+    from helpers.relax.side_by_side import relax_many
 
     settings = RelaxSettings(potential=potential, strategy="fast", draft=draft).resolved(
         get_potential(potential).steps_per_atom)
     model = load_ani(potential)
-    evaluator = BatchedANI(model)
-    drafter = BatchedANI(model, dtype=getattr(torch, draft)) if draft else None
+    evaluator = SideBySideANI(model)
+    drafter = SideBySideANI(model, dtype=getattr(torch, draft)) if draft else None
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -147,10 +147,10 @@ def fast_share(args):
 
 def cost_floor(atoms_list, potential: str, repeats: int = 5) -> float:
     """ns per atom of one energy+forces+stress pass of the full float64 ensemble over ``atoms_list``."""
-    from helpers.batched_ani import BatchedANI
-    from helpers.models import load_ani
+    from helpers.relax.potentials.ani import load_ani
+    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
 
-    evaluator = BatchedANI(load_ani(potential))
+    evaluator = SideBySideANI(load_ani(potential))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -166,8 +166,8 @@ def _floor_worker(args):
 
 
 def energy_per_atom(atoms, potential: str) -> float:
-    from helpers.calculators import OnePassANICalculator
-    from helpers.models import load_ani
+    from helpers.relax.potentials.ani import load_ani
+    from helpers.relax.potentials.calculators import OnePassANICalculator
 
     probe = atoms.copy()
     probe.calc = OnePassANICalculator(load_ani(potential))
@@ -190,7 +190,7 @@ def main() -> None:
            QUICK_IDS if args.quick else DEFAULT_IDS + (BIG_IDS if args.big else ()))
     import torch
 
-    from helpers.batch import split_batches
+    from helpers.relax.stage import split_batches
 
     torch.set_num_threads(args.workers)
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@ before writing a batched loop of our own. torch-sim is **not** a project depende
 needs it installed beside the project (``pip install torch-sim-atomistic``; 0.3.0 is what the
 package mirror here offers) and exits with a message otherwise.
 
-The model is the project's :class:`helpers.batched_ani.BatchedANI` (same float64 ensemble, same
+The model is the project's :class:`helpers.relax.potentials.ani_side_by_side.SideBySideANI` (same float64 ensemble, same
 numbers as the study's calculator) behind torch-sim's ``ModelInterface``; all crystals of the list
 are relaxed in one batch by ``frechet_cell_fire`` (ASE-flavoured FIRE on the same Fréchet cell
 parametrisation as ASE's FrechetCellFilter), with torch-sim's force convergence test *including*
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - optional
 
 
 class TorchaniModel(ModelInterface):
-    """BatchedANI (energies, forces, stresses of many crystals in one pass) for torch-sim."""
+    """SideBySideANI (energies, forces, stresses of many crystals in one pass) for torch-sim."""
 
     def __init__(self, batched) -> None:
         super().__init__()
@@ -75,17 +75,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from helpers.batched_ani import BatchedANI
-    from helpers.models import load_ani
-    from helpers.potentials import get_potential
-    from helpers.relax import RelaxSettings
+    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.potentials.ani import load_ani
+    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
+    from helpers.relax.potentials.registry import get_potential
 
     with tempfile.TemporaryDirectory() as tmp:
         crystals = bench.load_crystals(bench.DEFAULT_IDS, Path(tmp))
     atoms_list = [a for _, a, _ in crystals]
     settings = RelaxSettings(potential=args.potential).resolved(get_potential(args.potential).steps_per_atom)
     cap = max(settings.max_steps(len(a)) for a in atoms_list)
-    model = TorchaniModel(BatchedANI(load_ani(args.potential)))
+    model = TorchaniModel(SideBySideANI(load_ani(args.potential)))
 
     start = time.perf_counter()
     final = ts.optimize(

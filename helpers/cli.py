@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from helpers.pipeline import DEMO_COD_IDS, STUDY_POTENTIALS
+from helpers.run.notebooks import DEMO_COD_IDS, STUDY_POTENTIALS
 
 
 def _ids(text: str | None):
@@ -51,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from helpers.pipeline import run_pipeline
+        from helpers.run.notebooks import run_pipeline
 
         result = run_pipeline(run_dir=args.run_dir, cod_ids=_ids(args.cod_ids), source=args.source,
                               potentials=args.potentials.split(","), n_batches=args.n_batches,
                               limit=args.limit)
         print(json.dumps(result, indent=2))
     elif args.command == "campaign":
-        from helpers.paths import resolve
-        from helpers.pipeline import CampaignPlan, run_campaign
+        from helpers.run.notebooks import CampaignPlan, run_campaign
+        from helpers.store.paths import resolve
 
         extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         plan = CampaignPlan(args.potentials.split(","), args.n_batches, resolve(args.clean_db),
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler is None:
             print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel), indent=2))
         else:
-            from helpers.distributed import make_client, run_campaign_dask
+            from helpers.run.distributed import make_client, run_campaign_dask
 
             client = make_client(args.scheduler, n_workers=args.n_workers,
                                  threads_per_worker=args.threads_per_worker)
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2))
             return 1 if result["failed"] else 0
     elif args.command == "merge":
-        from helpers.batch import merge_shards
-        from helpers.paths import resolve
+        from helpers.relax.stage import merge_shards
+        from helpers.store.paths import resolve
 
         for potential in args.potentials.split(","):
             print(potential, merge_shards(resolve(args.out_db), potential))

@@ -13,7 +13,7 @@ answer normally), ``500``/``502``/``503``/``404`` (that status, HTML body), ``42
 (status 200 with an HTML error page), ``empty`` (200, empty body), ``reset`` (close at once),
 ``wrong_id`` (200 with another entry's CIF).
 
-Element logic here is deliberately independent of ``helpers.formula`` (atom-site types first,
+Element logic here is deliberately independent of ``helpers.fetch.formula`` (atom-site types first,
 then a plain token split of the formula), so tests do not check the client against itself.
 """
 

@@ -44,8 +44,8 @@ SMALL_COD_IDS = (2007300, 4021477, 2000642, 1011063)
 @pytest.fixture(scope="session")
 def small_clean_db(tmp_path_factory, cod_dir) -> str:
     """A clean database of the small demo crystals, made by the real fetch and filter."""
-    from helpers.fetch import fetch
-    from helpers.filters import run_filter
+    from helpers.fetch.stage import fetch
+    from helpers.filter.stage import run_filter
 
     folder = tmp_path_factory.mktemp("small")
     fetch(source=str(cod_dir), raw_db=str(folder / "raw.db"), cod_ids=SMALL_COD_IDS, progress=False)

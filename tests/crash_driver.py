@@ -36,20 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     db = paths(args.dir)
     if args.stage == "fetch":
-        from helpers.fetch import fetch
+        from helpers.fetch.stage import fetch
 
         print("START", flush=True)
         fetch(source=args.source, raw_db=str(db["raw"]), progress=False)
     elif args.stage == "filter":
-        from helpers.filters import run_filter
+        from helpers.filter.stage import run_filter
 
         print("START", flush=True)
         run_filter(str(db["raw"]), str(db["clean"]), str(db["rejects"]), progress=False)
     else:
         import torch  # noqa: F401 - imported before START: the kills should hit the relaxation
 
-        from helpers.batch import run_batch
-        from helpers.relax import RelaxSettings
+        from helpers.relax.engine import RelaxSettings
+        from helpers.relax.stage import run_batch
 
         print("START", flush=True)
         run_batch(str(db["clean"]), str(args.dir / "relaxed_{potential}.db"), POTENTIAL,

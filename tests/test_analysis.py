@@ -15,10 +15,10 @@ from ase import Atoms
 from ase.geometry import cell_to_cellpar
 from ase.io import read
 
-from helpers import analysis
-from helpers import db as dbmod
-from helpers.distributions import fit_gaussian, median_mad
-from helpers.structure_compare import match_setting
+from helpers.analysis.distributions import fit_gaussian, median_mad
+from helpers.analysis import stage as analysis
+from helpers.analysis.structure_compare import match_setting
+from helpers.store import db as dbmod
 
 EXP_KEYS = ("a_exp", "b_exp", "c_exp", "alpha_exp", "beta_exp", "gamma_exp")
 
@@ -310,10 +310,10 @@ def test_rows_written_by_the_filter_and_relax_stages(tmp_path, cod_dir):
     """Schema contract with 02 and 03: a clean row from run_filter, a relaxed row from write_result."""
     import shutil
 
-    from helpers.batch import write_result
-    from helpers.fetch import fetch
-    from helpers.filters import run_filter
-    from helpers.relax import RelaxResult, RelaxSettings
+    from helpers.fetch.stage import fetch
+    from helpers.filter.stage import run_filter
+    from helpers.relax.engine import RelaxResult, RelaxSettings
+    from helpers.relax.stage import write_result
 
     source = tmp_path / "src"
     source.mkdir()

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from helpers import db as dbmod
-from helpers.analysis import collect_errors
-from helpers.batch import merge_shards, output_path, relax_cost, run_batch, shard_paths, split_batches
-from helpers.relax import RelaxSettings
+from helpers.analysis.stage import collect_errors
+from helpers.relax.engine import RelaxSettings
+from helpers.relax.stage import merge_shards, output_path, relax_cost, run_batch, shard_paths, split_batches
+from helpers.store import db as dbmod
 
 FAST = {"fmax": 0.05}  # loose tolerance: these tests check bookkeeping, not physics
 

@@ -117,7 +117,7 @@ def test_filter_notebook_shows_the_reject_in_jupyterlab(tmp_path, cod_dir):
         from playwright.sync_api import sync_playwright
     except ImportError:
         _require(False, "Python package playwright not installed")
-    from helpers.fetch import fetch
+    from helpers.fetch.stage import fetch
 
     folder = tmp_path / "lab"
     folder.mkdir()

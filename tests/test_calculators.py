@@ -6,8 +6,8 @@ import pytest
 from ase.calculators.calculator import PropertyNotImplementedError  # noqa: F401
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
-from helpers.calculators import OnePassANICalculator
-from helpers.models import load_ani
+from helpers.relax.potentials.ani import load_ani
+from helpers.relax.potentials.calculators import OnePassANICalculator
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import requests
 from cod_server import serve_cod
 from test_formula import TRICKY
 
-from helpers.cod import search, search_params, select
-from helpers.download import (
+from helpers.fetch.cod import search, search_params, select
+from helpers.fetch.download import (
     FetchError,
     RateLimiter,
     RetryPolicy,

@@ -269,7 +269,7 @@ def test_sigkill_fetch_and_relax_then_resume_equals_uninterrupted_run(tmp_path, 
 WRITE_ONE = """
 import sys
 from ase.build import molecule
-from helpers import db as dbmod
+from helpers.store import db as dbmod
 db = dbmod.connect(sys.argv[1])
 dbmod.upsert(db, molecule("CH4"), {"structure_id": "x"})
 print(db.count())
@@ -300,7 +300,7 @@ class KillMidway(list):
             yield statement
 
 sq.init_statements = KillMidway(sq.init_statements)
-from helpers import db as dbmod
+from helpers.store import db as dbmod
 db = dbmod.connect(sys.argv[1])
 dbmod.upsert(db, molecule("CH4"), {"structure_id": "x"})
 """
@@ -310,7 +310,7 @@ def test_kill_while_creating_a_database_leaves_a_usable_file(tmp_path):
     """ASE creates tables in autocommit mode; a kill after the first few left a file it refused to open."""
     from ase.build import molecule
 
-    from helpers import db as dbmod
+    from helpers.store import db as dbmod
 
     path = tmp_path / "raw.db"
     killed = subprocess.run([sys.executable, "-c", KILL_WHILE_CREATING_TABLES, str(path)], env=_env(),

@@ -15,8 +15,9 @@ from ase.db import connect
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
-from helpers.calculators import OnePassANICalculator
-from helpers.dispersion import (
+from helpers.relax.potentials.ani import ANI_MODELS, load_ani
+from helpers.relax.potentials.calculators import OnePassANICalculator
+from helpers.relax.potentials.dispersion import (
     D3_REFERENCE,
     DispersionCorrectedCalculator,
     DispersionError,
@@ -24,7 +25,6 @@ from helpers.dispersion import (
     with_dispersion,
     with_model_dispersion,
 )
-from helpers.models import ANI_MODELS, load_ani
 
 torch.set_num_threads(1)
 
@@ -139,7 +139,7 @@ def test_one_pass_per_geometry(benzene, ani1x):
 
 def test_relaxation_records_the_dispersion_part_of_its_energies(benzene, ani1x):
     """A -d3 relaxation says how much of e_initial and e_final is D3, checked against D3 alone."""
-    from helpers.relax import RelaxSettings, relax
+    from helpers.relax.engine import RelaxSettings, relax
 
     settings = RelaxSettings(potential="ani1x-d3", strategy="study", max_steps_base=3, steps_per_atom=0)
     result = relax(benzene, with_model_dispersion(OnePassANICalculator(ani1x), "ani1x"), settings)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import db as dbmod
-from helpers.pipeline import CampaignPlan
+from helpers.run.notebooks import CampaignPlan
+from helpers.store import db as dbmod
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -55,7 +55,7 @@ def dask_deployment(tmp_path):
 @pytest.mark.slow
 def test_campaign_survives_a_killed_worker_and_resumes_without_recompute(
         dask_deployment, small_clean_db, tmp_path, model_dir):
-    from helpers.distributed import make_client, run_campaign_dask
+    from helpers.run.distributed import make_client, run_campaign_dask
 
     out = str(tmp_path / "relaxed_{potential}.db")
     plan = CampaignPlan(["ani1x"], 2, small_clean_db, out, dict(FAST))
@@ -105,7 +105,7 @@ def test_campaign_survives_a_killed_worker_and_resumes_without_recompute(
 
 
 def test_local_cluster_pins_one_task_per_worker_and_torch_threads():
-    from helpers.distributed import make_client
+    from helpers.run.distributed import make_client
 
     client = make_client("local", n_workers=1, threads_per_worker=2)
     try:
@@ -113,7 +113,7 @@ def test_local_cluster_pins_one_task_per_worker_and_torch_threads():
         assert [w["nthreads"] for w in info.values()] == [1]  # one job at a time per worker
 
         def torch_threads():
-            from helpers.batch import configure_threads
+            from helpers.relax.stage import configure_threads
 
             return configure_threads(), os.environ["OPENBLAS_NUM_THREADS"]
 
@@ -127,7 +127,7 @@ def test_local_cluster_pins_one_task_per_worker_and_torch_threads():
 @pytest.mark.parametrize("kind, directive", [("slurm", "#SBATCH"), ("pbs", "#PBS")])
 def test_jobqueue_job_script(kind, directive):
     """The SLURM/PBS code path up to the job script (no batch system here to submit to)."""
-    from helpers.distributed import make_jobqueue_cluster
+    from helpers.run.distributed import make_jobqueue_cluster
 
     cluster = make_jobqueue_cluster(kind, threads_per_worker=4, queue="short", account="chem",
                                     walltime="12:00:00", scheduler_options={"host": "127.0.0.1"})
@@ -144,7 +144,7 @@ def test_jobqueue_job_script(kind, directive):
 
 
 def test_make_client_rejects_unknown_scheduler():
-    from helpers.distributed import make_client
+    from helpers.run.distributed import make_client
 
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_client("nonsense")

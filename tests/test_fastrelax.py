@@ -8,14 +8,14 @@ import pytest
 from ase.filters import FrechetCellFilter
 from scipy.linalg import expm_frechet, logm
 
-from helpers import db as dbmod
-from helpers.batch import run_batch
-from helpers.batched_ani import BatchedANI, build_pairs, pairs_still_valid
-from helpers.calculators import OnePassANICalculator
-from helpers.fastrelax import expm_frechet_block, logm_near_identity, relax_many
-from helpers.models import load_ani
-from helpers.potentials import get_potential
-from helpers.relax import RelaxSettings, relax
+from helpers.relax.engine import RelaxSettings, relax
+from helpers.relax.potentials.ani import load_ani
+from helpers.relax.potentials.ani_side_by_side import SideBySideANI, build_pairs, pairs_still_valid
+from helpers.relax.potentials.calculators import OnePassANICalculator
+from helpers.relax.potentials.registry import get_potential
+from helpers.relax.side_by_side import expm_frechet_block, logm_near_identity, relax_many
+from helpers.relax.stage import run_batch
+from helpers.store import db as dbmod
 
 IDS = (2007300, 4021477, 2000642, 1011063)  # 30, 29, 36, 24 atoms; 2007300 is 4.75 Å thin (< cutoff)
 
@@ -47,19 +47,19 @@ def reference(atoms, model):
 
 def test_batched_pass_equals_one_crystal_calculator(model, crystals):
     batch = [distorted(a, seed) for seed, a in enumerate(crystals.values())]
-    results = BatchedANI(model).evaluate(batch)
+    results = SideBySideANI(model).evaluate(batch)
     for atoms, res in zip(batch, results):
         e, f, s = reference(atoms, model)
         assert res["energy"] == pytest.approx(e, abs=1e-8)
         assert np.abs(res["forces"] - f).max() < 1e-8
         assert np.abs(res["stress"] - s).max() < 1e-10
-    alone = BatchedANI(model).evaluate(batch[:1])[0]
+    alone = SideBySideANI(model).evaluate(batch[:1])[0]
     assert alone["energy"] == pytest.approx(results[0]["energy"], abs=1e-8)
 
 
 def test_pair_lists_are_reused_only_while_exact(model, crystals):
     atoms = crystals["cod-2007300"].copy()
-    evaluator = BatchedANI(model, skin=1.0)
+    evaluator = SideBySideANI(model, skin=1.0)
     evaluator.evaluate([atoms], keys=["x"])
     assert evaluator.n_rebuilds == 1
     rng = np.random.default_rng(3)
@@ -116,7 +116,7 @@ def test_fast_cell_algebra_matches_scipy(scale):
 def test_cholesky_bfgs_step_is_ases_step():
     from ase._4.optimize.bfgs import BFGSMethod
 
-    from helpers.fastrelax import CholeskyBFGSMethod
+    from helpers.relax.side_by_side import CholeskyBFGSMethod
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((60, 60))
@@ -131,7 +131,7 @@ def test_relax_many_follows_relax_step_by_step(model, crystals):
     settings = RelaxSettings(max_steps_base=25, steps_per_atom=0, draft=None)
     items = [(sid, crystals[sid]) for sid in ("cod-2007300", "cod-4021477", "cod-1011063")]
     started = time.perf_counter()
-    many = dict(relax_many(items, BatchedANI(model), settings, max_batch_atoms=60))  # 2 in flight, then refill
+    many = dict(relax_many(items, SideBySideANI(model), settings, max_batch_atoms=60))  # 2 in flight, then refill
     elapsed = time.perf_counter() - started
     # each crystal's cost is its share of the passes: the shares add up to the time spent, and a crystal
     # that shared every pass costs less than its time in flight
@@ -162,7 +162,7 @@ def test_draft_moves_the_crystal_and_the_exact_model_finishes(model, crystals, s
     settings = RelaxSettings().resolved(6)
     sid = "cod-2007300"
     atoms = crystals[sid]
-    exact, draft = BatchedANI(model), BatchedANI(model, dtype=torch.float32)
+    exact, draft = SideBySideANI(model), SideBySideANI(model, dtype=torch.float32)
     fast = dict(relax_many([(sid, atoms)], exact, settings, draft=draft))[sid]
     assert fast.status == "converged" and fast.fmax_final < settings.fmax
     assert 0 < fast.extra["draft_calls"] < fast.force_calls - 1  # first and last evaluations are exact
@@ -177,7 +177,7 @@ def test_draft_moves_the_crystal_and_the_exact_model_finishes(model, crystals, s
     assert abs(fast.atoms.get_volume() - study_volume) / study_volume < 1e-3
 
 
-class Poisoned(BatchedANI):
+class Poisoned(SideBySideANI):
     """Returns NaN forces for one crystal from the third pass on (a structure that blows up)."""
 
     def __init__(self, model, victim):
@@ -206,13 +206,13 @@ def test_one_bad_crystal_never_stops_the_others(model, crystals):
     assert out["fused"].status == "exploded" and "fused" in out["fused"].message
     assert out["nan"].status == "exploded" and "non-finite" in out["nan"].message
     assert out["fine"].status == "step_cap" and out["fine"].steps == 5
-    timed = dict(relax_many(items[3:], BatchedANI(model), settings, max_wall_time=0.0))
+    timed = dict(relax_many(items[3:], SideBySideANI(model), settings, max_wall_time=0.0))
     assert timed["fine"].status == "timeout" and timed["fine"].steps == 0
 
 
 def test_relax_many_rejects_line_search_optimizers(model, crystals):
     with pytest.raises(ValueError, match="PreconLBFGS"):
-        list(relax_many([], BatchedANI(model), RelaxSettings(optimizer="PreconLBFGS", steps_per_atom=0)))
+        list(relax_many([], SideBySideANI(model), RelaxSettings(optimizer="PreconLBFGS", steps_per_atom=0)))
 
 
 def test_strategy_is_validated_and_study_hash_unchanged():
@@ -247,7 +247,7 @@ def test_exact_fast_path_converges_to_the_study_answer(crystals, model, study_re
     """Full study settings, no draft: same steps and volume as relax(), fmax re-checked from scratch."""
     settings = RelaxSettings(draft=None).resolved(6)
     sid = "cod-2007300"
-    fast = dict(relax_many([(sid, crystals[sid])], BatchedANI(model), settings))[sid]
+    fast = dict(relax_many([(sid, crystals[sid])], SideBySideANI(model), settings))[sid]
     assert fast.status == study_result.status == "converged"
     assert fast.steps == study_result.steps
     probe = fast.atoms.copy()

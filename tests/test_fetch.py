@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 from cod_server import serve_cod
 
-from helpers import db as dbmod
-from helpers.cif import sha256
-from helpers.download import RetryPolicy, cache_path
-from helpers.fetch import fetch
+from helpers.fetch.cif import sha256
+from helpers.fetch.download import RetryPolicy, cache_path
+from helpers.fetch.stage import fetch
+from helpers.store import db as dbmod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, read_timeout=0.5)
@@ -113,8 +113,8 @@ def test_search_down_uses_saved_answer_or_says_why(tmp_path, cod_dir):
 
 KILLED_RUN = """
 import sys
-from helpers.download import RetryPolicy
-from helpers.fetch import fetch
+from helpers.fetch.download import RetryPolicy
+from helpers.fetch.stage import fetch
 fetch(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], rate=None, concurrency=2, progress=False,
       retry=RetryPolicy(attempts=3, backoff=0.01))
 """

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from helpers.checks import CHECKS, Entry, Thresholds, close_pairs
-from helpers.fetch import fetch
-from helpers.filters import evaluate, filter_row, run_filter
+from helpers.fetch.stage import fetch
+from helpers.filter.checks import CHECKS, Entry, Thresholds, close_pairs
+from helpers.filter.stage import evaluate, filter_row, run_filter
 
 REJECT_NAMES = {c.name for c in CHECKS if c.kind == "reject"}
 PARTIAL_OCCUPANCY_COD = [2001174, 2003003, 2010108, 2014244, 2203315, 2208311, 2211061, 2222274, 4100752]
@@ -20,7 +20,8 @@ PARTIAL_OCCUPANCY_COD = [2001174, 2003003, 2010108, 2014244, 2203315, 2208311, 2
 
 @pytest.fixture(scope="session")
 def filtered_all(tmp_path_factory, shared_data):
-    """Every real CIF in ../shared/data (cod/, cod-sample/, more/) through fetch and filter (elements=None: every file is loaded), on 2 processes."""
+    """Every real CIF in ../shared/data (cod/, cod-sample/, more/) through fetch and filter, on 2 processes
+    (elements=None: every file is loaded)."""
     tmp = tmp_path_factory.mktemp("filter_all")
     fetch(source=str(shared_data), raw_db=str(tmp / "raw.db"), elements=None, progress=False, n_workers=2)
     report = run_filter(tmp / "raw.db", tmp / "clean.db", tmp / "rejects.db", progress=False, n_workers=2)

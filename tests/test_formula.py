@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers.cod import (
+from helpers.fetch.cod import (
     CodSearchError,
     entry_from_row,
     parse_search,
@@ -14,7 +14,7 @@ from helpers.cod import (
     search_params,
     select,
 )
-from helpers.formula import formula_elements, parse_formula, within_elements
+from helpers.fetch.formula import formula_elements, parse_formula, within_elements
 
 CHNO = ("C", "H", "N", "O")
 

@@ -5,7 +5,7 @@ the real files in ``../shared/data``: truncated files, wrong numbers, missing lo
 NaN/inf, giant or zero cells, duplicated atoms, wrong encodings, binary junk, multi-block files.
 They are fetched from a directory source into a raw database and filtered. Every input must end
 either in the clean database or in the rejects database with a reason; no exception escapes, and the
-per-entry time guard (:mod:`helpers.guard`) bounds each parse and each filter verdict.
+per-entry time guard (:mod:`helpers.run.guard`) bounds each parse and each filter verdict.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import db as dbmod
-from helpers.fetch import fetch
-from helpers.filters import run_filter
+from helpers.fetch.stage import fetch
+from helpers.filter.stage import run_filter
+from helpers.store import db as dbmod
 
 #: seed of the mutator: the corpus is the same on every run
 SEED = 20240917
@@ -343,9 +343,9 @@ def test_time_limit_turns_a_slow_check_into_a_reason(cod_dir):
 
     from ase import Atoms
 
-    from helpers.checks import Check, Entry, Thresholds
-    from helpers.filters import evaluate
-    from helpers.guard import can_guard
+    from helpers.filter.checks import Check, Entry, Thresholds
+    from helpers.filter.stage import evaluate
+    from helpers.run.guard import can_guard
 
     if not can_guard():
         pytest.skip("SIGALRM timer not available here (non-POSIX, or an outer timer such as pytest-timeout)")
@@ -369,8 +369,8 @@ def test_time_limit_turns_a_slow_check_into_a_reason(cod_dir):
 def test_time_limit_turns_a_slow_parse_into_an_unreadable_entry(monkeypatch):
     import time
 
-    from helpers import raw
-    from helpers.guard import can_guard
+    from helpers.fetch import raw
+    from helpers.run.guard import can_guard
 
     if not can_guard():
         pytest.skip("SIGALRM timer not available here")
@@ -387,9 +387,9 @@ def test_time_limit_turns_a_slow_parse_into_an_unreadable_entry(monkeypatch):
 def test_relax_batch_survives_faulty_structures(small_clean_db, tmp_path):
     """One clean DB with a good crystal, a crushed copy (cell x0.3: fused atoms) and a rattled copy that
     cannot converge within the step cap: run_batch gives each its status and relaxes the good one."""
-    from helpers.batch import run_batch
-    from helpers.potentials import get_potential
-    from helpers.relax import RelaxSettings, relax
+    from helpers.relax.engine import RelaxSettings, relax
+    from helpers.relax.potentials.registry import get_potential
+    from helpers.relax.stage import run_batch
 
     source = dbmod.connect(small_clean_db, must_exist=True)
     row = source.get(structure_id="cod-1011063")  # ice, 12 atoms

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers.models import ModelFilesError, PerCellNeighborlist, load_ani
+from helpers.relax.potentials.ani import ModelFilesError, PerCellNeighborlist, load_ani
 
 # torchani's own test (tests/test_active_learning.py): fully symmetric methane, ANI-1x
 METHANE = torch.tensor([[0, 0, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0.5, 0.5, 0.5]], dtype=torch.double)

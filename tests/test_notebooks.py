@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import db as dbmod
-from helpers.pipeline import NOTEBOOKS, notebook_path, run_pipeline
+from helpers.run.notebooks import NOTEBOOKS, notebook_path, run_pipeline
+from helpers.store import db as dbmod
 
 CONTRACT = {
     "01_fetch": {"source": None, "raw_db": "data/raw.db", "elements": ["C", "H", "N", "O"], "cod_ids": None,

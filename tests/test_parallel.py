@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from helpers import db as dbmod
-from helpers.fetch import fetch
-from helpers.filters import run_filter
-from helpers.parallel import ordered_map, worker_count
+from helpers.fetch.stage import fetch
+from helpers.filter.stage import run_filter
+from helpers.run.parallel import ordered_map, worker_count
+from helpers.store import db as dbmod
 
 
 def _square(x: int) -> int:

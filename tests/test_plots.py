@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import analysis, plots
+from helpers.analysis import plots
+from helpers.analysis import stage as analysis
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from pg_server import pg_server, pg_url  # noqa: F401 - fixtures
 
-from helpers import db as dbmod
+from helpers.store import db as dbmod
 
 N_WRITERS = 4
 N_IDS = 40  # shared id space: every writer writes 25 ids, overlapping its neighbours'
@@ -90,7 +90,7 @@ def test_connect_creates_missing_database_unless_it_must_exist(pg_server):  # no
 @pytest.mark.slow
 def test_notebooks_end_to_end_with_postgresql_urls(pg_server, cod_dir, tmp_path, model_dir):  # noqa: F811
     """01 into SQLite, then 02 -> 03 (two batches writing one database) -> 04 on PostgreSQL URLs."""
-    from helpers.pipeline import execute, run_relax_job
+    from helpers.run.notebooks import execute, run_relax_job
 
     logs = tmp_path / "executed"
     raw = str(tmp_path / "raw.db")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
 
-from helpers.potentials import REGISTRY, get_potential
-from helpers.relax import RelaxSettings, relax
+from helpers.relax.engine import RelaxSettings, relax
+from helpers.relax.potentials.registry import REGISTRY, get_potential
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from helpers import db as dbmod
-from helpers.fetch import fetch, formula_outside
-from helpers.sources import COD_URL, directory_files, iter_directory, resolve_source
+from helpers.fetch.sources import COD_URL, directory_files, iter_directory, resolve_source
+from helpers.fetch.stage import fetch, formula_outside
+from helpers.store import db as dbmod
 
 
 def mirror(tmp_path, cod_dir, ids):

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from helpers import db as dbmod
+from helpers.store import db as dbmod
 
 
 def test_missing_database_is_named(tmp_path):
@@ -19,7 +19,7 @@ def test_missing_database_is_named(tmp_path):
 
 
 def test_run_filter_on_missing_raw_db(tmp_path):
-    from helpers.filters import run_filter
+    from helpers.filter.stage import run_filter
 
     raw = tmp_path / "raw.db"
     with pytest.raises(FileNotFoundError, match="raw.db does not exist"):
@@ -28,7 +28,7 @@ def test_run_filter_on_missing_raw_db(tmp_path):
 
 
 def test_run_batch_on_missing_clean_db(tmp_path):
-    from helpers.batch import run_batch
+    from helpers.relax.stage import run_batch
 
     clean = tmp_path / "clean.db"
     with pytest.raises(FileNotFoundError, match="clean.db does not exist"):
@@ -38,7 +38,7 @@ def test_run_batch_on_missing_clean_db(tmp_path):
 
 
 def test_unknown_potential_lists_the_known_ones():
-    from helpers.potentials import REGISTRY, get_potential
+    from helpers.relax.potentials.registry import REGISTRY, get_potential
 
     with pytest.raises(KeyError) as info:
         get_potential("ani3x")
@@ -49,7 +49,7 @@ def test_unknown_potential_lists_the_known_ones():
 
 
 def test_run_batch_with_unknown_potential_fails_before_work(small_clean_db, tmp_path):
-    from helpers.batch import run_batch
+    from helpers.relax.stage import run_batch
 
     with pytest.raises(KeyError, match="unknown potential 'ANI-1x'.*ani1x"):
         run_batch(small_clean_db, str(tmp_path / "relaxed.db"), "ANI-1x", progress=False)
@@ -58,7 +58,7 @@ def test_run_batch_with_unknown_potential_fails_before_work(small_clean_db, tmp_
 
 @pytest.mark.parametrize(("batch", "n_batches"), [(5, 2), (2, 2), (-1, 2)])
 def test_bad_batch_index(small_clean_db, tmp_path, batch, n_batches):
-    from helpers.batch import run_batch
+    from helpers.relax.stage import run_batch
 
     with pytest.raises(ValueError) as info:
         run_batch(small_clean_db, str(tmp_path / "relaxed.db"), "ani1x", batch=batch, n_batches=n_batches,
@@ -68,14 +68,14 @@ def test_bad_batch_index(small_clean_db, tmp_path, batch, n_batches):
 
 
 def test_zero_batches(small_clean_db, tmp_path):
-    from helpers.batch import run_batch
+    from helpers.relax.stage import run_batch
 
     with pytest.raises(ValueError, match="n_batches must be >= 1, got 0"):
         run_batch(small_clean_db, str(tmp_path / "relaxed.db"), "ani1x", batch=0, n_batches=0, progress=False)
 
 
 def test_model_dir_without_any_files(tmp_path, monkeypatch):
-    from helpers.models import ModelFilesError, load_ani
+    from helpers.relax.potentials.ani import ModelFilesError, load_ani
 
     monkeypatch.setenv("ANI_MODEL_DIR", str(tmp_path))
     with pytest.raises(ModelFilesError) as info:
@@ -86,7 +86,7 @@ def test_model_dir_without_any_files(tmp_path, monkeypatch):
 
 
 def test_model_dir_that_does_not_exist(tmp_path, monkeypatch):
-    from helpers.models import ModelFilesError, load_ani
+    from helpers.relax.potentials.ani import ModelFilesError, load_ani
 
     monkeypatch.setenv("ANI_MODEL_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(ModelFilesError, match="does not exist"):
@@ -95,7 +95,7 @@ def test_model_dir_that_does_not_exist(tmp_path, monkeypatch):
 
 def test_model_dir_with_info_but_without_weights(tmp_path, monkeypatch, model_dir):
     """The .info, constants and self energies are there, the networks' weight files are not."""
-    from helpers.models import ModelFilesError, load_ani
+    from helpers.relax.potentials.ani import ModelFilesError, load_ani
 
     shutil.copy(model_dir / "ani-1x_8x.info", tmp_path)
     (tmp_path / "ani-1x_8x").mkdir()
@@ -113,7 +113,7 @@ def test_model_dir_with_info_but_without_weights(tmp_path, monkeypatch, model_di
 
 
 def test_model_dir_without_ensemble_members(tmp_path, monkeypatch, model_dir):
-    from helpers.models import ModelFilesError, load_ani
+    from helpers.relax.potentials.ani import ModelFilesError, load_ani
 
     shutil.copy(model_dir / "ani-1x_8x.info", tmp_path)
     (tmp_path / "ani-1x_8x").mkdir()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from helpers.fetch import fetch
-from helpers.filters import run_filter
-from helpers.viewer import RejectViewer, scene_for
+from helpers.fetch.stage import fetch
+from helpers.filter.stage import run_filter
+from helpers.filter.viewer import RejectViewer, scene_for
 
 
 @pytest.fixture(scope="module")

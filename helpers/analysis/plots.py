@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from helpers.analysis import QUANTITIES, display_name, thermal_assumption  # noqa: E402
-from helpers.distributions import fit_gaussian, histogram_range  # noqa: E402
+from helpers.analysis.distributions import fit_gaussian, histogram_range  # noqa: E402
+from helpers.analysis.stage import QUANTITIES, display_name, thermal_assumption  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -105,7 +105,7 @@ def overlay(errors: pd.DataFrame, path: str | Path, quantity: str = "volume") ->
 def dv_vs_temperature(errors: pd.DataFrame, path: str | Path, alpha_v: float = 1.65e-4, t_ref: float = 0.0,
                       edges: Sequence[float] = (150, 250)) -> Path:
     """ΔV against measurement temperature, raw and thermal-corrected, with the assumption stated."""
-    from helpers.analysis import thermal_corrected
+    from helpers.analysis.stage import thermal_corrected
 
     data = errors.copy()
     data["temperature"] = pd.to_numeric(data["temperature"], errors="coerce")

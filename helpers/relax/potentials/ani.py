@@ -148,8 +148,8 @@ def set_neighborlist(model: torchani.arch.ANI, neighborlist: str | Neighborlist)
         if neighborlist == "per_cell":
             neighborlist = PerCellNeighborlist()
         else:
-            from torchani.neighbors import _parse_neighborlist
+            from helpers.internals import torchani_neighborlist
 
-            neighborlist = _parse_neighborlist(neighborlist)
+            neighborlist = torchani_neighborlist(neighborlist)
     model.neighborlist = neighborlist
     model.potentials["nnp"].aev_computer.neighborlist = neighborlist

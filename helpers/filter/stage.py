@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from helpers import db as dbmod
-from helpers.checks import AMU_PER_A3_TO_G_PER_CM3, CHECKS, Check, Entry, Rejection, Thresholds
-from helpers.guard import TimeLimitExceeded, time_limit
-from helpers.parallel import ordered_map
+from helpers.filter.checks import AMU_PER_A3_TO_G_PER_CM3, CHECKS, Check, Entry, Rejection, Thresholds
+from helpers.run.guard import TimeLimitExceeded, time_limit
+from helpers.run.parallel import ordered_map
+from helpers.store import db as dbmod
 
 __all__ = ["CHECKS", "FilterReport", "FilterResult", "Thresholds", "evaluate", "filter_row",
            "reference_cell", "run_filter"]
@@ -163,8 +163,8 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
                chunk_size: int = 200, n_workers: int | None = 1, **thresholds: Any) -> FilterReport:
     """Filter every raw row into ``clean_db`` or ``rejects_db``; idempotent, never stops on bad input.
 
-    ``thresholds`` override :class:`helpers.checks.Thresholds` (e.g. ``h_missing_tolerance=0.5``).
-    The checks run in ``n_workers`` processes (None: every core; :mod:`helpers.parallel`); this
+    ``thresholds`` override :class:`helpers.filter.checks.Thresholds` (e.g. ``h_missing_tolerance=0.5``).
+    The checks run in ``n_workers`` processes (None: every core; :mod:`helpers.run.parallel`); this
     process writes the verdicts, in raw-database order, one transaction per ``chunk_size`` rows.
     """
     from tqdm.auto import tqdm

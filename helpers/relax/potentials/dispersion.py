@@ -69,7 +69,7 @@ _WB97X_CAVEAT = (
     "reference, so D3 on top may double count."
 )
 
-#: ANI model name (as in :mod:`helpers.models`) -> D3 parametrisation used for its ``-d3`` variant.
+#: ANI model name (as in :mod:`helpers.relax.potentials.ani`) -> D3 parametrisation used for its ``-d3`` variant.
 D3_REFERENCE: dict[str, D3Reference] = {
     "ani1x": D3Reference(
         "wb97x", "d3bj",

@@ -4,7 +4,7 @@ Relative error ΔX = (X_relaxed − X_exp) / X_exp in percent for the volume, |a
 and the density; absolute error in degrees for α, β, γ. The experimental reference is the
 conventional cell the filter stored (``data["cell_exp"]`` of the relaxed row, else the
 ``*_exp`` keys, else the clean row's cell). Lattice vectors are compared in the same setting
-(see :mod:`helpers.structure_compare`); ``cell_setting`` says whether the relaxed cell had to be
+(see :mod:`helpers.analysis.structure_compare`); ``cell_setting`` says whether the relaxed cell had to be
 mapped back, and rows it could not map ("unmatched") are left out of the lattice-vector fits.
 
 Only converged relaxations enter the statistics by default; the counts per status are
@@ -27,9 +27,9 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers import db as dbmod
-from helpers.distributions import fit_gaussian, median_mad
-from helpers.structure_compare import STRUCTURE_COLUMNS, compare_structures, match_setting
+from helpers.analysis.distributions import fit_gaussian, median_mad
+from helpers.analysis.structure_compare import STRUCTURE_COLUMNS, compare_structures, match_setting
+from helpers.store import db as dbmod
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Seq
               by: Sequence[str] = ("potential",)) -> pd.DataFrame:
     """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD.
 
-    mu/sigma come from :func:`helpers.distributions.fit_gaussian` (least squares on the
+    mu/sigma come from :func:`helpers.analysis.distributions.fit_gaussian` (least squares on the
     histogram, like the study); ``mu_mle``/``sigma_mle`` (scipy.stats.norm.fit) and
     ``sigma_mad`` (1.4826·MAD) sit beside them. Units: percent, degrees for angles.
     """
@@ -608,7 +608,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
 
 def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str], converged_only: bool, *,
                    threshold_pct: float, alpha_v: float, t_ref: float, edges: Sequence[float]) -> list[Path]:
-    from helpers import plots
+    from helpers.analysis import plots
 
     errors = results["errors"]
     data = _select(errors, converged_only)

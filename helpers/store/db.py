@@ -15,6 +15,8 @@ from ase import Atoms
 from ase.db.core import Database
 from ase.db.row import AtomsRow
 
+from helpers.internals import initialize_ase_db, patch_postgres_backend
+
 URL_PREFIXES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 
 
@@ -65,7 +67,7 @@ def _create_sqlite_tables(db: Database) -> None:
         if con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='information'").fetchone()[0]:
             return  # complete (ASE writes the information table last)
         con.execute("BEGIN IMMEDIATE")  # also makes concurrent creators wait for each other
-        db._initialize(con)  # re-checks under the lock; its commit() ends this transaction
+        initialize_ase_db(db, con)  # re-checks under the lock; its commit() ends this transaction
         if con.in_transaction:
             con.execute("COMMIT")
     finally:
@@ -107,29 +109,16 @@ def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
 # the tables and one fails; (2) the id of a new row is read from the sequence's ``last_value``, which is
 # global, so another process's insert in between attaches species/keys to the wrong row; (3) its
 # connection wrapper has no ``rollback``, so any error inside ``with db:`` is masked by an
-# AttributeError. The shims below fix (2) and (3); table creation and upserts take advisory locks.
+# AttributeError. helpers.internals.patch_postgres_backend fixes (2) and (3); table creation and upserts
+# take advisory locks.
 
 _INIT_LOCK = 0x636F64  # advisory lock id held while creating the ASE tables
-
-
-def _patch_postgres_backend() -> None:
-    from ase_db_backends import postgresql as pg
-
-    if not hasattr(pg.Connection, "rollback"):
-        pg.Connection.rollback = lambda self: self.con.rollback()
-    pg.PostgreSQLDatabase.get_last_id = _session_last_id
-
-
-def _session_last_id(self, cur) -> int:
-    """Id of the row this session inserted last (``currval`` is per session, ``last_value`` is not)."""
-    cur.execute("SELECT currval('systems_id_seq')")
-    return int(cur.fetchone()[0])
 
 
 def _connect_postgres(url: str, must_exist: bool, **kwargs: Any) -> Database:
     import psycopg2
 
-    _patch_postgres_backend()
+    patch_postgres_backend()
     try:
         psycopg2.connect(url).close()
     except psycopg2.OperationalError as err:
@@ -139,7 +128,7 @@ def _connect_postgres(url: str, must_exist: bool, **kwargs: Any) -> Database:
     db = ase.db.connect(url, **kwargs)
     with db:  # create the tables once, even when many jobs start together
         db.connection.cursor().execute("SELECT pg_advisory_xact_lock(?)", (_INIT_LOCK,))
-        db._initialize(db.connection)
+        initialize_ase_db(db, db.connection)
     return db
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ase import Atoms
 from ase.io.cif import CIFBlock, parse_cif
 
-from helpers.formula import parse_formula
+from helpers.fetch.formula import parse_formula
 
 #: CIF tags (lower case, as ASE stores them) -> our metadata key; first present wins.
 METADATA_TAGS: dict[str, tuple[str, ...]] = {

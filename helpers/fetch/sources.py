@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from helpers.raw import CifFile, cod_id_from_name
+from helpers.fetch.raw import CifFile, cod_id_from_name
 
 COD_URL = "https://www.crystallography.net/cod/"
 SOURCE_ENV = "COD_SOURCE"

@@ -22,9 +22,9 @@ from typing import Any
 
 import requests
 
-from helpers.cif import cif_number
-from helpers.download import RateLimiter, RetryPolicy, decode, get_text, new_session, write_atomic
-from helpers.formula import parse_formula
+from helpers.fetch.cif import cif_number
+from helpers.fetch.download import RateLimiter, RetryPolicy, decode, get_text, new_session, write_atomic
+from helpers.fetch.formula import parse_formula
 
 #: COD ``data`` table columns kept for every entry (stored as ``cod_<lower-case name>``).
 #: Note ``vol`` is the cell volume (Å^3); ``volume`` would be the journal volume.

@@ -2,12 +2,12 @@
 
 Sources:
 - the COD web service (default; ``COD_SOURCE`` overrides): with ``cod_ids`` just those entries
-  (the demo path), otherwise a COD search narrowed to ``elements`` (:mod:`helpers.cod`), downloaded
-  politely into a resumable cache (:mod:`helpers.download`);
+  (the demo path), otherwise a COD search narrowed to ``elements`` (:mod:`helpers.fetch.cod`), downloaded
+  politely into a resumable cache (:mod:`helpers.fetch.download`);
 - a local directory (any folder of CIFs at any depth, e.g. an rsync mirror of COD with layout
   ``1/00/00/1000000.cif``), selected on ``elements`` from the files themselves.
 
-Either way every entry goes to the raw database through :func:`helpers.raw.load_files`, keyed by
+Either way every entry goes to the raw database through :func:`helpers.fetch.raw.load_files`, keyed by
 ``structure_id``: re-running never duplicates rows and does not re-parse unchanged entries.
 """
 
@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import db as dbmod
-from helpers.cif import sha256
-from helpers.cod import load_search, save_search, search, search_params, select
-from helpers.download import (
+from helpers.fetch.cif import sha256
+from helpers.fetch.cod import load_search, save_search, search, search_params, select
+from helpers.fetch.download import (
     FetchError,
     RateLimiter,
     RetryPolicy,
@@ -31,9 +30,10 @@ from helpers.download import (
     decode,
     download_cifs,
 )
-from helpers.formula import parse_formula
-from helpers.raw import CifFile, LoadReport, cod_id_from_name, load_files
-from helpers.sources import directory_files, is_url, read_text, resolve_source
+from helpers.fetch.formula import parse_formula
+from helpers.fetch.raw import CifFile, LoadReport, cod_id_from_name, load_files
+from helpers.fetch.sources import directory_files, is_url, read_text, resolve_source
+from helpers.store import db as dbmod
 
 _FORMULA_SUM = re.compile(r"(?im)^[ \t]*_chemical_formula_sum[ \t]+(?:'([^'\n]*)'|\"([^\"\n]*)\"|(\S+))")
 _DATA_BLOCK = re.compile(r"(?im)^[ \t]*data_")
@@ -103,7 +103,7 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
     the whole run), ``concurrency`` (threads), ``retry`` (attempts, backoff, timeouts). Search
     options: ``must_contain``/``exclude`` (COD ``el``/``nel``), and the pre-download selection
     ``max_pressure_kpa``, ``drop_duplicates``, ``max_r_factor``, ``keep_unknown_formula``
-    (see :func:`helpers.cod.select`). ``n_workers`` processes parse the CIFs (None: every core).
+    (see :func:`helpers.fetch.cod.select`). ``n_workers`` processes parse the CIFs (None: every core).
     """
     source = resolve_source(source)
     report = FetchReport(source=source)

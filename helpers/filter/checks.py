@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from helpers.cif import cif_number
-from helpers.formula import parse_formula
+from helpers.fetch.cif import cif_number
+from helpers.fetch.formula import parse_formula
 
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 
@@ -47,7 +47,7 @@ class Thresholds:
     high_pressure_kpa: float = 1000.0  # above this the measurement is flagged high-pressure
     flags_reject: bool = False  # treat flags (high pressure, no temperature) as rejections
     max_pairs: int = 25  # close pairs stored per structure (the count is always complete)
-    check_time_limit: float | None = 60.0  # s per check and entry (helpers.guard); None: unlimited
+    check_time_limit: float | None = 60.0  # s per check and entry (helpers.run.guard); None: unlimited
 
     @classmethod
     def make(cls, **overrides: Any) -> Thresholds:
@@ -176,7 +176,7 @@ class Entry:
             return np.asarray(self.data["spacegroup_kinds"], dtype=int)
         if not (self.readable and len(self.atoms) and self.cif):
             return None
-        from helpers.cif import read_entries
+        from helpers.fetch.cif import read_entries
 
         for entry in read_entries(self.cif):
             atoms = entry.atoms

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.paths import project_root, resolve
+from helpers.store.paths import project_root, resolve
 
 #: small, clean CHNO COD entries (29-48 atoms per cell) that relax in seconds: the demo input
 DEMO_COD_IDS = (2000642, 2007300, 4021477, 2100348)
@@ -72,7 +72,7 @@ def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | No
 
     from tqdm.auto import tqdm
 
-    from helpers.batch import merge_shards
+    from helpers.relax.stage import merge_shards
 
     jobs = plan.jobs()
     cores = os.cpu_count() or 1

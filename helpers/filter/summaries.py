@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from helpers import db as dbmod
+from helpers.store import db as dbmod
 
 
 def db_table(name: str, columns: Sequence[str] | None = None, **selection) -> pd.DataFrame:

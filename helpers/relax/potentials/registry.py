@@ -37,15 +37,15 @@ def _ani_factory(model_name: str, dispersion: str | None = None) -> Callable[...
     def make(dtype=None, neighborlist: str = "per_cell", model_index: int | None = None) -> Calculator:
         import torch
 
-        from helpers.calculators import OnePassANICalculator
-        from helpers.models import load_ani
+        from helpers.relax.potentials.ani import load_ani
+        from helpers.relax.potentials.calculators import OnePassANICalculator
 
         model = load_ani(model_name, dtype=dtype or torch.float64, neighborlist=neighborlist,
                          model_index=model_index)
         calc = OnePassANICalculator(model)
         if dispersion is None:
             return calc
-        from helpers.dispersion import with_model_dispersion
+        from helpers.relax.potentials.dispersion import with_model_dispersion
 
         return with_model_dispersion(calc, model_name)
 

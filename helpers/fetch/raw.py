@@ -16,13 +16,13 @@ from typing import Any
 from ase import Atoms
 from ase.db.core import Database
 
-from helpers import db as dbmod
-from helpers.cif import CifEntry, read_entries, sha256, single_block_text
-from helpers.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
-from helpers.parallel import ordered_map
+from helpers.fetch.cif import CifEntry, read_entries, sha256, single_block_text
+from helpers.run.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
+from helpers.run.parallel import ordered_map
+from helpers.store import db as dbmod
 
 COD_ID = re.compile(r"^\d{7}$")
-#: seconds allowed to parse one file (helpers.guard); a longer parse is recorded as unreadable
+#: seconds allowed to parse one file (helpers.run.guard); a longer parse is recorded as unreadable
 READ_TIME_LIMIT = DEFAULT_SECONDS
 
 
@@ -74,7 +74,7 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
                progress: bool = True, n_workers: int | None = 1) -> LoadReport:
     """Write every entry of ``files`` whose elements are within ``elements`` into ``db``.
 
-    Files are parsed by ``n_workers`` processes (None: every core; :mod:`helpers.parallel`) and
+    Files are parsed by ``n_workers`` processes (None: every core; :mod:`helpers.run.parallel`) and
     written here, in order, by this process alone.
     """
     from tqdm.auto import tqdm

@@ -1,7 +1,7 @@
 """Run a relax campaign on a Dask cluster: this machine, a running scheduler, or SLURM/PBS.
 
 Each (potential x batch) job is one papermill run of ``03_relax`` on a worker (see
-:func:`helpers.pipeline.run_relax_job`). A job that dies (worker lost, node killed) is run again
+:func:`helpers.run.notebooks.run_relax_job`). A job that dies (worker lost, node killed) is run again
 elsewhere; it resumes because ``run_batch`` skips structures already stored with the same settings
 hash, so a campaign can also be restarted on a new cluster without recomputing anything.
 SQLite shards are merged into the potential's database as each job finishes; PostgreSQL URLs take
@@ -15,10 +15,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from helpers.batch import merge_shards, output_path
-from helpers.db import connect, is_url
-from helpers.paths import resolve
-from helpers.pipeline import CampaignPlan, run_relax_job
+from helpers.relax.stage import merge_shards, output_path
+from helpers.run.notebooks import CampaignPlan, run_relax_job
+from helpers.store.db import connect, is_url
+from helpers.store.paths import resolve
 
 #: environment for every worker: one BLAS thread (torch threads are set per job), offline models
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}

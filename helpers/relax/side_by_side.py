@@ -4,7 +4,7 @@ Each crystal keeps its own ASE optimizer (BFGS by default) on its own FrechetCel
 the study's fmax and step cap: without a draft, the trajectory of every crystal is the one
 ``relax()`` follows, to floating-point summation order. What changes is how forces are computed:
 every step, the crystals still running are evaluated together in one torchani pass
-(:class:`BatchedANI`), a finished crystal leaves the batch at once and the next one from the
+(:class:`SideBySideANI`), a finished crystal leaves the batch at once and the next one from the
 queue takes its place. The optimizer's arithmetic is done once and cheaply: the cell filter's
 forces once per step (ASE's ``run`` asks three times), its matrix logarithm by a series, and the
 BFGS step by a Cholesky solve while the Hessian is positive definite.
@@ -17,7 +17,7 @@ everything reported comes from the full float64 model at the full tolerance (a c
 explodes or errors during the draft phase keeps the draft's last numbers; its status says why).
 
 ``relax_many`` yields ``(key, RelaxResult)`` as each crystal ends, so callers commit finished
-work immediately; statuses and guards are those of :func:`helpers.relax.relax`.
+work immediately; statuses and guards are those of :func:`helpers.relax.engine.relax`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
-from ase._4.optimize.bfgs import BFGSMethod
 from ase.calculators.calculator import Calculator, all_changes
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
-from helpers.batched_ani import BatchedANI
-from helpers.relax import (
+from helpers.internals import bfgs_method_class, set_cell_filter_algebra
+from helpers.relax.engine import (
     Exploded,
     RelaxResult,
     RelaxSettings,
@@ -44,6 +43,7 @@ from helpers.relax import (
     _fmax,
     make_optimizer,
 )
+from helpers.relax.potentials.ani_side_by_side import SideBySideANI
 
 #: optimizers that can be stepped one step at a time from outside (PreconLBFGS line-searches)
 LOCKSTEP_OPTIMIZERS = ("BFGS", "LBFGS", "FIRE")
@@ -120,8 +120,7 @@ class OncePerStepFrechetFilter(FrechetCellFilter):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._utility.logm = logm_near_identity
-        self._utility.expm_frechet = expm_frechet_block
+        set_cell_filter_algebra(self, logm_near_identity, expm_frechet_block)
 
     def get_forces(self, *args, **kwargs):  # noqa: D102
         if self._cache is None or self._cache[0] != self.generation:
@@ -129,7 +128,7 @@ class OncePerStepFrechetFilter(FrechetCellFilter):
         return self._cache[1].copy()
 
 
-class CholeskyBFGSMethod(BFGSMethod):
+class CholeskyBFGSMethod(bfgs_method_class()):
     """ASE's BFGS step, solved by Cholesky while the Hessian is positive definite.
 
     ASE diagonalises the Hessian every step (``eigh``, ~9n³ flops: 15 ms at 116 atoms, more
@@ -264,9 +263,9 @@ class _Slot:
         )
 
 
-def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: BatchedANI, settings: RelaxSettings,
+def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, settings: RelaxSettings,
                max_batch_atoms: int = DEFAULT_BATCH_ATOMS, max_wall_time: float | None = None,
-               draft: BatchedANI | None = None) -> Iterator[tuple[object, RelaxResult]]:
+               draft: SideBySideANI | None = None) -> Iterator[tuple[object, RelaxResult]]:
     """Relax every ``(key, atoms)`` with ``settings`` (resolved), yielding each as soon as it ends.
 
     ``evaluator`` is the exact model; ``draft`` an optional cheaper copy (see the module
@@ -303,7 +302,7 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: BatchedANI, set
             yield slot.key, slot.result()
 
 
-def _evaluate(evaluator: BatchedANI, slots: list[_Slot]) -> None:
+def _evaluate(evaluator: SideBySideANI, slots: list[_Slot]) -> None:
     """One pass for all; if the pass fails, find the culprit crystal by evaluating one by one."""
     started = time.perf_counter()
     try:

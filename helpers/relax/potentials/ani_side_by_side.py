@@ -65,7 +65,7 @@ def pairs_still_valid(pairs: PairList, atoms: Atoms, cutoff: float, skin: float)
     return bool(shrink * (cutoff + skin) - 2 * worst > cutoff)
 
 
-class BatchedANI:
+class SideBySideANI:
     """Evaluate a torchani ANI model on a list of crystals at once (eV, eV/Å, eV/Å³ Voigt).
 
     Call :meth:`evaluate` with the same ``keys`` across steps so each crystal's pair list is
@@ -105,7 +105,7 @@ class BatchedANI:
         keys = list(range(len(atoms_list))) if keys is None else keys
         for atoms in atoms_list:
             if not atoms.pbc.all():
-                raise ValueError("BatchedANI handles fully periodic crystals only")
+                raise ValueError("SideBySideANI handles fully periodic crystals only")
         dtype, device = self.dtype, self.device
         counts = [len(a) for a in atoms_list]
         offsets = np.concatenate([[0], np.cumsum(counts)])

@@ -25,7 +25,7 @@ DISTANCE_CHECK_EVERY = 10
 OPTIMIZERS = ("BFGS", "LBFGS", "FIRE", "PreconLBFGS")
 CELL_FILTERS = ("frechet", "fixed")
 #: "study": one crystal at a time (relax()); "fast": the same optimizer on many crystals side by
-#: side, one model pass per step for all (helpers.fastrelax.relax_many; reported results always
+#: side, one model pass per step for all (helpers.relax.side_by_side.relax_many; reported results always
 #: come from the full float64 model at the full fmax)
 STRATEGIES = ("study", "fast")
 DRAFTS = (None, "float32")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from helpers import db as dbmod
+from helpers.store import db as dbmod
 
 
 def import_nglview():
@@ -62,7 +62,9 @@ def draw(view, scene: Scene, sphere_radius: float = 0.45) -> None:
     """Put ``scene`` into an nglview widget (replacing what it showed)."""
     nglview = import_nglview()
 
-    for cid in list(view._ngl_component_ids):
+    from helpers.internals import ngl_component_ids
+
+    for cid in ngl_component_ids(view):
         view.remove_component(cid)
     if len(scene.atoms) == 0:
         return
@@ -132,7 +134,7 @@ def display_atoms(row, rejection: dict[str, Any]) -> Atoms:
     """The atoms a rejection's indices refer to: the raw atoms, or pymatgen's when ASE could not read."""
     atoms = row.toatoms()
     if (rejection.get("details") or {}).get("atoms_source") == "pymatgen" or len(atoms) == 0:
-        from helpers.checks import Entry
+        from helpers.filter.checks import Entry
 
         entry = Entry(structure_id=row.structure_id, atoms=atoms, kvp=dict(row.key_value_pairs),
                       data=dict(row.data))

@@ -18,9 +18,9 @@ import pandas as pd
 from ase import Atoms
 from ase.db.core import Database
 
-from helpers import db as dbmod
-from helpers.potentials import get_potential
-from helpers.relax import RelaxResult, RelaxSettings, relax, versions
+from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
+from helpers.relax.potentials.registry import get_potential
+from helpers.store import db as dbmod
 
 #: statuses that are final: a re-run does not redo them (``error``/``timeout`` are retried)
 FINAL_STATUSES = ("converged", "step_cap", "exploded", "skipped")
@@ -193,13 +193,13 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
 
 
 def batchable(calc, settings: RelaxSettings, trajectory_dir: str | None = None) -> bool:
-    """Can these crystals be relaxed side by side (``helpers.fastrelax``)?
+    """Can these crystals be relaxed side by side (``helpers.relax.side_by_side``)?
 
     Needs a plain torchani model (the D3 variants add a second calculator), an optimizer that
     steps one step at a time, and no per-step trajectory files.
     """
-    from helpers.calculators import OnePassANICalculator
-    from helpers.fastrelax import LOCKSTEP_OPTIMIZERS
+    from helpers.relax.potentials.calculators import OnePassANICalculator
+    from helpers.relax.side_by_side import LOCKSTEP_OPTIMIZERS
 
     return (isinstance(calc, OnePassANICalculator) and settings.optimizer in LOCKSTEP_OPTIMIZERS
             and not trajectory_dir)
@@ -208,8 +208,8 @@ def batchable(calc, settings: RelaxSettings, trajectory_dir: str | None = None) 
 def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, settings: RelaxSettings,
                         max_wall_time: float | None, record) -> None:
     """Relax ``runnable`` crystals side by side, largest first, committing each as it ends."""
-    from helpers.batched_ani import BatchedANI
-    from helpers.fastrelax import relax_many
+    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
+    from helpers.relax.side_by_side import relax_many
 
     rows = {}
 
@@ -220,8 +220,8 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
 
     import torch
 
-    draft = BatchedANI(calc.model, dtype=getattr(torch, settings.draft)) if settings.draft else None
-    for sid, result in relax_many(items(), BatchedANI(calc.model), settings, max_wall_time=max_wall_time,
+    draft = SideBySideANI(calc.model, dtype=getattr(torch, settings.draft)) if settings.draft else None
+    for sid, result in relax_many(items(), SideBySideANI(calc.model), settings, max_wall_time=max_wall_time,
                                   draft=draft):
         row = rows.pop(sid)
         record(row, result.atoms, result)

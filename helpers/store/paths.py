@@ -11,7 +11,7 @@ import glob
 import os
 from pathlib import Path
 
-from helpers.db import is_url
+from helpers.store.db import is_url
 
 ROOT_ENV = "CODANI_ROOT"
 
@@ -19,7 +19,7 @@ ROOT_ENV = "CODANI_ROOT"
 def project_root() -> Path:
     """The project folder (the one holding ``helpers/`` and ``notebooks/``)."""
     env = os.environ.get(ROOT_ENV)
-    return Path(env).resolve() if env else Path(__file__).resolve().parents[1]
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
 
 
 def resolve(path: str | Path | None) -> str | None:

@@ -1,0 +1,85 @@
+"""Every place this project reaches into another library's internals, in one adapter module.
+
+Each item names the library version it was written for (:data:`WRITTEN_FOR`); ``pyproject.toml`` caps
+those libraries below their next release, and ``tests/test_internals.py`` fails loudly, naming the item,
+when an installed release moved one. Nothing else in :mod:`helpers` may import a private name.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+#: library -> the release these adapters were written and tested against
+WRITTEN_FOR: dict[str, str] = {"ase": "3.29.0", "torchani": "2.9.0", "ase-db-backends": "0.11.0",
+                               "nglview": "3.1.4"}
+
+
+def installed_versions() -> dict[str, str]:
+    """The installed release of every library listed in :data:`WRITTEN_FOR`."""
+    return {name: version(name) for name in WRITTEN_FOR}
+
+
+# --- ASE --------------------------------------------------------------------------------------------------
+
+def bfgs_method_class() -> type:
+    """ASE's BFGS step object (``ase._4.optimize.bfgs.BFGSMethod``): the fast path overrides its
+    ``compute_step`` with a Cholesky solve. There is no public hook for the step."""
+    from ase._4.optimize.bfgs import BFGSMethod
+
+    return BFGSMethod
+
+
+def set_cell_filter_algebra(cell_filter: Any, logm: Any, expm_frechet: Any) -> None:
+    """Give a FrechetCellFilter faster, equally exact matrix functions (its ``_utility`` object holds
+    them; ASE exposes no parameter for this)."""
+    utility = cell_filter._utility
+    for name in ("logm", "expm_frechet"):
+        if not hasattr(utility, name):
+            raise AttributeError(f"ase {version('ase')}: FrechetCellFilter._utility has no {name!r} "
+                                 f"(written for ase {WRITTEN_FOR['ase']}); see helpers/internals.py")
+    utility.logm = logm
+    utility.expm_frechet = expm_frechet
+
+
+def initialize_ase_db(db: Any, connection: Any) -> None:
+    """Create an ASE database's tables on ``connection`` (``Database._initialize``): called inside a
+    transaction of ours so a kill cannot leave half a schema, and under a lock for PostgreSQL."""
+    db._initialize(connection)
+
+
+def patch_postgres_backend() -> None:
+    """Make ase-db-backends 0.11's PostgreSQL backend safe for concurrent writers.
+
+    As shipped, the id of a new row is read from the sequence's global ``last_value`` (another process's
+    insert in between attaches species/keys to the wrong row), and its connection wrapper has no
+    ``rollback`` (any error inside ``with db:`` is masked by an AttributeError).
+    """
+    from ase_db_backends import postgresql as pg
+
+    if not hasattr(pg.Connection, "rollback"):
+        pg.Connection.rollback = lambda self: self.con.rollback()
+    pg.PostgreSQLDatabase.get_last_id = _session_last_id
+
+
+def _session_last_id(self, cur) -> int:
+    """Id of the row this session inserted last (``currval`` is per session, ``last_value`` is not)."""
+    cur.execute("SELECT currval('systems_id_seq')")
+    return int(cur.fetchone()[0])
+
+
+# --- torchani ---------------------------------------------------------------------------------------------
+
+def torchani_neighborlist(name: str) -> Any:
+    """torchani's neighbour list by name (``"all_pairs"``, ``"cell_list"``, ``"adaptive"``), as its model
+    factories build it (``torchani.neighbors._parse_neighborlist``)."""
+    from torchani.neighbors import _parse_neighborlist
+
+    return _parse_neighborlist(name)
+
+
+# --- nglview ----------------------------------------------------------------------------------------------
+
+def ngl_component_ids(view: Any) -> list[str]:
+    """Ids of the components an nglview widget shows (``NGLWidget._ngl_component_ids``), to clear it."""
+    return list(view._ngl_component_ids)

@@ -1,0 +1,91 @@
+"""The adapters to other libraries' internals (helpers/internals.py) still fit the installed releases.
+
+A failure here means a release moved a private name this project relies on: update helpers/internals.py
+(and WRITTEN_FOR, and the caps in pyproject.toml) together, after checking the results do not change.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ase.build import bulk
+
+from helpers import internals
+
+
+def test_written_for_matches_installed_release_series():
+    """The installed release is the one the adapters were written for (same major.minor)."""
+    installed = internals.installed_versions()
+    for name, written in internals.WRITTEN_FOR.items():
+        assert installed[name].split(".")[:2] == written.split(".")[:2], (
+            f"{name} {installed[name]} installed, helpers/internals.py was written for {written}")
+
+
+def test_bfgs_method_has_the_step_we_override():
+    from ase.optimize import BFGS
+
+    method = internals.bfgs_method_class()
+    assert callable(getattr(method, "compute_step", None)), "ase BFGSMethod.compute_step moved"
+    atoms = bulk("Cu", cubic=True)
+    atoms.rattle(0.05, seed=1)
+    from ase.calculators.emt import EMT
+
+    atoms.calc = EMT()
+    opt = BFGS(atoms, logfile=None)
+    opt.run(fmax=0.05, steps=2)
+    assert isinstance(opt.state, method), "ase BFGS no longer keeps its step in a BFGSMethod"
+
+
+def test_cell_filter_algebra_is_replaceable():
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+    from scipy.linalg import expm_frechet, logm
+
+    atoms = bulk("Cu", cubic=True)
+    atoms.calc = EMT()
+    calls = []
+
+    def counting_logm(m):
+        calls.append(1)
+        return logm(m)
+
+    filt = FrechetCellFilter(atoms)
+    internals.set_cell_filter_algebra(filt, counting_logm, expm_frechet)
+    filt.get_positions()
+    assert calls, "FrechetCellFilter no longer calls its _utility.logm"
+
+
+def test_ase_db_initialize(tmp_path):
+    import sqlite3
+
+    import ase.db
+
+    db = ase.db.connect(str(tmp_path / "x.db"), type="db")
+    con = sqlite3.connect(db.filename)
+    internals.initialize_ase_db(db, con)
+    con.commit()
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"systems", "information", "keys"} <= tables
+
+
+def test_postgres_backend_patch_targets_exist():
+    pg = pytest.importorskip("ase_db_backends.postgresql")
+    assert hasattr(pg, "Connection") and hasattr(pg.PostgreSQLDatabase, "get_last_id")
+    internals.patch_postgres_backend()
+    assert pg.PostgreSQLDatabase.get_last_id is internals._session_last_id
+    assert hasattr(pg.Connection, "rollback")
+
+
+def test_torchani_neighborlist_by_name():
+    from torchani.neighbors import AllPairs, CellList
+
+    assert isinstance(internals.torchani_neighborlist("all_pairs"), AllPairs)
+    assert isinstance(internals.torchani_neighborlist("cell_list"), CellList)
+
+
+def test_ngl_component_ids():
+    nglview = pytest.importorskip("nglview")
+    from ase.build import molecule
+
+    view = nglview.show_ase(molecule("H2O"))
+    ids = internals.ngl_component_ids(view)
+    assert len(ids) == 1 and all(isinstance(i, str) for i in ids)
