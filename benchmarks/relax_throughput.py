@@ -135,7 +135,7 @@ def fast_share(args):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = dict(relax_many(shares, evaluator, settings, max_batch_atoms=batch_atoms, draft=drafter))
+        results = dict(relax_many(shares, evaluator, settings, max_atoms_in_flight=batch_atoms, draft=drafter))
     wall = time.perf_counter() - start
     both = [e for e in (evaluator, drafter) if e is not None]
     split = {"wall": wall, "model": sum(e.time_model for e in both), "pairs": sum(e.time_pairs for e in both),

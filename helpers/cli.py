@@ -1,4 +1,4 @@
-"""Command line: ``python -m helpers.cli demo | campaign | merge`` (also installed as ``codani``)."""
+"""Command line: ``python -m helpers.cli demo | campaign | merge | potentials`` (also installed as ``codani``)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out-db", default="data/relaxed_{potential}.db")
     merge.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
 
+    sub.add_parser("potentials", help="list the registered potentials: elements, step cap x, what, citation")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from helpers.run.notebooks import run_pipeline
@@ -82,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
         for potential in args.potentials.split(","):
             print(potential, merge_shards(resolve(args.out_db), potential))
+    elif args.command == "potentials":
+        import pandas as pd
+
+        from helpers.relax.potentials.registry import potentials_table
+
+        with pd.option_context("display.max_colwidth", 90, "display.width", 250):
+            print(pd.DataFrame(potentials_table()).to_string(index=False))
     return 0
 
 

@@ -15,8 +15,8 @@ from ase import Atoms
 from ase.geometry import cell_to_cellpar
 from ase.io import read
 
-from helpers.analysis.distributions import fit_gaussian, median_mad
 from helpers.analysis import stage as analysis
+from helpers.analysis.distributions import fit_gaussian, median_mad
 from helpers.analysis.structure_compare import match_setting
 from helpers.store import db as dbmod
 

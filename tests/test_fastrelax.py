@@ -131,7 +131,7 @@ def test_relax_many_follows_relax_step_by_step(model, crystals):
     settings = RelaxSettings(max_steps_base=25, steps_per_atom=0, draft=None)
     items = [(sid, crystals[sid]) for sid in ("cod-2007300", "cod-4021477", "cod-1011063")]
     started = time.perf_counter()
-    many = dict(relax_many(items, SideBySideANI(model), settings, max_batch_atoms=60))  # 2 in flight, then refill
+    many = dict(relax_many(items, SideBySideANI(model), settings, max_atoms_in_flight=60))  # 2 in flight, then refill
     elapsed = time.perf_counter() - started
     # each crystal's cost is its share of the passes: the shares add up to the time spent, and a crystal
     # that shared every pass costs less than its time in flight

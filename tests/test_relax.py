@@ -89,8 +89,8 @@ def test_registry_knows_the_study_defaults():
     assert get_potential("ani1x").steps_per_atom == 6
     assert get_potential("ani1ccx").steps_per_atom == 10
     assert {"ani1x", "ani1ccx", "ani2x", "ani1x-d3", "ani1ccx-d3", "ani2x-d3"} <= set(REGISTRY)
-    assert get_potential("ani1x").covers(["C", "S"]) == {"S"}
-    assert get_potential("ani2x").covers(["C", "S", "Cl"]) == set()
+    assert get_potential("ani1x").uncovered(["C", "S"]) == {"S"}
+    assert get_potential("ani2x").uncovered(["C", "S", "Cl"]) == set()
     with pytest.raises(KeyError, match="registered: ani1ccx"):
         get_potential("ani3x")
 

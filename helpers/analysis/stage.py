@@ -63,7 +63,7 @@ QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
 ]}
 BASE_QUANTITIES = ("volume", "a1", "a2", "a3", "alpha", "beta", "gamma", "density")
 STATUSES = ("converged", "step_cap", "exploded", "error")
-#: The study's table (MISSION.md), μ and σ in percent, for side-by-side comparison.
+#: The study's table (the thesis presentation the project reproduces), μ and σ in percent, for side-by-side comparison.
 STUDY_RESULT = pd.DataFrame(
     [("volume", "ani1x", 3.0, 8.4), ("volume", "ani1ccx", 1.6, 10.0),
      ("a1", "ani1x", 1.2, 6.1), ("a1", "ani1ccx", 1.2, 6.8)],
@@ -317,7 +317,7 @@ def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Seq
 
 def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a1"), wide: bool = False,
                 counts: pd.DataFrame | None = None, with_study: bool = True) -> pd.DataFrame:
-    """μ and σ in the layout of the study's table (MISSION.md): rows "ΔV, ANI-1x", columns μ [%], σ [%].
+    """μ and σ in the layout of the study's table: rows "ΔV, ANI-1x", columns μ [%], σ [%].
 
     Adds n, median, MAD, the study's own numbers where the potential and quantity match, and
     (``counts`` from :func:`status_counts`) the status counts per potential. ``wide=True``

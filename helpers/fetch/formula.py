@@ -45,7 +45,3 @@ def formula_elements(formula: str) -> set[str]:
     """The set of element symbols in a formula string."""
     return set(parse_formula(formula))
 
-
-def within_elements(formula: str, allowed: set[str] | list[str]) -> bool:
-    """True when every element of ``formula`` is in ``allowed`` (the study's 'only C, H, N, O')."""
-    return formula_elements(formula) <= set(allowed)

@@ -20,6 +20,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
+
 #: the fused-atom check (a neighbour search, ~10 ms at 100 atoms) runs every this many steps
 DISTANCE_CHECK_EVERY = 10
 OPTIMIZERS = ("BFGS", "LBFGS", "FIRE", "PreconLBFGS")
@@ -36,8 +38,8 @@ class RelaxSettings:
     """Everything that changes a relaxation's answer (hashed to recognise finished work)."""
 
     potential: str = "ani1x"
-    fmax: float = 0.0005
-    max_steps_base: int = 300
+    fmax: float = STUDY_FMAX
+    max_steps_base: int = STUDY_MAX_STEPS_BASE
     steps_per_atom: int | None = None
     optimizer: str = "BFGS"
     cell_filter: str = "frechet"
@@ -104,6 +106,14 @@ class RelaxResult:
     message: str = ""
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def without_relaxing(cls, atoms: Atoms, settings: RelaxSettings, status: Status, message: str,
+                         **extra) -> RelaxResult:
+        """A structure that never started (an error before the first step, or ``skipped``)."""
+        return cls(atoms=atoms.copy(), status=status, converged=False, steps=0,
+                   max_steps=settings.max_steps(len(atoms)), e_initial=None, e_final=None, fmax_final=None,
+                   wall_time=0.0, message=message, extra=extra)
+
 
 class Exploded(RuntimeError):
     """The structure left physical territory; relaxing further is wasted time."""
@@ -134,13 +144,30 @@ def make_optimizer(name: str, target, logfile=None, trajectory=None):
     return getattr(optimize, name)(target, logfile=logfile, trajectory=trajectory)
 
 
-def wrap_cell(atoms: Atoms, settings: RelaxSettings):
-    """Atoms alone (fixed cell) or the Fréchet cell filter (atoms + cell)."""
+def prepare(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> Atoms:
+    """A copy of ``atoms`` with ``calc`` attached and, if asked, its space group held (FixSymmetry)."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    if settings.fix_symmetry:
+        from ase.constraints import FixSymmetry
+
+        atoms.set_constraint(FixSymmetry(atoms))
+    return atoms
+
+
+def wrap_cell(atoms: Atoms, settings: RelaxSettings, cell_filter: type | None = None):
+    """Atoms alone (fixed cell) or a Fréchet cell filter (atoms + cell; ``cell_filter`` a subclass)."""
     if settings.cell_filter == "fixed":
         return atoms
-    from ase.filters import FrechetCellFilter
+    if cell_filter is None:
+        from ase.filters import FrechetCellFilter as cell_filter
+    return cell_filter(atoms, hydrostatic_strain=settings.hydrostatic)
 
-    return FrechetCellFilter(atoms, hydrostatic_strain=settings.hydrostatic)
+
+def check_not_fused(closest: float, settings: RelaxSettings) -> None:
+    """Raise :class:`Exploded` when the closest pair of atoms is below the guard distance."""
+    if closest < settings.min_pair_distance:
+        raise Exploded(f"atoms fused: closest pair {closest:.2f} Å < {settings.min_pair_distance} Å")
 
 
 def min_distance(atoms: Atoms, cutoff: float = 1.2) -> float:
@@ -165,19 +192,14 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     ``settings.steps_per_atom`` must be resolved (see :meth:`RelaxSettings.resolved`).
     ``on_optimizer(opt)`` is called once the optimizer exists (e.g. to seed or read its Hessian).
     """
-    atoms = atoms.copy()
-    atoms.calc = calc
-    if settings.fix_symmetry:
-        from ase.constraints import FixSymmetry
-
-        atoms.set_constraint(FixSymmetry(atoms))
+    atoms = prepare(atoms, calc, settings)
     cap = settings.max_steps(len(atoms))
     v0 = atoms.get_volume() if atoms.pbc.all() else None
     start = time.perf_counter()
     calls_before = getattr(calc, "n_calls", 0)
     e_initial = e_disp_initial = None
     opt = target = None
-    status, message = "error", ""
+    status, message = Status.error, ""
     converged = False
     try:
         e_initial = float(atoms.get_potential_energy())
@@ -200,20 +222,20 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
 
         opt.attach(guard, interval=1)
         converged = bool(opt.run(fmax=settings.fmax, steps=cap))
-        status = "converged" if converged else "step_cap"
+        status = Status.converged if converged else Status.step_cap
     except Exploded as exc:
-        status, message = "exploded", str(exc)
+        status, message = Status.exploded, str(exc)
     except WallTimeExceeded as exc:
-        status, message = "timeout", str(exc)
+        status, message = Status.timeout, str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, the batch goes on
-        status, message = "error", f"{type(exc).__name__}: {exc}"
+        status, message = Status.error, f"{type(exc).__name__}: {exc}"
     steps = int(opt.nsteps) if opt is not None else 0
-    fmax_final = _fmax(target) if target is not None and status != "error" else None
+    fmax_final = _fmax(target) if target is not None and status != Status.error else None
     final = _final_atoms(atoms)
     e_final = final.calc.results.get("energy") if final.calc else None
     extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final)}
     return RelaxResult(
-        atoms=final, status=status, converged=converged and status == "converged", steps=steps,
+        atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,
         fmax_final=fmax_final,
         wall_time=time.perf_counter() - start,
@@ -253,9 +275,7 @@ def _check_physical(atoms: Atoms, settings: RelaxSettings, v0: float | None, dis
             raise Exploded(f"cell volume changed by a factor {ratio:.2f}")
     if not distances:
         return
-    d = min_distance(atoms, cutoff=settings.min_pair_distance)
-    if d < settings.min_pair_distance:
-        raise Exploded(f"atoms fused: closest pair {d:.2f} Å < {settings.min_pair_distance} Å")
+    check_not_fused(min_distance(atoms, cutoff=settings.min_pair_distance), settings)
 
 
 def _final_atoms(atoms: Atoms) -> Atoms:

@@ -41,18 +41,22 @@ from helpers.relax.engine import (
     _check_physical,
     _final_atoms,
     _fmax,
+    check_not_fused,
     make_optimizer,
+    prepare,
+    wrap_cell,
 )
 from helpers.relax.potentials.ani_side_by_side import SideBySideANI
+from helpers.vocabulary import Status
 
 #: optimizers that can be stepped one step at a time from outside (PreconLBFGS line-searches)
 LOCKSTEP_OPTIMIZERS = ("BFGS", "LBFGS", "FIRE")
 #: atoms evaluated together per model pass; per-atom cost stops falling beyond a few hundred
-DEFAULT_BATCH_ATOMS = 512
+DEFAULT_ATOMS_IN_FLIGHT = 512
 
 
-class BatchResults(Calculator):
-    """Holds the results the batched pass computed for this crystal's current geometry."""
+class SideBySideResults(Calculator):
+    """Holds the results the side-by-side pass computed for this crystal's current geometry."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
@@ -66,7 +70,7 @@ class BatchResults(Calculator):
         return [] if same else ["positions"]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        raise RuntimeError("geometry changed after the batched evaluation (internal error)")
+        raise RuntimeError("geometry changed after the side-by-side evaluation (internal error)")
 
 
 def logm_near_identity(matrix: np.ndarray) -> np.ndarray:
@@ -178,18 +182,10 @@ class _Slot:
     cost: float = 0.0
 
     def __post_init__(self) -> None:
-        self.atoms = self.atoms.copy()
-        self.atoms.calc = BatchResults()
-        if self.settings.fix_symmetry:
-            from ase.constraints import FixSymmetry
-
-            self.atoms.set_constraint(FixSymmetry(self.atoms))
+        self.atoms = prepare(self.atoms, SideBySideResults(), self.settings)
         self.cap = self.settings.max_steps(len(self.atoms))
         self.v0 = self.atoms.get_volume()
-        if self.settings.cell_filter == "fixed":
-            self.target = self.atoms
-        else:
-            self.target = OncePerStepFrechetFilter(self.atoms, hydrostatic_strain=self.settings.hydrostatic)
+        self.target = wrap_cell(self.atoms, self.settings, OncePerStepFrechetFilter)
         if self.settings.optimizer == "BFGS":
             self.opt = CholeskyBFGS(self.target, logfile=None)
         else:
@@ -217,9 +213,7 @@ class _Slot:
                     raise Exploded(f"initial energy is {self.e_initial}")
             else:  # after a step, as relax()'s per-step guard; the pass measured the closest pair
                 _check_physical(self.atoms, self.settings, self.v0, distances=False)
-                closest = results["closest_pair"]
-                if closest < self.settings.min_pair_distance:
-                    raise Exploded(f"atoms fused: closest pair {closest:.2f} Å < {self.settings.min_pair_distance} Å")
+                check_not_fused(results["closest_pair"], self.settings)
             optimizable = self.opt.optimizable
             converged = optimizable.converged(optimizable.get_gradient(), self.settings.fmax)
             out_of_time = self.max_wall_time is not None and self.cost > self.max_wall_time
@@ -228,56 +222,56 @@ class _Slot:
                     self.drafting, self.exact_next = False, True  # judge this geometry with the exact model
                     return
             elif converged:
-                self.status = "converged"
+                self.status = Status.converged
                 return
             elif self.opt.nsteps >= self.cap:
-                self.status = "step_cap"
+                self.status = Status.step_cap
                 return
             elif out_of_time:
-                self.status, self.message = "timeout", (
-                    f"wall-time limit {self.max_wall_time:.0f} s reached (this crystal's share of the batched passes)")
+                self.status, self.message = Status.timeout, (
+                    f"wall-time limit {self.max_wall_time:.0f} s reached (this crystal's share of the side-by-side passes)")
                 return
             self.opt.step()
             self.opt.nsteps += 1
             self.exact_next = not self.drafting
         except Exploded as exc:
-            self.status, self.message = "exploded", str(exc)
+            self.status, self.message = Status.exploded, str(exc)
         except Exception as exc:  # noqa: BLE001 - one crystal's failure never stops the batch
-            self.status, self.message = "error", f"{type(exc).__name__}: {exc}"
+            self.status, self.message = Status.error, f"{type(exc).__name__}: {exc}"
 
     def fail(self, message: str) -> None:
-        self.status, self.message = "error", message
+        self.status, self.message = Status.error, message
 
     def result(self) -> RelaxResult:
         has_results = bool(self.atoms.calc.results)
-        fmax_final = _fmax(self.target) if has_results and self.status != "error" else None
+        fmax_final = _fmax(self.target) if has_results and self.status != Status.error else None
         final = _final_atoms(self.atoms) if has_results else self.atoms.copy()
         if not has_results:
             final.calc = None
         return RelaxResult(
-            atoms=final, status=self.status, converged=self.status == "converged", steps=int(self.opt.nsteps),
+            atoms=final, status=self.status, converged=self.status == Status.converged, steps=int(self.opt.nsteps),
             max_steps=self.cap, e_initial=self.e_initial,
             e_final=final.calc.results.get("energy") if final.calc else None, fmax_final=fmax_final,
             wall_time=time.perf_counter() - self.start, force_calls=self.calls, message=self.message,
-            extra={"batched": True, "draft_calls": self.draft_calls, "cost_time": self.cost},
+            extra={"side_by_side": True, "draft_calls": self.draft_calls, "cost_time": self.cost},
         )
 
 
 def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, settings: RelaxSettings,
-               max_batch_atoms: int = DEFAULT_BATCH_ATOMS, max_wall_time: float | None = None,
+               max_atoms_in_flight: int = DEFAULT_ATOMS_IN_FLIGHT, max_wall_time: float | None = None,
                draft: SideBySideANI | None = None) -> Iterator[tuple[object, RelaxResult]]:
     """Relax every ``(key, atoms)`` with ``settings`` (resolved), yielding each as soon as it ends.
 
     ``evaluator`` is the exact model; ``draft`` an optional cheaper copy (see the module
-    docstring). At most ``max_batch_atoms`` atoms (or one crystal, if larger) are in flight.
+    docstring). At most ``max_atoms_in_flight`` atoms (or one crystal, if larger) are in flight.
     """
     if settings.optimizer not in LOCKSTEP_OPTIMIZERS:
-        raise ValueError(f"the batched path steps {LOCKSTEP_OPTIMIZERS}, not {settings.optimizer!r}")
+        raise ValueError(f"the side-by-side path steps {LOCKSTEP_OPTIMIZERS}, not {settings.optimizer!r}")
     queue = iter(items)
     running: list[_Slot] = []
     exhausted = False
     while running or not exhausted:
-        while not exhausted and (not running or sum(len(s.atoms) for s in running) < max_batch_atoms):
+        while not exhausted and (not running or sum(len(s.atoms) for s in running) < max_atoms_in_flight):
             item = next(queue, None)
             if item is None:
                 exhausted = True
@@ -286,7 +280,8 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, 
             try:
                 running.append(_Slot(key, atoms, settings, max_wall_time, drafting=draft is not None))
             except Exception as exc:  # noqa: BLE001 - e.g. a non-periodic structure
-                yield key, _failed(atoms, settings, f"{type(exc).__name__}: {exc}")
+                yield key, RelaxResult.without_relaxing(atoms, settings, Status.error,
+                                                        f"{type(exc).__name__}: {exc}", side_by_side=True)
         if not running:
             break
         exact_group = [s for s in running if s.exact_next]
@@ -323,8 +318,3 @@ def _evaluate(evaluator: SideBySideANI, slots: list[_Slot]) -> None:
         slot.cost += elapsed * len(slot.atoms) / n_atoms
         slot.receive(res)
 
-
-def _failed(atoms: Atoms, settings: RelaxSettings, message: str) -> RelaxResult:
-    return RelaxResult(atoms=atoms.copy(), status="error", converged=False, steps=0,
-                       max_steps=settings.max_steps(len(atoms)), e_initial=None, e_final=None,
-                       fmax_final=None, wall_time=0.0, message=message, extra={"batched": True})

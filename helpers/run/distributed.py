@@ -15,18 +15,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from helpers.relax.stage import merge_shards, output_path
+from helpers.relax.stage import merge_shards
 from helpers.run.notebooks import CampaignPlan, run_relax_job
 from helpers.store.db import connect, is_url
 from helpers.store.paths import resolve
+from helpers.store.shards import job_tag, output_path
+from helpers.vocabulary import JOB_ENV, THREADS_ENV
 
-#: environment for every worker: one BLAS thread (torch threads are set per job), offline models
-WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
 JOBQUEUE_KINDS = ("slurm", "pbs")
 
 
 def _worker_env(threads_per_worker: int) -> dict[str, str]:
-    env = {**WORKER_ENV, "OMP_NUM_THREADS": str(threads_per_worker), "CODANI_THREADS": str(threads_per_worker)}
+    env = {**JOB_ENV, "OMP_NUM_THREADS": str(threads_per_worker), THREADS_ENV: str(threads_per_worker)}
     for key in ("ANI_MODEL_DIR", "TORCHANI_DATA_DIR", "COD_SOURCE", "CODANI_ROOT"):
         if os.environ.get(key):
             env[key] = os.environ[key]
@@ -85,7 +85,7 @@ def make_client(address: str | None = None, n_workers: int | None = None, thread
 
 
 def _job_tag(job: dict[str, Any]) -> str:
-    return f"{job['potential']}-b{job['batch']:04d}of{job['n_batches']:04d}"
+    return job_tag(job["potential"], job["batch"], job["n_batches"])
 
 
 def run_campaign_dask(plan: CampaignPlan, log_dir: str | Path, client, retries: int = 2,

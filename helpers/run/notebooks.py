@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from helpers.store.paths import project_root, resolve
+from helpers.store.shards import job_tag
+from helpers.vocabulary import JOB_ENV
 
 #: small, clean CHNO COD entries (29-48 atoms per cell) that relax in seconds: the demo input
 DEMO_COD_IDS = (2000642, 2007300, 4021477, 2100348)
-NOTEBOOKS = ("01_fetch", "02_filter", "03_relax", "04_analysis")
 STUDY_POTENTIALS = ("ani1x", "ani1ccx")
 
 
@@ -31,8 +32,7 @@ def execute(name: str, parameters: dict[str, Any], log_dir: str | Path, tag: str
 
     out = Path(resolve(log_dir)) / f"{name}{'.' + tag if tag else ''}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    env_defaults = {"OPENBLAS_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
-    for key, value in env_defaults.items():
+    for key, value in JOB_ENV.items():
         os.environ.setdefault(key, value)
     papermill.execute_notebook(str(notebook_path(name)), str(out), parameters=parameters,
                                cwd=str(project_root()), progress_bar=progress, kernel_name="python3")
@@ -57,7 +57,7 @@ class CampaignPlan:
 
 def run_relax_job(parameters: dict[str, Any], log_dir: str | Path) -> Path:
     """One papermill run of ``03_relax`` (usable as a Dask task: plain arguments, returns a path)."""
-    tag = f"{parameters['potential']}.batch{parameters['batch']:04d}of{parameters['n_batches']:04d}"
+    tag = job_tag(parameters["potential"], parameters["batch"], parameters["n_batches"])
     return execute("03_relax", parameters, log_dir, tag=tag)
 
 

@@ -9,7 +9,7 @@ sum, with analytic forces and stress, in 0.03-0.1 s per call for 24-48 atom cell
 
 Parameters: no D3(BJ) set exists for the ANI reference methods themselves (see
 :data:`D3_REFERENCE`); the defaults are the ``wb97x`` D3(BJ) set, two-body only, the same
-numbers torchani ships for ``wb97x``. ANI-1x + D3 was measured to over-bind (NOTES.md): the
+numbers torchani ships for ``wb97x``. ANI-1x + D3 was measured to over-bind (README, Potentials): the
 variants must be reported with their measured effect, not assumed to improve anything.
 """
 

@@ -7,9 +7,11 @@ step cap ``300 + x * n_atoms`` (6 for ANI-1x, 10 for ANI-1ccx).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ase.calculators.calculator import Calculator
+
+from helpers.vocabulary import STUDY_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,8 @@ class Potential:
     steps_per_atom: int
     citation: str
     description: str = ""
-    dispersion: str | None = None
-    options: dict = field(default_factory=dict)
 
-    def covers(self, symbols) -> set[str]:
+    def uncovered(self, symbols) -> set[str]:
         """Elements in ``symbols`` this potential does not cover (empty set: all covered)."""
         return set(symbols) - self.elements
 
@@ -52,7 +52,7 @@ def _ani_factory(model_name: str, dispersion: str | None = None) -> Callable[...
     return make
 
 
-HCNO = frozenset("HCNO")
+HCNO = frozenset(STUDY_ELEMENTS)
 ANI2X_ELEMENTS = frozenset({"H", "C", "N", "O", "S", "F", "Cl"})
 _CITE = {
     "ani1x": "Smith et al., J. Chem. Phys. 148, 241733 (2018), doi:10.1063/1.5023802",
@@ -79,7 +79,13 @@ for _name, _elements, _x, _what in [
 ]:
     register(Potential(_name, _ani_factory(_name), _elements, _x, _CITE[_name], _what))
     register(Potential(f"{_name}-d3", _ani_factory(_name, "d3bj"), _elements, _x,
-                       _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion", dispersion="d3bj"))
+                       _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion"))
+
+
+def potentials_table() -> list[dict[str, str]]:
+    """One row per registered potential: name, elements, the study's x, what it is, citation."""
+    return [{"name": p.name, "elements": " ".join(sorted(p.elements)), "steps_per_atom": str(p.steps_per_atom),
+             "description": p.description, "citation": p.citation} for p in REGISTRY.values()]
 
 
 def get_potential(name: str) -> Potential:

@@ -1,0 +1,59 @@
+"""The project's shared vocabulary: how a relaxation can end, the study's defaults, units.
+
+Every stage imports these instead of repeating strings and numbers (in the spirit of
+matbench-discovery's ``enums.py``). The string values are stored in the databases and CSVs:
+never change one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """How one relaxation ended (the ``status`` key of a relaxed row)."""
+
+    converged = "converged"  # forces (and cell forces) below fmax
+    step_cap = "step_cap"  # the study's cap 300 + x * n_atoms reached first
+    exploded = "exploded"  # non-finite energy/forces, volume x2 or /2, atoms fused: stopped early
+    timeout = "timeout"  # the per-structure time limit (max_wall_time) reached
+    error = "error"  # an exception; the message is kept
+    skipped = "skipped"  # an element the potential does not cover
+
+
+#: a rerun does not redo these; ``error`` and ``timeout`` rows are retried
+FINAL_STATUSES: tuple[Status, ...] = (Status.converged, Status.step_cap, Status.exploded, Status.skipped)
+#: ended on a physical verdict worth counting in the statistics' denominators
+RELAXATION_OUTCOMES: tuple[Status, ...] = (Status.converged, Status.step_cap, Status.exploded, Status.error,
+                                           Status.timeout, Status.skipped)
+#: outcomes that say the run failed, not the potential's minimum (a batch with many of them is alarming)
+FAILURES: tuple[Status, ...] = (Status.exploded, Status.error, Status.timeout)
+
+
+# --- the study's settings (the thesis presentation this project reproduces): the defaults of every stage ----------------------------------------
+STUDY_ELEMENTS: tuple[str, ...] = ("C", "H", "N", "O")
+STUDY_MIN_DISTANCE = 0.8  # Å: any two atoms closer than this means misplaced or duplicated atoms
+STUDY_FMAX = 0.0005  # eV/Å, atoms and cell
+STUDY_MAX_STEPS_BASE = 300  # step cap = 300 + x * n_atoms (x per potential: 6 ANI-1x, 10 ANI-1ccx)
+
+# --- the analysis' defaults -------------------------------------------------------------------------------
+THERMAL_EXPANSION_V = 1.65e-4  # 1/K, mean volumetric expansion of organic crystals (CSD surveys)
+T_REF = 0.0  # K, the temperature experimental volumes are corrected to (a relaxation is at 0 K)
+TEMPERATURE_EDGES: tuple[float, ...] = (150, 250)  # K, bands < 150, 150-250, >= 250
+OUTLIER_THRESHOLD_PCT = 20.0  # |ΔV| above this is listed as an outlier
+
+# --- units ------------------------------------------------------------------------------------------------
+AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660  # density: mass in amu / volume in Å^3 -> g/cm^3
+
+
+def density_g_cm3(total_mass_amu: float, volume_a3: float) -> float | None:
+    """Density in g/cm³ of ``total_mass_amu`` in ``volume_a3``; None for a non-positive volume."""
+    return float(total_mass_amu * AMU_PER_A3_TO_G_PER_CM3 / volume_a3) if volume_a3 > 0 else None
+
+
+# --- processes --------------------------------------------------------------------------------------------
+#: environment of every worker process and notebook job: one BLAS thread each (numpy and torch fighting
+#: over the cores made a 192-atom relaxation 3x slower), no torchani extension warnings
+JOB_ENV: dict[str, str] = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
+#: torch threads of a relax job when its ``n_threads`` is None (set per Dask worker); unset: every core
+THREADS_ENV = "CODANI_THREADS"
