@@ -30,7 +30,7 @@ RELAXATION_OUTCOMES: tuple[Status, ...] = (Status.converged, Status.step_cap, St
 FAILURES: tuple[Status, ...] = (Status.exploded, Status.error, Status.timeout)
 
 
-# --- the study's settings (the thesis presentation this project reproduces): the defaults of every stage ----------------------------------------
+# --- the study's settings (the thesis this project reproduces): the defaults of every stage -----------
 STUDY_ELEMENTS: tuple[str, ...] = ("C", "H", "N", "O")
 STUDY_MIN_DISTANCE = 0.8  # Å: any two atoms closer than this means misplaced or duplicated atoms
 STUDY_FMAX = 0.0005  # eV/Å, atoms and cell

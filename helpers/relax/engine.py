@@ -218,7 +218,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
             # energies/forces/volume every step; the (costlier) fused-atom search every 10th
             _check_physical(atoms, settings, v0, distances=next(calls) % DISTANCE_CHECK_EVERY == 0)
             if max_wall_time is not None and time.perf_counter() - start > max_wall_time:
-                raise WallTimeExceeded(f"wall-time limit {max_wall_time:.0f} s reached")
+                raise WallTimeExceeded(f"time limit max_wall_time = {max_wall_time:g} s reached")
 
         opt.attach(guard, interval=1)
         converged = bool(opt.run(fmax=settings.fmax, steps=cap))

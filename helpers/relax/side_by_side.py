@@ -229,7 +229,8 @@ class _Slot:
                 return
             elif out_of_time:
                 self.status, self.message = Status.timeout, (
-                    f"wall-time limit {self.max_wall_time:.0f} s reached (this crystal's share of the side-by-side passes)")
+                    f"time limit max_wall_time = {self.max_wall_time:g} s reached by this crystal's cost "
+                    "(its share of the side-by-side passes + its optimizer work)")
                 return
             self.opt.step()
             self.opt.nsteps += 1
