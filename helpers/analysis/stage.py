@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import itertools
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from ase.geometry import cell_to_cellpar, cellpar_to_cell
 from helpers.analysis.distributions import fit_gaussian, median_mad
 from helpers.analysis.structure_compare import STRUCTURE_COLUMNS, compare_structures, match_setting
 from helpers.store import db as dbmod
+from helpers.store.paths import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -545,11 +545,6 @@ def load_pair(record: pd.Series | dict, clean_db: str | Path | None = None) -> d
 
 # ---------------------------------------------------------------------------------------------
 # Everything at once
-
-
-def safe_name(text: str) -> str:
-    """File-name-safe version of a potential label."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "unnamed"
 
 
 def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysis", *,

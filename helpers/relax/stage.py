@@ -10,7 +10,6 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,6 +19,7 @@ from ase.db.core import Database
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.potentials.registry import get_potential
 from helpers.store import db as dbmod
+from helpers.store.paths import file_in
 from helpers.store.shards import output_path, shard_paths
 from helpers.vocabulary import FAILURES, FINAL_STATUSES, THREADS_ENV, Status
 
@@ -164,7 +164,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
             for sid, _ in runnable:
                 row = clean.get(structure_id=sid)
                 atoms = row.toatoms()
-                trajectory = Path(trajectory_dir) / f"{sid}.traj" if trajectory_dir else None
+                trajectory = file_in(trajectory_dir, sid, ".traj") if trajectory_dir else None
                 if trajectory:
                     trajectory.parent.mkdir(parents=True, exist_ok=True)
                 record(row, atoms, relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory))

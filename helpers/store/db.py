@@ -45,13 +45,47 @@ def connect(name: str | Path, *, must_exist: bool = False, **kwargs: Any) -> Dat
     path = Path(name)
     if must_exist and not path.is_file():
         raise FileNotFoundError(f"database {path} does not exist (run the previous notebook first?)")
+    if path.is_dir():
+        raise IsADirectoryError(f"database {path} is a folder, not a file")
+    existing = path.is_file() and path.stat().st_size > 0 and check_ase_sqlite(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # ASE's lock file (O_EXCL ``<db>.lock``) outlives a killed writer and then blocks every later writer
     # forever; SQLite's own locks, which the kernel releases when a process dies, serialise writers.
     kwargs.setdefault("use_lock_file", False)
     db = ase.db.connect(str(path), type="db", **kwargs)
-    _create_sqlite_tables(db)
+    if not existing:
+        _create_sqlite_tables(db)
     return db
+
+
+class NotAnASEDatabase(ValueError):
+    """A database parameter points at a file this project must not write into."""
+
+
+def check_ase_sqlite(path: Path) -> bool:
+    """True for an ASE SQLite database, False for an SQLite file without tables (a schema creation that
+    was interrupted); refuse anything else (another program's SQLite file, a CIF, ...).
+
+    ASE would otherwise add its tables to another program's database, or fail later with SQLite's
+    bare "file is not a database" that does not say which file.
+    """
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise NotAnASEDatabase(f"{path} is not an SQLite database ({err}); give a new file name or an "
+                               "ASE database") from None
+    if not tables:
+        return False
+    if not {"systems", "information"} <= tables:
+        raise NotAnASEDatabase(f"{path} is an SQLite database with tables {sorted(tables)}, not an ASE database: "
+                               "refusing to write into it (give a new file name)")
+    return True
 
 
 def _create_sqlite_tables(db: Database) -> None:
@@ -149,8 +183,14 @@ def _create_postgres_database(url: str) -> None:
 
 
 def _lock_key(db: Database, match: dict[str, Any]) -> None:
-    """Serialise writers of the same ``match`` key until commit (PostgreSQL; SQLite has one writer)."""
-    if getattr(db, "type", None) == "postgresql":
+    """Serialise writers of the same ``match`` key until commit.
+
+    SQLite: take the write lock before looking for the row (``BEGIN IMMEDIATE``); with the default
+    deferred transaction two processes could both find no row and both insert one.
+    """
+    if getattr(db, "type", None) == "db" and not db.connection.in_transaction:
+        db.connection.execute("BEGIN IMMEDIATE")
+    elif getattr(db, "type", None) == "postgresql":
         key = "|".join(f"{k}={match[k]}" for k in sorted(match))
         db.connection.cursor().execute("SELECT pg_advisory_xact_lock(hashtext(?))", (key,))
 

@@ -8,7 +8,9 @@ project root (``CODANI_ROOT`` overrides it). URLs and absolute paths pass throug
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import re
 from pathlib import Path
 
 from helpers.store.db import is_url
@@ -44,3 +46,26 @@ def resolve_many(pattern: str | list[str]) -> list[str]:
         matches = sorted(glob.glob(resolve(item)))
         out.extend(m for m in matches if ".batch" not in Path(m).name)
     return out
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of ``text`` (a potential label, a structure id): no separators, no leading dot."""
+    return _UNSAFE.sub("_", str(text)).strip("_.") or "unnamed"
+
+
+def file_in(folder: str | Path, name: str, suffix: str) -> Path:
+    """``folder/<safe name><suffix>`` for a name taken from file content (a CIF block, a structure id).
+
+    The file always lands directly inside ``folder`` (no ``..``, no separators, no absolute paths);
+    a name that had to be changed gets a short hash of the original so distinct names stay distinct.
+    """
+    safe = safe_name(name)
+    if safe != name:
+        safe = f"{safe[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    path = Path(folder) / f"{safe}{suffix}"
+    if path.resolve().parent != Path(folder).resolve():
+        raise ValueError(f"{name!r} would leave {folder}")
+    return path
