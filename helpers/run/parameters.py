@@ -1,0 +1,203 @@
+"""Check and coerce the notebooks' parameters before anything runs.
+
+papermill passes command-line values (``-p name value``) as strings unless they look like a number,
+``True``, ``False`` or ``None``: ``-p fix_symmetry false`` arrives as the truthy string ``'false'``,
+``-p elements C,H,N,O`` as one string. Each notebook's second cell calls :func:`checked`, which turns
+such values into what the parameter means or stops with a message naming the parameter.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Coerce = Callable[[Any], Any]
+
+_TRUE = {"true", "yes", "on", "1", "y", "t"}
+_FALSE = {"false", "no", "off", "0", "n", "f"}
+_NONE = {"none", "null", ""}
+
+
+class ParameterError(ValueError):
+    """A notebook parameter that cannot mean anything sensible."""
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise TypeError("true or false")
+
+
+def integer(minimum: int | None = None) -> Coerce:
+    def coerce(value: Any) -> int:
+        if isinstance(value, bool):
+            raise TypeError("a whole number")
+        if isinstance(value, str):
+            value = value.strip()
+        try:
+            number = int(value) if not isinstance(value, float) or value.is_integer() else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None:
+            raise TypeError("a whole number")
+        if minimum is not None and number < minimum:
+            raise TypeError(f"a whole number ≥ {minimum}")
+        return number
+    return coerce
+
+
+def number(minimum: float | None = None, strict: bool = False) -> Coerce:
+    def coerce(value: Any) -> float:
+        if isinstance(value, bool):
+            raise TypeError("a number")
+        try:
+            x = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise TypeError("a number") from None
+        if x != x or x in (float("inf"), float("-inf")):
+            raise TypeError("a finite number")
+        if minimum is not None and (x <= minimum if strict else x < minimum):
+            raise TypeError(f"a number {'>' if strict else '≥'} {minimum:g}")
+        return x
+    return coerce
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError("a non-empty string")
+    return value
+
+
+def choice(*options: Any) -> Coerce:
+    def coerce(value: Any) -> Any:
+        for option in options:
+            if value == option or (option is None and _is_none(value)):
+                return option
+        raise TypeError(f"one of {', '.join(repr(o) for o in options)}")
+    return coerce
+
+
+def optional(inner: Coerce) -> Coerce:
+    def coerce(value: Any) -> Any:
+        return None if _is_none(value) else inner(value)
+    coerce.__name__ = f"optional_{getattr(inner, '__name__', 'value')}"
+    return coerce
+
+
+def sequence(item: Coerce, what: str = "a list", length: int | None = None) -> Coerce:
+    """A list from a list/tuple, a Python literal (``"[1, 2]"``, ``"(150, 250)"``) or ``"a,b,c"``."""
+    def coerce(value: Any) -> list:
+        if isinstance(value, str):
+            try:
+                literal = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                literal = None
+            if isinstance(literal, (list, tuple)):
+                value = list(literal)
+            elif isinstance(literal, (int, float)) and not isinstance(literal, bool):
+                value = [literal]
+            else:
+                value = [part for part in value.replace(";", ",").replace(" ", ",").split(",") if part]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise TypeError(what)
+        items = [item(v) for v in value]
+        if length is not None and len(items) != length:
+            raise TypeError(f"{what} of {length}")
+        return items
+    return coerce
+
+
+def element(value: Any) -> str:
+    from ase.data import chemical_symbols
+
+    symbol = str(value).strip()
+    if symbol not in chemical_symbols[1:]:
+        raise TypeError("element symbols such as C, H, N, O")
+    return symbol
+
+
+def increasing(values: list[float]) -> tuple[float, ...]:
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise TypeError("increasing numbers")
+    return tuple(values)
+
+
+def _then(first: Coerce, second: Callable[[Any], Any]) -> Coerce:
+    return lambda value: second(first(value))
+
+
+def potential_name(value: Any) -> str:
+    from helpers.relax.potentials.registry import REGISTRY
+
+    name = text(value).strip()
+    if name not in REGISTRY:
+        raise TypeError(f"a registered potential ({', '.join(sorted(REGISTRY))})")
+    return name
+
+
+def database(value: Any) -> str:
+    return text(value).strip()
+
+
+ELEMENTS = optional(sequence(element, "a list of element symbols"))
+
+#: what each notebook parameter may be; tests/test_notebooks.py checks these match the notebooks
+SPECS: dict[str, dict[str, Coerce]] = {
+    "01_fetch": {
+        "source": optional(text), "raw_db": database, "elements": ELEMENTS,
+        "cod_ids": optional(sequence(integer(1), "a list of COD ids")), "limit": optional(integer(0)),
+        "n_workers": optional(integer(1)),
+    },
+    "02_filter": {
+        "raw_db": database, "clean_db": database, "rejects_db": database,
+        "min_distance": number(0.0, strict=True), "elements": ELEMENTS, "n_workers": optional(integer(1)),
+    },
+    "03_relax": {
+        "potential": potential_name, "batch": integer(0), "n_batches": integer(1), "clean_db": database,
+        "out_db": database, "fmax": number(0.0, strict=True), "max_steps_base": integer(0),
+        "steps_per_atom": optional(integer(0)), "strategy": choice("fast", "study"),
+        "draft": choice("float32", None), "optimizer": choice("BFGS", "LBFGS", "FIRE", "PreconLBFGS"),
+        "cell_filter": choice("frechet", "fixed"), "fix_symmetry": boolean, "hydrostatic": boolean,
+        "max_wall_time": optional(number(0.0, strict=True)), "trajectory_dir": optional(text),
+        "limit": optional(integer(0)), "n_threads": optional(integer(1)),
+    },
+    "04_analysis": {
+        "relaxed_dbs": lambda v: v if isinstance(v, (list, tuple)) and v else text(v),
+        "clean_db": optional(database), "out_dir": text, "converged_only": boolean,
+        "alpha_v": number(0.0), "t_ref": number(0.0), "threshold_pct": number(0.0, strict=True),
+        "temperature_edges": _then(sequence(number(0.0), "a list of temperatures in K"), increasing),
+        "structure": boolean, "matcher": boolean,
+    },
+}
+
+
+def checked(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of ``notebook`` found in ``namespace``, coerced; :class:`ParameterError` otherwise.
+
+    Use in a notebook: ``globals().update(checked("03_relax", globals()))``.
+    """
+    specs = SPECS[notebook]
+    out: dict[str, Any] = {}
+    problems = []
+    for name, coerce in specs.items():
+        if name not in namespace:
+            continue
+        value = namespace[name]
+        try:
+            out[name] = coerce(value)
+        except TypeError as err:
+            problems.append(f"{name} = {value!r}: expected {err}")
+    if problems:
+        raise ParameterError(f"{notebook}: bad parameter{'s' if len(problems) > 1 else ''}: " + "; ".join(problems))
+    return out
