@@ -154,7 +154,7 @@ def cost_floor(atoms_list, potential: str, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        evaluator.evaluate(atoms_list)
+        evaluator.compute(atoms_list)
         times.append(time.perf_counter() - t)
     return 1e9 * min(times) / sum(len(a) for a in atoms_list)
 

@@ -57,7 +57,7 @@ class TorchaniModel(ModelInterface):
         atoms_list = ts.io.state_to_atoms(state)
         # torch-sim swaps systems in and out of the batch: key each pair list by the crystal itself
         keys = [(len(a), a.numbers.tobytes()) for a in atoms_list]
-        results = self.batched.evaluate(atoms_list, keys)
+        results = self.batched.compute(atoms_list, keys)
         to = dict(dtype=self._dtype, device=self._device)
         return {
             "energy": torch.tensor([r["energy"] for r in results], **to),
@@ -99,7 +99,7 @@ def main() -> None:
     out = ts.io.state_to_atoms(final)
     rows = []
     for (sid, atoms, v_exp), relaxed in zip(crystals, out):
-        res = model.batched.evaluate([relaxed], [("check", sid)])[0]
+        res = model.batched.compute([relaxed], [("check", sid)])[0]
         relaxed.calc = SinglePointCalculator(relaxed, energy=res["energy"], forces=res["forces"],
                                              stress=res["stress"])
         filt_fmax = float(np.sqrt((FrechetCellFilter(relaxed).get_forces() ** 2).sum(axis=1)).max())

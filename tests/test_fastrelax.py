@@ -47,31 +47,31 @@ def reference(atoms, model):
 
 def test_batched_pass_equals_one_crystal_calculator(model, crystals):
     batch = [distorted(a, seed) for seed, a in enumerate(crystals.values())]
-    results = SideBySideANI(model).evaluate(batch)
+    results = SideBySideANI(model).compute(batch)
     for atoms, res in zip(batch, results):
         e, f, s = reference(atoms, model)
         assert res["energy"] == pytest.approx(e, abs=1e-8)
         assert np.abs(res["forces"] - f).max() < 1e-8
         assert np.abs(res["stress"] - s).max() < 1e-10
-    alone = SideBySideANI(model).evaluate(batch[:1])[0]
+    alone = SideBySideANI(model).compute(batch[:1])[0]
     assert alone["energy"] == pytest.approx(results[0]["energy"], abs=1e-8)
 
 
 def test_pair_lists_are_reused_only_while_exact(model, crystals):
     atoms = crystals["cod-2007300"].copy()
     evaluator = SideBySideANI(model, skin=1.0)
-    evaluator.evaluate([atoms], keys=["x"])
+    evaluator.compute([atoms], keys=["x"])
     assert evaluator.n_rebuilds == 1
     rng = np.random.default_rng(3)
     for _ in range(4):  # small moves and strains: the old list stays valid and the numbers exact
         atoms.positions += rng.normal(scale=0.03, size=atoms.positions.shape)
         atoms.set_cell(atoms.cell @ (np.eye(3) + 0.002 * rng.standard_normal((3, 3))), scale_atoms=True)
-        res = evaluator.evaluate([atoms], keys=["x"])[0]
+        res = evaluator.compute([atoms], keys=["x"])[0]
         e, f, _ = reference(atoms, model)
         assert res["energy"] == pytest.approx(e, abs=1e-8) and np.abs(res["forces"] - f).max() < 1e-8
     assert evaluator.n_rebuilds == 1
     atoms.positions[0] += 0.6  # more than half the skin: the list must be rebuilt
-    res = evaluator.evaluate([atoms], keys=["x"])[0]
+    res = evaluator.compute([atoms], keys=["x"])[0]
     assert evaluator.n_rebuilds == 2
     assert res["energy"] == pytest.approx(reference(atoms, model)[0], abs=1e-8)
 
@@ -114,9 +114,10 @@ def test_fast_cell_algebra_matches_scipy(scale):
 
 
 def test_cholesky_bfgs_step_is_ases_step():
-    from ase._4.optimize.bfgs import BFGSMethod
-
+    from helpers.internals import bfgs_method_class
     from helpers.relax.side_by_side import CholeskyBFGSMethod
+
+    BFGSMethod = bfgs_method_class()
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((60, 60))
@@ -184,8 +185,8 @@ class Poisoned(SideBySideANI):
         super().__init__(model)
         self.victim = victim
 
-    def evaluate(self, atoms_list, keys=None):
-        results = super().evaluate(atoms_list, keys)
+    def compute(self, atoms_list, keys=None):
+        results = super().compute(atoms_list, keys)
         if self.n_calls >= 3:
             for key, res in zip(keys, results):
                 if key == self.victim:

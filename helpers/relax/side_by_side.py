@@ -289,7 +289,7 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, 
         draft_group = [s for s in running if not s.exact_next]
         for model, group in ((evaluator, exact_group), (draft, draft_group)):
             if group:
-                _evaluate(model, group)
+                _one_pass(model, group)
         for slot in [s for s in running if s.status is not None]:
             running.remove(slot)
             for model in (evaluator, draft):
@@ -298,16 +298,16 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, 
             yield slot.key, slot.result()
 
 
-def _evaluate(evaluator: SideBySideANI, slots: list[_Slot]) -> None:
+def _one_pass(evaluator: SideBySideANI, slots: list[_Slot]) -> None:
     """One pass for all; if the pass fails, find the culprit crystal by evaluating one by one."""
     started = time.perf_counter()
     try:
-        results = evaluator.evaluate([s.atoms for s in slots], keys=[s.key for s in slots])
+        results = evaluator.compute([s.atoms for s in slots], keys=[s.key for s in slots])
     except Exception:  # noqa: BLE001
         for slot in slots:
             started = time.perf_counter()
             try:
-                res = evaluator.evaluate([slot.atoms], keys=[slot.key])[0]
+                res = evaluator.compute([slot.atoms], keys=[slot.key])[0]
                 slot.cost += time.perf_counter() - started
                 slot.receive(res)
             except Exception as exc:  # noqa: BLE001

@@ -68,7 +68,7 @@ def pairs_still_valid(pairs: PairList, atoms: Atoms, cutoff: float, skin: float)
 class SideBySideANI:
     """Evaluate a torchani ANI model on a list of crystals at once (eV, eV/Å, eV/Å³ Voigt).
 
-    Call :meth:`evaluate` with the same ``keys`` across steps so each crystal's pair list is
+    Call :meth:`compute` with the same ``keys`` across steps so each crystal's pair list is
     reused; :meth:`forget` drops a finished crystal's list.
     """
 
@@ -100,7 +100,7 @@ class SideBySideANI:
             self.n_rebuilds += 1
         return cached
 
-    def evaluate(self, atoms_list: list[Atoms], keys: list | None = None) -> list[dict]:
+    def compute(self, atoms_list: list[Atoms], keys: list | None = None) -> list[dict]:
         """One dict per crystal: ``energy``, ``free_energy``, ``forces``, ``stress``, ``closest_pair`` (Å)."""
         keys = list(range(len(atoms_list))) if keys is None else keys
         for atoms in atoms_list:

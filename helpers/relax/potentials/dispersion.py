@@ -180,9 +180,9 @@ class DispersionCorrectedCalculator(Calculator):
         atoms = self.atoms
         wanted = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
         check_d3_input(atoms)
-        base = _evaluate(self.base, atoms, wanted)
+        base = _results_of(self.base, atoms, wanted)
         try:
-            disp = _evaluate(self.dispersion, atoms, wanted)
+            disp = _results_of(self.dispersion, atoms, wanted)
         except Exception as err:  # the library wraps its RuntimeError in InputError/CalculationFailed
             cause = f" ({err.__cause__})" if err.__cause__ else ""
             raise DispersionError(
@@ -208,7 +208,7 @@ class DispersionCorrectedCalculator(Calculator):
                 or type(self.dispersion).__name__}
 
 
-def _evaluate(calc: Calculator, atoms: Atoms, properties: list[str]) -> dict[str, Any]:
+def _results_of(calc: Calculator, atoms: Atoms, properties: list[str]) -> dict[str, Any]:
     """All ``properties`` of ``calc`` for ``atoms`` in one ``calculate`` call, reusing its cache."""
     changes = calc.check_state(atoms) if calc.atoms is not None else list(all_changes)
     if changes or any(p not in calc.results for p in properties):
