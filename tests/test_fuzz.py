@@ -352,7 +352,8 @@ def test_time_limit_turns_a_slow_check_into_a_reason(cod_dir):
     calls = []
 
     def stuck(entry, t):
-        time.sleep(30)
+        while True:  # burns CPU: the CPU-time limit stops it
+            pass
 
     def after(entry, t):
         calls.append(entry.structure_id)
@@ -362,8 +363,60 @@ def test_time_limit_turns_a_slow_check_into_a_reason(cod_dir):
     result = evaluate(entry, Thresholds(check_time_limit=0.2), checks=[Check("stuck", stuck), Check("after", after)])
     assert time.monotonic() - start < 10
     assert result.checks == ["stuck"]
-    assert "time limit of 0.2 s" in result.rejections[0].reason
+    assert "CPU-time limit of 0.2 s (check_time_limit)" in result.rejections[0].reason
     assert calls == ["x"], "the checks after the slow one still ran"
+
+
+def _hog(seconds: float) -> None:
+    import os
+    import time
+
+    os.sched_setaffinity(0, {0})
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_time_limit_verdict_does_not_depend_on_machine_load():
+    """A check needing ~0.3 s of CPU passes a 0.6 s limit even when it gets a third of a core: the
+    limit counts this process's CPU time, not the wall clock (with 2 busy neighbours on its core the
+    same check takes ~1 s of wall-clock time)."""
+    import multiprocessing
+    import os
+    import time
+
+    from ase import Atoms
+
+    from helpers.filter.checks import Check, Entry, Thresholds
+    from helpers.filter.stage import evaluate
+    from helpers.run.guard import can_guard
+
+    if not can_guard() or not hasattr(os, "sched_setaffinity"):
+        pytest.skip("POSIX timers and CPU affinity needed")
+
+    def busy(entry, t):
+        start = time.process_time()
+        while time.process_time() - start < 0.3:
+            pass
+
+    affinity = os.sched_getaffinity(0)
+    ctx = multiprocessing.get_context("spawn")
+    hogs = [ctx.Process(target=_hog, args=(8.0,)) for _ in range(2)]
+    for h in hogs:
+        h.start()
+    try:
+        time.sleep(1.5)  # the hogs are spinning on core 0
+        os.sched_setaffinity(0, {0})
+        wall = time.monotonic()
+        result = evaluate(Entry("x", Atoms()), Thresholds(check_time_limit=0.6), checks=[Check("busy", busy)])
+        wall = time.monotonic() - wall
+    finally:
+        os.sched_setaffinity(0, affinity)
+        for h in hogs:
+            h.terminate()
+            h.join()
+    assert wall > 0.6, f"the machine was not loaded enough to test anything ({wall:.2f} s)"
+    assert result.passed, result.rejections
 
 
 def test_time_limit_turns_a_slow_parse_into_an_unreadable_entry(monkeypatch):
@@ -375,8 +428,9 @@ def test_time_limit_turns_a_slow_parse_into_an_unreadable_entry(monkeypatch):
     if not can_guard():
         pytest.skip("SIGALRM timer not available here")
     monkeypatch.setattr(raw, "read_entries", lambda text, one_entry=False: time.sleep(30))
-    [entry] = raw.read_file_entries(raw.CifFile(text="data_x\n", source="s", name="slow"), seconds=0.2)
+    [entry] = raw.read_file_entries(raw.CifFile(text="data_x\n", source="s", name="slow"), seconds=0.1)
     assert entry.atoms is None and "TimeLimitExceeded" in entry.error and "slow" in entry.error
+    assert "waited more than 2 s of wall-clock time" in entry.error  # a wait uses no CPU: the backstop
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
 def read_file_entries(file: CifFile, seconds: float | None = READ_TIME_LIMIT) -> list[CifEntry]:
     """The entries of one file; a file whose parsing exceeds ``seconds`` is one unreadable entry."""
     try:
-        with time_limit(seconds, f"reading {file.name}"):
+        with time_limit(seconds, f"reading {file.name}", "READ_TIME_LIMIT"):
             return read_entries(file.text, one_entry=file.cod_id is not None)
     except TimeLimitExceeded as exc:
         return [CifEntry(block="", atoms=None, error=f"TimeLimitExceeded: {exc}")]

@@ -47,7 +47,7 @@ class Thresholds:
     high_pressure_kpa: float = 1000.0  # above this the measurement is flagged high-pressure
     flags_reject: bool = False  # treat flags (high pressure, no temperature) as rejections
     max_pairs: int = 25  # close pairs stored per structure (the count is always complete)
-    check_time_limit: float | None = 60.0  # s per check and entry (helpers.run.guard); None: unlimited
+    check_time_limit: float | None = 60.0  # CPU s per check and entry (helpers.run.guard); None: unlimited
 
     @classmethod
     def make(cls, **overrides: Any) -> Thresholds:

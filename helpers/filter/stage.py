@@ -48,11 +48,11 @@ def evaluate(entry: Entry, thresholds: Thresholds | None = None,
     result = FilterResult(entry.structure_id)
     for check in checks:
         try:
-            with time_limit(t.check_time_limit, f"check {check.name}"):
+            with time_limit(t.check_time_limit, f"check {check.name}", "check_time_limit"):
                 found = check.func(entry, t)
         except TimeLimitExceeded as exc:  # a pathological entry: its own reason, the run goes on
-            found = Rejection(check.name, f"check {check.name} not finished: {exc} (per-entry guard)",
-                              {"timeout": t.check_time_limit})
+            found = Rejection(check.name, f"check {check.name} not finished: {exc}",
+                              {"cpu_time_limit": t.check_time_limit})
         except Exception as exc:  # noqa: BLE001 - bad input must not stop the run
             found = Rejection(check.name, f"check {check.name} could not run: {type(exc).__name__}: {exc}",
                               {"exception": f"{type(exc).__name__}: {exc}", "internal_error": True})
