@@ -27,9 +27,11 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
+from helpers import compounds
 from helpers import db as dbmod
-from helpers.distributions import fit_gaussian, median_mad
+from helpers.distributions import median_mad
 from helpers.structure_compare import STRUCTURE_COLUMNS, compare_structures, match_setting
+from helpers.uncertainty import BOOT_SEED, CHANGED_COLUMNS, CI_COLUMNS, N_BOOT, PAIRED_COLUMNS, describe, paired_stats
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class Quantity:
     unit: str
     label: str
     lattice: bool  # depends on the cell setting (excluded when the setting is unmatched)
+    symmetric: bool = False  # mostly fixed by symmetry: fraction changed + robust numbers, no Gaussian
 
 
 QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
@@ -53,9 +56,9 @@ QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
     Quantity("a1", "da1_pct", "%", "Δ|a1|", True),
     Quantity("a2", "da2_pct", "%", "Δ|a2|", True),
     Quantity("a3", "da3_pct", "%", "Δ|a3|", True),
-    Quantity("alpha", "dalpha_deg", "°", "Δα", True),
-    Quantity("beta", "dbeta_deg", "°", "Δβ", True),
-    Quantity("gamma", "dgamma_deg", "°", "Δγ", True),
+    Quantity("alpha", "dalpha_deg", "°", "Δα", True, True),
+    Quantity("beta", "dbeta_deg", "°", "Δβ", True, True),
+    Quantity("gamma", "dgamma_deg", "°", "Δγ", True, True),
     Quantity("density", "ddensity_pct", "%", "Δρ", False),
     # filled by thermal_corrected(): experiment extrapolated to the reference temperature
     Quantity("volume_thermal", "dV_thermal_pct", "%", "ΔV (thermal-corrected)", False),
@@ -77,7 +80,7 @@ ERROR_COLUMNS = [
     "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
-    "row_id", "note",
+    "row_id", "note", "compound_key", "r_factor",
 ]
 
 
@@ -159,6 +162,10 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "e_dispersion": kvp.get("e_dispersion"),
         "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
         "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
+        # one-per-compound statistics: the filter's compound_key and the R factor choose the entry
+        "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),
+        "r_factor": compounds.r_factor_of(kvp) if compounds.r_factor_of(kvp) is not None
+        else compounds.r_factor_of(clean_row),
     }
     notes = []
     relaxed = row.toatoms()
@@ -292,12 +299,17 @@ def _select(errors: pd.DataFrame, converged_only: bool) -> pd.DataFrame:
 
 
 def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Sequence[str] = BASE_QUANTITIES,
-              by: Sequence[str] = ("potential",)) -> pd.DataFrame:
-    """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD.
+              by: Sequence[str] = ("potential",), *, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+              entries: str = "all") -> pd.DataFrame:
+    """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD, CIs.
 
-    mu/sigma come from :func:`helpers.distributions.fit_gaussian` (least squares on the
-    histogram, like the study); ``mu_mle``/``sigma_mle`` (scipy.stats.norm.fit) and
-    ``sigma_mad`` (1.4826·MAD) sit beside them. Units: percent, degrees for angles.
+    mu/sigma come from :func:`helpers.distributions.fit_gaussian` (bounded least squares on the
+    histogram, like the study, or the normal MLE with the reason in ``fit_method``);
+    ``mu_mle``/``sigma_mle`` (scipy.stats.norm.fit of every value) and ``sigma_mad`` (1.4826·MAD)
+    sit beside them. ``<stat>_ci_low/high``: seeded 95 % percentile-bootstrap intervals
+    (:mod:`helpers.uncertainty`). Angles are not fitted: ``fraction_changed`` and the median/MAD
+    of the changed ones instead. ``entries`` labels the row set ("all", "one_per_compound").
+    Units: percent, degrees for angles.
     """
     rows = []
     data = _select(errors, converged_only)
@@ -308,10 +320,13 @@ def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Seq
             quantity = QUANTITIES[name]
             if quantity.column not in group:
                 continue
-            fit = fit_gaussian(_values(group, quantity).to_numpy())
-            rows.append({**dict(zip(by, key)), "quantity": name, "unit": quantity.unit, **fit.as_dict()})
+            record = describe(_values(group, quantity).to_numpy(), unit=quantity.unit,
+                              symmetric=quantity.symmetric, n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(by, key)), "quantity": name, "unit": quantity.unit, **record,
+                         "entries": entries})
     columns = [*by, "quantity", "unit", "n", "mu", "sigma", "median", "mad", "sigma_mad", "mu_mle",
-               "sigma_mle", "fit_method", "n_outside_fit"]
+               "sigma_mle", "fit_method", "n_outside_fit", *CI_COLUMNS, "ci_level", "n_boot", "boot_seed",
+               "fit_bins", "fit_chi2_ndf", "fit_max_residual", *CHANGED_COLUMNS, "entries"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -319,11 +334,15 @@ def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a
                 counts: pd.DataFrame | None = None, with_study: bool = True) -> pd.DataFrame:
     """μ and σ in the layout of the study's table (MISSION.md): rows "ΔV, ANI-1x", columns μ [%], σ [%].
 
-    Adds n, median, MAD, the study's own numbers where the potential and quantity match, and
-    (``counts`` from :func:`status_counts`) the status counts per potential. ``wide=True``
-    puts the potentials side by side instead: rows per quantity, columns (potential, μ/σ).
+    Adds n, median, MAD, the study's own numbers where the potential and quantity match, the
+    95 % bootstrap CIs ("μ CI low" ...), the fit method and (``counts`` from
+    :func:`status_counts`) the status counts per potential. ``wide=True`` puts the potentials
+    side by side instead: rows per quantity, columns (potential, μ/σ). Only the summary rows
+    over all entries (``entries == "all"``, the study's way) are used.
     """
     data = summary[summary["quantity"].isin(quantities)].copy()
+    if "entries" in data:
+        data = data[data["entries"].fillna("all") == "all"]
     if with_study:
         data = data.merge(STUDY_RESULT, on=["quantity", "potential"], how="left")
     order = {q: k for k, q in enumerate(quantities)}
@@ -345,12 +364,19 @@ def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a
     keep = {"mu": "μ", "sigma": "σ", "n": "n", "median": "median", "mad": "MAD"}
     if with_study:
         keep.update(mu_study="μ study", sigma_study="σ study")
+    labels = {"mu": "μ", "sigma": "σ", "median": "median", "mad": "MAD"}
+    keep.update({f"{s}_ci_{end}": f"{labels[s]} CI {end}" for s in labels for end in ("low", "high")
+                 if f"{s}_ci_{end}" in table})
+    if "fit_method" in table:
+        keep["fit_method"] = "fit method"
     out = table[list(keep)].rename(columns=keep)
     if counts is not None:
         extra = counts.reindex(table["potential"]).set_axis(table.index)
         out = out.join(extra.drop(columns=[c for c in ("total",) if c in extra]))
     out.index.name = "quantity"
-    return out.round(2)
+    numeric = out.select_dtypes("number").columns
+    out[numeric] = out[numeric].round(2)
+    return out
 
 
 def status_counts(errors: pd.DataFrame) -> pd.DataFrame:
@@ -463,13 +489,16 @@ def paired_table(errors: pd.DataFrame, quantity: str = "volume", converged_only:
     return table.dropna()
 
 
-def paired_differences(errors: pd.DataFrame, quantity: str = "volume",
-                       converged_only: bool = True) -> pd.DataFrame:
+def paired_differences(errors: pd.DataFrame, quantity: str = "volume", converged_only: bool = True, *,
+                       n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> pd.DataFrame:
     """Potentials compared on the same structures: one row per pair (A, B).
 
     Per pair, the structures both converged: n, mean/median/std of Δ_A − Δ_B, the fraction
     where A is closer to experiment (|Δ_A| < |Δ_B|), and the Wilcoxon signed-rank p-value of
     the paired differences (scipy; NaN below 10 pairs or when all differences are zero).
+    Then :func:`helpers.uncertainty.paired_stats`: 95 % bootstrap CIs of the mean and median of
+    Δ_A − Δ_B and of |Δ_A| − |Δ_B| (negative: A closer to experiment), the Wilcoxon p-value of
+    |Δ_A| − |Δ_B| and a plain ``verdict`` (which is closer, or that the data cannot tell).
     """
     from scipy.stats import wilcoxon
 
@@ -490,9 +519,11 @@ def paired_differences(errors: pd.DataFrame, quantity: str = "volume",
                      "median_diff": diff.median(), "std_diff": diff.std(),
                      "a_closer_fraction": float((pair[a].abs() < pair[b].abs()).mean()) if len(pair)
                      else np.nan,
-                     "wilcoxon_p": p_value})
+                     "wilcoxon_p": p_value,
+                     **paired_stats(pair[a].to_numpy(), pair[b].to_numpy(), display_name(a), display_name(b),
+                                    n_boot=n_boot, seed=seed)})
     columns = ["quantity", "potential_a", "potential_b", "n_common", "mu_a", "mu_b", "mean_diff",
-               "median_diff", "std_diff", "a_closer_fraction", "wilcoxon_p"]
+               "median_diff", "std_diff", "a_closer_fraction", "wilcoxon_p", *PAIRED_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -557,7 +588,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
                  threshold_pct: float = 20.0, temperature_edges: Sequence[float] = (150, 250),
                  alpha_v: float = 1.65e-4, t_ref: float = 0.0, structure: bool = True,
                  symprec: float = 1e-2, matcher: bool = False, plots: bool = True,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, one_per_compound: Any = compounds.DEFAULT_RULE,
+                 n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
     """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
 
     Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
@@ -565,9 +597,18 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     layout, with status counts), study_table_wide.csv, status_counts.csv, outliers.csv,
     outlier_fractions.csv, temperature_bands.csv, thermal_summary.csv, paired_volume.csv,
     paired_a1.csv, structure_summary.csv; figures hist_<potential>_<quantity>.png,
-    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png.
-    Returns the DataFrames by name plus ``files`` (name -> path) and ``figures`` (paths).
+    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png,
+    ci_<quantity>.png (μ and median with their 95 % CIs per potential).
+
+    ``one_per_compound`` (rule of :mod:`helpers.compounds`, default "r_factor,temperature";
+    None / "" / "None" disables): when clean rows carry ``compound_key``, summary.csv holds every
+    statistic twice, ``entries`` = "all" and "one_per_compound". ``n_boot``/``boot_seed``: the
+    bootstrap CIs. Parameters may arrive as strings (papermill's command line): they are coerced
+    and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
+    (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
     """
+    rule = compounds.parse_rule(one_per_compound)
+    n_boot, boot_seed = _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if structure and clean_db is None:
@@ -578,8 +619,13 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     errors = thermal_corrected(errors, alpha_v, t_ref)
     errors = add_temperature_band(errors, temperature_edges)
     counts = status_counts(errors)
-    summary = summarize(errors, converged_only, quantities)
-    thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"))
+    boot = {"n_boot": n_boot, "seed": boot_seed}
+    summary = summarize(errors, converged_only, quantities, **boot)
+    if rule is not None and compounds.has_compound_keys(errors):
+        chosen = compounds.one_per_compound(errors, rule)
+        summary = pd.concat([summary, summarize(chosen, converged_only, quantities, entries="one_per_compound",
+                                                **boot)], ignore_index=True)
+    thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"), **boot)
     thermal["assumption"] = thermal_assumption(alpha_v, t_ref)
     results: dict[str, Any] = {
         "errors": errors, "summary": summary, "status_counts": counts,
@@ -589,8 +635,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         "outlier_fractions": outlier_fractions(errors, threshold_pct, converged_only=converged_only),
         "temperature_bands": temperature_bands(errors, temperature_edges, converged_only=converged_only),
         "thermal_summary": thermal,
-        "paired_volume": paired_differences(errors, "volume", converged_only),
-        "paired_a1": paired_differences(errors, "a1", converged_only),
+        "paired_volume": paired_differences(errors, "volume", converged_only, **boot),
+        "paired_a1": paired_differences(errors, "a1", converged_only, **boot),
         "structure_summary": structure_summary(errors, converged_only),
     }
     files = {}
@@ -603,7 +649,19 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     settings = {"threshold_pct": threshold_pct, "alpha_v": alpha_v, "t_ref": t_ref,
                 "edges": temperature_edges}
     results["figures"] = _write_figures(results, out, quantities, converged_only, **settings) if plots else []
+    results["entries_note"] = compounds.entries_note(errors, rule)
     return results
+
+
+def _as_int(value: Any, name: str, minimum: int) -> int:
+    """A count parameter that may arrive as a string ("2000") from papermill; ValueError otherwise."""
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {number}")
+    return number
 
 
 def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str], converged_only: bool, *,
@@ -613,13 +671,20 @@ def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str]
     errors = results["errors"]
     data = _select(errors, converged_only)
     figures = []
+    summary = results["summary"]
+    summary = summary[summary["entries"] == "all"].set_index(["potential", "quantity"])
     for potential, group in data.groupby("potential") if len(data) else []:
         for name in quantities:
             values = _values(group, QUANTITIES[name])
             if values.empty:
                 continue
             path = out / f"hist_{safe_name(potential)}_{name}.png"
-            figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct))
+            record = summary.loc[(potential, name)] if (potential, name) in summary.index else None
+            figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct,
+                                                    record=record))
+    for name in quantities:
+        if not QUANTITIES[name].symmetric and name in summary.index.get_level_values("quantity"):
+            figures.append(plots.ci_summary(results["summary"], out / f"ci_{name}.png", name))
     for name in quantities:
         if not data.empty and data[QUANTITIES[name].column].notna().any():
             figures.append(plots.overlay(data, out / f"overlay_{name}.png", quantity=name))
