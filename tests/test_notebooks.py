@@ -20,7 +20,8 @@ CONTRACT = {
     "03_relax": {"potential": "ani1x", "batch": 0, "n_batches": 1, "clean_db": "data/clean.db",
                  "out_db": "data/relaxed_{potential}.db", "fmax": 0.0005, "max_steps_base": 300,
                  "steps_per_atom": None, "optimizer": "BFGS", "strategy": "fast", "draft": "float32"},
-    "04_analysis": {"relaxed_dbs": "data/relaxed_*.db", "clean_db": "data/clean.db", "out_dir": "data/analysis"},
+    "04_analysis": {"relaxed_dbs": "data/relaxed_*.db", "clean_db": "data/clean.db", "out_dir": "data/analysis",
+                    "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0},
 }
 
 
@@ -41,6 +42,30 @@ def test_parameter_contract(name):
     for key, default in CONTRACT[name].items():
         assert key in values, f"{name} lost parameter {key}"
         assert values[key] == default, f"{name}.{key} default changed: {values[key]!r}"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("r_factor,temperature", ("r_factor", "temperature")), ("r_factor, temperature", ("r_factor", "temperature")),
+    ("temperature", ("temperature",)), ("r_factor then temperature", ("r_factor", "temperature")),
+    (None, None), ("None", None), ("none", None), ("", None), ("  ", None), (False, None), ("False", None),
+    (["temperature", "r_factor"], ("temperature", "r_factor"))])
+def test_one_per_compound_parameter_as_papermill_passes_it(given, expected):
+    """04_analysis's one_per_compound arrives as a string from `papermill -p/-r`: "None" or "" disables."""
+    from helpers.compounds import parse_rule
+
+    assert parse_rule(given) == expected
+
+
+def test_bad_04_parameters_are_refused_with_the_allowed_values(tmp_path):
+    from helpers.analysis import run_analysis
+    from helpers.compounds import parse_rule
+
+    with pytest.raises(ValueError, match="r_factor"):
+        parse_rule("lowest_rfactor")
+    with pytest.raises(ValueError, match="n_boot"):
+        run_analysis(str(tmp_path / "none_*.db"), n_boot="many")
+    with pytest.raises(ValueError, match="one_per_compound"):
+        run_analysis(str(tmp_path / "none_*.db"), one_per_compound=3.5)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
