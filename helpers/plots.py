@@ -166,8 +166,8 @@ def overlay(errors: pd.DataFrame, path: str | Path, quantity: str = "volume") ->
         # the fit is normalised to the values inside its own range; rescale to those shown here
         in_fit = np.sum((values >= fit.edges[0]) & (values <= fit.edges[-1])) if fit.n else 0
         curve = fit.pdf(x) * in_fit / max(len(shown), 1) if fit.sigma > 0 else np.full_like(x, np.nan)
-        ax.plot(x, curve, color=color, lw=2,
-                label=f"{display_name(potential)}: μ = {fit.mu:.2f}, σ = {fit.sigma:.2f} (n = {fit.n})")
+        numbers = f"μ = {fit.mu:.2f}, σ = {fit.sigma:.2f}" if np.isfinite(fit.mu) else "not fitted (spike)"
+        ax.plot(x, curve, color=color, lw=2, label=f"{display_name(potential)}: {numbers} (n = {fit.n})")
     ax.set_xlabel(_axis_label(quantity))
     ax.set_ylabel("density")
     ax.set_title(f"{QUANTITIES[quantity].label}: all potentials")
