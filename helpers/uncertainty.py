@@ -182,7 +182,7 @@ def describe(values, *, unit: str = "%", symmetric: bool = False, n_boot: int = 
                               "fraction_changed": changed.size / values.size if values.size else float("nan"),
                               "median_changed": median_c, "mad_changed": mad_c}
     spike = fit.method.startswith("not fitted")
-    if values.size and (symmetric or spike) and fit.sigma != 0:
+    if values.size and (symmetric or spike):
         why = "mostly fixed by symmetry" if symmetric else "spike"
         record.update(mu=float("nan"), sigma=float("nan"),
                       fit_method=f"not fitted ({why}): {changed.size} of {values.size} changed by more than "

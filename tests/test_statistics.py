@@ -190,3 +190,9 @@ def test_summary_of_synthetic_errors_has_the_new_columns_and_keeps_the_old():
     table = analysis.study_table(summary, quantities=("volume",))
     assert {"μ", "σ", "n", "median", "MAD", "μ CI low", "μ CI high", "σ CI low", "fit method"} <= set(table.columns)
     assert list(table.columns[:5]) == ["μ", "σ", "n", "median", "MAD"]
+
+
+def test_angles_all_unchanged_are_still_not_a_gaussian():
+    record = describe(np.zeros(30), unit="°", symmetric=True, n_boot=100)
+    assert np.isnan(record["mu"]) and record["fraction_changed"] == 0 and record["n_changed"] == 0
+    assert record["fit_method"].startswith("not fitted (mostly fixed by symmetry): 0 of 30 changed")
