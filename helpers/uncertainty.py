@@ -26,10 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
+from scipy import special
 
-from helpers.distributions import MAD_TO_SIGMA, GaussianFit, fit_gaussian, median_mad
+from helpers.distributions import GaussianFit, fit_gaussian, median_mad
 
 #: |Δ| at or below this counts as "unchanged" (per unit): angles fixed by symmetry come back
 #: within ~1e-4° of the experiment after a tight relaxation
@@ -250,13 +249,3 @@ def normal_quantiles(n: int) -> np.ndarray:
     """Theoretical standard-normal quantiles for a Q–Q plot of n sorted values (Blom positions)."""
     positions = (np.arange(1, n + 1) - 0.375) / (n + 0.25)
     return np.sqrt(2) * special.erfinv(2 * positions - 1)
-
-
-def ci_text(record: pd.Series | dict, stat: str, digits: int = 2) -> str:
-    """'1.23 [0.98, 1.51]' for a summary record, or 'nan' pieces when missing."""
-    return (f"{record[stat]:.{digits}f} [{record[f'{stat}_ci_low']:.{digits}f}, "
-            f"{record[f'{stat}_ci_high']:.{digits}f}]")
-
-
-__all__ = ["bootstrap", "describe", "paired_stats", "fit_many", "normal_quantiles", "ci_text", "MAD_TO_SIGMA",
-           "stats"]
