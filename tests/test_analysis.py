@@ -346,3 +346,151 @@ def test_unmatched_cells_leave_the_lattice_fits_but_not_the_volume_fit():
     summary = analysis.summarize(frame, quantities=("volume", "a1")).set_index("quantity")
     assert summary.loc["volume", "n"] == 3 and summary.loc["a1", "n"] == 2
     assert summary.loc["a1", "mu"] == pytest.approx(1.5)
+
+
+# --- one entry per compound ---------------------------------------------------------------------
+
+COMPOUNDS = {  # structure_id: (compound_key, r_factor, temperature, isotropic scale of the "relaxed" cell)
+    "cod-1000001": ("AAAA-X.BBBB-Y", 0.050, 100.0, 1.01),
+    "cod-1000002": ("AAAA-X.BBBB-Y", 0.030, 296.0, 1.03),   # same compound, better R factor
+    "cod-1000003": ("CCCC-Z", None, 150.0, 1.02),            # R factor unknown: ranked last
+    "cod-1000004": ("CCCC-Z", 0.040, 200.0, 1.05),
+    "cod-1000005": (None, 0.060, 100.0, 0.99),               # no key: a compound of its own
+}
+
+
+def write_compound_dbs(root, benzene, with_keys: bool = True) -> None:
+    clean = dbmod.connect(root / "clean.db")
+    for sid, (key, r_factor, temperature, scale) in COMPOUNDS.items():
+        kvp = exp_kvp(benzene, sid, temperature)
+        if with_keys and key is not None:
+            kvp["compound_key"] = key
+        if r_factor is not None:
+            kvp["r_factor"] = r_factor
+        clean.write(benzene, key_value_pairs=kvp, data={"cell_exp": np.asarray(benzene.cell).tolist()})
+        for potential, extra in (("ani1x", 0.0), ("ani1ccx", 0.01)):
+            write_relaxed(root / f"relaxed_{potential}.db", benzene, scaled(benzene, [scale + extra] * 3), sid,
+                          potential, temperature=temperature)
+
+
+def dv(sid: str, potential: str = "ani1x") -> float:
+    scale = COMPOUNDS[sid][3] + (0.01 if potential == "ani1ccx" else 0.0)
+    return (scale**3 - 1) * 100
+
+
+def test_one_entry_per_compound_lowest_r_factor_then_temperature(tmp_path, benzene):
+    write_compound_dbs(tmp_path, benzene)
+    result = analysis.run_analysis(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", tmp_path / "out",
+                                   structure=False, plots=False, quantities=("volume",), n_boot=200)
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    assert errors.set_index(["structure_id", "potential"]).loc[("cod-1000002", "ani1x"), "compound_key"] \
+        == "AAAA-X.BBBB-Y"
+    assert errors.set_index(["structure_id", "potential"]).loc[("cod-1000002", "ani1ccx"), "r_factor"] == 0.03
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index(["entries", "potential", "quantity"])
+    assert set(summary.index.get_level_values("entries")) == {"all", "one_per_compound"}
+    for potential in ("ani1x", "ani1ccx"):
+        everything = summary.loc[("all", potential, "volume")]
+        assert everything.n == 5
+        assert everything["median"] == pytest.approx(np.median([dv(s, potential) for s in COMPOUNDS]))
+        one = summary.loc[("one_per_compound", potential, "volume")]
+        chosen = ["cod-1000002", "cod-1000004", "cod-1000005"]  # lowest R; known R before unknown; no key
+        assert one.n == 3
+        assert one["median"] == pytest.approx(np.median([dv(s, potential) for s in chosen]))
+        assert one["mu"] == pytest.approx(np.mean([dv(s, potential) for s in chosen]))
+    assert "'one_per_compound' (3 compounds" in result["entries_note"]
+    # the study table stays the study's way: all entries
+    assert result["study_table"].loc["ΔV, ANI-1x", "n"] == 5
+    # the coldest measurement instead; a string "None" (papermill -r) switches it off
+    colder = analysis.run_analysis(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", tmp_path / "out2",
+                                   structure=False, plots=False, quantities=("volume",), n_boot="200",
+                                   one_per_compound="temperature")["summary"]
+    picked = colder[(colder.entries == "one_per_compound") & (colder.potential == "ani1x")].iloc[0]
+    assert picked["median"] == pytest.approx(np.median([dv(s) for s in ("cod-1000001", "cod-1000003",
+                                                                           "cod-1000005")]))
+    off = analysis.run_analysis(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", tmp_path / "out3",
+                                structure=False, plots=False, quantities=("volume",), n_boot=100,
+                                one_per_compound="None")
+    assert set(off["summary"].entries) == {"all"} and "disabled" in off["entries_note"]
+
+
+def test_without_compound_keys_only_all_entries_and_the_reason(tmp_path, benzene):
+    write_compound_dbs(tmp_path, benzene, with_keys=False)
+    result = analysis.run_analysis(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", tmp_path / "out",
+                                   structure=False, plots=False, quantities=("volume",), n_boot=100)
+    assert set(pd.read_csv(tmp_path / "out" / "summary.csv").entries) == {"all"}
+    assert "no compound_key" in result["entries_note"]
+
+
+# --- real relaxations, numbers recomputed by hand from errors.csv ------------------------------
+
+
+@pytest.mark.slow
+def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clean_db, tmp_path, model_dir):
+    """Real COD crystals relaxed by ANI-1x and ANI-1ccx (loose fmax), 04's analysis, then pandas/numpy/scipy."""
+    from scipy import stats
+
+    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.stage import run_batch
+
+    out = str(tmp_path / "relaxed_{potential}.db")
+    for potential in ("ani1x", "ani1ccx"):
+        run_batch(small_clean_db, out, potential, settings=RelaxSettings(potential=potential, fmax=0.05),
+                  progress=False, n_threads=1)
+    result = analysis.run_analysis(str(tmp_path / "relaxed_*.db"), small_clean_db, tmp_path / "analysis",
+                                   structure=False, n_boot=500, boot_seed=3)
+    errors = pd.read_csv(tmp_path / "analysis" / "errors.csv")
+    summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
+    assert set(summary.entries) == {"all"}  # the filter in this branch stores no compound_key yet
+    summary = summary.set_index(["potential", "quantity"])
+    converged = errors[errors.converged.astype(bool) & ~errors.status.isin(["error", "exploded"])]
+    assert len(converged) >= 6
+    for (potential, column, quantity) in [(p, c, q) for p in ("ani1x", "ani1ccx")
+                                          for c, q in (("dV_pct", "volume"), ("da1_pct", "a1"),
+                                                       ("ddensity_pct", "density"))]:
+        x = converged.loc[converged.potential == potential, column].dropna().to_numpy()
+        if quantity == "a1":
+            x = converged.loc[(converged.potential == potential) & (converged.cell_setting != "unmatched"),
+                              column].dropna().to_numpy()
+        row = summary.loc[(potential, quantity)]
+        median = np.median(x)
+        mad = np.median(np.abs(x - median))
+        assert row.n == len(x) and row["median"] == pytest.approx(median) and row["mad"] == pytest.approx(mad)
+        assert row.mu_mle == pytest.approx(x.mean()) and row.sigma_mle == pytest.approx(x.std())
+        # n < 50: the MLE of the values within median ± 8·1.4826·MAD (all of them here), said so
+        window = x[np.abs(x - median) <= 8 * 1.482602218505602 * mad] if mad > 0 else x
+        assert row.fit_method.startswith("norm.fit") and "< 50" in row.fit_method
+        assert row.mu == pytest.approx(window.mean()) and row.sigma == pytest.approx(window.std())
+        assert x.min() <= row.mu <= x.max()
+        # the seeded bootstrap of the median, by hand
+        rng = np.random.default_rng(3)
+        medians = np.median(x[rng.integers(0, len(x), size=(500, len(x)))], axis=1)
+        low, high = np.percentile(medians, [2.5, 97.5])
+        assert row.median_ci_low == pytest.approx(low) and row.median_ci_high == pytest.approx(high)
+        assert row.mu_ci_low <= row.mu <= row.mu_ci_high
+    # the angles: fraction that changed by more than 0.01°, no Gaussian
+    for potential in ("ani1x", "ani1ccx"):
+        alpha = converged.loc[(converged.potential == potential) & (converged.cell_setting != "unmatched"),
+                              "dalpha_deg"].dropna()
+        row = summary.loc[(potential, "alpha")]
+        assert row.fraction_changed == pytest.approx(np.mean(np.abs(alpha) > 0.01))
+        assert np.isnan(row.mu) and row.fit_method.startswith("not fitted")
+    # the study table shows the same numbers, rounded
+    table = pd.read_csv(tmp_path / "analysis" / "study_table.csv", index_col=0)
+    row = summary.loc[("ani1x", "volume")]
+    assert table.loc["ΔV, ANI-1x", "μ"] == pytest.approx(round(row.mu, 2))
+    assert table.loc["ΔV, ANI-1x", "μ CI low"] == pytest.approx(round(row.mu_ci_low, 2))
+    assert table.loc["ΔV, ANI-1x", "fit method"] == row.fit_method
+    # the paired comparison: common converged structures, mean difference and Wilcoxon by hand
+    paired = pd.read_csv(tmp_path / "analysis" / "paired_volume.csv").iloc[0]
+    wide = converged.pivot_table(index="structure_id", columns="potential", values="dV_pct").dropna()
+    diff = wide[paired.potential_a] - wide[paired.potential_b]
+    absdiff = wide[paired.potential_a].abs() - wide[paired.potential_b].abs()
+    assert paired.n_common == len(wide) and paired.mean_diff == pytest.approx(diff.mean())
+    assert paired.median_absdiff == pytest.approx(absdiff.median())
+    if len(wide) >= 10:
+        assert paired.wilcoxon_abs_p == pytest.approx(stats.wilcoxon(absdiff).pvalue)
+    else:
+        assert paired.verdict.startswith(f"cannot tell: {len(wide)} common structures")
+    for name in ("hist_ani1x_volume.png", "ci_volume.png", "hist_ani1ccx_alpha.png"):
+        assert (tmp_path / "analysis" / name).stat().st_size > 10_000
+    assert result["entries_note"].startswith("summary.csv: entries = 'all' only")

@@ -26,7 +26,8 @@ CONTRACT = {
                  "trajectory_dir": None, "limit": None, "n_threads": None},
     "04_analysis": {"relaxed_dbs": "data/relaxed_*.db", "clean_db": "data/clean.db", "out_dir": "data/analysis",
                     "converged_only": True, "alpha_v": 1.65e-4, "t_ref": 0.0, "threshold_pct": 20.0,
-                    "temperature_edges": (150, 250), "structure": True, "matcher": False},
+                    "temperature_edges": (150, 250), "structure": True, "matcher": False,
+                    "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0},
 }
 NOTEBOOKS = tuple(CONTRACT)
 
@@ -49,6 +50,30 @@ def test_parameter_contract(name):
         assert key in values, f"{name} lost parameter {key}"
         assert values[key] == default, f"{name}.{key} default changed: {values[key]!r}"
     assert not set(values) - set(CONTRACT[name]), f"{name}: new parameters missing from CONTRACT"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("r_factor,temperature", ("r_factor", "temperature")), ("r_factor, temperature", ("r_factor", "temperature")),
+    ("temperature", ("temperature",)), ("r_factor then temperature", ("r_factor", "temperature")),
+    (None, None), ("None", None), ("none", None), ("", None), ("  ", None), (False, None), ("False", None),
+    (["temperature", "r_factor"], ("temperature", "r_factor"))])
+def test_one_per_compound_parameter_as_papermill_passes_it(given, expected):
+    """04_analysis's one_per_compound arrives as a string from `papermill -p/-r`: "None" or "" disables."""
+    from helpers.analysis.compounds import parse_rule
+
+    assert parse_rule(given) == expected
+
+
+def test_bad_04_parameters_are_refused_with_the_allowed_values(tmp_path):
+    from helpers.analysis import run_analysis
+    from helpers.analysis.compounds import parse_rule
+
+    with pytest.raises(ValueError, match="r_factor"):
+        parse_rule("lowest_rfactor")
+    with pytest.raises(ValueError, match="n_boot"):
+        run_analysis(str(tmp_path / "none_*.db"), n_boot="many")
+    with pytest.raises(ValueError, match="one_per_compound"):
+        run_analysis(str(tmp_path / "none_*.db"), one_per_compound=3.5)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

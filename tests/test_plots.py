@@ -66,3 +66,20 @@ def test_study_numbers_from_synthetic_errors(synthetic_errors):
     assert summary.loc[("ani1x", "volume"), "mu"] == pytest.approx(3.0, abs=1.5)
     assert summary.loc[("ani1x", "volume"), "mu_mle"] > summary.loc[("ani1x", "volume"), "mu"]
     assert summary.loc[("ani1ccx", "volume"), "n"] == 285
+
+
+def test_histogram_has_a_qq_panel_and_ci_figure(tmp_path, synthetic_errors):
+    from scipy import stats
+
+    from helpers.analysis.uncertainty import normal_quantiles
+
+    z = normal_quantiles(7)
+    np.testing.assert_allclose(z, stats.norm.ppf((np.arange(1, 8) - 0.375) / 7.25), atol=1e-12)
+    values = synthetic_errors.query("potential == 'ani1x'").dV_pct.to_numpy()
+    path = plots.histogram_with_fit(values, tmp_path / "h.png", "volume", "ani1x")
+    width, height = image_size(path)
+    assert width > 1.8 * height  # histogram and Q–Q plot side by side
+    angles = np.concatenate([np.zeros(40), np.random.default_rng(0).normal(0, 0.3, 10)])
+    assert plots.histogram_with_fit(angles, tmp_path / "a.png", "alpha", "ani1x").stat().st_size > 10_000
+    summary = analysis.summarize(synthetic_errors, quantities=("volume",), n_boot=200)
+    assert plots.ci_summary(summary, tmp_path / "ci.png", "volume").stat().st_size > 10_000

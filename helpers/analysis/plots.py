@@ -23,7 +23,15 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from helpers.analysis.distributions import fit_gaussian, histogram_range  # noqa: E402
-from helpers.analysis.stage import QUANTITIES, display_name, thermal_assumption  # noqa: E402
+from helpers.analysis.quantities import (  # noqa: E402
+    QUANTITIES,
+    STUDY_RESULT,
+    display_name,
+    thermal_assumption,
+    thermal_corrected,
+)
+from helpers.analysis.uncertainty import describe, normal_quantiles  # noqa: E402
+from helpers.vocabulary import T_REF, TEMPERATURE_EDGES, THERMAL_EXPANSION_V  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -41,34 +49,105 @@ def _axis_label(quantity: str) -> str:
 
 
 def histogram_with_fit(values, path: str | Path, quantity: str = "volume", potential: str = "",
-                       threshold_pct: float | None = 20.0) -> Path:
-    """Histogram of one potential's errors with the fitted Gaussian; μ, σ, median, MAD in the legend."""
+                       threshold_pct: float | None = 20.0, record: pd.Series | dict | None = None) -> Path:
+    """Histogram with the fitted Gaussian and its 95 % CI bands, and beside it a normal Q–Q plot.
+
+    ``record``: this potential × quantity's summary.csv row (computed here when not given). The
+    left panel shades the bootstrap CIs of μ and of the median; the right panel shows the sorted
+    values against standard-normal quantiles with the fitted line μ + σ·z and the robust line
+    median + 1.4826·MAD·z, so a reader sees at once whether "Gaussian" describes the data (and
+    where the tails leave it). Angles (mostly fixed by symmetry) get no curve: the fraction that
+    changed is in the legend instead.
+    """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
+    q = QUANTITIES[quantity]
     fit = fit_gaussian(values)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if record is None:
+        record = describe(values, unit=q.unit, symmetric=q.symmetric)
+    mu, sigma = float(record["mu"]), float(record["sigma"])
+    fig, (ax, qq) = plt.subplots(1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
     lo, hi = fit.edges[0], fit.edges[-1]
     inside = values[(values >= lo) & (values <= hi)]
     sns.histplot(x=inside, bins=fit.edges, stat="density", ax=ax, color="C0", alpha=0.5,
                  label=f"{display_name(potential)} (n = {fit.n})")
     x = np.linspace(lo, hi, 400)
-    if fit.sigma > 0:
+    if np.isfinite(sigma) and sigma > 0 and np.isfinite(fit.amplitude):
         ax.plot(x, fit.pdf(x), color="C3", lw=2,
-                label=f"Gaussian fit: μ = {fit.mu:.2f}, σ = {fit.sigma:.2f}\n({fit.method})")
+                label=f"Gaussian: μ = {mu:.2f} [{record['mu_ci_low']:.2f}, {record['mu_ci_high']:.2f}], "
+                      f"σ = {sigma:.2f} [{record['sigma_ci_low']:.2f}, {record['sigma_ci_high']:.2f}]\n"
+                      f"({record['fit_method'][:70]})")
+        if np.isfinite(record["mu_ci_low"]):
+            ax.axvspan(record["mu_ci_low"], record["mu_ci_high"], color="C3", alpha=0.15, label="95 % CI of μ")
+    elif q.symmetric or str(record["fit_method"]).startswith("not fitted"):
+        ax.plot([], [], " ", label=f"not fitted: {record['fraction_changed']:.0%} changed; their median "
+                                    f"{record['median_changed']:.3g}, MAD {record['mad_changed']:.3g}")
     ax.axvline(fit.median, color="k", ls="--", lw=1,
-               label=f"median = {fit.median:.2f}, MAD = {fit.mad:.2f}")
+               label=f"median = {fit.median:.2f} [{record['median_ci_low']:.2f}, {record['median_ci_high']:.2f}], "
+                     f"MAD = {fit.mad:.2f}")
+    if np.isfinite(record["median_ci_low"]) and record["median_ci_high"] > record["median_ci_low"]:
+        ax.axvspan(record["median_ci_low"], record["median_ci_high"], color="k", alpha=0.1)
     notes = []
     if fit.n_outside:
         notes.append(f"{fit.n_outside} beyond the plotted range")
-    if threshold_pct is not None and QUANTITIES[quantity].unit == "%":
+    if threshold_pct is not None and q.unit == "%":
         n_out = int(np.sum(np.abs(values) > threshold_pct))
         notes.append(f"|Δ| > {threshold_pct:g} %: {n_out} ({n_out / max(fit.n, 1):.1%})")
     if notes:
         ax.plot([], [], " ", label="; ".join(notes))
     ax.set_xlabel(_axis_label(quantity))
     ax.set_ylabel("density")
-    ax.set_title(f"{QUANTITIES[quantity].label}, {display_name(potential)}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{q.label}, {display_name(potential)}")
+    ax.legend(fontsize=7)
+    _qq_panel(qq, values, mu, sigma, fit.median, fit.sigma_mad, q)
+    return _save(fig, path)
+
+
+def _qq_panel(ax, values: np.ndarray, mu: float, sigma: float, median: float, sigma_mad: float, q) -> None:
+    """Normal Q–Q plot: sorted values against standard-normal quantiles, with the fitted and robust lines."""
+    ordered = np.sort(values)
+    z = normal_quantiles(ordered.size)
+    ax.scatter(z, ordered, s=8, alpha=0.6, color="C0", label="data")
+    if ordered.size:
+        span = np.array([z.min(), z.max()]) if ordered.size > 1 else np.array([-1.0, 1.0])
+        if np.isfinite(sigma) and sigma > 0:
+            ax.plot(span, mu + sigma * span, color="C3", lw=1.5, label="fitted μ + σ z")
+        if sigma_mad > 0:
+            ax.plot(span, median + sigma_mad * span, color="k", ls="--", lw=1, label="median + 1.4826 MAD z")
+    ax.set_xlabel("standard normal quantile z")
+    ax.set_ylabel(f"{q.label} [{q.unit}]")
+    ax.set_title("normal Q–Q plot")
+    ax.legend(fontsize=7)
+
+
+def ci_summary(summary: pd.DataFrame, path: str | Path, quantity: str = "volume") -> Path:
+    """μ and median per potential with their 95 % bootstrap CIs as error bars (and the study's μ)."""
+
+    rows = summary[summary["quantity"] == quantity].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * max(len(rows), 2) + 1.6))
+    labels = []
+    for k, row in rows.iterrows():
+        entries = row.get("entries", "all")
+        labels.append(display_name(row["potential"]) + ("" if entries == "all" else f" ({entries})"))
+        for stat, offset, color, marker in (("mu", 0.12, "C3", "o"), ("median", -0.12, "k", "s")):
+            value = row[stat]
+            if not np.isfinite(value):
+                continue
+            err = np.array([[value - row[f"{stat}_ci_low"]], [row[f"{stat}_ci_high"] - value]])
+            ax.errorbar(value, k + offset, xerr=np.where(np.isfinite(err), err, 0), fmt=marker, color=color,
+                        capsize=3, label={"mu": "μ (fit) ± 95 % CI", "median": "median ± 95 % CI"}[stat]
+                        if k == 0 else None)
+        study = STUDY_RESULT[(STUDY_RESULT.quantity == quantity) & (STUDY_RESULT.potential == row["potential"])]
+        if len(study):
+            ax.plot(study["mu_study"].iloc[0], k, "x", color="C2", ms=8,
+                    label="study's μ" if "study's μ" not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.axvline(0, color="grey", lw=0.8)
+    q = QUANTITIES[quantity]
+    ax.set_xlabel(f"{q.label} [{q.unit}]")
+    ax.set_title(f"{q.label}: location with 95 % bootstrap confidence intervals")
+    if len(rows):
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -93,8 +172,8 @@ def overlay(errors: pd.DataFrame, path: str | Path, quantity: str = "volume") ->
         # the fit is normalised to the values inside its own range; rescale to those shown here
         in_fit = np.sum((values >= fit.edges[0]) & (values <= fit.edges[-1])) if fit.n else 0
         curve = fit.pdf(x) * in_fit / max(len(shown), 1) if fit.sigma > 0 else np.full_like(x, np.nan)
-        ax.plot(x, curve, color=color, lw=2,
-                label=f"{display_name(potential)}: μ = {fit.mu:.2f}, σ = {fit.sigma:.2f} (n = {fit.n})")
+        numbers = f"μ = {fit.mu:.2f}, σ = {fit.sigma:.2f}" if np.isfinite(fit.mu) else "not fitted (spike)"
+        ax.plot(x, curve, color=color, lw=2, label=f"{display_name(potential)}: {numbers} (n = {fit.n})")
     ax.set_xlabel(_axis_label(quantity))
     ax.set_ylabel("density")
     ax.set_title(f"{QUANTITIES[quantity].label}: all potentials")
@@ -102,11 +181,9 @@ def overlay(errors: pd.DataFrame, path: str | Path, quantity: str = "volume") ->
     return _save(fig, path)
 
 
-def dv_vs_temperature(errors: pd.DataFrame, path: str | Path, alpha_v: float = 1.65e-4, t_ref: float = 0.0,
-                      edges: Sequence[float] = (150, 250)) -> Path:
+def dv_vs_temperature(errors: pd.DataFrame, path: str | Path, alpha_v: float = THERMAL_EXPANSION_V,
+                      t_ref: float = T_REF, edges: Sequence[float] = TEMPERATURE_EDGES) -> Path:
     """ΔV against measurement temperature, raw and thermal-corrected, with the assumption stated."""
-    from helpers.analysis.stage import thermal_corrected
-
     data = errors.copy()
     data["temperature"] = pd.to_numeric(data["temperature"], errors="coerce")
     data = data.dropna(subset=["temperature"])

@@ -13,11 +13,9 @@ reported next to them. Everything :func:`run_analysis` writes is described in it
 
 from __future__ import annotations
 
-import glob
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,49 +24,40 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers.analysis.distributions import fit_gaussian, median_mad
+from helpers.analysis import compounds
+from helpers.analysis.distributions import median_mad
+from helpers.analysis.quantities import (
+    BASE_QUANTITIES,
+    QUANTITIES,
+    STATUSES,
+    STUDY_RESULT,
+    Quantity,
+    display_name,
+    thermal_assumption,
+    thermal_corrected,
+)
 from helpers.analysis.structure_compare import STRUCTURE_COLUMNS, compare_structures, match_setting
+from helpers.analysis.uncertainty import (
+    BOOT_SEED,
+    CHANGED_COLUMNS,
+    CI_COLUMNS,
+    N_BOOT,
+    PAIRED_COLUMNS,
+    describe,
+    paired_stats,
+)
 from helpers.store import db as dbmod
-from helpers.store.paths import safe_name
+from helpers.store.paths import resolve_many, safe_name
+from helpers.vocabulary import (
+    OUTLIER_THRESHOLD_PCT,
+    T_REF,
+    TEMPERATURE_EDGES,
+    THERMAL_EXPANSION_V,
+    density_g_cm3,
+)
 
 log = logging.getLogger(__name__)
 
-#: g/cm^3 per amu/Å^3
-AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
-
-
-@dataclass(frozen=True)
-class Quantity:
-    """One compared quantity: the errors.csv column holding its error, and how to label it."""
-
-    name: str
-    column: str
-    unit: str
-    label: str
-    lattice: bool  # depends on the cell setting (excluded when the setting is unmatched)
-
-
-QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
-    Quantity("volume", "dV_pct", "%", "ΔV", False),
-    Quantity("a1", "da1_pct", "%", "Δ|a1|", True),
-    Quantity("a2", "da2_pct", "%", "Δ|a2|", True),
-    Quantity("a3", "da3_pct", "%", "Δ|a3|", True),
-    Quantity("alpha", "dalpha_deg", "°", "Δα", True),
-    Quantity("beta", "dbeta_deg", "°", "Δβ", True),
-    Quantity("gamma", "dgamma_deg", "°", "Δγ", True),
-    Quantity("density", "ddensity_pct", "%", "Δρ", False),
-    # filled by thermal_corrected(): experiment extrapolated to the reference temperature
-    Quantity("volume_thermal", "dV_thermal_pct", "%", "ΔV (thermal-corrected)", False),
-    Quantity("a1_thermal", "da1_thermal_pct", "%", "Δ|a1| (thermal-corrected)", True),
-]}
-BASE_QUANTITIES = ("volume", "a1", "a2", "a3", "alpha", "beta", "gamma", "density")
-STATUSES = ("converged", "step_cap", "exploded", "error")
-#: The study's table (the thesis presentation the project reproduces), μ and σ in percent, for side-by-side comparison.
-STUDY_RESULT = pd.DataFrame(
-    [("volume", "ani1x", 3.0, 8.4), ("volume", "ani1ccx", 1.6, 10.0),
-     ("a1", "ani1x", 1.2, 6.1), ("a1", "ani1ccx", 1.2, 6.8)],
-    columns=["quantity", "potential", "mu_study", "sigma_study"])
-DISPLAY_NAMES = {"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x"}
 ERROR_COLUMNS = [
     "structure_id", "potential", "natoms", "V_exp", "V_relaxed", "dV_pct", "a1_exp", "a1_relaxed", "da1_pct",
     "converged", "steps", "status",
@@ -77,41 +66,12 @@ ERROR_COLUMNS = [
     "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
-    "row_id", "note",
+    "row_id", "note", "compound_key", "r_factor",
 ]
-
-
-def display_name(potential: str) -> str:
-    """'ani1x' -> 'ANI-1x' (unknown names unchanged), for tables and plot labels."""
-    base, _, rest = str(potential).partition("[")
-    for key, nice in DISPLAY_NAMES.items():
-        if base.lower().startswith(key):
-            return nice + base[len(key):] + (f"[{rest}" if rest else "")
-    return str(potential)
 
 
 # ---------------------------------------------------------------------------------------------
 # Collecting errors from the databases
-
-
-def resolve_dbs(relaxed_dbs: str | Path | Iterable[str | Path]) -> list[str]:
-    """Database names from a glob, a path, a URL or a list of those (sorted per glob, no repeats)."""
-    items = [relaxed_dbs] if isinstance(relaxed_dbs, (str, Path)) else list(relaxed_dbs)
-    out: list[str] = []
-    for item in items:
-        name = str(item)
-        if dbmod.is_url(name):
-            found = [name]
-        elif any(ch in name for ch in "*?["):
-            found = sorted(glob.glob(name))
-        elif Path(name).is_file():
-            found = [name]
-        else:
-            raise FileNotFoundError(f"relaxed database {name} does not exist (run 03_relax first?)")
-        out.extend(f for f in found if f not in out)
-    if not out:
-        raise FileNotFoundError(f"no relaxed databases match {relaxed_dbs!r} (run 03_relax first?)")
-    return out
 
 
 def _exp_cell(row, clean_row) -> tuple[np.ndarray | None, str]:
@@ -131,7 +91,8 @@ def _exp_cell(row, clean_row) -> tuple[np.ndarray | None, str]:
 
 
 def _density(atoms: Atoms, volume: float) -> float:
-    return float(atoms.get_masses().sum() * AMU_PER_A3_TO_G_PER_CM3 / volume) if volume > 0 else np.nan
+    density = density_g_cm3(atoms.get_masses().sum(), volume)
+    return np.nan if density is None else density
 
 
 def _pct(calc: float, exp: float) -> float:
@@ -159,6 +120,10 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "e_dispersion": kvp.get("e_dispersion"),
         "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
         "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
+        # one-per-compound statistics: the filter's compound_key and the R factor choose the entry
+        "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),
+        "r_factor": compounds.r_factor_of(kvp) if compounds.r_factor_of(kvp) is not None
+        else compounds.r_factor_of(clean_row),
     }
     notes = []
     relaxed = row.toatoms()
@@ -227,7 +192,7 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     """
     from tqdm.auto import tqdm
 
-    names = resolve_dbs(relaxed_dbs)
+    names = resolve_many(relaxed_dbs, hint="run 03_relax first?")
     clean = dbmod.connect(clean_db, must_exist=True) if clean_db is not None else None
     clean_ids = dbmod.ids_with(clean, "structure_id") if clean is not None else {}
     records = []
@@ -292,12 +257,17 @@ def _select(errors: pd.DataFrame, converged_only: bool) -> pd.DataFrame:
 
 
 def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Sequence[str] = BASE_QUANTITIES,
-              by: Sequence[str] = ("potential",)) -> pd.DataFrame:
-    """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD.
+              by: Sequence[str] = ("potential",), *, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+              entries: str = "all") -> pd.DataFrame:
+    """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD, CIs.
 
-    mu/sigma come from :func:`helpers.analysis.distributions.fit_gaussian` (least squares on the
-    histogram, like the study); ``mu_mle``/``sigma_mle`` (scipy.stats.norm.fit) and
-    ``sigma_mad`` (1.4826·MAD) sit beside them. Units: percent, degrees for angles.
+    mu/sigma come from :func:`helpers.analysis.distributions.fit_gaussian` (bounded least squares on the
+    histogram, like the study, or the normal MLE with the reason in ``fit_method``);
+    ``mu_mle``/``sigma_mle`` (scipy.stats.norm.fit of every value) and ``sigma_mad`` (1.4826·MAD)
+    sit beside them. ``<stat>_ci_low/high``: seeded 95 % percentile-bootstrap intervals
+    (:mod:`helpers.analysis.uncertainty`). Angles are not fitted: ``fraction_changed`` and the median/MAD
+    of the changed ones instead. ``entries`` labels the row set ("all", "one_per_compound").
+    Units: percent, degrees for angles.
     """
     rows = []
     data = _select(errors, converged_only)
@@ -308,10 +278,13 @@ def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Seq
             quantity = QUANTITIES[name]
             if quantity.column not in group:
                 continue
-            fit = fit_gaussian(_values(group, quantity).to_numpy())
-            rows.append({**dict(zip(by, key)), "quantity": name, "unit": quantity.unit, **fit.as_dict()})
+            record = describe(_values(group, quantity).to_numpy(), unit=quantity.unit,
+                              symmetric=quantity.symmetric, n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(by, key)), "quantity": name, "unit": quantity.unit, **record,
+                         "entries": entries})
     columns = [*by, "quantity", "unit", "n", "mu", "sigma", "median", "mad", "sigma_mad", "mu_mle",
-               "sigma_mle", "fit_method", "n_outside_fit"]
+               "sigma_mle", "fit_method", "n_outside_fit", *CI_COLUMNS, "ci_level", "n_boot", "boot_seed",
+               "fit_bins", "fit_chi2_ndf", "fit_max_residual", *CHANGED_COLUMNS, "entries"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -319,11 +292,15 @@ def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a
                 counts: pd.DataFrame | None = None, with_study: bool = True) -> pd.DataFrame:
     """μ and σ in the layout of the study's table: rows "ΔV, ANI-1x", columns μ [%], σ [%].
 
-    Adds n, median, MAD, the study's own numbers where the potential and quantity match, and
-    (``counts`` from :func:`status_counts`) the status counts per potential. ``wide=True``
-    puts the potentials side by side instead: rows per quantity, columns (potential, μ/σ).
+    Adds n, median, MAD, the study's own numbers where the potential and quantity match, the
+    95 % bootstrap CIs ("μ CI low" ...), the fit method and (``counts`` from
+    :func:`status_counts`) the status counts per potential. ``wide=True`` puts the potentials
+    side by side instead: rows per quantity, columns (potential, μ/σ). Only the summary rows
+    over all entries (``entries == "all"``, the study's way) are used.
     """
     data = summary[summary["quantity"].isin(quantities)].copy()
+    if "entries" in data:
+        data = data[data["entries"].fillna("all") == "all"]
     if with_study:
         data = data.merge(STUDY_RESULT, on=["quantity", "potential"], how="left")
     order = {q: k for k, q in enumerate(quantities)}
@@ -345,12 +322,19 @@ def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a
     keep = {"mu": "μ", "sigma": "σ", "n": "n", "median": "median", "mad": "MAD"}
     if with_study:
         keep.update(mu_study="μ study", sigma_study="σ study")
+    labels = {"mu": "μ", "sigma": "σ", "median": "median", "mad": "MAD"}
+    keep.update({f"{s}_ci_{end}": f"{labels[s]} CI {end}" for s in labels for end in ("low", "high")
+                 if f"{s}_ci_{end}" in table})
+    if "fit_method" in table:
+        keep["fit_method"] = "fit method"
     out = table[list(keep)].rename(columns=keep)
     if counts is not None:
         extra = counts.reindex(table["potential"]).set_axis(table.index)
         out = out.join(extra.drop(columns=[c for c in ("total",) if c in extra]))
     out.index.name = "quantity"
-    return out.round(2)
+    numeric = out.select_dtypes("number").columns
+    out[numeric] = out[numeric].round(2)
+    return out
 
 
 def status_counts(errors: pd.DataFrame) -> pd.DataFrame:
@@ -366,7 +350,7 @@ def status_counts(errors: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def outliers(errors: pd.DataFrame, threshold_pct: float = 20.0, quantity: str = "volume",
+def outliers(errors: pd.DataFrame, threshold_pct: float = OUTLIER_THRESHOLD_PCT, quantity: str = "volume",
              converged_only: bool = True) -> pd.DataFrame:
     """Rows with |Δ| above the threshold, largest first, with db and row_id to open them."""
     column = QUANTITIES[quantity].column
@@ -379,7 +363,7 @@ def outliers(errors: pd.DataFrame, threshold_pct: float = 20.0, quantity: str = 
     return picked.reindex(order)[keep].reset_index(drop=True)
 
 
-def outlier_fractions(errors: pd.DataFrame, threshold_pct: float = 20.0, quantity: str = "volume",
+def outlier_fractions(errors: pd.DataFrame, threshold_pct: float = OUTLIER_THRESHOLD_PCT, quantity: str = "volume",
                       converged_only: bool = True) -> pd.DataFrame:
     """Per potential: n, outliers (|Δ| > threshold), their fraction and structure ids."""
     column = QUANTITIES[quantity].column
@@ -404,7 +388,7 @@ def band_labels(edges: Sequence[float]) -> list[str]:
     return labels + [f"≥ {edges[-1]:g} K"]
 
 
-def add_temperature_band(errors: pd.DataFrame, edges: Sequence[float] = (150, 250)) -> pd.DataFrame:
+def add_temperature_band(errors: pd.DataFrame, edges: Sequence[float] = TEMPERATURE_EDGES) -> pd.DataFrame:
     """Copy with a ``temperature_band`` column ('unknown T' when the CIF gave no temperature)."""
     out = errors.copy()
     temperature = pd.to_numeric(out["temperature"], errors="coerce")
@@ -414,7 +398,7 @@ def add_temperature_band(errors: pd.DataFrame, edges: Sequence[float] = (150, 25
     return out
 
 
-def temperature_bands(errors: pd.DataFrame, edges: Sequence[float] = (150, 250),
+def temperature_bands(errors: pd.DataFrame, edges: Sequence[float] = TEMPERATURE_EDGES,
                       quantities: Sequence[str] = ("volume", "a1"),
                       converged_only: bool = True) -> pd.DataFrame:
     """summary.csv statistics split by measurement-temperature band."""
@@ -424,33 +408,6 @@ def temperature_bands(errors: pd.DataFrame, edges: Sequence[float] = (150, 250),
     table = table.sort_values(["potential", "temperature_band", "quantity"],
                               key=lambda s: s.map(order) if s.name == "temperature_band" else s)
     return table.reset_index(drop=True)
-
-
-def thermal_assumption(alpha_v: float = 1.65e-4, t_ref: float = 0.0) -> str:
-    """The thermal-expansion assumption in words, for tables and plots."""
-    return (f"V_exp extrapolated to {t_ref:g} K: V_ref = V_exp / (1 + α_V (T − {t_ref:g} K)), "
-            f"α_V = {alpha_v * 1e4:.3g} × 10⁻⁴ K⁻¹ constant and isotropic (|a1| scaled by the cube root); "
-            "α_V really falls towards 0 K, so this over-corrects low-temperature data a little")
-
-
-def thermal_corrected(errors: pd.DataFrame, alpha_v: float = 1.65e-4, t_ref: float = 0.0) -> pd.DataFrame:
-    """Copy with errors against experiment extrapolated to ``t_ref`` (0 K relaxations vs 0 K cells).
-
-    Organic crystals expand by α_V ≈ 1.6–1.7 × 10⁻⁴ K⁻¹ (CSD surveys). Adds V_exp_ref,
-    dV_thermal_pct, a1_exp_ref, da1_thermal_pct (NaN without a temperature) and the assumption
-    text in ``attrs["assumption"]``.
-    """
-    out = errors.copy()
-    temperature = pd.to_numeric(out["temperature"], errors="coerce")
-    factor = 1 + alpha_v * (temperature - t_ref)
-    out["V_exp_ref"] = pd.to_numeric(out["V_exp"], errors="coerce") / factor
-    out["a1_exp_ref"] = pd.to_numeric(out["a1_exp"], errors="coerce") / factor ** (1 / 3)
-    v_rel = pd.to_numeric(out["V_relaxed"], errors="coerce")
-    a_rel = pd.to_numeric(out["a1_relaxed"], errors="coerce")
-    out["dV_thermal_pct"] = (v_rel - out["V_exp_ref"]) / out["V_exp_ref"] * 100
-    out["da1_thermal_pct"] = (a_rel - out["a1_exp_ref"]) / out["a1_exp_ref"] * 100
-    out.attrs["assumption"] = thermal_assumption(alpha_v, t_ref)
-    return out
 
 
 def paired_table(errors: pd.DataFrame, quantity: str = "volume", converged_only: bool = True) -> pd.DataFrame:
@@ -463,13 +420,16 @@ def paired_table(errors: pd.DataFrame, quantity: str = "volume", converged_only:
     return table.dropna()
 
 
-def paired_differences(errors: pd.DataFrame, quantity: str = "volume",
-                       converged_only: bool = True) -> pd.DataFrame:
+def paired_differences(errors: pd.DataFrame, quantity: str = "volume", converged_only: bool = True, *,
+                       n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> pd.DataFrame:
     """Potentials compared on the same structures: one row per pair (A, B).
 
     Per pair, the structures both converged: n, mean/median/std of Δ_A − Δ_B, the fraction
     where A is closer to experiment (|Δ_A| < |Δ_B|), and the Wilcoxon signed-rank p-value of
     the paired differences (scipy; NaN below 10 pairs or when all differences are zero).
+    Then :func:`helpers.analysis.uncertainty.paired_stats`: 95 % bootstrap CIs of the mean and median of
+    Δ_A − Δ_B and of |Δ_A| − |Δ_B| (negative: A closer to experiment), the Wilcoxon p-value of
+    |Δ_A| − |Δ_B| and a plain ``verdict`` (which is closer, or that the data cannot tell).
     """
     from scipy.stats import wilcoxon
 
@@ -490,16 +450,12 @@ def paired_differences(errors: pd.DataFrame, quantity: str = "volume",
                      "median_diff": diff.median(), "std_diff": diff.std(),
                      "a_closer_fraction": float((pair[a].abs() < pair[b].abs()).mean()) if len(pair)
                      else np.nan,
-                     "wilcoxon_p": p_value})
+                     "wilcoxon_p": p_value,
+                     **paired_stats(pair[a].to_numpy(), pair[b].to_numpy(), display_name(a), display_name(b),
+                                    n_boot=n_boot, seed=seed)})
     columns = ["quantity", "potential_a", "potential_b", "n_common", "mu_a", "mu_b", "mean_diff",
-               "median_diff", "std_diff", "a_closer_fraction", "wilcoxon_p"]
+               "median_diff", "std_diff", "a_closer_fraction", "wilcoxon_p", *PAIRED_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
-
-
-def structure_checks(relaxed_dbs, clean_db, symprec: float = 1e-2, matcher: bool = False) -> pd.DataFrame:
-    """Space-group survival, displacement RMSD and bond-graph checks per structure × potential."""
-    frame = collect_errors(relaxed_dbs, clean_db, structure=True, symprec=symprec, matcher=matcher)
-    return frame[["structure_id", "potential", "status", "converged", *STRUCTURE_COLUMNS]]
 
 
 def structure_summary(errors: pd.DataFrame, converged_only: bool = True) -> pd.DataFrame:
@@ -549,10 +505,11 @@ def load_pair(record: pd.Series | dict, clean_db: str | Path | None = None) -> d
 
 def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysis", *,
                  converged_only: bool = True, quantities: Sequence[str] = BASE_QUANTITIES,
-                 threshold_pct: float = 20.0, temperature_edges: Sequence[float] = (150, 250),
-                 alpha_v: float = 1.65e-4, t_ref: float = 0.0, structure: bool = True,
+                 threshold_pct: float = OUTLIER_THRESHOLD_PCT, temperature_edges: Sequence[float] = TEMPERATURE_EDGES,
+                 alpha_v: float = THERMAL_EXPANSION_V, t_ref: float = T_REF, structure: bool = True,
                  symprec: float = 1e-2, matcher: bool = False, plots: bool = True,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, one_per_compound: Any = compounds.DEFAULT_RULE,
+                 n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
     """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
 
     Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
@@ -560,9 +517,18 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     layout, with status counts), study_table_wide.csv, status_counts.csv, outliers.csv,
     outlier_fractions.csv, temperature_bands.csv, thermal_summary.csv, paired_volume.csv,
     paired_a1.csv, structure_summary.csv; figures hist_<potential>_<quantity>.png,
-    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png.
-    Returns the DataFrames by name plus ``files`` (name -> path) and ``figures`` (paths).
+    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png,
+    ci_<quantity>.png (μ and median with their 95 % CIs per potential).
+
+    ``one_per_compound`` (rule of :mod:`helpers.analysis.compounds`, default "r_factor,temperature";
+    None / "" / "None" disables): when clean rows carry ``compound_key``, summary.csv holds every
+    statistic twice, ``entries`` = "all" and "one_per_compound". ``n_boot``/``boot_seed``: the
+    bootstrap CIs. Parameters may arrive as strings (papermill's command line): they are coerced
+    and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
+    (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
     """
+    rule = compounds.parse_rule(one_per_compound)
+    n_boot, boot_seed = _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if structure and clean_db is None:
@@ -573,8 +539,13 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     errors = thermal_corrected(errors, alpha_v, t_ref)
     errors = add_temperature_band(errors, temperature_edges)
     counts = status_counts(errors)
-    summary = summarize(errors, converged_only, quantities)
-    thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"))
+    boot = {"n_boot": n_boot, "seed": boot_seed}
+    summary = summarize(errors, converged_only, quantities, **boot)
+    if rule is not None and compounds.has_compound_keys(errors):
+        chosen = compounds.one_per_compound(errors, rule)
+        summary = pd.concat([summary, summarize(chosen, converged_only, quantities, entries="one_per_compound",
+                                                **boot)], ignore_index=True)
+    thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"), **boot)
     thermal["assumption"] = thermal_assumption(alpha_v, t_ref)
     results: dict[str, Any] = {
         "errors": errors, "summary": summary, "status_counts": counts,
@@ -584,8 +555,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         "outlier_fractions": outlier_fractions(errors, threshold_pct, converged_only=converged_only),
         "temperature_bands": temperature_bands(errors, temperature_edges, converged_only=converged_only),
         "thermal_summary": thermal,
-        "paired_volume": paired_differences(errors, "volume", converged_only),
-        "paired_a1": paired_differences(errors, "a1", converged_only),
+        "paired_volume": paired_differences(errors, "volume", converged_only, **boot),
+        "paired_a1": paired_differences(errors, "a1", converged_only, **boot),
         "structure_summary": structure_summary(errors, converged_only),
     }
     files = {}
@@ -598,7 +569,19 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     settings = {"threshold_pct": threshold_pct, "alpha_v": alpha_v, "t_ref": t_ref,
                 "edges": temperature_edges}
     results["figures"] = _write_figures(results, out, quantities, converged_only, **settings) if plots else []
+    results["entries_note"] = compounds.entries_note(errors, rule)
     return results
+
+
+def _as_int(value: Any, name: str, minimum: int) -> int:
+    """A count parameter that may arrive as a string ("2000") from papermill; ValueError otherwise."""
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {number}")
+    return number
 
 
 def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str], converged_only: bool, *,
@@ -608,13 +591,20 @@ def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str]
     errors = results["errors"]
     data = _select(errors, converged_only)
     figures = []
+    summary = results["summary"]
+    summary = summary[summary["entries"] == "all"].set_index(["potential", "quantity"])
     for potential, group in data.groupby("potential") if len(data) else []:
         for name in quantities:
             values = _values(group, QUANTITIES[name])
             if values.empty:
                 continue
             path = out / f"hist_{safe_name(potential)}_{name}.png"
-            figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct))
+            record = summary.loc[(potential, name)] if (potential, name) in summary.index else None
+            figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct,
+                                                    record=record))
+    for name in quantities:
+        if not QUANTITIES[name].symmetric and name in summary.index.get_level_values("quantity"):
+            figures.append(plots.ci_summary(results["summary"], out / f"ci_{name}.png", name))
     for name in quantities:
         if not data.empty and data[QUANTITIES[name].column].notna().any():
             figures.append(plots.overlay(data, out / f"overlay_{name}.png", quantity=name))

@@ -146,6 +146,17 @@ def potential_name(value: Any) -> str:
     return name
 
 
+def compound_rule(value: Any) -> Any:
+    """04_analysis's ``one_per_compound``: a rule such as "r_factor,temperature", or None to switch off."""
+    from helpers.analysis.compounds import parse_rule
+
+    try:
+        parse_rule(value)
+    except ValueError as err:
+        raise TypeError(str(err).removeprefix("one_per_compound")) from None
+    return value
+
+
 def database(value: Any) -> str:
     return text(value).strip()
 
@@ -177,7 +188,8 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "clean_db": optional(database), "out_dir": text, "converged_only": boolean,
         "alpha_v": number(0.0), "t_ref": number(0.0), "threshold_pct": number(0.0, strict=True),
         "temperature_edges": _then(sequence(number(0.0), "a list of temperatures in K"), increasing),
-        "structure": boolean, "matcher": boolean,
+        "structure": boolean, "matcher": boolean, "one_per_compound": compound_rule, "n_boot": integer(0),
+        "boot_seed": integer(0),
     },
 }
 

@@ -35,16 +35,26 @@ def resolve(path: str | Path | None) -> str | None:
     return str(p if p.is_absolute() else project_root() / p)
 
 
-def resolve_many(pattern: str | list[str]) -> list[str]:
-    """A glob pattern or a list of paths/URLs -> sorted existing paths (URLs kept as given)."""
-    items = [pattern] if isinstance(pattern, str) else list(pattern)
+def resolve_many(pattern: str | Path | list[str | Path], hint: str = "run the previous notebook first?") -> list[str]:
+    """Databases from a glob, a path, a URL or a list of those: sorted per glob, no repeats, no per-batch
+    shards; relative paths against the project root. Nothing found, or a named file missing, is an error."""
+    from helpers.store.shards import is_shard
+
+    items = [pattern] if isinstance(pattern, (str, Path)) else list(pattern)
     out: list[str] = []
     for item in items:
-        if is_url(item):
-            out.append(item)
-            continue
-        matches = sorted(glob.glob(resolve(item)))
-        out.extend(m for m in matches if ".batch" not in Path(m).name)
+        name = str(item)
+        if is_url(name):
+            found = [name]
+        elif any(ch in name for ch in "*?["):
+            found = [m for m in sorted(glob.glob(resolve(name))) if not is_shard(m)]
+        elif Path(resolve(name)).is_file():
+            found = [resolve(name)]
+        else:
+            raise FileNotFoundError(f"database {name} does not exist ({hint})")
+        out.extend(f for f in found if f not in out)
+    if not out:
+        raise FileNotFoundError(f"no databases match {pattern!r} ({hint})")
     return out
 
 
