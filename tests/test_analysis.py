@@ -494,3 +494,36 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
     for name in ("hist_ani1x_volume.png", "ci_volume.png", "hist_ani1ccx_alpha.png"):
         assert (tmp_path / "analysis" / name).stat().st_size > 10_000
     assert result["entries_note"].startswith("summary.csv: entries = 'all' only")
+
+
+def test_only_structures_clean_now_are_counted(dbs, tmp_path, benzene):
+    """A stricter re-filter removed cod-0000002 from the clean database: its relaxed rows are left out,
+    counted and explained, not analysed."""
+    import shutil
+
+    root = tmp_path / "refiltered"
+    shutil.copytree(dbs, root)
+    clean = dbmod.connect(root / "clean.db")
+    clean.delete([clean.get(structure_id="cod-0000002").id])
+    result = analysis.run_analysis(str(root / "relaxed_*.db"), root / "clean.db", tmp_path / "out",
+                                   structure=False, plots=False, quantities=("volume",), n_boot=50)
+    assert sorted(set(result["errors"].structure_id)) == ["cod-0000001", "cod-0000003"]
+    left = pd.read_csv(tmp_path / "out" / "left_out.csv")
+    assert sorted(left.potential) == ["ani1ccx", "ani1x"] and set(left.structure_id) == {"cod-0000002"}
+    assert left.reason.str.contains("not in the clean database now").all()
+    volume = result["summary"].query("quantity == 'volume' and potential == 'ani1x' and entries == 'all'")
+    assert int(volume.n.iloc[0]) == 1  # cod-0000001 only (cod-0000003 exploded)
+
+
+def test_rerun_into_the_same_folder_leaves_no_stale_outputs(dbs, tmp_path):
+    out = tmp_path / "analysis"
+    analysis.run_analysis(str(dbs / "relaxed_*.db"), dbs / "clean.db", out, structure=False,
+                          quantities=("volume",), n_boot=50)
+    assert (out / "hist_ani1ccx_volume.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "my_table.csv").write_text("a,b\n")
+    analysis.run_analysis(str(dbs / "relaxed_ani1x.db"), dbs / "clean.db", out, structure=False,
+                          quantities=("volume",), n_boot=50)
+    assert not (out / "hist_ani1ccx_volume.png").exists(), "a figure of the earlier run was left behind"
+    assert (out / "hist_ani1x_volume.png").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "my_table.csv").is_file()  # not ours: kept

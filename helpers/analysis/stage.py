@@ -189,19 +189,28 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     becomes ``name[hash7]`` so the runs are not mixed; ``potential_name`` keeps the bare name.
     Duplicate rows of one structure, potential and settings (e.g. overlapping shards) keep the
     converged one, else the last.
+
+    With ``clean_db``, only structures that are clean *now* count: a relaxed row whose structure a
+    later 02_filter run rejected (or removed) is left out, and ``frame.attrs["left_out"]`` lists it
+    with the reason.
     """
     from tqdm.auto import tqdm
 
     names = resolve_many(relaxed_dbs, hint="run 03_relax first?")
     clean = dbmod.connect(clean_db, must_exist=True) if clean_db is not None else None
     clean_ids = dbmod.ids_with(clean, "structure_id") if clean is not None else {}
-    records = []
+    records, left_out = [], []
     for name in names:
         database = dbmod.connect(name, must_exist=True)
         for row in tqdm(dbmod.rows(database), total=database.count(), desc=f"errors {Path(name).name}",
                         disable=not progress):
             sid = row.get("structure_id")
-            clean_row = clean.get(id=clean_ids[str(sid)]) if str(sid) in clean_ids else None
+            if clean is not None and str(sid) not in clean_ids:
+                left_out.append({"structure_id": sid, "potential": row.get("potential"), "db": name,
+                                 "reason": "not in the clean database now (rejected or removed by a later "
+                                           "02_filter run)"})
+                continue
+            clean_row = clean.get(id=clean_ids[str(sid)]) if clean is not None else None
             try:
                 record = row_errors(row, clean_row, structure=structure, symprec=symprec, matcher=matcher)
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the analysis
@@ -213,7 +222,9 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     columns = ERROR_COLUMNS + (STRUCTURE_COLUMNS if structure else [])
     frame = pd.DataFrame.from_records(records, columns=columns) if records else pd.DataFrame(columns=columns)
     frame["potential"] = _run_labels(frame)
-    return _drop_duplicates(frame).reset_index(drop=True)
+    frame = _drop_duplicates(frame).reset_index(drop=True)
+    frame.attrs["left_out"] = pd.DataFrame(left_out, columns=["structure_id", "potential", "db", "reason"])
+    return frame
 
 
 def _run_labels(frame: pd.DataFrame) -> pd.Series:
@@ -531,11 +542,13 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     n_boot, boot_seed = _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(out)
     if structure and clean_db is None:
         log.warning("structure checks need clean_db; skipped")
         structure = False
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
                             progress=progress)
+    left_out = errors.attrs.get("left_out", pd.DataFrame(columns=["structure_id", "potential", "db", "reason"]))
     errors = thermal_corrected(errors, alpha_v, t_ref)
     errors = add_temperature_band(errors, temperature_edges)
     counts = status_counts(errors)
@@ -558,7 +571,9 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         "paired_volume": paired_differences(errors, "volume", converged_only, **boot),
         "paired_a1": paired_differences(errors, "a1", converged_only, **boot),
         "structure_summary": structure_summary(errors, converged_only),
+        "left_out": left_out,
     }
+    assert {f"{name}.csv" for name in results} <= set(OUTPUT_PATTERNS), "a new table must be in OUTPUT_PATTERNS"
     files = {}
     for name, frame in results.items():
         path = out / f"{name}.csv"
@@ -571,6 +586,21 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     results["figures"] = _write_figures(results, out, quantities, converged_only, **settings) if plots else []
     results["entries_note"] = compounds.entries_note(errors, rule)
     return results
+
+
+#: what run_analysis writes into out_dir: removed first, so a rerun never leaves stale figures or tables
+OUTPUT_PATTERNS = tuple(f"{name}.csv" for name in (
+    "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
+    "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out")) + (
+    "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png",
+                   "status_counts.png")
+
+
+def _remove_previous_outputs(out: Path) -> None:
+    for pattern in OUTPUT_PATTERNS:
+        for path in out.glob(pattern):
+            if path.is_file():
+                path.unlink()
 
 
 def _as_int(value: Any, name: str, minimum: int) -> int:
