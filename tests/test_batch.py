@@ -11,8 +11,9 @@ import pytest
 
 from helpers.analysis.stage import collect_errors
 from helpers.relax.engine import RelaxSettings
-from helpers.relax.stage import merge_shards, output_path, relax_cost, run_batch, shard_paths, split_batches
+from helpers.relax.stage import merge_shards, relax_cost, run_batch, split_batches
 from helpers.store import db as dbmod
+from helpers.store.shards import output_path, shard_paths
 
 FAST = {"fmax": 0.05}  # loose tolerance: these tests check bookkeeping, not physics
 
@@ -138,3 +139,14 @@ def test_sigkill_of_papermill_relax_then_resume(small_clean_db, tmp_path, model_
     assert len(sids) == len(set(sids)) == 4
     for sid, row_id in first_ids.items():  # finished work was kept, not redone
         assert final.get(structure_id=sid).id == row_id
+
+
+def test_max_atoms_selects_the_small_structures_for_every_batch(small_clean_db):
+    from helpers.relax.stage import batch_ids
+
+    clean = dbmod.connect(small_clean_db)
+    natoms = {r.structure_id: r.natoms for r in clean.select()}
+    small = sorted(sid for sid, n in natoms.items() if n <= 30)
+    assert 0 < len(small) < len(natoms)
+    assert sorted(batch_ids(clean, 0, 1, max_atoms=30)) == small
+    assert sorted(batch_ids(clean, 0, 2, max_atoms=30) + batch_ids(clean, 1, 2, max_atoms=30)) == small

@@ -54,15 +54,16 @@ def split_batches(items: list[tuple[str, int]], n_batches: int) -> list[list[str
     return [sorted(b) for b in batches]
 
 
-def batch_ids(clean_db: Database, batch: int, n_batches: int) -> list[str]:
-    """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database."""
+def batch_ids(clean_db: Database, batch: int, n_batches: int, max_atoms: int | None = None) -> list[str]:
+    """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database
+    (only structures of at most ``max_atoms`` atoms, when given: the subset a slow potential can afford)."""
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     if not 0 <= batch < n_batches:
         raise ValueError(f"batch must be in 0..{n_batches - 1}, got {batch} (batches are numbered from 0; "
                          f"n_batches={n_batches})")
     rows = clean_db.select("structure_id", columns=["id", "key_value_pairs", "numbers"])
-    items = [(row.structure_id, row.natoms) for row in rows]
+    items = [(row.structure_id, row.natoms) for row in rows if max_atoms is None or row.natoms <= max_atoms]
     return split_batches(items, n_batches)[batch]
 
 
@@ -111,10 +112,12 @@ def configure_threads(n_threads: int | None = None) -> int:
 def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int = 0, n_batches: int = 1,
               settings: RelaxSettings | None = None, max_wall_time: float | None = None,
               trajectory_dir: str | None = None, limit: int | None = None, progress: bool = True,
-              n_threads: int | None = None, calculator_options: dict | None = None) -> BatchReport:
+              n_threads: int | None = None, calculator_options: dict | None = None,
+              max_atoms: int | None = None) -> BatchReport:
     """Relax every structure of one batch into its output database; resumable.
 
-    Structures with elements the potential does not cover are recorded as ``skipped``.
+    Structures with elements the potential does not cover are recorded as ``skipped``; with
+    ``max_atoms``, larger structures are not part of any batch (not recorded).
     """
     from tqdm.auto import tqdm
 
@@ -124,7 +127,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
         raise ValueError(f"settings are for {settings.potential!r}, batch is for {potential!r}")
     configure_threads(n_threads)
     clean = dbmod.connect(clean_db, must_exist=True)
-    ids = batch_ids(clean, batch, n_batches)[:limit]
+    ids = batch_ids(clean, batch, n_batches, max_atoms)[:limit]
     target = output_path(out_db, potential, batch, n_batches)
     out = dbmod.connect(target)
     settings_hash = settings.hash()

@@ -181,7 +181,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "draft": choice("float32", None), "optimizer": choice("BFGS", "LBFGS", "FIRE", "PreconLBFGS"),
         "cell_filter": choice("frechet", "fixed"), "fix_symmetry": boolean, "hydrostatic": boolean,
         "max_wall_time": optional(number(0.0, strict=True)), "trajectory_dir": optional(text),
-        "limit": optional(integer(0)), "n_threads": optional(integer(1)),
+        "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),
     },
     "04_analysis": {
         "relaxed_dbs": lambda v: v if isinstance(v, (list, tuple)) and v else text(v),
