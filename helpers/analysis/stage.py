@@ -66,7 +66,7 @@ ERROR_COLUMNS = [
     "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
-    "row_id", "note", "compound_key", "r_factor",
+    "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time",
 ]
 
 
@@ -119,6 +119,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "fmax_final": kvp.get("fmax_final"), "e_final": kvp.get("e_final"),
         "e_dispersion": kvp.get("e_dispersion"),
         "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
+        "wall_time": kvp.get("wall_time"), "cost_time": kvp.get("cost_time", kvp.get("wall_time")),
         "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
         # one-per-compound statistics: the filter's compound_key and the R factor choose the entry
         "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),
@@ -223,7 +224,7 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     frame = pd.DataFrame.from_records(records, columns=columns) if records else pd.DataFrame(columns=columns)
     frame["potential"] = _run_labels(frame)
     frame = _drop_duplicates(frame).reset_index(drop=True)
-    frame.attrs["left_out"] = pd.DataFrame(left_out, columns=["structure_id", "potential", "db", "reason"])
+    frame.attrs["left_out"] = left_out  # records (a list: pandas compares attrs when combining frames)
     return frame
 
 
@@ -538,8 +539,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
     (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
     """
-    rule = compounds.parse_rule(one_per_compound)
-    n_boot, boot_seed = _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
+    compounds.parse_rule(one_per_compound)  # bad parameters fail before any work
+    _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(out)
@@ -548,7 +549,24 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         structure = False
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
                             progress=progress)
-    left_out = errors.attrs.get("left_out", pd.DataFrame(columns=["structure_id", "potential", "db", "reason"]))
+    return analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
+                          threshold_pct=threshold_pct, temperature_edges=temperature_edges, alpha_v=alpha_v,
+                          t_ref=t_ref, plots=plots, one_per_compound=one_per_compound, n_boot=n_boot,
+                          boot_seed=boot_seed)
+
+
+def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only: bool = True,
+                   quantities: Sequence[str] = BASE_QUANTITIES, threshold_pct: float = OUTLIER_THRESHOLD_PCT,
+                   temperature_edges: Sequence[float] = TEMPERATURE_EDGES, alpha_v: float = THERMAL_EXPANSION_V,
+                   t_ref: float = T_REF, plots: bool = True, one_per_compound: Any = compounds.DEFAULT_RULE,
+                   n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
+    """Every table and figure of :func:`run_analysis` from an errors table alone (e.g. a saved
+    ``errors.csv``): what the report and its tests regenerate numbers from."""
+    rule = compounds.parse_rule(one_per_compound)
+    n_boot, boot_seed = _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    left_out = pd.DataFrame(errors.attrs.pop("left_out", []), columns=["structure_id", "potential", "db", "reason"])
     errors = thermal_corrected(errors, alpha_v, t_ref)
     errors = add_temperature_band(errors, temperature_edges)
     counts = status_counts(errors)
@@ -592,8 +610,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
 OUTPUT_PATTERNS = tuple(f"{name}.csv" for name in (
     "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
     "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out")) + (
-    "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png",
-                   "status_counts.png")
+    "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png")
 
 
 def _remove_previous_outputs(out: Path) -> None:

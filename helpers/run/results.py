@@ -1,0 +1,176 @@
+"""``make results``: the study's whole pipeline on the real sample, every potential, one report.
+
+Fetch (the folders of real COD CIFs) -> filter -> relax with every registered potential (each on the
+structures its cost allows here) -> analysis -> ``docs/results.md``. Every stage is resumable: a rerun
+after an interruption skips what is done (the fetch and filter are idempotent, each relaxation is
+committed as it ends and recognised by its settings hash) and only recomputes the analysis and report.
+Each stage shows a progress bar; the relaxations show one bar over every (potential, structure) with
+an ETA for the whole campaign.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers.run.notebooks import execute, run_relax_job
+from helpers.store.paths import resolve
+
+#: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
+RESULT_FOLDERS = ("cod", "cod-sample")
+
+
+@dataclass
+class ResultsPlan:
+    """What one results campaign runs and where it writes."""
+
+    sources: Sequence[str]
+    work_dir: str
+    potentials: Sequence[str]
+    #: potential -> largest structure (atoms) it relaxes here; absent or None: every structure
+    max_atoms: dict[str, int | None] = field(default_factory=dict)
+    n_batches: int = 0  # 0: one job per core per potential
+    relax_parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dbs(self) -> dict[str, str]:
+        run = Path(self.work_dir)
+        return {"raw_db": str(run / "raw.db"), "clean_db": str(run / "clean.db"),
+                "rejects_db": str(run / "rejects.db"), "out_db": str(run / "relaxed_{potential}.db")}
+
+    def batches(self) -> int:
+        return self.n_batches or (os.cpu_count() or 1)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        n = self.batches()
+        return [{**self.relax_parameters, "potential": p, "batch": b, "n_batches": n,
+                 "clean_db": self.dbs["clean_db"], "out_db": self.dbs["out_db"],
+                 "max_atoms": self.max_atoms.get(p), "n_threads": 1}
+                for p in self.potentials for b in range(n)]
+
+
+def default_plan(data_dir: str | Path, work_dir: str | Path = "data/results",
+                 potentials: Sequence[str] | None = None) -> ResultsPlan:
+    """Both result folders of ``data_dir``; every registered potential that can be built here, each
+    with the subset its cost allows (the registry's ``results_max_atoms``)."""
+    from helpers.relax.potentials.registry import REGISTRY
+
+    names = list(potentials) if potentials else list(REGISTRY)
+    sources = [str(Path(data_dir) / folder) for folder in RESULT_FOLDERS]
+    max_atoms = {name: getattr(REGISTRY[name], "results_max_atoms", None) for name in names}
+    return ResultsPlan(sources=sources, work_dir=resolve(str(work_dir)), potentials=names, max_atoms=max_atoms)
+
+
+def relax_targets(plan: ResultsPlan) -> dict[str, int]:
+    """Structures each potential will relax (clean, within its ``max_atoms``)."""
+    from helpers.relax.stage import batch_ids
+    from helpers.store import db as dbmod
+
+    clean = dbmod.connect(plan.dbs["clean_db"], must_exist=True)
+    return {p: len(batch_ids(clean, 0, 1, plan.max_atoms.get(p))) for p in plan.potentials}
+
+
+def relaxed_counts(plan: ResultsPlan) -> dict[str, int]:
+    """Structures each potential has finished (in its database or its per-batch shards)."""
+    from helpers.store import db as dbmod
+    from helpers.store.shards import shard_paths
+
+    counts = {}
+    for p in plan.potentials:
+        merged = Path(plan.dbs["out_db"].format(potential=p))
+        ids: set[str] = set()
+        for path in [merged, *shard_paths(plan.dbs["out_db"], p)]:
+            if path.is_file():
+                try:
+                    ids |= set(dbmod.ids_with(dbmod.connect(path, must_exist=True), "structure_id"))
+                except Exception:  # noqa: BLE001 - a shard being written: counted next time
+                    pass
+        counts[p] = len(ids)
+    return counts
+
+
+def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | None = None,
+                    poll_seconds: float = 20.0) -> dict[str, int]:
+    """Every (potential, batch) job of ``plan`` through 03_relax, one per core, with one progress bar
+    over all structures and potentials (ETA for the campaign); shards merged per potential."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    from helpers.relax.stage import merge_shards
+
+    targets = relax_targets(plan)
+    total = sum(targets.values())
+    start = {p: min(n, targets[p]) for p, n in relaxed_counts(plan).items()}
+    bar = tqdm(total=total, initial=sum(start.values()), desc="relax (all potentials)", unit="crystal",
+               smoothing=0.05)
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(poll_seconds):
+            done = sum(min(n, targets[p]) for p, n in relaxed_counts(plan).items())
+            bar.update(max(0, done - bar.n))
+            bar.set_postfix_str(", ".join(f"{p} {min(n, targets[p])}/{targets[p]}"
+                                          for p, n in relaxed_counts(plan).items()))
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    failed = []
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_parallel or plan.batches(), mp_context=context) as pool:
+            futures = {pool.submit(run_relax_job, job, str(log_dir)): job for job in plan.jobs()}
+            for future in as_completed(futures):
+                if future.exception() is not None:  # a job that died is retried by the next run
+                    job = futures[future]
+                    failed.append(f"{job['potential']} batch {job['batch']}: {future.exception()}")
+    finally:
+        stop.set()
+        watcher.join()
+        bar.close()
+    merged = {p: merge_shards(plan.dbs["out_db"], p) for p in plan.potentials}
+    for line in failed:
+        print("!!! relax job failed (rerun to retry):", line)
+    return merged
+
+
+def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", docs_dir: str | Path = "docs",
+                potentials: Sequence[str] | None = None, stages: Sequence[str] = ("fetch", "filter", "relax",
+                                                                                  "analysis", "report"),
+                max_parallel: int | None = None, plan: ResultsPlan | None = None) -> dict[str, Any]:
+    """The whole campaign (see the module docstring); returns where everything went."""
+    plan = plan or default_plan(data_dir, work_dir, potentials)
+    dbs = plan.dbs
+    logs = Path(plan.work_dir) / "executed"
+    analysis_dir = Path(plan.work_dir) / "analysis"
+    timings: dict[str, float] = {}
+    for stage in stages:
+        started = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        if stage == "fetch":
+            execute("01_fetch", {"source": list(plan.sources), "raw_db": dbs["raw_db"]}, logs, progress=True)
+        elif stage == "filter":
+            execute("02_filter", {k: dbs[k] for k in ("raw_db", "clean_db", "rejects_db")}, logs, progress=True)
+        elif stage == "relax":
+            run_relaxations(plan, logs, max_parallel)
+        elif stage == "analysis":
+            relaxed = [dbs["out_db"].format(potential=p) for p in plan.potentials
+                       if Path(dbs["out_db"].format(potential=p)).is_file()]
+            execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"],
+                                    "out_dir": str(analysis_dir)}, logs, progress=True)
+        elif stage == "report":
+            from helpers.analysis.report import write_report
+
+            write_report(analysis_dir, plan, docs_dir)
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+        timings[stage] = time.perf_counter() - started
+        print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
+    return {"work_dir": plan.work_dir, "analysis": str(analysis_dir), "docs": str(docs_dir), "minutes":
+            {k: round(v / 60, 1) for k, v in timings.items()}}
