@@ -165,9 +165,9 @@ def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", doc
             execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"],
                                     "out_dir": str(analysis_dir)}, logs, progress=True)
         elif stage == "report":
-            from helpers.analysis.report import write_report
+            from helpers.analysis.report import dataset_info, write_report
 
-            write_report(analysis_dir, plan, docs_dir)
+            write_report(analysis_dir, plan, docs_dir, extra=dataset_info(plan.work_dir, plan.sources))
         else:
             raise ValueError(f"unknown stage {stage!r}")
         timings[stage] = time.perf_counter() - started

@@ -1,0 +1,104 @@
+"""docs/results.md is regenerated from a small fixed errors.csv and its numbers recomputed by hand."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.analysis.report import COD_CHNO_ENTRIES, write_report
+from helpers.analysis.stage import analyse_errors
+
+ERRORS = Path(__file__).parent / "data" / "results_errors.csv"
+
+
+def section_table(markdown: str, heading: str) -> pd.DataFrame:
+    """The first markdown table after ``heading``, as strings."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == heading)
+    table = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            table.append([cell.strip().replace("\\|", "|") for cell in cells])
+        elif table:
+            break
+    return pd.DataFrame(table[2:], columns=table[0])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    errors = pd.read_csv(ERRORS)
+    analyse_errors(errors, root / "analysis", n_boot=200, quantities=("volume", "a1"))
+    plan = SimpleNamespace(sources=["/x/cod", "/x/cod-sample"], max_atoms={"ani2x": 60})
+    path = write_report(root / "analysis", plan, root / "docs", extra={"clean_fraction": 0.8, "n_clean": 40})
+    return errors, path.read_text(), root
+
+
+def converged_dv(errors: pd.DataFrame, potential: str) -> np.ndarray:
+    rows = errors[(errors.potential == potential) & (errors.status == "converged")]
+    return rows.dV_pct.to_numpy()
+
+
+def test_study_table_numbers_are_the_hand_computed_ones(report):
+    errors, markdown, _ = report
+    table = section_table(markdown, "## The study's table beside ours")
+    row = table[(table.potential == "ANI-1x") & (table.quantity == "ΔV [%]")].iloc[0]
+    dv = converged_dv(errors, "ani1x")
+    assert int(row["n"]) == len(dv) == 40
+    assert float(row["median"]) == pytest.approx(np.median(dv), abs=0.006)
+    assert float(row["MAD"]) == pytest.approx(np.median(np.abs(dv - np.median(dv))), abs=0.006)
+    assert (row["study μ"], row["study σ"]) == ("3.0", "8.4")
+    low, high = (float(x) for x in row["μ 95 % CI"].strip("[]").split(","))
+    assert low < float(row["μ"]) < high and dv.min() < float(row["μ"]) < dv.max()
+    assert 0 < float(row["σ"]) < dv.max() - dv.min()
+    ccx = table[(table.potential == "ANI-1ccx") & (table.quantity == "ΔV [%]")].iloc[0]
+    assert int(ccx["n"]) == 38  # two step-capped rows are not in the fit
+
+
+def test_ranking_follows_median_absolute_error(report):
+    errors, markdown, _ = report
+    table = section_table(markdown, "## Every potential, ranked (ΔV, converged structures)")
+    by_hand = {p: np.median(np.abs(converged_dv(errors, p))) for p in ("ani1x", "ani1ccx", "ani2x")}
+    expected = [{"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x"}[p]
+                for p in sorted(by_hand, key=by_hand.get)]
+    assert list(table.potential) == expected
+    for name, value in zip(table.potential, table["median abs ΔV [%]"]):
+        key = {"ANI-1x": "ani1x", "ANI-1ccx": "ani1ccx", "ANI-2x": "ani2x"}[name]
+        assert float(value) == pytest.approx(by_hand[key], abs=0.006)
+    assert "ANI-2x ≤ 60 atoms" in markdown
+
+
+def test_status_counts_worst_structures_and_cost(report):
+    errors, markdown, root = report
+    status = section_table(markdown, "## How the relaxations ended").set_index("potential")
+    assert int(status.loc["ANI-1ccx", "step_cap"]) == 2 and int(status.loc["ANI-2x", "exploded"]) == 1
+    assert int(status.loc["ANI-1x", "converged"]) == 40
+    worst = section_table(markdown, "### ANI-2x")
+    rows = errors[errors.potential == "ani2x"].assign(a=lambda f: f.dV_pct.abs()).sort_values("a", ascending=False)
+    assert list(worst.structure_id) == list(rows.structure_id[:10])
+    assert worst["what went wrong"].iloc[0] == "exploded; |ΔV| > 20 %"
+    cost = section_table(markdown, "## Cost on this machine").set_index("potential")
+    ani1x = errors[errors.potential == "ani1x"].cost_time
+    assert float(cost.loc["ANI-1x", "total core-hours"]) == pytest.approx(ani1x.sum() / 3600, abs=0.006)
+    projected = float(cost.loc["ANI-1x", "projected core-hours, all C/H/N/O COD"].replace(",", ""))
+    assert projected == pytest.approx(COD_CHNO_ENTRIES * 0.8 * ani1x.mean() / 3600, abs=1)
+    for name in ("ci_volume.png", "overlay_volume.png", "hist_ani1x_volume.png"):
+        assert (root / "docs" / "figures" / name).stat().st_size > 5000
+
+
+def test_all_entries_and_one_per_compound(report):
+    errors, markdown, _ = report
+    table = section_table(markdown, "## All entries and one entry per compound")
+    one = table[(table.entries == "one_per_compound") & (table.potential == "ANI-1x")].iloc[0]
+    assert int(one["n"]) == errors.compound_key.nunique() == 30
+    # lowest R factor per compound, by hand
+    ani1x = errors[errors.potential == "ani1x"].sort_values(["compound_key", "r_factor"])
+    chosen = ani1x.groupby("compound_key").head(1)
+    assert float(one["median [%]"]) == pytest.approx(np.median(chosen.dV_pct), abs=0.006)
+    assert "the study's value is" in markdown and "Why the numbers may differ" in markdown
