@@ -12,7 +12,7 @@ export ANI_MODEL_DIR COD_SOURCE
 export OPENBLAS_NUM_THREADS := 1
 export TORCHANI_NO_WARN_EXTENSIONS := 1
 
-.PHONY: env demo test test-fast lint campaign clean-data
+.PHONY: env demo test test-fast lint campaign results clean-data
 
 env: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ lint: env
 
 campaign: env
 	$(PY) -m helpers.cli campaign $(ARGS)
+
+# The study's table on the real COD sample for every potential (hours; resumable: rerun to continue).
+results: env
+	$(PY) -m helpers.cli results --data-dir $(SHARED)/data $(ARGS)
 
 clean-data:
 	find data -mindepth 1 ! -name README.md ! -name demo_cod_ids.txt -exec rm -rf {} +

@@ -1,4 +1,5 @@
-"""Command line: ``python -m helpers.cli demo | campaign | merge | potentials`` (also installed as ``codani``)."""
+"""Command line: ``python -m helpers.cli demo | campaign | merge | potentials | results`` (also installed as
+``codani``)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("potentials", help="list the registered potentials: elements, step cap x, what, citation")
 
+    res = sub.add_parser("results", help="fetch -> filter -> relax (every potential) -> analysis -> docs/results.md")
+    res.add_argument("--data-dir", default=None,
+                     help="folder holding cod/ and cod-sample/ (default: $CODANI_DATA or ../shared/data)")
+    res.add_argument("--work-dir", default="data/results", help="databases, executed notebooks, analysis")
+    res.add_argument("--docs-dir", default="docs", help="where results.md and figures/ go")
+    res.add_argument("--potentials", default=None, help="comma-separated (default: every registered potential)")
+    res.add_argument("--stages", default="fetch,filter,relax,analysis,report")
+    res.add_argument("--max-parallel", type=int, default=None, help="relax jobs at once (default: one per core)")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from helpers.run.notebooks import run_pipeline
@@ -84,6 +94,20 @@ def main(argv: list[str] | None = None) -> int:
 
         for potential in args.potentials.split(","):
             print(potential, merge_shards(resolve(args.out_db), potential))
+    elif args.command == "results":
+        import os
+        from pathlib import Path
+
+        from helpers.run.results import run_results
+        from helpers.store.paths import project_root, resolve
+
+        data_dir = args.data_dir or os.environ.get("CODANI_DATA") or str(project_root().parent / "shared" / "data")
+        if not Path(data_dir).is_dir():
+            parser.error(f"data folder {data_dir} not found: give --data-dir (the folder holding cod/, cod-sample/)")
+        result = run_results(data_dir, resolve(args.work_dir), resolve(args.docs_dir),
+                             potentials=args.potentials.split(",") if args.potentials else None,
+                             stages=args.stages.split(","), max_parallel=args.max_parallel)
+        print(json.dumps(result, indent=2))
     elif args.command == "potentials":
         import pandas as pd
 
