@@ -114,3 +114,42 @@ def test_pipeline_end_to_end_with_both_study_potentials(tmp_path, cod_dir, model
     for potential in ("ani1x", "ani1ccx"):
         for quantity in ("volume", "a1"):
             assert (analysis / f"hist_{potential}_{quantity}.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_command_line_strings_are_coerced_in_the_notebook(tmp_path, cod_dir):
+    """``papermill -p converged_only false -p temperature_edges "(100, 200)"`` arrives as strings: 04 runs
+    with what they mean (the 'false' string is truthy, and the tuple a string, without the check cell)."""
+    import warnings
+
+    from ase.io import read
+    from test_analysis import scaled, write_clean, write_relaxed
+
+    from helpers.run.notebooks import execute
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        benzene = read(cod_dir / "2100348.cif")
+    write_clean(tmp_path / "clean.db", {"cod-1": benzene, "cod-2": benzene}, {"cod-1": 120.0, "cod-2": 150.0})
+    write_relaxed(tmp_path / "relaxed_ani1x.db", benzene, scaled(benzene, [1.01] * 3), "cod-1", "ani1x",
+                  temperature=120.0)
+    write_relaxed(tmp_path / "relaxed_ani1x.db", benzene, scaled(benzene, [1.02] * 3), "cod-2", "ani1x",
+                  status="step_cap", temperature=150.0)
+    execute("04_analysis", {"relaxed_dbs": str(tmp_path / "relaxed_*.db"), "clean_db": str(tmp_path / "clean.db"),
+                            "out_dir": str(tmp_path / "analysis"), "converged_only": "false",
+                            "temperature_edges": "(100, 200)", "structure": "False", "n_boot": "50"}, tmp_path / "logs")
+    bands = pd.read_csv(tmp_path / "analysis" / "temperature_bands.csv")
+    assert "100–200 K" in set(bands.astype(str).values.ravel())
+    summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
+    assert summary.query("quantity == 'volume'").n.iloc[0] == 2  # converged_only false: the step-capped row too
+
+
+@pytest.mark.slow
+def test_a_parameter_that_means_nothing_stops_the_notebook_naming_it(tmp_path):
+    import papermill
+
+    from helpers.run.notebooks import execute
+
+    with pytest.raises(papermill.PapermillExecutionError, match=r"fix_symmetry = 'maybe'"):
+        execute("03_relax", {"fix_symmetry": "maybe", "clean_db": str(tmp_path / "none.db")}, tmp_path)
+    assert not (tmp_path / "none.db").exists()  # stopped before touching anything
