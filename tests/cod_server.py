@@ -516,11 +516,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_cod(cif_dir: str | Path, **settings: Any) -> Iterator[FakeCod]:
-    """Run a fake COD on 127.0.0.1 (free port) in a background thread for the ``with`` block."""
+def serve_cod(cif_dir: str | Path, port: int = 0, **settings: Any) -> Iterator[FakeCod]:
+    """Run a fake COD on 127.0.0.1 (``port``, default a free one) in a background thread for the
+    ``with`` block (the same ``port`` again: "the same server" restarted)."""
     cod = FakeCod(cif_dir=Path(cif_dir), **settings)
     cod.rows()  # build the search table before the first request (parsing takes ~1 s)
-    server = _QuietServer(("127.0.0.1", 0), _handler(cod))
+    server = _QuietServer(("127.0.0.1", port), _handler(cod))
     cod.url = f"http://127.0.0.1:{server.server_address[1]}/cod/"
     thread = threading.Thread(target=server.serve_forever, name="fake-cod", daemon=True)
     thread.start()
