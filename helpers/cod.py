@@ -37,13 +37,14 @@ KEEP_COLUMNS = (
     "sg", "sgHall", "sgNumber", "Z", "Zprime", "celltemp", "diffrtemp", "cellpressure",
     "diffrpressure", "Rall", "Robs", "Rref", "wRall", "wRobs", "wRref", "duplicateof", "optimal",
     "method", "radiation", "radType", "wavelength", "doi", "year", "journal", "flags", "status",
+    "svnrevision",
 )
 NUMERIC_COLUMNS = {
     "nel", "a", "b", "c", "alpha", "beta", "gamma", "vol", "sgNumber", "Z", "Zprime", "celltemp",
     "diffrtemp", "cellpressure", "diffrpressure", "Rall", "Robs", "Rref", "wRall", "wRobs", "wRref",
-    "duplicateof", "optimal", "wavelength", "year",
+    "duplicateof", "optimal", "wavelength", "year", "svnrevision",
 }
-INTEGER_COLUMNS = {"nel", "sgNumber", "Z", "duplicateof", "optimal", "year"}
+INTEGER_COLUMNS = {"nel", "sgNumber", "Z", "duplicateof", "optimal", "year", "svnrevision"}
 
 
 class CodSearchError(RuntimeError):

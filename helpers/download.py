@@ -136,13 +136,24 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
+def _upgrade(url: str) -> str | None:
+    """The https origin of a plain-http URL on the default port (the same server, encrypted)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and parts.port in (None, 80):
+        return f"https://{(parts.hostname or '').lower()}:443"
+    return None
+
+
 def _follow(session: requests.Session, url: str, params: dict | None, policy: RetryPolicy,
-            allowed_origins: Collection[str]) -> requests.Response:
+            allowed_origins: Collection[str], limiter: RateLimiter | None = None) -> requests.Response:
     """GET with redirects followed by hand: a redirect to another server is refused (FetchError)
-    unless its origin is in ``allowed_origins``; nothing is sent to a refused server."""
-    allowed = {origin(url), *(origin(o) if "://" in o else o for o in allowed_origins)}
+    unless its origin is in ``allowed_origins`` (http -> https on the same host is the same server);
+    nothing is sent to a refused server. Every further hop waits for the rate limit."""
+    allowed = {origin(url), _upgrade(url), *(origin(o) if "://" in o else o for o in allowed_origins)}
     current, query = url, params
-    for _ in range(policy.max_redirects + 1):
+    for hop in range(policy.max_redirects + 1):
+        if hop and limiter is not None:
+            limiter.wait()
         response = session.get(current, params=query, allow_redirects=False,
                                timeout=(policy.connect_timeout, policy.read_timeout))
         if not response.is_redirect:
@@ -171,7 +182,7 @@ def get(session: requests.Session, url: str, *, policy: RetryPolicy, limiter: Ra
         limiter.wait()
         try:
             try:
-                response = _follow(session, url, params, policy, allowed_origins)
+                response = _follow(session, url, params, policy, allowed_origins, limiter)
             except FetchError as exc:
                 history.extend(exc.history)
                 raise FetchError(exc.reason, attempt, history) from None

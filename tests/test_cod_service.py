@@ -268,3 +268,12 @@ def test_fetch_does_not_reuse_another_servers_answer(tmp_path, cod_dir):
         fetch(cod.url, str(tmp_path / "raw.db"), cache_dir=cache, rate=None, retry=FAST, progress=False)
     with serve_cod(served, always={"search": "503"}) as other, pytest.raises(RuntimeError):
         fetch(other.url, str(tmp_path / "raw2.db"), cache_dir=cache, rate=None, retry=FAST, progress=False)
+
+
+def test_same_server_means_same_origin():
+    from helpers.download import _upgrade, origin
+
+    assert origin("https://www.crystallography.net/cod/") == origin("https://WWW.crystallography.net:443/x.cif")
+    assert origin("http://127.0.0.1:1/cod/") != origin("http://127.0.0.1:2/cod/")  # another port: another server
+    assert _upgrade("http://www.crystallography.net/cod/") == origin("https://www.crystallography.net/cod/1.cif")
+    assert _upgrade("http://127.0.0.1:8080/cod/") is None

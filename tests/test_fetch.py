@@ -78,6 +78,7 @@ def test_web_fetch_end_to_end(tmp_path, cod_dir):
     assert rows[2100348].cod_formula == "C6 H6" and rows[2100348].cod_vol > 0
     assert rows[2100348].cod_sg and rows[2100348].source == cod.url + "2100348.cif"
     assert rows[1011023].cod_formula == "H2 O"  # water: no carbon, still asked for ({H,O})
+    assert isinstance(rows[2100348].cod_svnrevision, int)  # which version of the entry COD had
     assert rows[2003003].cod_calcformula and "cod_formula" not in rows[2003003].key_value_pairs  # formula "?"
     assert rows[2100348].readable and not rows[2103187].readable and rows[2103187].read_error
     assert (again.downloaded, again.cached, again.already_in_raw_db, again.in_raw_db) == (0, 8, 8, 8)
