@@ -233,9 +233,12 @@ def search_all(base_url: str, elements: Sequence[str], *, saved_dir: str | Path,
                heartbeat: float | None = 30.0, allowed_origins: Collection[str] = ()) -> SearchOutcome:
     """Ask COD for every exact element set within ``elements``; union of the answers.
 
-    Raises RuntimeError when a query gets no good answer and none is saved for this server.
+    Raises RuntimeError when a query gets no good answer and none is saved for this server. After a
+    query has used up all its attempts, the next ones get at most 2 until one is answered again (COD
+    is likely down: 15 queries x 6 attempts of backoff would take a quarter of an hour to fall back).
     """
     store = SavedAnswers(saved_dir)
+    current = policy
     outcome = SearchOutcome()
     subsets = element_sets(elements, must_contain, exclude)
     session = new_session()
@@ -248,7 +251,7 @@ def search_all(base_url: str, elements: Sequence[str], *, saved_dir: str | Path,
             min_rows = max(1 if saved_n else 0, math.ceil(min_fraction * saved_n))
             started = time.monotonic()
             try:
-                answer = ask(base_url, params, policy=policy, limiter=limiter, session=session, min_rows=min_rows,
+                answer = ask(base_url, params, policy=current, limiter=limiter, session=session, min_rows=min_rows,
                              saved_rows=saved_n, say=say, heartbeat=heartbeat, label=label,
                              allowed_origins=allowed_origins)
             except FetchError as exc:
@@ -257,6 +260,7 @@ def search_all(base_url: str, elements: Sequence[str], *, saved_dir: str | Path,
                         f"COD search for entries made of exactly {{{label}}} failed ({exc.reason}; attempts: "
                         f"{exc.history}) and no earlier answer to this query from {store.server(base_url)} is "
                         "saved: not going on with a partial list of entries") from exc
+                current = replace(policy, attempts=min(policy.attempts, 2))
                 age = format_age(saved.age)
                 note = (f"COD search {{{label}}} failed ({exc.reason}); USING THE SAVED ANSWER of {saved.time} "
                         f"({age} old, {saved_n} entries) from {saved.url or store.server(base_url)}")
@@ -267,6 +271,7 @@ def search_all(base_url: str, elements: Sequence[str], *, saved_dir: str | Path,
                 outcome.queries.append(QueryOutcome(label, saved_n, "saved answer", saved.url, saved.time, age,
                                                     exc.reason))
                 continue
+            current = policy
             store.save(base_url, params, answer)
             outcome.rows.extend(answer.rows)
             outcome.queries.append(QueryOutcome(label, len(answer.rows), "COD", answer.url))

@@ -277,3 +277,15 @@ def test_same_server_means_same_origin():
     assert origin("http://127.0.0.1:1/cod/") != origin("http://127.0.0.1:2/cod/")  # another port: another server
     assert _upgrade("http://www.crystallography.net/cod/") == origin("https://www.crystallography.net/cod/1.cif")
     assert _upgrade("http://127.0.0.1:8080/cod/") is None
+
+
+def test_cod_down_falls_back_without_retrying_every_query_in_full(tmp_path, cod_dir):
+    saved = tmp_path / "search"
+    policy = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.02, read_timeout=0.5)
+    with serve_cod(cod_dir) as cod:
+        search_all(cod.url, CHNO, saved_dir=saved, policy=policy, limiter=NO_WAIT, say=None)
+        port = port_of(cod.url)
+    with serve_cod(cod_dir, port=port, always={"search": "503"}) as cod:
+        outcome = search_all(cod.url, CHNO, saved_dir=saved, policy=policy, limiter=NO_WAIT, say=None)
+        assert cod.hits["search"] == 4 + 14 * 2  # the first query in full, then 2 attempts each
+    assert {q.source for q in outcome.queries} == {"saved answer"} and len(outcome.rows) == 67
