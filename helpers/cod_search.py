@@ -136,8 +136,8 @@ def ask(base_url: str, params: dict[str, str], *, policy: RetryPolicy, limiter: 
                 f"asking again in {pause:.0f} s")
 
     def waiting(elapsed: float) -> str:
-        return (f"COD search {{{label}}}: still waiting for the answer after {elapsed:.0f} s "
-                f"(a search can take minutes; read timeout {search_policy.read_timeout:g} s per attempt)")
+        return (f"COD search {{{label}}}: no answer yet after {elapsed:.0f} s (a search can take minutes; "
+                f"read timeout {search_policy.read_timeout:g} s per attempt, failed attempts are reported)")
 
     own = session is None
     session = session or new_session()
