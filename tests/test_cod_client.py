@@ -42,10 +42,13 @@ def test_search_json_and_csv_agree_and_select_chno(cod_dir):
     expected = set(all_ids(cod_dir)) - WATER
     assert {e.cod_id for e in from_json.entries} == {e.cod_id for e in from_csv.entries} == expected
     assert [e.meta for e in from_json.entries] == [e.meta for e in from_csv.entries]
-    assert from_json.unknown_formula == 2  # 2003003 ('?') and 1506182 (no formula)
+    # 2003003 ('?') and 1506182 (no formula): COD's calcformula (from the atoms) gives the elements
+    assert from_json.unknown_formula == 0
     assert {e.cod_id for e in select(water, CHNO).entries} == set(all_ids(cod_dir))
-    meta = {e.cod_id: e.meta for e in from_json.entries}[2100348]
+    metas = {e.cod_id: e.meta for e in from_json.entries}
+    meta = metas[2100348]
     assert meta["cod_formula"] == "C6 H6" and meta["cod_vol"] > 0 and "cod_sg" in meta
+    assert "cod_formula" not in metas[2003003] and metas[2003003]["cod_calcformula"].startswith("C48 H56 O")
 
 
 def test_strict_filter_through_the_server(cod_dir):

@@ -53,7 +53,8 @@ def assert_intact_once(raw, cache, cod_dir, ids):
 
 def test_web_fetch_end_to_end(tmp_path, cod_dir):
     served = subset_dir(tmp_path, cod_dir, SUBSET)
-    overrides = {2000380: {"cellpressure": "1800000(50000)"}, 4021477: {"duplicateof": "2100348"}}
+    overrides = {2000380: {"cellpressure": "1800000", "sigcellpressure": "50000"},
+                 4021477: {"duplicateof": "2100348"}}
     raw, cache = str(tmp_path / "raw.db"), tmp_path / "cache"
     with serve_cod(served, faults=FAULTS, row_overrides=overrides, hang=1.0, retry_after="1") as cod:
         report = fetch(cod.url, raw, cache_dir=cache, rate=None, concurrency=3, retry=FAST, progress=False,
@@ -61,24 +62,33 @@ def test_web_fetch_end_to_end(tmp_path, cod_dir):
         cif_hits = {k: v for k, v in cod.hits.items() if k != "search"}
         # every selected id requested once per fault plus once more ("slow" is no failure)
         assert cif_hits == {i: 1 + len([f for f in FAULTS.get(i, []) if f != "slow"])
-                            for i in SUBSET if i not in (1011023, 2000380, 4021477)}
+                            for i in SUBSET if i not in (1100914, 2000380, 4021477)}
+        assert cod.hits["search"] == 15  # one query per exact element set within C,H,N,O
         again = fetch(cod.url, raw, cache_dir=cache, rate=None, retry=FAST, progress=False,
                       max_pressure_kpa=1000, drop_duplicates=True)
         assert {k: v for k, v in cod.hits.items() if k != "search"} == cif_hits  # nothing re-downloaded
-    selected = [i for i in SUBSET if i not in (1011023, 2000380, 4021477)]  # water, 1.8 GPa, duplicate
-    assert (report.queried, report.selected, report.downloaded, report.cached) == (10, 8, 8, 0)
-    assert report.skipped == {"pressure > 1000 kPa": 1, "COD duplicate of another entry": 1}
-    assert report.unknown_formula == 1 and report.failed == {}
+    # 1100914: COD's own duplicateof (from its _cod_duplicate_entry); 2000380: 1.8 GPa; 4021477: duplicate
+    selected = [i for i in SUBSET if i not in (1100914, 2000380, 4021477)]
+    assert (report.queried, report.selected, report.downloaded, report.cached) == (11, 8, 8, 0)
+    assert report.skipped == {"pressure > 1000 kPa": 1, "COD duplicate of another entry": 2}
+    assert report.unknown_formula == 0 and report.failed == {}
     assert report.load.written == 8 and report.load.unreadable == 2 and report.in_raw_db == 8
     assert_intact_once(raw, cache, cod_dir, selected)
     rows = {r.cod_id: r for r in raw_rows(raw)}
     assert rows[2100348].cod_formula == "C6 H6" and rows[2100348].cod_vol > 0
     assert rows[2100348].cod_sg and rows[2100348].source == cod.url + "2100348.cif"
+    assert rows[1011023].cod_formula == "H2 O"  # water: no carbon, still asked for ({H,O})
+    assert isinstance(rows[2100348].cod_svnrevision, int)  # which version of the entry COD had
+    assert rows[2003003].cod_calcformula and "cod_formula" not in rows[2003003].key_value_pairs  # formula "?"
     assert rows[2100348].readable and not rows[2103187].readable and rows[2103187].read_error
     assert (again.downloaded, again.cached, again.already_in_raw_db, again.in_raw_db) == (0, 8, 8, 8)
     table = report.table()["count"]
-    assert table["queried"] == 10 and table["in_raw_db"] == 8 and table["skipped: pressure > 1000 kPa"] == 1
-    assert (cache / "search.json").is_file()
+    assert table["queried"] == 11 and table["in_raw_db"] == 8 and table["skipped: pressure > 1000 kPa"] == 1
+    assert table["search queries (exact element sets)"] == 15
+    searches = report.search_table().set_index("elements")
+    assert searches.loc["C,H,N,O", "rows"] == 6 and searches.loc["H,O", "rows"] == 1
+    assert set(searches.source) == {"COD"} and searches.rows.sum() == 11
+    assert len(list((cache / "search").glob("*.json"))) == 15
 
 
 def test_fetch_by_ids_records_failures(tmp_path, cod_dir):
@@ -97,16 +107,21 @@ def test_fetch_by_ids_records_failures(tmp_path, cod_dir):
     assert not any(k.startswith("cod_") for k in row.key_value_pairs if k != "cod_id")  # no search row
 
 
-def test_search_down_uses_saved_answer_or_says_why(tmp_path, cod_dir):
+def test_search_down_uses_saved_answer_or_says_why(tmp_path, cod_dir, capsys):
     served = subset_dir(tmp_path, cod_dir, [2100348, 2000334])
     raw, cache = str(tmp_path / "raw.db"), tmp_path / "cache"
     with serve_cod(served) as cod:
         fetch(cod.url, raw, cache_dir=cache, rate=None, retry=FAST, progress=False)
-    with serve_cod(served, always={"search": "503"}) as cod:
+        port = int(cod.url.split(":")[2].split("/")[0])
+    with serve_cod(served, port=port, always={"search": "503"}) as cod:  # the same server, now down
         report = fetch(cod.url, raw, cache_dir=cache, rate=None, progress=False,
                        retry=RetryPolicy(attempts=2, backoff=0.01))
-        assert report.cached == 2 and report.notes and "saved answer" in report.notes[0]
-        with pytest.raises(RuntimeError, match="COD search failed"):
+        assert report.cached == 2 and len(report.notes) == 15 and "SAVED ANSWER" in report.notes[0]
+        assert " old, " in report.notes[0] and "s old" in report.notes[0]  # its age is said
+        assert "WARNING" in capsys.readouterr().out  # said in the notebook output, even without progress
+        assert set(report.search_table().source) == {"saved answer"}
+        assert report.table()["count"]["search queries answered from a saved answer"] == 15
+        with pytest.raises(RuntimeError, match=r"COD search .* failed .* no earlier answer"):
             fetch(cod.url, raw, cache_dir=tmp_path / "empty-cache", rate=None, progress=False,
                   retry=RetryPolicy(attempts=2, backoff=0.01))
 
@@ -137,7 +152,7 @@ def test_killed_fetch_resumes_without_redownloading(tmp_path, cod_dir):
         done = {int(p.stem) for p in cache.rglob("*.cif")}
         hits_at_kill = Counter(cod.hits)
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-        expected = set(ids) - {1011023, 1011063}  # water: not in a "C and H" search
+        expected = set(ids)  # water included: the search asks for {H,O} too
         assert 5 <= len(done) < len(expected), "the kill must land in the middle of the downloads"
 
         report = fetch(cod.url, raw, cache_dir=cache, rate=None, concurrency=2, retry=FAST, progress=False)

@@ -2,10 +2,15 @@
 
 COD's search (``<base>/result``) can require elements (``el1..el8``), forbid a few
 (``nel1..nel4``) and bound the number of distinct elements (``strictmin``/``strictmax``), but it
-cannot say "no element outside C, H, N, O". So we ask broadly (must contain C and H, at most
-``len(elements)`` distinct elements) and keep the rows whose formula's element set is a subset of
-``elements``, parsing formulas with whole element symbols (``N`` is not ``Ni``/``Na``/``Nb``).
-Every row that is not kept gets a reason, and the reasons are counted.
+cannot say "no element outside C, H, N, O". The web fetch therefore asks one query per exact
+element set (:mod:`helpers.fetch.cod_search`); every answer still goes through :func:`select`, which keeps
+the rows whose formula's element set is a subset of ``elements``, parsing formulas with whole
+element symbols (``N`` is not ``Ni``/``Na``/``Nb``). Every row that is not kept gets a reason, and
+the reasons are counted.
+
+COD's answers are all text (``"Z": "4"``, ``"a": "14.9131"``, ``"formula": "- C6 H6 -"`` or ``"?"``);
+numbers are parsed here, and an answer that is empty or not in the requested format is an error
+(:class:`CodSearchError`), never "no entries".
 """
 
 from __future__ import annotations
@@ -13,37 +18,41 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
 
 from helpers.fetch.cif import cif_number
-from helpers.fetch.download import RateLimiter, RetryPolicy, decode, get_text, new_session, write_atomic
+from helpers.fetch.download import RateLimiter, RetryPolicy
 from helpers.fetch.formula import parse_formula
 
 #: COD ``data`` table columns kept for every entry (stored as ``cod_<lower-case name>``).
 #: Note ``vol`` is the cell volume (Å^3); ``volume`` would be the journal volume.
 KEEP_COLUMNS = (
-    "formula", "calcformula", "nel", "a", "b", "c", "alpha", "beta", "gamma", "vol",
+    "formula", "calcformula", "cellformula", "nel", "a", "b", "c", "alpha", "beta", "gamma", "vol",
     "sg", "sgHall", "sgNumber", "Z", "Zprime", "celltemp", "diffrtemp", "cellpressure",
     "diffrpressure", "Rall", "Robs", "Rref", "wRall", "wRobs", "wRref", "duplicateof", "optimal",
     "method", "radiation", "radType", "wavelength", "doi", "year", "journal", "flags", "status",
+    "svnrevision",
 )
 NUMERIC_COLUMNS = {
     "nel", "a", "b", "c", "alpha", "beta", "gamma", "vol", "sgNumber", "Z", "Zprime", "celltemp",
     "diffrtemp", "cellpressure", "diffrpressure", "Rall", "Robs", "Rref", "wRall", "wRobs", "wRref",
-    "duplicateof", "optimal", "wavelength", "year",
+    "duplicateof", "optimal", "wavelength", "year", "svnrevision",
 }
-INTEGER_COLUMNS = {"nel", "sgNumber", "Z", "duplicateof", "optimal", "year"}
+INTEGER_COLUMNS = {"nel", "sgNumber", "Z", "duplicateof", "optimal", "year", "svnrevision"}
 
 
 class CodSearchError(RuntimeError):
-    """The search answered, but not with a list of entries (HTML page, error message, bad JSON)."""
+    """The search answered, but not with a list of entries (empty body, HTML page, bad JSON)."""
+
+
+class CodRowError(ValueError):
+    """A search row that cannot be used (its ``file`` is not a COD id)."""
 
 
 @dataclass
@@ -99,11 +108,13 @@ def search_params(elements: Sequence[str], must_contain: Sequence[str] | None = 
 def parse_search(text: str, fmt: str = "json") -> list[dict[str, Any]]:
     """COD search response (``json`` or ``csv``) -> list of row dicts; raises CodSearchError."""
     stripped = text.lstrip()
+    if not stripped:
+        raise CodSearchError(f"COD search returned an empty body, not {fmt} (no answer is not 'no entries')")
     if stripped[:1] == "<":
         raise CodSearchError(f"COD search returned an HTML page, not {fmt}: {stripped[:120]!r}")
     if fmt == "json":
         try:
-            rows = json.loads(text) if stripped else []
+            rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CodSearchError(f"COD search returned invalid JSON ({exc}): {stripped[:120]!r}") from exc
     elif fmt == "csv":
@@ -142,15 +153,28 @@ def row_elements(row: dict[str, Any]) -> tuple[str | None, frozenset[str] | None
     return _value("formula", row.get("formula")), None
 
 
+def row_cod_id(row: dict[str, Any]) -> int:
+    """The COD id of a search row; :class:`CodRowError` when ``file`` is not a positive integer."""
+    value = row.get("file")
+    text = str(value).strip() if value is not None else ""
+    if not re.fullmatch(r"0*[1-9]\d{0,8}", text):
+        raise CodRowError(f"search row whose file {value!r} is not a COD id")
+    return int(text)
+
+
 def entry_from_row(row: dict[str, Any]) -> CodEntry:
-    """A search row -> :class:`CodEntry` with numbers parsed (``'4.59(3)'`` -> 4.59)."""
+    """A search row -> :class:`CodEntry` with numbers parsed (``'4.59(3)'`` -> 4.59).
+
+    Raises :class:`CodRowError` for a row without a valid COD id.
+    """
+    cod_id = row_cod_id(row)
     formula, elements = row_elements(row)
     meta = {}
     for column in KEEP_COLUMNS:
         value = _value(column, row.get(column))
         if value is not None:
             meta[f"cod_{column.lower()}"] = value
-    return CodEntry(cod_id=int(str(row["file"]).strip()), formula=formula, elements=elements, meta=meta)
+    return CodEntry(cod_id=cod_id, formula=formula, elements=elements, meta=meta)
 
 
 @dataclass
@@ -162,6 +186,8 @@ class Selection:
     skipped: Counter = field(default_factory=Counter)
     skipped_ids: dict[int, str] = field(default_factory=dict)
     unknown_formula: int = 0
+    #: rows that could not be used at all (``file`` not a COD id): (the row's file value, reason)
+    invalid: list[tuple[str, str]] = field(default_factory=list)
 
 
 def select(rows: Iterable[dict[str, Any] | CodEntry], elements: Iterable[str], *,
@@ -177,6 +203,9 @@ def select(rows: Iterable[dict[str, Any] | CodEntry], elements: Iterable[str], *
     - ``keep_unknown_formula``: entries whose formula cannot be parsed are kept (their elements are
       checked again from the atoms when loaded) and counted in ``unknown_formula``.
     - ``limit``: the first ``limit`` selected entries by COD id.
+
+    Entries COD has retracted (``status = retracted``) are always skipped, with that reason. A row
+    whose ``file`` is not a COD id is recorded in ``invalid`` and counted, never fatal.
     """
     allowed = frozenset(elements)
     selection = Selection()
@@ -187,8 +216,13 @@ def select(rows: Iterable[dict[str, Any] | CodEntry], elements: Iterable[str], *
         selection.skipped_ids[entry.cod_id] = reason
 
     for item in rows:
-        entry = item if isinstance(item, CodEntry) else entry_from_row(item)
         selection.queried += 1
+        try:
+            entry = item if isinstance(item, CodEntry) else entry_from_row(item)
+        except CodRowError as exc:
+            selection.invalid.append((str(item.get("file")), str(exc)))
+            selection.skipped["search row without a COD id"] += 1
+            continue
         if entry.cod_id in seen:
             selection.skipped["repeated in search result"] += 1
             continue
@@ -200,6 +234,9 @@ def select(rows: Iterable[dict[str, Any] | CodEntry], elements: Iterable[str], *
             selection.unknown_formula += 1
         elif not entry.elements <= allowed:
             skip(entry, f"elements outside {','.join(sorted(allowed))}")
+            continue
+        if str(entry.meta.get("cod_status", "")).lower() == "retracted":
+            skip(entry, "retracted by COD (status = retracted)")
             continue
         pressure = entry.pressure_kpa
         if max_pressure_kpa is not None and pressure is not None and pressure > max_pressure_kpa:
@@ -228,39 +265,9 @@ def search_url(base_url: str) -> str:
 def search(base_url: str, params: dict[str, str], *, policy: RetryPolicy | None = None,
            limiter: RateLimiter | None = None, session: requests.Session | None = None,
            ) -> list[dict[str, Any]]:
-    """Run one COD search (retried like any download); returns the raw rows."""
-    fmt = params.get("format", "json")
+    """Run one COD search (retried like any download, with the search's own read timeout);
+    returns the raw rows. An empty or malformed answer raises :class:`FetchError` after the retries."""
+    from helpers.fetch.cod_search import ask
 
-    def problem(text: str) -> str | None:
-        try:
-            parse_search(text, fmt)
-        except CodSearchError as exc:
-            return str(exc)
-        return None
-
-    own = session is None
-    session = session or new_session()
-    try:
-        body, _ = get_text(session, search_url(base_url), params=params, policy=policy or RetryPolicy(),
-                           limiter=limiter or RateLimiter(None), check=problem)
-    finally:
-        if own:
-            session.close()
-    return parse_search(decode(body), fmt)
-
-
-def save_search(path: str | Path, params: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    """Keep the search answer next to the cache (provenance, and a fallback when COD is down)."""
-    record = {"params": params, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
-    write_atomic(Path(path), json.dumps(record).encode())
-
-
-def load_search(path: str | Path, params: dict[str, str]) -> tuple[list[dict[str, Any]], str] | None:
-    """Rows and time of a saved search with the same parameters, else None."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("params") != params:
-        return None
-    return record["rows"], record.get("time", "?")
+    return ask(base_url, params, policy=policy or RetryPolicy(), limiter=limiter or RateLimiter(None),
+               session=session).rows

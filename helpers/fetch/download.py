@@ -6,14 +6,18 @@ Why each piece exists:
 - :func:`get_text` retries what is worth retrying (timeouts, connection errors, truncated bodies,
   5xx, 429, HTML error pages served with status 200) with exponential backoff, and gives up with
   one short reason;
-- every file is checked (:func:`cif_problem`) and written atomically (temp file + ``os.replace``),
-  so a file under its final name is always complete: a killed run resumes by downloading only
-  what is missing or broken.
+- every file is checked (:func:`cif_problem`, and against COD's own search row when there is one:
+  :mod:`helpers.fetch.cod_verify`) and written atomically (temp file + ``os.replace``), so a file under its
+  final name is complete: a killed run resumes by downloading only what is missing or broken, and a
+  cached file that fails the cross-check (e.g. cut short by an older run) is downloaded again;
+- redirects are followed by hand: one to another server (host:port) is refused unless allowed, and
+  the final URL is what gets recorded.
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import io
 import os
 import random
@@ -21,11 +25,13 @@ import re
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -45,6 +51,9 @@ class RetryPolicy:
     max_retry_after: float = 900.0  # a longer Retry-After is capped to this
     connect_timeout: float = 15.0
     read_timeout: float = 60.0
+    #: a COD search can take minutes before its first byte; it gets its own read timeout
+    search_read_timeout: float = 300.0
+    max_redirects: int = 5
 
     def wait(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1``: exponential, capped, 50-100 % jitter."""
@@ -111,20 +120,72 @@ def decode(content: bytes) -> str:
     return content.decode("utf-8", errors="surrogateescape")
 
 
-def get_text(session: requests.Session, url: str, *, policy: RetryPolicy, limiter: RateLimiter,
-             params: dict | None = None, check: Callable[[str], str | None] | None = None,
-             ) -> tuple[bytes, int]:
-    """GET ``url`` with retries; returns (body bytes, attempts used) or raises :class:`FetchError`.
+@dataclass
+class Fetched:
+    """A body that arrived and passed the check: its bytes, attempts used, the URL it came from."""
+
+    body: bytes
+    attempts: int
+    url: str
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL (default ports made explicit): what "the same server" means."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _upgrade(url: str) -> str | None:
+    """The https origin of a plain-http URL on the default port (the same server, encrypted)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and parts.port in (None, 80):
+        return f"https://{(parts.hostname or '').lower()}:443"
+    return None
+
+
+def _follow(session: requests.Session, url: str, params: dict | None, policy: RetryPolicy,
+            allowed_origins: Collection[str], limiter: RateLimiter | None = None) -> requests.Response:
+    """GET with redirects followed by hand: a redirect to another server is refused (FetchError)
+    unless its origin is in ``allowed_origins`` (http -> https on the same host is the same server);
+    nothing is sent to a refused server. Every further hop waits for the rate limit."""
+    allowed = {origin(url), _upgrade(url), *(origin(o) if "://" in o else o for o in allowed_origins)}
+    current, query = url, params
+    for hop in range(policy.max_redirects + 1):
+        if hop and limiter is not None:
+            limiter.wait()
+        response = session.get(current, params=query, allow_redirects=False,
+                               timeout=(policy.connect_timeout, policy.read_timeout))
+        if not response.is_redirect:
+            return response
+        target = urllib.parse.urljoin(response.url, response.headers["Location"])
+        response.close()
+        if origin(target) not in allowed:
+            raise FetchError(f"redirected to another server ({origin(target)})", 1,
+                             [f"redirect {current} -> {target} refused"])
+        current, query = target, None
+    raise FetchError("too many redirects", 1, [f"more than {policy.max_redirects} redirects from {url}"])
+
+
+def get(session: requests.Session, url: str, *, policy: RetryPolicy, limiter: RateLimiter,
+        params: dict | None = None, check: Callable[[str], str | None] | None = None,
+        allowed_origins: Collection[str] = (),
+        on_retry: Callable[[int, str, float], None] | None = None) -> Fetched:
+    """GET ``url`` with retries; returns :class:`Fetched` or raises :class:`FetchError`.
 
     ``check(text)`` returns a problem description for a body that arrived but is not what we
-    asked for (HTML error page, wrong entry, unparseable): such a body is retried too.
+    asked for (HTML error page, wrong entry, unparseable, cut short): such a body is retried too.
+    ``on_retry(attempt, reason, seconds)`` is told about every failed attempt before the wait.
     """
     history: list[str] = []
     for attempt in range(1, policy.attempts + 1):
         limiter.wait()
         try:
-            response = session.get(url, params=params,
-                                   timeout=(policy.connect_timeout, policy.read_timeout))
+            try:
+                response = _follow(session, url, params, policy, allowed_origins, limiter)
+            except FetchError as exc:
+                history.extend(exc.history)
+                raise FetchError(exc.reason, attempt, history) from None
             if response.status_code in RETRY_STATUS:
                 delay = retry_after_seconds(response.headers.get("Retry-After"))
                 raise _Retryable(f"HTTP {response.status_code}", delay)
@@ -135,7 +196,7 @@ def get_text(session: requests.Session, url: str, *, policy: RetryPolicy, limite
             problem = check(decode(body)) if check else None
             if problem:
                 raise _Retryable(problem)
-            return body, attempt
+            return Fetched(body, attempt, response.url)
         except _Retryable as exc:
             reason, delay = exc.reason, exc.retry_after
         except requests.Timeout:
@@ -152,8 +213,19 @@ def get_text(session: requests.Session, url: str, *, policy: RetryPolicy, limite
         if delay is not None:
             delay = min(delay, policy.max_retry_after)
             limiter.defer(delay)
-        time.sleep(delay if delay is not None else policy.wait(attempt))
+        pause = delay if delay is not None else policy.wait(attempt)
+        if on_retry is not None:
+            on_retry(attempt, reason, pause)
+        time.sleep(pause)
     raise FetchError(history[-1], policy.attempts, history)
+
+
+def get_text(session: requests.Session, url: str, *, policy: RetryPolicy, limiter: RateLimiter,
+             params: dict | None = None, check: Callable[[str], str | None] | None = None,
+             ) -> tuple[bytes, int]:
+    """:func:`get` returning (body bytes, attempts used) (redirects only within the same server)."""
+    fetched = get(session, url, policy=policy, limiter=limiter, params=params, check=check)
+    return fetched.body, fetched.attempts
 
 
 def cif_problem(text: str, cod_id: int | None = None, parse: bool = True) -> str | None:
@@ -221,7 +293,11 @@ def remove_partials(cache_dir: str | Path) -> int:
 
 @dataclass
 class DownloadResult:
-    """Outcome for one entry: ``downloaded`` (this run), ``cached`` (already intact) or ``failed``."""
+    """Outcome for one entry: ``downloaded`` (this run), ``cached`` (already intact) or ``failed``.
+
+    ``url`` is where the file came from (after redirects); ``mismatch`` says how the file disagrees
+    with COD's search row when COD served the same disagreeing bytes twice (kept, not retried).
+    """
 
     cod_id: int
     status: str
@@ -229,6 +305,9 @@ class DownloadResult:
     reason: str | None = None
     attempts: int = 0
     history: list[str] = field(default_factory=list)
+    url: str | None = None
+    mismatch: str | None = None
+    redownloaded: str | None = None  # why a cached file was fetched again
 
 
 def cached_ok(path: Path, cod_id: int) -> bool:
@@ -253,64 +332,122 @@ def new_session() -> requests.Session:
 
 def download_cifs(cod_ids: Iterable[int], base_url: str, cache_dir: str | Path, *,
                   concurrency: int = 4, rate: float | None = 1.0, policy: RetryPolicy | None = None,
-                  progress: bool = True, limiter: RateLimiter | None = None) -> list[DownloadResult]:
+                  progress: bool = True, limiter: RateLimiter | None = None,
+                  expected: dict[int, dict[str, Any]] | None = None,
+                  allowed_origins: Collection[str] = ()) -> list[DownloadResult]:
     """Make ``<cache>/…/<id>.cif`` intact for every id; download only missing or broken files.
 
+    ``expected`` maps an id to its COD search row (``cod_*`` keys): every downloaded file, and
+    every cached file not yet checked against that row, is cross-checked with
+    :func:`helpers.fetch.cod_verify.row_mismatch`; a file that disagrees is downloaded again (a cut
+    transfer), and when COD serves the very same disagreeing bytes twice it is kept, with the
+    disagreement in ``mismatch``. ``allowed_origins``: other servers a redirect may lead to.
     ``concurrency`` worker threads share one rate limit of ``rate`` requests/s. Returns one
     result per distinct id, in input order. Interrupting (Ctrl-C) cancels queued downloads.
     """
     from tqdm.auto import tqdm
 
+    from helpers.fetch.cod_verify import VerifiedIndex, row_mismatch
+
     policy = policy or RetryPolicy()
     limiter = limiter or RateLimiter(rate)
+    expected = expected or {}
     ids = list(dict.fromkeys(int(i) for i in cod_ids))
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     remove_partials(cache)
+    index = VerifiedIndex(cache)
+    index_lock = threading.Lock()
     results: dict[int, DownloadResult] = {}
-    todo: list[int] = []
-    for cod_id in ids:
-        path = cache_path(cache, cod_id)
-        if path.is_file() and cached_ok(path, cod_id):
-            results[cod_id] = DownloadResult(cod_id, "cached", path)
-        else:
-            todo.append(cod_id)
-
     local = threading.local()
     sessions: list[requests.Session] = []
 
+    def cached(cod_id: int, path: Path) -> tuple[DownloadResult | None, str | None, str | None]:
+        """(result when the cached file stands, else None; its text; why it must be fetched again)."""
+        try:
+            body = path.read_bytes()
+        except OSError:
+            return None, None, None
+        text = decode(body)
+        if cif_problem(text, cod_id, parse=False) is not None:
+            return None, None, None
+        meta = expected.get(cod_id)
+        digest = sha256_bytes(body)
+        with index_lock:
+            entry = index.entries.get(str(cod_id)) or {}
+            known = meta is not None and index.passed(cod_id, digest, meta)
+        url = entry.get("url") if entry.get("sha256") == digest else None
+        url = url or cif_url(base_url, cod_id)
+        if meta is None or known:
+            return DownloadResult(cod_id, "cached", path, url=url, mismatch=entry.get("mismatch") if known
+                                  else None), text, None
+        problem = row_mismatch(text, meta)
+        if problem is None:
+            with index_lock:
+                index.add(cod_id, digest, meta, url=url)
+            return DownloadResult(cod_id, "cached", path, url=url), text, None
+        return None, text, problem
+
     def one(cod_id: int) -> DownloadResult:
+        path = cache_path(cache, cod_id)
+        result, old_text, why = cached(cod_id, path) if path.is_file() else (None, None, None)
+        if result is not None:
+            return result
         if not hasattr(local, "session"):
             local.session = new_session()
             sessions.append(local.session)
-        path = cache_path(cache, cod_id)
-        try:
-            body, attempts = get_text(local.session, cif_url(base_url, cod_id), policy=policy,
-                                      limiter=limiter, check=lambda text: cif_problem(text, cod_id))
-        except FetchError as exc:
-            return DownloadResult(cod_id, "failed", None, exc.reason, exc.attempts, exc.history)
-        write_atomic(path, body)
-        return DownloadResult(cod_id, "downloaded", path, attempts=attempts)
+        meta = expected.get(cod_id)
+        seen = {"text": old_text if why else None, "mismatch": None}
 
-    counts = {"ok": 0, "failed": 0}
-    bar = tqdm(total=len(todo), desc=f"download ({len(results)} cached)", unit="cif", disable=not progress,
-               smoothing=0.05)
+        def check(text: str) -> str | None:
+            problem = cif_problem(text, cod_id)
+            if problem or meta is None:
+                return problem
+            mismatch = row_mismatch(text, meta)
+            if mismatch is None:
+                return None
+            if seen["text"] == text:  # the same bytes twice: what COD has, not a cut transfer
+                seen["mismatch"] = mismatch
+                return None
+            seen["text"] = text
+            return f"does not match COD's search row ({mismatch})"
+
+        try:
+            fetched = get(local.session, cif_url(base_url, cod_id), policy=policy, limiter=limiter,
+                          check=check, allowed_origins=allowed_origins)
+        except FetchError as exc:
+            return DownloadResult(cod_id, "failed", None, exc.reason, exc.attempts, exc.history,
+                                  redownloaded=why)
+        write_atomic(path, fetched.body)
+        with index_lock:  # the final URL is remembered for later runs (and the row check, if any)
+            index.add(cod_id, sha256_bytes(fetched.body), meta or {}, seen["mismatch"], url=fetched.url)
+        return DownloadResult(cod_id, "downloaded", path, attempts=fetched.attempts, url=fetched.url,
+                              mismatch=seen["mismatch"], redownloaded=why)
+
+    counts = {"downloaded": 0, "cached": 0, "failed": 0}
+    bar = tqdm(total=len(ids), desc="download", unit="cif", disable=not progress, smoothing=0.05)
     executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="cod-dl")
     try:
-        futures = [executor.submit(one, cod_id) for cod_id in todo]
+        futures = [executor.submit(one, cod_id) for cod_id in ids]
         for future in as_completed(futures):
             result = future.result()
             results[result.cod_id] = result
-            counts["ok" if result.status == "downloaded" else "failed"] += 1
-            bar.set_postfix(done=counts["ok"], failed=counts["failed"], remaining=bar.total - bar.n - 1,
-                            refresh=False)
+            counts[result.status] += 1
+            bar.set_postfix(**counts, refresh=False)
             bar.update()
     except BaseException:
         executor.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         bar.close()
+        with index_lock:
+            if index.entries:
+                index.save()
     executor.shutdown(wait=True)
     for session in sessions:
         session.close()
     return [results[i] for i in ids]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

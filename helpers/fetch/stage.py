@@ -2,8 +2,9 @@
 
 Sources:
 - the COD web service (default; ``COD_SOURCE`` overrides): with ``cod_ids`` just those entries
-  (the demo path), otherwise a COD search narrowed to ``elements`` (:mod:`helpers.fetch.cod`), downloaded
-  politely into a resumable cache (:mod:`helpers.fetch.download`);
+  (the demo path), otherwise one COD search per exact element set within ``elements``
+  (:mod:`helpers.fetch.cod_search`), selected (:mod:`helpers.fetch.cod`), downloaded politely into a resumable
+  cache and cross-checked against COD's search row (:mod:`helpers.fetch.download`, :mod:`helpers.fetch.cod_verify`);
 - a local directory (any folder of CIFs at any depth, e.g. an rsync mirror of COD with layout
   ``1/00/00/1000000.cif``), selected on ``elements`` from the files themselves.
 
@@ -21,15 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from helpers.fetch.cif import sha256
-from helpers.fetch.cod import load_search, save_search, search, search_params, select
-from helpers.fetch.download import (
-    FetchError,
-    RateLimiter,
-    RetryPolicy,
-    cif_url,
-    decode,
-    download_cifs,
-)
+from helpers.fetch.cod import select
+from helpers.fetch.cod_search import QueryOutcome, search_all
+from helpers.fetch.download import RateLimiter, RetryPolicy, decode, download_cifs
 from helpers.fetch.formula import parse_formula
 from helpers.fetch.raw import CifFile, LoadReport, cod_id_from_name, load_files
 from helpers.fetch.sources import directory_files, is_url, read_text, resolve_source
@@ -37,6 +32,7 @@ from helpers.store import db as dbmod
 
 _FORMULA_SUM = re.compile(r"(?im)^[ \t]*_chemical_formula_sum[ \t]+(?:'([^'\n]*)'|\"([^\"\n]*)\"|(\S+))")
 _DATA_BLOCK = re.compile(r"(?im)^[ \t]*data_")
+_DUPLICATE_OF = re.compile(r"(?im)^[ \t]*_(?:\[local\]_)?cod_duplicate_entry[ \t]+['\"]?(\d+)")
 
 
 @dataclass
@@ -55,13 +51,28 @@ class FetchReport:
     load: LoadReport | None = None
     in_raw_db: int = 0
     notes: list[str] = field(default_factory=list)
+    #: one per COD search query: element set, rows, from COD or from a saved answer (and its age)
+    searches: list[QueryOutcome] = field(default_factory=list)
+    #: cached files that failed the check against COD's search row and were fetched again: id -> why
+    redownloaded: dict[str, str] = field(default_factory=dict)
+    #: files COD serves as they are although they disagree with its own search row: id -> how
+    disagree: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
         """Ordered counts for the notebook table (skip and failure reasons on their own rows)."""
-        rows: dict[str, Any] = {"source": self.source, "queried": self.queried}
+        rows: dict[str, Any] = {"source": self.source}
+        if self.searches:
+            rows["search queries (exact element sets)"] = len(self.searches)
+            rows["search queries answered from a saved answer"] = sum(q.source != "COD" for q in self.searches)
+        rows["queried"] = self.queried
         rows.update({f"skipped: {reason}": n for reason, n in sorted(self.skipped.items())})
         rows.update({"selected": self.selected, "selected, formula unknown": self.unknown_formula,
-                     "downloaded": self.downloaded, "cached": self.cached, "failed": len(self.failed)})
+                     "downloaded": self.downloaded, "cached": self.cached})
+        if self.redownloaded:
+            rows["downloaded again (cached file failed the check against COD's row)"] = len(self.redownloaded)
+        if self.disagree:
+            rows["kept although it disagrees with COD's row"] = len(self.disagree)
+        rows["failed"] = len(self.failed)
         reasons = Counter(self.failed.values())
         rows.update({f"failed: {reason}": n for reason, n in reasons.most_common()})
         rows["already in raw DB (unchanged)"] = self.already_in_raw_db
@@ -81,6 +92,13 @@ class FetchReport:
 
         return pd.DataFrame({"entry": list(self.failed), "reason": list(self.failed.values())})
 
+    def search_table(self):
+        """One row per COD search query: element set, entries, and whether the answer is COD's own
+        now or a saved one (with its time and age)."""
+        import pandas as pd
+
+        return pd.DataFrame([q.__dict__ for q in self.searches])
+
 
 def default_cache_dir(raw_db: str | Path) -> Path:
     """``cif_cache`` next to the raw database file (``data/cif_cache`` for server databases)."""
@@ -96,12 +114,16 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
           must_contain: Sequence[str] | None = None, exclude: Sequence[str] = (),
           max_pressure_kpa: float | None = None, drop_duplicates: bool = False,
           max_r_factor: float | None = None, keep_unknown_formula: bool = True,
-          search_format: str = "json", n_workers: int | None = 1) -> FetchReport:
+          search_format: str = "json", n_workers: int | None = 1,
+          allow_redirects_to: Sequence[str] = (), search_heartbeat: float | None = 30.0) -> FetchReport:
     """Fetch CIFs from ``source`` (``COD_SOURCE`` overrides) into ``raw_db``; idempotent, resumable.
 
     Web options: ``cache_dir`` (default ``cif_cache`` beside ``raw_db``), ``rate`` (requests/s for
-    the whole run), ``concurrency`` (threads), ``retry`` (attempts, backoff, timeouts). Search
-    options: ``must_contain``/``exclude`` (COD ``el``/``nel``), and the pre-download selection
+    the whole run), ``concurrency`` (threads), ``retry`` (attempts, backoff, timeouts; the search has
+    its own ``search_read_timeout``), ``allow_redirects_to`` (other servers, ``scheme://host:port``,
+    a redirect may lead to; others are refused), ``search_heartbeat`` (seconds between "still
+    waiting" messages). Search options: ``must_contain``/``exclude`` (only element sets holding
+    / without these), and the pre-download selection
     ``max_pressure_kpa``, ``drop_duplicates``, ``max_r_factor``, ``keep_unknown_formula``
     (see :func:`helpers.fetch.cod.select`). ``n_workers`` processes parse the CIFs (None: every core).
     """
@@ -114,6 +136,7 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
                            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(raw_db),
                            rate=rate, concurrency=concurrency, policy=retry or RetryPolicy(),
                            must_contain=must_contain, exclude=exclude, search_format=search_format,
+                           allowed_origins=allow_redirects_to, heartbeat=search_heartbeat,
                            selection=dict(max_pressure_kpa=max_pressure_kpa, drop_duplicates=drop_duplicates,
                                           max_r_factor=max_r_factor,
                                           keep_unknown_formula=keep_unknown_formula))
@@ -138,10 +161,19 @@ def _unchanged(report: FetchReport, existing: dict[str, str], cod_id: int | None
     return False
 
 
+def _say(progress: bool):
+    """Messages for the notebook output: everything with ``progress``, else only warnings."""
+    def say(message: str) -> None:
+        if progress or message.startswith("WARNING"):
+            print(message, flush=True)
+    return say
+
+
 def _web_files(report: FetchReport, base: str, elements: Sequence[str], cod_ids: Iterable[int] | None,
                limit: int | None, progress: bool, existing: dict[str, str], *, cache_dir: Path,
                rate: float | None, concurrency: int, policy: RetryPolicy,
                must_contain: Sequence[str] | None, exclude: Sequence[str], search_format: str,
+               allowed_origins: Sequence[str], heartbeat: float | None,
                selection: dict[str, Any]) -> Iterator[CifFile]:
     """Search (unless ``cod_ids``), select, download into the cache; yield what to load."""
     limiter = RateLimiter(rate)
@@ -153,55 +185,50 @@ def _web_files(report: FetchReport, base: str, elements: Sequence[str], cod_ids:
             report.skipped["beyond limit"] = len(ids) - limit
             ids = ids[:limit]
     else:
-        rows = _search_rows(report, base, elements, cache_dir, policy, limiter,
-                            must_contain, exclude, search_format)
-        chosen = select(rows, elements, limit=limit, **selection)
+        outcome = search_all(base, elements, saved_dir=cache_dir / "search", policy=policy, limiter=limiter,
+                             fmt=search_format, must_contain=must_contain or (), exclude=exclude,
+                             say=_say(progress), heartbeat=heartbeat, allowed_origins=allowed_origins)
+        report.searches = outcome.queries
+        report.notes.extend(outcome.notes)
+        chosen = select(outcome.rows, elements, limit=limit, **selection)
         report.queried = chosen.queried
         report.skipped = dict(chosen.skipped)
         report.unknown_formula = chosen.unknown_formula
+        for file, reason in chosen.invalid:
+            report.failed[file] = reason
         ids = [e.cod_id for e in chosen.entries]
         meta = {e.cod_id: e.meta for e in chosen.entries}
     report.selected = len(ids)
     results = download_cifs(ids, base, cache_dir, concurrency=concurrency, policy=policy,
-                            progress=progress, limiter=limiter)
+                            progress=progress, limiter=limiter, expected=meta, allowed_origins=allowed_origins)
     for result in results:
+        if result.redownloaded:
+            report.redownloaded[str(result.cod_id)] = result.redownloaded
+        if result.mismatch:
+            report.disagree[str(result.cod_id)] = result.mismatch
         if result.status == "failed":
             report.failed[str(result.cod_id)] = result.reason or "unknown"
         else:
             report.downloaded += result.status == "downloaded"
             report.cached += result.status == "cached"
-    return _cached_files(report, results, base, meta, existing)
+    if report.redownloaded:
+        report.notes.append(f"{len(report.redownloaded)} cached file(s) disagreed with COD's search row "
+                            "(e.g. cut short) and were downloaded again")
+    if report.disagree:
+        report.notes.append(f"{len(report.disagree)} file(s) disagree with COD's own search row although COD "
+                            "served the same bytes twice; kept as COD has them (see report.disagree)")
+    return _cached_files(report, results, meta, existing)
 
 
-def _cached_files(report, results, base, meta, existing) -> Iterator[CifFile]:
+def _cached_files(report, results, meta, existing) -> Iterator[CifFile]:
     for result in results:
         if result.path is None:
             continue
         text = decode(result.path.read_bytes())
         if _unchanged(report, existing, result.cod_id, text):
             continue
-        yield CifFile(text=text, source=cif_url(base, result.cod_id), name=str(result.cod_id),
-                      cod_id=result.cod_id, extra=meta.get(result.cod_id, {}))
-
-
-def _search_rows(report: FetchReport, base: str, elements: Sequence[str], cache_dir: Path,
-                 policy: RetryPolicy, limiter: RateLimiter, must_contain: Sequence[str] | None,
-                 exclude: Sequence[str], search_format: str) -> list[dict[str, Any]]:
-    """The COD search rows; a saved answer to the same query stands in when COD cannot answer."""
-    params = search_params(elements, must_contain=must_contain, exclude=exclude, fmt=search_format)
-    saved_path = cache_dir / "search.json"
-    try:
-        rows = search(base, params, policy=policy, limiter=limiter)
-    except FetchError as exc:
-        saved = load_search(saved_path, params)
-        if saved is None:
-            raise RuntimeError(f"COD search failed ({exc.reason}; attempts: {exc.history}) "
-                               "and no earlier answer to this query is saved") from exc
-        rows, when = saved
-        report.notes.append(f"COD search failed ({exc.reason}); used the saved answer from {when}")
-        return rows
-    save_search(saved_path, params, rows)
-    return rows
+        yield CifFile(text=text, source=result.url, name=str(result.cod_id), cod_id=result.cod_id,
+                      extra=meta.get(result.cod_id, {}))
 
 
 def formula_outside(text: str, allowed: set[str]) -> str | None:
@@ -242,6 +269,8 @@ def _directory_files(report: FetchReport, source: str, elements: Sequence[str],
             if _unchanged(report, existing, cod_id, text):
                 continue
             name = path.relative_to(root).with_suffix("").as_posix()
-            yield CifFile(text=text, source=str(path), name=name, cod_id=cod_id)
+            duplicate = _DUPLICATE_OF.search(text) if cod_id is not None else None
+            extra = {"cod_duplicateof": int(duplicate.group(1))} if duplicate else {}
+            yield CifFile(text=text, source=str(path), name=name, cod_id=cod_id, extra=extra)
 
     return files()
