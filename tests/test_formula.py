@@ -30,13 +30,14 @@ CHNO = ("C", "H", "N", "O")
     ("C10 H8 N2 Ni", {"C": 10, "H": 8, "N": 2, "Ni": 1}),
     ("Co C O", {"Co": 1, "C": 1, "O": 1}),
     ("CO", {"C": 1, "O": 1}),                             # carbon monoxide, not cobalt
+    ("D2 O", {"H": 2, "O": 1}),                           # heavy water: deuterium counts as H
 ])
 def test_parse_formula_counts(formula, expected):
     assert parse_formula(formula) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("formula", [
-    "?", "", " - - ", ".", "foo C6 H6", "C6 foo H6", "Xx2 O", "D2 O",
+    "?", "", " - - ", ".", "foo C6 H6", "C6 foo H6", "Xx2 O",
     "C6 H6 foo",
 ])
 def test_parse_formula_rejects_unknown(formula):
@@ -77,8 +78,11 @@ def test_select_keeps_exactly_the_chno_rows():
 def test_row_elements_falls_back_to_calcformula():
     assert row_elements({"formula": "?", "calcformula": "- C6 H6 -"}) == ("C6 H6", frozenset("CH"))
     assert row_elements({"formula": None, "calcformula": None}) == (None, None)
-    formula, elements = row_elements({"formula": "- C6 H5 D -"})  # D is no element symbol
-    assert elements is None and formula == "C6 H5 D"
+    formula, elements = row_elements({"formula": "- C6 H5 D -"})  # deuterium is hydrogen to a potential
+    assert elements == frozenset("CH") and formula == "C6 H5 D"
+    assert parse_formula("C6 D6") == {"C": 6, "H": 6}
+    with pytest.raises(ValueError, match="unknown element 'Xx'"):
+        parse_formula("C6 Xx2")
 
 
 def test_unknown_formula_kept_or_dropped_on_request():

@@ -157,7 +157,8 @@ def _has_structure(block: CIFBlock) -> bool:
 def single_block_text(text: str, block: str) -> str:
     """The text of one data block of a multi-block CIF (for pymatgen, which reads all blocks)."""
     parts = re.split(r"(?im)^(?=data_)", text)
+    name = re.compile(rf"(?i)data_{re.escape(block)}(\s|$)")  # the whole name: 'mol1' is not 'mol10'
     for part in parts:
-        if part.lower().startswith(f"data_{block.lower()}"):
+        if name.match(part):
             return part
     return text

@@ -11,12 +11,15 @@ from ase.data import chemical_symbols
 
 _TOKEN = re.compile(r"([A-Z][a-z]?)\s*(\d+(?:\.\d+)?)?")
 _KNOWN = set(chemical_symbols[1:])
+#: hydrogen isotopes written as their own symbols in CIF formulas (deuterated crystals): counted as H
+_ISOTOPES = {"D": "H", "T": "H"}
 
 
 def parse_formula(formula: str) -> dict[str, float]:
     """Element -> count for Hill-style strings like ``'C6 H6'``, ``'- C6 H6 -'``, ``'C10H13O H9C12'``.
 
-    Repeated elements add up; raises ``ValueError`` for unknown symbols or an empty/``?`` formula.
+    Repeated elements add up; deuterium and tritium (``C6 D6``) count as hydrogen, as they are one
+    element to a potential. Raises ``ValueError`` for unknown symbols or an empty/``?`` formula.
     """
     text = formula.strip().strip("-").strip()
     if not text or text in ("?", "."):
@@ -29,6 +32,7 @@ def parse_formula(formula: str) -> dict[str, float]:
         if gap and not re.fullmatch(r"[\d.\s*()\[\],+]*", gap):
             raise ValueError(f"cannot parse {gap!r} in formula {formula!r}")
         symbol, number = match.group(1), match.group(2)
+        symbol = _ISOTOPES.get(symbol, symbol)
         if symbol not in _KNOWN:
             raise ValueError(f"unknown element {symbol!r} in formula {formula!r}")
         counts[symbol] = counts.get(symbol, 0.0) + (float(number) if number else 1.0)

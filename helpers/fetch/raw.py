@@ -7,7 +7,6 @@ Re-loading the same entry replaces its row (keyed by ``structure_id``), never du
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,25 +16,13 @@ from ase import Atoms
 from ase.db.core import Database
 
 from helpers.fetch.cif import CifEntry, read_entries, sha256, single_block_text
+from helpers.fetch.sources import CifFile
 from helpers.run.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
 from helpers.run.parallel import ordered_map
 from helpers.store import db as dbmod
 
-COD_ID = re.compile(r"^\d{7}$")
 #: seconds allowed to parse one file (helpers.run.guard); a longer parse is recorded as unreadable
 READ_TIME_LIMIT = DEFAULT_SECONDS
-
-
-@dataclass
-class CifFile:
-    """A fetched CIF: its text, where it came from, and its COD id when it is a COD entry."""
-
-    text: str
-    source: str
-    name: str
-    cod_id: int | None = None
-    #: extra key-value pairs for the raw row (e.g. COD search metadata, keys ``cod_*``)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,9 +36,11 @@ class LoadReport:
     unreadable: int = 0
     outside_elements: int = 0
     skipped_ids: list[str] = field(default_factory=list)
+    #: (id the entry would have had, the id it got, its file, the file that holds the id already)
+    collisions: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        return {**{k: v for k, v in self.__dict__.items() if isinstance(v, int)}, "collisions": len(self.collisions)}
 
 
 def structure_id(file: CifFile, entry: CifEntry, n_entries: int) -> str:
@@ -70,19 +59,27 @@ def entry_elements(entry: CifEntry) -> set[str] | None:
     return set(elements.split(",")) if elements else None
 
 
+def existing_rows(db: Database) -> dict[str, dict[str, Any]]:
+    """``structure_id`` -> its ``sha256`` and ``source``, in one query (without each row's CIF text)."""
+    return {str(row.get("structure_id")): {"sha256": row.get("sha256"), "source": row.get("source")}
+            for row in db.select("structure_id", columns=["id", "key_value_pairs"])}
+
+
 def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] | None = None,
-               progress: bool = True, n_workers: int | None = 1) -> LoadReport:
+               progress: bool = True, n_workers: int | None = 1,
+               existing: dict[str, dict[str, Any]] | None = None) -> LoadReport:
     """Write every entry of ``files`` whose elements are within ``elements`` into ``db``.
 
     Files are parsed by ``n_workers`` processes (None: every core; :mod:`helpers.run.parallel`) and
-    written here, in order, by this process alone.
+    written here, in order, by this process alone. Two files that would get the same id (``x.cif`` and
+    ``x.CIF``; one COD id in two folders) never overwrite each other: the later one's id gets its file
+    name (``cod-2100348@cod-sample/2100348.cif``) and the collision is reported.
     """
     from tqdm.auto import tqdm
 
     allowed = set(elements) if elements else None
-    # one query for every (id, digest), without loading each row's CIF text
-    existing = {row.structure_id: row.get("sha256")
-                for row in db.select("structure_id", columns=["id", "key_value_pairs"])}
+    existing = existing_rows(db) if existing is None else existing
+    owners: dict[str, str] = {}  # id -> the file that holds it in this run
     report = LoadReport()
     parsed = ordered_map(read_file_entries, files, n_workers, on_crash=_crashed_reader)
     for file, entries in tqdm(parsed, desc="load raw", unit="file", disable=not progress):
@@ -90,20 +87,37 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
         for entry in entries:
             report.entries += 1
             found = entry_elements(entry)
-            sid = structure_id(file, entry, len(entries))
+            sid = _unique_id(structure_id(file, entry, len(entries)), file, owners, existing, report)
             if allowed is not None and found is not None and not found <= allowed:
                 report.outside_elements += 1
                 report.skipped_ids.append(sid)
                 continue
             text = single_block_text(file.text, entry.block) if len(entries) > 1 else file.text
             digest = sha256(text)
-            if existing.get(sid) == digest:
+            if existing.get(sid, {}).get("sha256") == digest:
                 report.unchanged += 1
                 continue
             write_entry(db, entry, file, sid, text, digest)
             report.written += 1
             report.unreadable += entry.atoms is None
     return report
+
+
+def _unique_id(sid: str, file: CifFile, owners: dict[str, str], existing: dict[str, dict[str, Any]],
+               report: LoadReport) -> str:
+    """``sid``, or ``sid@<file>`` when another file (in this run, or an earlier run's file that still
+    exists) holds it; the collision is recorded."""
+    holder = owners.get(sid)
+    earlier = existing.get(sid, {}).get("source")
+    if holder is None and earlier and earlier != file.source and Path(str(earlier)).is_file() \
+            and Path(file.source).is_file():
+        holder = str(earlier)
+    if holder is not None and holder != file.source:
+        unique = f"{sid}@{file.relative or file.name}"
+        report.collisions.append((sid, unique, file.source, holder))
+        sid = unique
+    owners.setdefault(sid, file.source)
+    return sid
 
 
 def read_file_entries(file: CifFile, seconds: float | None = READ_TIME_LIMIT) -> list[CifEntry]:
@@ -142,8 +156,3 @@ def write_entry(db: Database, entry: CifEntry, file: CifFile, sid: str, text: st
         # which CIF site each atom came from: lets the filter name sites without re-reading the CIF
         data["spacegroup_kinds"] = entry.atoms.arrays["spacegroup_kinds"].tolist()
     return dbmod.upsert(db, atoms, {"structure_id": sid}, data=data, **dbmod.clean_kvp(kvp))
-
-
-def cod_id_from_name(path: Path) -> int | None:
-    """COD id from a file name like ``1000001.cif`` (COD archive / rsync mirror layout)."""
-    return int(path.stem) if COD_ID.match(path.stem) else None

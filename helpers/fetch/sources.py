@@ -1,35 +1,75 @@
-"""Where CIFs come from: a local directory (e.g. an rsync mirror of COD) or the COD web service.
+"""Where CIFs come from: local folders (e.g. an rsync mirror of COD, a benchmark set) or the COD web service.
 
-``COD_SOURCE`` (a URL or a directory) overrides the notebooks' default source.
+``COD_SOURCE`` (a URL or a directory) overrides the notebooks' default source. A source may also be a
+list of folders (e.g. ``cod/`` and ``cod-sample/``): their files are read in that order.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from helpers.fetch.raw import CifFile, cod_id_from_name
+from helpers.fetch.download import decode
 
 COD_URL = "https://www.crystallography.net/cod/"
 SOURCE_ENV = "COD_SOURCE"
+COD_ID = re.compile(r"^\d{7}$")
 
 
-def resolve_source(source: str | None = None) -> str:
+@dataclass
+class CifFile:
+    """A fetched CIF: its text, where it came from, and its COD id when it is a COD entry."""
+
+    text: str
+    source: str
+    #: the file's name relative to its source folder, without the suffix (COD id for web files)
+    name: str
+    cod_id: int | None = None
+    #: extra key-value pairs for the raw row (e.g. COD search metadata, keys ``cod_*``)
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: the name relative to the source with its suffix: tells apart ``x.cif`` and ``x.CIF``
+    relative: str = ""
+
+
+def resolve_source(source: str | Sequence[str] | None = None) -> str | list[str]:
     """An explicit ``source`` wins; else ``COD_SOURCE`` if set; else the COD web service."""
+    if source is not None and not isinstance(source, str):
+        return [str(s) for s in source]
     return source or os.environ.get(SOURCE_ENV) or COD_URL
 
 
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+def is_web(source: str | Sequence[str]) -> bool:
+    """True for the COD web service (an http(s) URL), False for folders."""
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+def cod_id_from_name(path: Path) -> int | None:
+    """COD id from a file name like ``1000001.cif`` (COD archive / rsync mirror layout)."""
+    return int(path.stem) if COD_ID.match(path.stem) else None
+
+
+def check_folder(directory: str | Path) -> Path:
+    """The folder, or a clear error for what it is instead (missing, a file, an archive)."""
+    root = Path(directory)
+    if root.is_file():
+        hint = " (unpack the archive first)" if root.suffix.lower() in (".zip", ".gz", ".tgz", ".tar", ".xz",
+                                                                         ".bz2", ".7z") else ""
+        raise NotADirectoryError(f"CIF source {root} is a file, not a folder of CIFs{hint}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"CIF source directory {root} does not exist")
+    return root
 
 
 def directory_files(directory: str | Path, cod_ids: Iterable[int] | None = None,
                     limit: int | None = None) -> list[Path]:
     """CIF files under ``directory`` (any depth, sorted), optionally only the given COD ids."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise FileNotFoundError(f"CIF source directory {root} does not exist")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be ≥ 0 or None, got {limit}")
+    root = check_folder(directory)
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".cif" and p.is_file())
     if cod_ids is not None:
         wanted = {int(i) for i in cod_ids}
@@ -37,9 +77,17 @@ def directory_files(directory: str | Path, cod_ids: Iterable[int] | None = None,
     return paths[:limit] if limit is not None else paths
 
 
-def read_text(path: Path) -> str:
-    """File text; bytes that are not UTF-8 are kept (surrogate escapes), never fatal."""
-    return path.read_bytes().decode("utf-8", errors="surrogateescape")
+def printable(path: str | Path) -> str:
+    """A path as text any database and terminal can hold (bytes that are not UTF-8 as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def cif_file(path: Path, root: Path, **extra: Any) -> CifFile:
+    """One file of a folder as a :class:`CifFile` (OSError when it cannot be read); names printable."""
+    relative = path.relative_to(root)
+    return CifFile(text=decode(path.read_bytes()), source=printable(path),
+                   name=printable(relative.with_suffix("").as_posix()), cod_id=cod_id_from_name(path), extra=extra,
+                   relative=printable(relative.as_posix()))
 
 
 def iter_directory(directory: str | Path, cod_ids: Iterable[int] | None = None,
@@ -47,5 +95,4 @@ def iter_directory(directory: str | Path, cod_ids: Iterable[int] | None = None,
     """Yield the CIFs of a directory as :class:`CifFile` (names relative to the directory)."""
     root = Path(directory)
     for path in directory_files(root, cod_ids, limit):
-        name = path.relative_to(root).with_suffix("").as_posix()
-        yield CifFile(text=read_text(path), source=str(path), name=name, cod_id=cod_id_from_name(path))
+        yield cif_file(path, root)

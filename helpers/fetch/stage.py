@@ -26,8 +26,8 @@ from helpers.fetch.cod import select
 from helpers.fetch.cod_search import QueryOutcome, search_all
 from helpers.fetch.download import RateLimiter, RetryPolicy, decode, download_cifs
 from helpers.fetch.formula import parse_formula
-from helpers.fetch.raw import CifFile, LoadReport, cod_id_from_name, load_files
-from helpers.fetch.sources import directory_files, is_url, read_text, resolve_source
+from helpers.fetch.raw import LoadReport, existing_rows, load_files
+from helpers.fetch.sources import CifFile, check_folder, cif_file, directory_files, is_web, printable, resolve_source
 from helpers.store import db as dbmod
 
 _FORMULA_SUM = re.compile(r"(?im)^[ \t]*_chemical_formula_sum[ \t]+(?:'([^'\n]*)'|\"([^\"\n]*)\"|(\S+))")
@@ -39,7 +39,7 @@ _DUPLICATE_OF = re.compile(r"(?im)^[ \t]*_(?:\[local\]_)?cod_duplicate_entry[ \t
 class FetchReport:
     """What happened to every entry: queried, selected, fetched, failed (with reasons), in the raw DB."""
 
-    source: str
+    source: str | list[str]
     queried: int = 0
     selected: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -57,10 +57,12 @@ class FetchReport:
     redownloaded: dict[str, str] = field(default_factory=dict)
     #: files COD serves as they are although they disagree with its own search row: id -> how
     disagree: dict[str, str] = field(default_factory=dict)
+    #: raw rows removed because their source file is gone from the folder (full folder runs only)
+    removed: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
         """Ordered counts for the notebook table (skip and failure reasons on their own rows)."""
-        rows: dict[str, Any] = {"source": self.source}
+        rows: dict[str, Any] = {"source": self.source if isinstance(self.source, str) else ", ".join(self.source)}
         if self.searches:
             rows["search queries (exact element sets)"] = len(self.searches)
             rows["search queries answered from a saved answer"] = sum(q.source != "COD" for q in self.searches)
@@ -78,6 +80,8 @@ class FetchReport:
         rows["already in raw DB (unchanged)"] = self.already_in_raw_db
         if self.load:
             rows.update(self.load.as_dict())
+        if self.removed:
+            rows["removed from raw DB (source file gone)"] = len(self.removed)
         rows["in_raw_db"] = self.in_raw_db
         return rows
 
@@ -87,10 +91,13 @@ class FetchReport:
         return pd.Series(self.counts(), name="count").to_frame()
 
     def failures(self):
-        """One row per failed entry with its reason."""
+        """One row per failed entry with its reason (id collisions too: both files were kept)."""
         import pandas as pd
 
-        return pd.DataFrame({"entry": list(self.failed), "reason": list(self.failed.values())})
+        rows = [{"entry": entry, "reason": reason} for entry, reason in self.failed.items()]
+        for wanted, got, path, holder in (self.load.collisions if self.load else []):
+            rows.append({"entry": got, "reason": f"id collision: {wanted} is {holder}; {path} kept as {got}"})
+        return pd.DataFrame(rows, columns=["entry", "reason"])
 
     def search_table(self):
         """One row per COD search query: element set, entries, and whether the answer is COD's own
@@ -129,9 +136,10 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
     """
     source = resolve_source(source)
     report = FetchReport(source=source)
+    folders = [] if is_web(source) else [check_folder(s) for s in ([source] if isinstance(source, str) else source)]
     db = dbmod.connect(raw_db)
-    existing = existing_digests(db)
-    if is_url(source):
+    existing = existing_rows(db)
+    if is_web(source):
         files = _web_files(report, source, elements, cod_ids, limit, progress, existing,
                            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(raw_db),
                            rate=rate, concurrency=concurrency, policy=retry or RetryPolicy(),
@@ -141,21 +149,31 @@ def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", 
                                           max_r_factor=max_r_factor,
                                           keep_unknown_formula=keep_unknown_formula))
     else:
-        files = _directory_files(report, source, elements, cod_ids, limit, existing)
-    report.load = load_files(db, files, elements, progress=progress, n_workers=n_workers)
+        files = _directory_files(report, folders, elements, cod_ids, limit, existing)
+    report.load = load_files(db, files, elements, progress=progress, n_workers=n_workers, existing=existing)
+    if folders and cod_ids is None and limit is None:
+        present = {printable(p) for folder in folders for p in directory_files(folder)}
+        report.removed = _remove_vanished(db, folders, present)
     report.in_raw_db = db.count()
     return report
 
 
-def existing_digests(db) -> dict[str, str]:
-    """``structure_id`` -> ``sha256`` of every row already in the raw database."""
-    return {str(row.get("structure_id")): row.get("sha256")
-            for row in db.select("structure_id", columns=["id", "key_value_pairs"])}
+def _remove_vanished(db, folders: Sequence[Path], present: set[str]) -> list[str]:
+    """Delete raw rows whose source file lay in one of ``folders`` and is gone (the folder is the truth)."""
+    roots = [printable(folder) + "/" for folder in folders]
+    gone = {}
+    for row in db.select("structure_id", columns=["id", "key_value_pairs"]):
+        source = str(row.get("source") or "")
+        if source.startswith(roots[0] if len(roots) == 1 else tuple(roots)) and source not in present:
+            gone[row.id] = str(row.get("structure_id"))
+    if gone:
+        db.delete(list(gone))
+    return sorted(gone.values())
 
 
-def _unchanged(report: FetchReport, existing: dict[str, str], cod_id: int | None, text: str) -> bool:
+def _unchanged(report: FetchReport, existing: dict[str, dict[str, Any]], cod_id: int | None, text: str) -> bool:
     """True (and counted) when this COD entry is already in the raw DB with identical text."""
-    if cod_id is not None and existing.get(f"cod-{cod_id}") == sha256(text):
+    if cod_id is not None and existing.get(f"cod-{cod_id}", {}).get("sha256") == sha256(text):
         report.already_in_raw_db += 1
         return True
     return False
@@ -248,29 +266,35 @@ def formula_outside(text: str, allowed: set[str]) -> str | None:
     return ",".join(sorted(extra)) if extra else None
 
 
-def _directory_files(report: FetchReport, source: str, elements: Sequence[str],
+def _directory_files(report: FetchReport, folders: Sequence[Path], elements: Sequence[str],
                      cod_ids: Iterable[int] | None, limit: int | None,
-                     existing: dict[str, str]) -> Iterator[CifFile]:
-    """CIFs of a directory (recursive; mirror layout gives COD ids), formula pre-check, lazily read."""
-    root = Path(source)
-    paths = directory_files(root, cod_ids=cod_ids, limit=limit)
+                     existing: dict[str, dict[str, Any]]) -> Iterator[CifFile]:
+    """CIFs of folders (recursive; mirror layout gives COD ids), formula pre-check, lazily read.
+    A file that cannot be read (permissions, a name the file system cannot encode) is a recorded failure."""
+    paths = [(root, p) for root in folders for p in directory_files(root, cod_ids=cod_ids)]
+    paths = paths[:limit] if limit is not None else paths
     report.queried = len(paths)
     allowed = set(elements) if elements else None
     reason = f"elements outside {','.join(sorted(allowed or ()))} (formula)"
 
     def files() -> Iterator[CifFile]:
-        for path in paths:
-            text = read_text(path)
-            cod_id = cod_id_from_name(path)
+        for root, path in paths:
+            try:
+                file = cif_file(path, root)
+            except (OSError, UnicodeError) as exc:
+                report.failed[printable(path)] = f"cannot read the file: {type(exc).__name__}: {exc}"
+                continue
+            text, cod_id = file.text, file.cod_id
             if allowed and formula_outside(text, allowed):
                 report.skipped[reason] = report.skipped.get(reason, 0) + 1
                 continue
             report.selected += 1
             if _unchanged(report, existing, cod_id, text):
                 continue
-            name = path.relative_to(root).with_suffix("").as_posix()
             duplicate = _DUPLICATE_OF.search(text) if cod_id is not None else None
-            extra = {"cod_duplicateof": int(duplicate.group(1))} if duplicate else {}
-            yield CifFile(text=text, source=str(path), name=name, cod_id=cod_id, extra=extra)
+            if duplicate:
+                file.extra["cod_duplicateof"] = int(duplicate.group(1))
+            yield file
 
     return files()
+
