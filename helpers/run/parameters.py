@@ -166,7 +166,8 @@ ELEMENTS = optional(sequence(element, "a list of element symbols"))
 #: what each notebook parameter may be; tests/test_notebooks.py checks these match the notebooks
 SPECS: dict[str, dict[str, Coerce]] = {
     "01_fetch": {
-        "source": optional(text), "raw_db": database, "elements": ELEMENTS,
+        "source": optional(lambda v: [text(x) for x in v] if isinstance(v, (list, tuple)) and v else text(v)),
+        "raw_db": database, "elements": ELEMENTS,
         "cod_ids": optional(sequence(integer(1), "a list of COD ids")), "limit": optional(integer(0)),
         "n_workers": optional(integer(1)),
     },
