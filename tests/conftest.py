@@ -53,3 +53,12 @@ def small_clean_db(tmp_path_factory, cod_dir) -> str:
                         progress=False)
     assert report.counts().loc["passed", "n"] == len(SMALL_COD_IDS)
     return str(folder / "clean.db")
+
+
+def subset_dir(tmp_path, cod_dir, ids):
+    """A folder serving only the given real COD files (symlinks), e.g. for the fake COD server."""
+    root = tmp_path / "served"
+    root.mkdir()
+    for i in ids:
+        (root / f"{i}.cif").symlink_to(cod_dir / f"{i}.cif")
+    return root

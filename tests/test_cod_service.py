@@ -10,6 +10,7 @@ import json
 import pytest
 import requests
 from cod_server import COLUMNS, cut_in_atom_loop, serve_cod
+from conftest import subset_dir
 
 from helpers.fetch import fetch
 from helpers.fetch.cod import search, search_params
@@ -27,14 +28,6 @@ NO_WAIT = RateLimiter(None)
 @pytest.fixture(autouse=True)
 def no_cod_source(monkeypatch):
     monkeypatch.delenv("COD_SOURCE", raising=False)
-
-
-def subset_dir(tmp_path, cod_dir, ids):
-    root = tmp_path / "served"
-    root.mkdir()
-    for i in ids:
-        (root / f"{i}.cif").symlink_to(cod_dir / f"{i}.cif")
-    return root
 
 
 def port_of(url):

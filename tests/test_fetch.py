@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 from cod_server import serve_cod
+from conftest import subset_dir
 
 from helpers.fetch.cif import sha256
 from helpers.fetch.download import RetryPolicy, cache_path
@@ -28,14 +29,6 @@ FAULTS = {1000001: ["timeout", "503"], 1100914: ["429"], 2000334: ["truncate", "
 @pytest.fixture(autouse=True)
 def no_cod_source(monkeypatch):
     monkeypatch.delenv("COD_SOURCE", raising=False)
-
-
-def subset_dir(tmp_path, cod_dir, ids):
-    root = tmp_path / "served"
-    root.mkdir()
-    for i in ids:
-        (root / f"{i}.cif").symlink_to(cod_dir / f"{i}.cif")
-    return root
 
 
 def raw_rows(path):
