@@ -1,0 +1,612 @@
+"""The molecules of a crystal, read from its atoms: bonds, whole molecules, identity, missing hydrogens.
+
+A crystallographer looking at a structure sees molecules, not a list of sites. This module does the
+same from an ASE cell:
+
+- **bonds** from covalent radii under periodic boundaries (``d < BOND_MULT * (r_i + r_j)``, ASE's
+  covalent radii, the neighbour list of :func:`ase.neighborlist.neighbor_list`);
+- **molecules** = connected components of that graph, made whole across the cell edges (each atom
+  is moved to the image it is bonded through). A component bonded to its own periodic image is an
+  infinite network (``polymeric``): it has no molecular identity;
+- per molecule: formula, **charge**, **SMILES, InChI and InChIKey** from RDKit
+  (``rdDetermineBonds.DetermineBondOrders`` assigns bond orders and formal charges; the charge is
+  searched 0, +1, -1, +2, -2 and the first closed-shell assignment wins);
+- **missing hydrogens** without a formula: each C, N, O atom's hybridisation is read from its
+  geometry (bond angles, planarity, bond lengths against single-bond lengths) and its valence from
+  the closed-shell bond orders RDKit can (or cannot) find; an atom whose valence cannot be satisfied
+  by its neighbours needs hydrogens, and how many is reported per atom.
+
+Work is bounded: molecules above ``max_atoms`` atoms are not sent to RDKit (recorded), RDKit's
+bond-order search gets ``max_iterations``, and results are cached per unique molecule graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+#: bond if d < BOND_MULT * (r_i + r_j) (ASE covalent radii). 1.2 bonds X-ray C-H (0.93-0.98 Å) and long
+#: C-C (1.6 Å) and stays below hydrogen bonds (H...O >= 1.5 Å, > 1.16 Å = 1.2 x (0.31 + 0.66)).
+BOND_MULT = 1.2
+#: an H bonded to nothing is attached to its nearest heavy atom within r_i + r_j + this (Å; the CSD uses
+#: 0.4): X-ray models with H far out (cod-1011063, ice with H at 1.35-1.38 Å from O) keep their molecules
+LONE_H_TOLERANCE = 0.45
+#: molecules larger than this are not given to RDKit (a polymer, a cage, a huge cell): identity unknown
+MAX_ATOMS = 250
+#: RDKit bond-order search iterations per call (MaxFindBondOrdersItersExceeded beyond)
+MAX_ITERATIONS = 200_000
+#: charges tried, in order: the first with a closed-shell assignment wins
+CHARGES = (0, 1, -1, 2, -2)
+#: single-bond lengths (Å, sp3-sp3, Allen et al. 1987 typical values): shorter bonds have multiple-bond character
+SINGLE_BOND = {("C", "C"): 1.53, ("C", "N"): 1.47, ("C", "O"): 1.43, ("N", "N"): 1.45, ("N", "O"): 1.41,
+               ("O", "O"): 1.47}
+#: an O with one neighbour carries no H when its bond is shorter than this (carbonyl, carboxylate,
+#: N-oxide, nitroxide); a C-OH is >= 1.30 Å, an N-OH >= 1.36 Å.
+O_SINGLE_MIN = {"C": 1.285, "N": 1.345}
+
+
+def _single(a: str, b: str) -> float | None:
+    return SINGLE_BOND.get((a, b)) or SINGLE_BOND.get((b, a))
+
+
+@dataclass
+class Molecule:
+    """One molecule (connected component) of the cell, whole, with its identity and missing H."""
+
+    indices: list[int]  # atoms of the cell, in cell order
+    symbols: list[str]
+    positions: np.ndarray  # unwrapped (Å), same order as indices
+    bonds: list[tuple[int, int]]  # local indices (i < j)
+    polymeric: bool = False
+    formula: str = ""
+    charge: int | None = None
+    smiles: str | None = None
+    inchi: str | None = None
+    inchikey: str | None = None
+    radical: bool = False
+    error: str | None = None
+    #: cell atom index -> number of H its valence needs
+    h_needed: dict[int, int] = field(default_factory=dict)
+    #: charges with a closed-shell assignment, preferred first (the crystal's charge balance picks one)
+    charges_possible: list[int] = field(default_factory=list)
+    key: str = ""
+    #: atoms of a one-atom component within r_i + r_j + LONE_H_TOLERANCE (H shared with a neighbour)
+    loose_contacts: int = 0
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.indices)
+
+    @property
+    def fragment(self) -> str | None:
+        """Why this is not a sensible molecule (an isolated heavy atom, a lone H), or None."""
+        heavy = [s for s in self.symbols if s != "H"]
+        if self.loose_contacts:
+            return None  # not alone: its partners are just far out (e.g. H between two O in an averaged model)
+        if not heavy:
+            return f"lone hydrogen fragment {self.formula}"
+        if len(self.symbols) == 1 and heavy[0] in ("C", "N", "O"):
+            hint = {"O": " (a water or hydroxide whose H are not in the atom list?)",
+                    "N": " (an ammonia/ammonium whose H are not in the atom list?)"}.get(heavy[0], "")
+            return f"isolated {heavy[0]} atom{hint}"
+        return None
+
+
+@dataclass
+class CrystalChemistry:
+    """Every molecule of one cell and what follows from them."""
+
+    molecules: list[Molecule]
+    n_atoms: int
+    error: str | None = None
+
+    @property
+    def n_molecules(self) -> int:
+        return len(self.molecules)
+
+    @property
+    def species(self) -> list[dict[str, Any]]:
+        """Distinct molecules: formula, SMILES, InChIKey, charge, count (most numerous first)."""
+        groups: dict[tuple, dict[str, Any]] = {}
+        for m in self.molecules:
+            key = (m.inchikey or f"?{m.formula}", m.charge)
+            g = groups.setdefault(key, {"formula": m.formula, "smiles": m.smiles, "inchikey": m.inchikey,
+                                        "charge": m.charge, "count": 0, "n_atoms": m.n_atoms})
+            g["count"] += 1
+            if m.polymeric:
+                g["polymeric"] = True
+        return sorted(groups.values(), key=lambda g: (-g["count"], g["formula"]))
+
+    @property
+    def compound_key(self) -> str | None:
+        """Sorted distinct InChIKeys joined by '.'; None when any molecule has no identity."""
+        if not self.molecules or any(m.inchikey is None for m in self.molecules):
+            return None
+        return ".".join(sorted({m.inchikey for m in self.molecules}))
+
+    @property
+    def net_charge(self) -> int | None:
+        if any(m.charge is None for m in self.molecules):
+            return None
+        return int(sum(m.charge for m in self.molecules))
+
+    @property
+    def fragments(self) -> list[Molecule]:
+        return [m for m in self.molecules if m.fragment]
+
+    @property
+    def h_needed(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for m in self.molecules:
+            out.update(m.h_needed)
+        return out
+
+    def z(self) -> int | None:
+        """Formula units per cell from the molecules: gcd of the counts of the distinct molecules."""
+        counts = [s["count"] for s in self.species]
+        return math.gcd(*counts) if counts else None
+
+
+# --------------------------------------------------------------------------------------------
+# bonds and whole molecules
+
+
+def periodic_bonds(atoms: Atoms, mult: float = BOND_MULT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bonded pairs under PBC: i, j, and the cell shift S of j (position_j + S @ cell), both directions."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 3), int)
+    radii = mult * covalent_radii[atoms.numbers]
+    i, j, shifts = neighbor_list("ijS", atoms, radii.tolist(), self_interaction=False)
+    lone = np.setdiff1d(np.flatnonzero(atoms.numbers == 1), i)
+    if len(lone):
+        # an H with no partner under BOND_MULT: bond it to its nearest heavy atom within a looser
+        # criterion r_i + r_j + LONE_H_TOLERANCE (ice with H on O...O midpoints); a truly lone H stays a fragment
+        li, lj, ld, ls = neighbor_list("ijdS", atoms, float(covalent_radii[1] + covalent_radii[8] + 0.4 + 0.2),
+                                       self_interaction=False)
+        extra_i, extra_j, extra_s = [], [], []
+        for h in lone:
+            mask = (li == h) & (atoms.numbers[lj] > 1)
+            mask &= ld < covalent_radii[1] + covalent_radii[atoms.numbers[lj]] + LONE_H_TOLERANCE
+            if not mask.any():
+                continue
+            k = np.flatnonzero(mask)[np.argmin(ld[mask])]
+            extra_i += [h, lj[k]]
+            extra_j += [lj[k], h]
+            extra_s += [ls[k], -ls[k]]
+        if extra_i:
+            i = np.concatenate([i, extra_i]).astype(int)
+            j = np.concatenate([j, extra_j]).astype(int)
+            shifts = np.concatenate([shifts, np.array(extra_s, dtype=int)])
+    return i, j, shifts
+
+
+def find_molecules(atoms: Atoms, mult: float = BOND_MULT) -> list[Molecule]:
+    """Connected components of the periodic bond graph, each made whole (unwrapped) across cell edges."""
+    i, j, shifts = periodic_bonds(atoms, mult)
+    n = len(atoms)
+    neighbours: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n)]
+    for a, b, s in zip(i, j, shifts):
+        neighbours[int(a)].append((int(b), s))
+    cell = np.asarray(atoms.cell.array)
+    image = np.zeros((n, 3), dtype=int)
+    seen = np.zeros(n, dtype=bool)
+    symbols = atoms.get_chemical_symbols()
+    molecules = []
+    for start in range(n):
+        if seen[start]:
+            continue
+        seen[start] = True
+        members, stack, polymeric = [start], [start], False
+        while stack:
+            a = stack.pop()
+            for b, s in neighbours[a]:
+                want = image[a] + s
+                if not seen[b]:
+                    seen[b] = True
+                    image[b] = want
+                    members.append(b)
+                    stack.append(b)
+                elif not np.array_equal(image[b], want):
+                    polymeric = True  # bonded to its own periodic image: an infinite chain/layer/net
+        members.sort()
+        local = {a: k for k, a in enumerate(members)}
+        positions = atoms.positions[members] + image[members] @ cell
+        pairs = sorted({(local[int(a)], local[int(b)]) for a, b in zip(i, j)
+                        if int(a) in local and local[int(a)] < local.get(int(b), -1)})
+        syms = [symbols[a] for a in members]
+        molecules.append(Molecule(indices=members, symbols=syms, positions=positions, bonds=pairs,
+                                  polymeric=polymeric, formula=Atoms(syms).get_chemical_formula(mode="hill")))
+    singles = [m for m in molecules if m.n_atoms == 1]
+    if singles:
+        from ase.data import covalent_radii
+        from ase.neighborlist import neighbor_list
+
+        loose = (covalent_radii[atoms.numbers] + LONE_H_TOLERANCE / 2).tolist()
+        li, lj = neighbor_list("ij", atoms, loose, self_interaction=False)
+        for m in singles:
+            m.loose_contacts = int(np.count_nonzero(li == m.indices[0]))
+    return molecules
+
+
+# --------------------------------------------------------------------------------------------
+# missing hydrogens from geometry
+
+
+def _angles(center: np.ndarray, others: np.ndarray) -> list[float]:
+    v = others - center
+    v = v / np.linalg.norm(v, axis=1)[:, None]
+    out = []
+    for a in range(len(v)):
+        for b in range(a + 1, len(v)):
+            out.append(float(np.degrees(np.arccos(np.clip(v[a] @ v[b], -1, 1)))))
+    return out
+
+
+def _shortening(sym: str, nsym: str, length: float) -> float:
+    """Single-bond length minus this bond's length (Å): > 0.1 means multiple-bond character."""
+    ref = _single(sym, nsym)
+    return 0.0 if ref is None else ref - length
+
+
+def geometric_h_needed(mol: Molecule) -> dict[int, int]:
+    """H a C/N/O atom needs for the hybridisation its geometry shows (local index -> count).
+
+    Carbon: 4 neighbours, or 3 in a plane (sp2), or 2 in a line (sp). Fewer neighbours than its
+    hybridisation allows means C-H missing: a bent two-coordinate carbon is sp2 (1 H) when a bond is
+    short or the angle is wide, else sp3 (2 H); a terminal carbon is CH3 / =CH2 / ≡CH by its bond.
+    Nitrogen and oxygen only where the geometry is unambiguous: a terminal N or O, or a
+    two-coordinate N, whose bonds are all single-bond long (amine NH2/NH, hydroxyl OH). The rest
+    (pyridine- vs pyrrole-type N, C=O vs C-OH at 1.29-1.30 Å) is settled by the valence search.
+    """
+    n = len(mol.symbols)
+    nbrs: list[list[int]] = [[] for _ in range(n)]
+    for a, b in mol.bonds:
+        nbrs[a].append(b)
+        nbrs[b].append(a)
+    pos = mol.positions
+    out: dict[int, int] = {}
+    for k, sym in enumerate(mol.symbols):
+        if sym not in ("C", "N", "O") or n == 1:
+            continue
+        nb = nbrs[k]
+        d = len(nb)
+        lengths = [float(np.linalg.norm(pos[x] - pos[k])) for x in nb]
+        short = [_shortening(sym, mol.symbols[x], L) for x, L in zip(nb, lengths)]
+        need = 0
+        if sym == "C":
+            if d == 3:
+                angle_sum = sum(_angles(pos[k], pos[nb]))
+                need = 0 if angle_sum >= 340.0 else 1
+            elif d == 2:
+                theta = _angles(pos[k], pos[nb])[0]
+                if theta >= 160.0:
+                    need = 0
+                elif max(short) >= 0.07 or theta >= 119.0:
+                    need = 1
+                else:
+                    need = 2
+            elif d == 1:
+                partner = mol.symbols[nb[0]]
+                if partner == "H":
+                    need = 3
+                elif short[0] >= 0.25:  # triple bond: ≡CH, or C≡N+ / C≡O (isocyanide, CO) with no H
+                    need = 1 if partner == "C" else 0
+                elif short[0] >= 0.12:
+                    need = 2
+                else:
+                    need = 3
+        elif sym == "N":
+            if d == 1 and mol.symbols[nb[0]] != "H" and short[0] < 0.05:
+                need = 2  # amine N-C >= 1.42 Å
+            elif d == 2:
+                theta = _angles(pos[k], pos[nb])[0]
+                heavy = [s for x, s in zip(nb, short) if mol.symbols[x] != "H"]
+                if theta < 160.0 and heavy and max(heavy) < 0.03 and theta < 116.0:
+                    need = 1  # sp3 R2N-H: both bonds single, pyramidal angle
+        elif sym == "O":
+            if d == 1 and mol.symbols[nb[0]] in O_SINGLE_MIN and lengths[0] >= 1.36:
+                need = 1  # C-OH / N-OH clearly single
+        if need > 0:
+            out[k] = need
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# identity and valence with RDKit
+
+
+def _rdkit_mol(symbols: list[str], positions: np.ndarray, bonds: list[tuple[int, int]]):
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    rw = Chem.RWMol()
+    for s in symbols:
+        atom = Chem.Atom(s)
+        atom.SetNoImplicit(True)
+        rw.AddAtom(atom)
+    for a, b in bonds:
+        rw.AddBond(int(a), int(b), Chem.BondType.SINGLE)
+    conf = Chem.Conformer(len(symbols))
+    for k, p in enumerate(positions):
+        conf.SetAtomPosition(k, Point3D(*map(float, p)))
+    rw.AddConformer(conf, assignId=True)
+    return rw
+
+
+def _closed_shell(symbols, positions, bonds, charges=CHARGES, embed_chiral: bool = False,
+                  max_iterations: int = MAX_ITERATIONS):
+    """(charge, RDKit mol) of the first charge with a closed-shell bond-order assignment, else (None, None)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    for charge in charges:
+        mol = _rdkit_mol(symbols, positions, bonds)
+        try:
+            rdDetermineBonds.DetermineBondOrders(mol, charge=charge, allowChargedFragments=True,
+                                                 embedChiral=embed_chiral, maxIterations=max_iterations)
+            Chem.SanitizeMol(mol)
+        except Exception:  # noqa: BLE001 - RDKit says no valid assignment for this charge (ValueError & co)
+            continue
+        if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
+            continue
+        if any(abs(a.GetFormalCharge()) > 1 for a in mol.GetAtoms()):
+            continue
+        if _sp_bent(mol, positions):
+            continue
+        return charge, mol
+    return None, None
+
+
+def _sp_bent(mol, positions: np.ndarray) -> bool:
+    """An atom given a triple bond or two double bonds (sp) that is not near-linear: geometry says no."""
+    for atom in mol.GetAtoms():
+        orders = [b.GetBondTypeAsDouble() for b in atom.GetBonds()]
+        if atom.GetDegree() == 2 and (3.0 in orders or orders.count(2.0) == 2):
+            k = atom.GetIdx()
+            nb = [n.GetIdx() for n in atom.GetNeighbors()]
+            if _angles(positions[k], positions[nb])[0] < 150.0:
+                return True
+    return False
+
+
+def _with_hydrogens(mol: Molecule, extra: dict[int, int]):
+    """Symbols, positions, bonds of ``mol`` with ``extra`` H added (placed 1 Å away from the neighbours)."""
+    symbols, positions, bonds = list(mol.symbols), [p for p in mol.positions], list(mol.bonds)
+    nbrs: dict[int, list[int]] = {}
+    for a, b in mol.bonds:
+        nbrs.setdefault(a, []).append(b)
+        nbrs.setdefault(b, []).append(a)
+    for k, count in extra.items():
+        away = np.zeros(3)
+        for x in nbrs.get(k, []):
+            v = mol.positions[k] - mol.positions[x]
+            away += v / (np.linalg.norm(v) or 1.0)
+        if np.linalg.norm(away) < 1e-6:
+            away = np.array([1.0, 0.0, 0.0])
+        away /= np.linalg.norm(away)
+        for c in range(count):
+            tilt = np.array([0.0, 0.3 * (c + 1), 0.2 * c])
+            symbols.append("H")
+            positions.append(mol.positions[k] + away + tilt)
+            bonds.append((k, len(symbols) - 1))
+    return symbols, np.array(positions), bonds
+
+
+def _valence_candidates(mol: Molecule, base: dict[int, int]) -> list[int]:
+    """N and O atoms that might carry H the geometry could not decide (most likely first)."""
+    n = len(mol.symbols)
+    degree = Counter()
+    for a, b in mol.bonds:
+        degree[a] += 1
+        degree[b] += 1
+    out = []
+    for k in range(n):
+        if k in base or mol.symbols[k] not in ("N", "O"):
+            continue
+        if mol.symbols[k] == "O" and degree[k] == 1:
+            nb = next(b if a == k else a for a, b in mol.bonds if k in (a, b))
+            length = float(np.linalg.norm(mol.positions[nb] - mol.positions[k]))
+            if length >= O_SINGLE_MIN.get(mol.symbols[nb], 9.0):
+                out.append((length - 1.3, k))
+        elif mol.symbols[k] == "N" and degree[k] in (1, 2):
+            out.append((0.0, k))
+    return [k for _, k in sorted(out, reverse=True)]
+
+
+def _search_hydrogens(mol: Molecule, base: dict[int, int], max_calls: int = 300) -> dict[int, int] | None:
+    """Fewest H on N/O (beyond ``base``) that give a neutral closed-shell molecule; None if not found.
+
+    Options: a terminal N takes 0-2 H, a two-coordinate N and a terminal O 0-1. Assignments are
+    tried by total number of added H, the sites with the longest (most single) bonds first.
+    """
+    candidates = _valence_candidates(mol, base)[:14]
+    degree = Counter(x for bond in mol.bonds for x in bond)
+    limits = [2 if mol.symbols[k] == "N" and degree[k] == 1 else 1 for k in candidates]
+    calls = 0
+
+    def assignments(total: int, start: int):
+        if total == 0:
+            yield {}
+            return
+        for pos in range(start, len(candidates)):
+            for take in range(min(limits[pos], total), 0, -1):
+                for rest in assignments(total - take, pos + 1):
+                    yield {candidates[pos]: take, **rest}
+
+    for total in range(1, sum(limits) + 1):
+        for added in assignments(total, 0):
+            calls += 1
+            if calls > max_calls:
+                return None
+            extra = dict(base)
+            for k, c in added.items():
+                extra[k] = extra.get(k, 0) + c
+            charge, _ = _closed_shell(*_with_hydrogens(mol, extra), charges=(0,))
+            if charge is not None:
+                return extra
+    return None
+
+
+def skeleton_key(mol: Molecule) -> str:
+    """Canonical key of the bond graph (elements + connectivity), for caching per unique molecule."""
+    from rdkit import Chem
+
+    rw = _rdkit_mol(mol.symbols, mol.positions, mol.bonds)
+    return Chem.MolToSmiles(rw.GetMol(), canonical=True, allHsExplicit=False) + "|" + mol.formula
+
+
+#: skeleton key -> the charges that close the shell; bounded, per process
+_CHARGE_CACHE: dict[str, list[int]] = {}
+
+
+def possible_charges(mol: Molecule) -> list[int]:
+    """Charges (of :data:`CHARGES`, in that order) for which RDKit finds closed-shell bond orders."""
+    if mol.key in _CHARGE_CACHE:
+        return _CHARGE_CACHE[mol.key]
+    found = [c for c in CHARGES if _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(c,))[0] is not None]
+    if len(_CHARGE_CACHE) > 20_000:
+        _CHARGE_CACHE.clear()
+    _CHARGE_CACHE[mol.key] = found
+    return found
+
+
+def identify(mol: Molecule, charge: int) -> Molecule:
+    """SMILES, InChI, InChIKey of a closed-shell molecule at ``charge`` (stereo from its own coordinates)."""
+    from rdkit import Chem
+
+    found, rd = _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(charge,), embed_chiral=True)
+    if rd is None:
+        return mol
+    mol.charge = int(found)
+    mol.smiles = Chem.MolToSmiles(Chem.RemoveHs(rd))
+    try:
+        mol.inchi = Chem.MolToInchi(rd, options="-w") or None
+        mol.inchikey = Chem.InchiToInchiKey(mol.inchi) if mol.inchi else None
+    except Exception:  # noqa: BLE001 - InChI can refuse exotic valences
+        mol.inchi = mol.inchikey = None
+    return mol
+
+
+def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
+    """Missing H and the possible charges of one whole molecule (in place); identity comes after."""
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    if mol.fragment:
+        return mol
+    if mol.polymeric:
+        mol.error = "polymeric: bonded to its own periodic image (an infinite network, no molecular identity)"
+        return mol
+    if mol.n_atoms > max_atoms:
+        mol.error = f"{mol.n_atoms} atoms > {max_atoms}: too large to identify"
+        return mol
+    mol.key = skeleton_key(mol)
+    geometric = geometric_h_needed(mol)
+    if not geometric:
+        mol.charges_possible = possible_charges(mol)
+        if mol.charges_possible:
+            geometric = _long_double_bonds_to_o(mol, mol.charges_possible[0])
+            if not geometric:
+                return mol
+            mol.charges_possible = []  # a C=O too long for a double bond: C-OH with its H missing
+    if not geometric:
+        found = _search_hydrogens(mol, {})
+        if found is None:  # no H the geometry allows would close the shell: a radical (or exotic bonding)
+            mol.radical = True
+            mol.error = "no closed-shell bond orders for charges " + ", ".join(f"{c:+d}" for c in CHARGES)
+            return mol
+    else:
+        charge, _ = _closed_shell(*_with_hydrogens(mol, geometric), charges=(0,))
+        found = geometric if charge is not None else _search_hydrogens(mol, geometric)
+        if found is None:  # the geometric H are certain; report them even if the valence stays open
+            found = geometric
+            mol.error = "valence not satisfied even with the missing H added"
+    mol.h_needed = {mol.indices[k]: c for k, c in found.items()}
+    return mol
+
+
+def _long_double_bonds_to_o(mol: Molecule, charge: int) -> dict[int, int]:
+    """Terminal O given a C=O double bond longer than any carbonyl (>= 1.29 Å): an OH missing its H."""
+    _, rd = _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(charge,))
+    out = {}
+    if rd is None:
+        return out
+    for bond in rd.GetBonds():
+        a, b = bond.GetBeginAtom(), bond.GetEndAtom()
+        if bond.GetBondTypeAsDouble() != 2.0 or {a.GetSymbol(), b.GetSymbol()} != {"C", "O"}:
+            continue
+        o = a if a.GetSymbol() == "O" else b
+        length = float(np.linalg.norm(mol.positions[a.GetIdx()] - mol.positions[b.GetIdx()]))
+        if o.GetDegree() == 1 and length >= O_SINGLE_MIN["C"] + 0.005:
+            out[o.GetIdx()] = 1
+    return out
+
+
+def balance_charges(molecules: list[Molecule], max_combinations: int = 4096) -> dict[str, int]:
+    """Charge per molecule kind (skeleton key) with a neutral cell: fewest charges first, preferred order.
+
+    A molecule that closes its shell at several charges (an odd-electron one at +1 and -1) takes the
+    one that makes the cell neutral with its partners (a salt is neutral per cell, not per molecule).
+    Without a neutral combination every kind keeps its first choice.
+    """
+    from itertools import product
+
+    kinds: dict[str, list[int]] = {}
+    counts: Counter = Counter()
+    for m in molecules:
+        if m.charges_possible:
+            kinds[m.key] = m.charges_possible
+            counts[m.key] += 1
+    keys = list(kinds)
+    chosen = {k: kinds[k][0] for k in keys}
+    if sum(chosen[k] * counts[k] for k in keys) == 0 or not keys:
+        return chosen
+    if math.prod(len(kinds[k]) for k in keys) > max_combinations:
+        return chosen
+    best = None
+    for combo in product(*(kinds[k] for k in keys)):
+        if sum(c * counts[k] for c, k in zip(combo, keys)) != 0:
+            continue
+        cost = (sum(abs(c) * counts[k] for c, k in zip(combo, keys)),
+                sum(kinds[k].index(c) for c, k in zip(combo, keys)))
+        if best is None or cost < best[0]:
+            best = (cost, combo)
+    if best is not None:
+        chosen = dict(zip(keys, best[1]))
+    return chosen
+
+
+def analyse_crystal(atoms: Atoms, max_atoms: int = MAX_ATOMS, mult: float = BOND_MULT) -> CrystalChemistry:
+    """Every molecule of the cell, whole, identified, with the H each atom's valence still needs."""
+    molecules = find_molecules(atoms, mult)
+    for mol in molecules:
+        analyse_molecule(mol, max_atoms)
+    charges = balance_charges(molecules)
+    for mol in molecules:
+        if mol.key in charges:
+            identify(mol, charges[mol.key])
+    return CrystalChemistry(molecules=molecules, n_atoms=len(atoms))
+
+
+def n_symmetry_operations(tags: dict[str, Any], spacegroup: Any = None) -> int | None:
+    """Symmetry operations of the conventional cell (centring included) from the CIF, or the space group."""
+    for name in ("_space_group_symop_operation_xyz", "_symmetry_equiv_pos_as_xyz"):
+        ops = tags.get(name)
+        if isinstance(ops, list) and ops:
+            return len(ops)
+    if spacegroup is not None:
+        try:
+            from ase.spacegroup import Spacegroup
+
+            return len(Spacegroup(spacegroup).get_symop())
+        except Exception:  # noqa: BLE001 - an unknown symbol: Z' not derivable
+            return None
+    return None
