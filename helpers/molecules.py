@@ -262,9 +262,9 @@ def geometric_h_needed(mol: Molecule) -> dict[int, int]:
     Carbon: 4 neighbours, or 3 in a plane (sp2), or 2 in a line (sp). Fewer neighbours than its
     hybridisation allows means C-H missing: a bent two-coordinate carbon is sp2 (1 H) when a bond is
     short or the angle is wide, else sp3 (2 H); a terminal carbon is CH3 / =CH2 / ≡CH by its bond.
-    Nitrogen and oxygen only where the geometry is unambiguous: a terminal N or O, or a
-    two-coordinate N, whose bonds are all single-bond long (amine NH2/NH, hydroxyl OH). The rest
-    (pyridine- vs pyrrole-type N, C=O vs C-OH at 1.29-1.30 Å) is settled by the valence search.
+    Nitrogen and oxygen are left to the valence search (:func:`_search_hydrogens`): pyridine- vs
+    pyrrole-type N, an amide vs an imine N, C=O vs C-OH cannot be told apart by one atom's geometry,
+    and X-ray / electron-diffraction bond lengths are too loose to try.
     """
     n = len(mol.symbols)
     nbrs: list[list[int]] = [[] for _ in range(n)]
@@ -274,7 +274,7 @@ def geometric_h_needed(mol: Molecule) -> dict[int, int]:
     pos = mol.positions
     out: dict[int, int] = {}
     for k, sym in enumerate(mol.symbols):
-        if sym not in ("C", "N", "O") or n == 1:
+        if sym != "C" or n == 1:
             continue
         nb = nbrs[k]
         d = len(nb)
@@ -303,17 +303,6 @@ def geometric_h_needed(mol: Molecule) -> dict[int, int]:
                     need = 2
                 else:
                     need = 3
-        elif sym == "N":
-            if d == 1 and mol.symbols[nb[0]] != "H" and short[0] < 0.05:
-                need = 2  # amine N-C >= 1.42 Å
-            elif d == 2:
-                theta = _angles(pos[k], pos[nb])[0]
-                heavy = [s for x, s in zip(nb, short) if mol.symbols[x] != "H"]
-                if theta < 160.0 and heavy and max(heavy) < 0.03 and theta < 116.0:
-                    need = 1  # sp3 R2N-H: both bonds single, pyramidal angle
-        elif sym == "O":
-            if d == 1 and mol.symbols[nb[0]] in O_SINGLE_MIN and lengths[0] >= 1.36:
-                need = 1  # C-OH / N-OH clearly single
         if need > 0:
             out[k] = need
     return out
@@ -502,6 +491,9 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
     RDLogger.DisableLog("rdApp.*")
     if mol.fragment:
         return mol
+    if mol.n_atoms == 1:
+        mol.error = "a single atom sharing H with its neighbours (averaged or disordered H positions)"
+        return mol
     if mol.polymeric:
         mol.error = "polymeric: bonded to its own periodic image (an infinite network, no molecular identity)"
         return mol
@@ -519,9 +511,11 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
             mol.charges_possible = []  # a C=O too long for a double bond: C-OH with its H missing
     if not geometric:
         found = _search_hydrogens(mol, {})
-        if found is None:  # no H the geometry allows would close the shell: a radical (or exotic bonding)
-            mol.radical = True
+        if found is None:  # no H on N/O closes the shell: a radical (odd electrons) or exotic bonding
+            mol.radical = odd_electrons(mol)
             mol.error = "no closed-shell bond orders for charges " + ", ".join(f"{c:+d}" for c in CHARGES)
+            if mol.radical:
+                identify_radical(mol)
             return mol
     else:
         charge, _ = _closed_shell(*_with_hydrogens(mol, geometric), charges=(0,))
@@ -534,7 +528,11 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
 
 
 def _long_double_bonds_to_o(mol: Molecule, charge: int) -> dict[int, int]:
-    """Terminal O given a C=O double bond longer than any carbonyl (>= 1.29 Å): an OH missing its H."""
+    """Terminal O given a C=O double bond longer than any carbonyl (1.29-1.35 Å): an enol/acid OH missing its H.
+
+    Longer "C=O" bonds (a kinematical electron-diffraction model with C=O 1.36 Å) say the geometry is
+    loose, not that an H is missing: they are left alone.
+    """
     _, rd = _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(charge,))
     out = {}
     if rd is None:
@@ -545,9 +543,34 @@ def _long_double_bonds_to_o(mol: Molecule, charge: int) -> dict[int, int]:
             continue
         o = a if a.GetSymbol() == "O" else b
         length = float(np.linalg.norm(mol.positions[a.GetIdx()] - mol.positions[b.GetIdx()]))
-        if o.GetDegree() == 1 and length >= O_SINGLE_MIN["C"] + 0.005:
+        if o.GetDegree() == 1 and O_SINGLE_MIN["C"] + 0.005 <= length <= 1.35:
             out[o.GetIdx()] = 1
     return out
+
+
+def odd_electrons(mol: Molecule) -> bool:
+    """The neutral molecule has an odd number of electrons: no closed shell can exist without a charge."""
+    from ase.data import atomic_numbers
+
+    return sum(atomic_numbers[s] for s in mol.symbols) % 2 == 1
+
+
+def identify_radical(mol: Molecule) -> Molecule:
+    """A neutral open-shell molecule (e.g. a nitroxide): radical electrons placed by RDKit, charge 0."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    rd = _rdkit_mol(mol.symbols, mol.positions, mol.bonds)
+    mol.radical, mol.charge = True, 0
+    try:
+        rdDetermineBonds.DetermineBondOrders(rd, charge=0, allowChargedFragments=False, maxIterations=MAX_ITERATIONS)
+        Chem.SanitizeMol(rd)
+        mol.smiles = Chem.MolToSmiles(Chem.RemoveHs(rd))
+        mol.inchi = Chem.MolToInchi(rd, options="-w") or None
+        mol.inchikey = Chem.InchiToInchiKey(mol.inchi) if mol.inchi else None
+    except Exception:  # noqa: BLE001 - identity unknown, the radical stays flagged
+        pass
+    return mol
 
 
 def balance_charges(molecules: list[Molecule], max_combinations: int = 4096) -> dict[str, int]:
@@ -590,9 +613,22 @@ def analyse_crystal(atoms: Atoms, max_atoms: int = MAX_ATOMS, mult: float = BOND
     for mol in molecules:
         analyse_molecule(mol, max_atoms)
     charges = balance_charges(molecules)
+    counts = Counter(m.key for m in molecules if m.key in charges)
+    if sum(charges[k] * c for k, c in counts.items()) != 0:
+        # no neutral cell from closed shells: odd-electron molecules left charged alone are radicals
+        # (a nitroxide is not an oxoammonium cation without an anion beside it)
+        radical_kinds = {m.key for m in molecules
+                         if m.key in charges and odd_electrons(m) and 0 not in m.charges_possible}
+        for mol in molecules:
+            if mol.key in radical_kinds:
+                charges.pop(mol.key, None)
+                mol.charges_possible = []
     for mol in molecules:
         if mol.key in charges:
             identify(mol, charges[mol.key])
+        elif mol.charges_possible == [] and odd_electrons(mol) and not mol.h_needed and not mol.error \
+                and mol.key and not mol.fragment:
+            identify_radical(mol)
     return CrystalChemistry(molecules=molecules, n_atoms=len(atoms))
 
 
