@@ -28,6 +28,8 @@ from helpers.cif import cif_number
 from helpers.formula import parse_formula
 
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+#: atoms closer than this (Å) are copies of one site, not bonded partners: no molecules are read from them
+OVERLAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -219,14 +221,16 @@ class Entry:
     def chemistry(self, t: Thresholds):
         """The molecules of the geometry (:func:`helpers.molecules.analyse_crystal`), computed once.
 
-        None when there is nothing to read molecules from: no geometry, a broken cell, or a disordered
-        structure (alternative positions overlap and bond to each other; ``partial_occupancy`` rejects it).
+        None when there is nothing to read molecules from: no geometry, a broken cell, a disordered
+        structure (alternative positions overlap and bond to each other; ``partial_occupancy`` rejects it)
+        or atoms on top of each other (< ``OVERLAP`` Å: unmerged copies; ``close_contact`` rejects it).
         """
         if "chemistry" not in self._cache:
             self._cache["chemistry"] = None
             atoms, _ = self.geometry
             usable = (atoms is not None and len(atoms) >= 1 and finite_geometry(atoms) and atoms.cell.rank == 3
-                      and cell_widths(atoms).min() >= 1.0 and check_partial_occupancy(self, t) is None)
+                      and cell_widths(atoms).min() >= 1.0 and check_partial_occupancy(self, t) is None
+                      and not close_pairs(atoms, OVERLAP))
             if usable:
                 from helpers.molecules import analyse_crystal
 

@@ -36,6 +36,8 @@ BOND_MULT = 1.2
 #: an H bonded to nothing is attached to its nearest heavy atom within r_i + r_j + this (Å; the CSD uses
 #: 0.4): X-ray models with H far out (cod-1011063, ice with H at 1.35-1.38 Å from O) keep their molecules
 LONE_H_TOLERANCE = 0.45
+#: H an isolated atom needs to be a molecule (methane, ammonia, water): also counted as missing H
+ISOLATED_H = {"C": 4, "N": 3, "O": 2}
 #: molecules larger than this are not given to RDKit (a polymer, a cage, a huge cell): identity unknown
 MAX_ATOMS = 250
 #: RDKit bond-order search iterations per call (MaxFindBondOrdersItersExceeded beyond)
@@ -490,6 +492,8 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
 
     RDLogger.DisableLog("rdApp.*")
     if mol.fragment:
+        if mol.n_atoms == 1 and mol.symbols[0] in ISOLATED_H:  # CH4 / NH3 / H2O with no H in the file
+            mol.h_needed = {mol.indices[0]: ISOLATED_H[mol.symbols[0]]}
         return mol
     if mol.n_atoms == 1:
         mol.error = "a single atom sharing H with its neighbours (averaged or disordered H positions)"
