@@ -50,6 +50,8 @@ SINGLE_BOND = {("C", "C"): 1.53, ("C", "N"): 1.47, ("C", "O"): 1.43, ("N", "N"):
 #: an O with one neighbour carries no H when its bond is shorter than this (carbonyl, carboxylate,
 #: N-oxide, nitroxide); a C-OH is >= 1.30 Å, an N-OH >= 1.36 Å.
 O_SINGLE_MIN = {"C": 1.285, "N": 1.345}
+#: a terminal O may take an H in the valence search from these lengths (a COOH vs COO- pair can be 1.25/1.28 Å)
+O_CANDIDATE_MIN = {"C": 1.25, "N": 1.345}
 
 
 def _single(a: str, b: str) -> float | None:
@@ -258,15 +260,15 @@ def _shortening(sym: str, nsym: str, length: float) -> float:
     return 0.0 if ref is None else ref - length
 
 
-def geometric_h_needed(mol: Molecule) -> dict[int, int]:
-    """H a C/N/O atom needs for the hybridisation its geometry shows (local index -> count).
+def carbon_h_options(mol: Molecule) -> dict[int, list[int]]:
+    """H each carbon may need, by its geometry: local index -> counts, the most likely first.
 
     Carbon: 4 neighbours, or 3 in a plane (sp2), or 2 in a line (sp). Fewer neighbours than its
     hybridisation allows means C-H missing: a bent two-coordinate carbon is sp2 (1 H) when a bond is
-    short or the angle is wide, else sp3 (2 H); a terminal carbon is CH3 / =CH2 / ≡CH by its bond.
-    Nitrogen and oxygen are left to the valence search (:func:`_search_hydrogens`): pyridine- vs
-    pyrrole-type N, an amide vs an imine N, C=O vs C-OH cannot be told apart by one atom's geometry,
-    and X-ray / electron-diffraction bond lengths are too loose to try.
+    short or the angle is wide, else sp3 (2 H); a three-coordinate one is pyramidal (sp3, 1 H) or
+    planar; a terminal carbon is CH3 / =CH2 / ≡CH by its bond. Where the geometry is borderline
+    (an X-ray C-C of 1.39 Å in a CH2-CH2 bridge, an angle between sp2 and sp3) the other count is
+    offered second, for the valence search to settle. Carbons that need nothing are left out.
     """
     n = len(mol.symbols)
     nbrs: list[list[int]] = [[] for _ in range(n)]
@@ -274,7 +276,7 @@ def geometric_h_needed(mol: Molecule) -> dict[int, int]:
         nbrs[a].append(b)
         nbrs[b].append(a)
     pos = mol.positions
-    out: dict[int, int] = {}
+    out: dict[int, list[int]] = {}
     for k, sym in enumerate(mol.symbols):
         if sym != "C" or n == 1:
             continue
@@ -282,32 +284,63 @@ def geometric_h_needed(mol: Molecule) -> dict[int, int]:
         d = len(nb)
         lengths = [float(np.linalg.norm(pos[x] - pos[k])) for x in nb]
         short = [_shortening(sym, mol.symbols[x], L) for x, L in zip(nb, lengths)]
-        need = 0
-        if sym == "C":
-            if d == 3:
-                angle_sum = sum(_angles(pos[k], pos[nb]))
-                need = 0 if angle_sum >= 340.0 else 1
-            elif d == 2:
-                theta = _angles(pos[k], pos[nb])[0]
-                if theta >= 160.0:
-                    need = 0
-                elif max(short) >= 0.07 or theta >= 119.0:
-                    need = 1
-                else:
-                    need = 2
-            elif d == 1:
-                partner = mol.symbols[nb[0]]
-                if partner == "H":
-                    need = 3
-                elif short[0] >= 0.25:  # triple bond: ≡CH, or C≡N+ / C≡O (isocyanide, CO) with no H
-                    need = 1 if partner == "C" else 0
-                elif short[0] >= 0.12:
-                    need = 2
-                else:
-                    need = 3
-        if need > 0:
-            out[k] = need
+        options = [0]
+        if d == 3:
+            angle_sum = sum(_angles(pos[k], pos[nb]))
+            options = [0] if angle_sum >= 348.0 else [0, 1] if angle_sum >= 340.0 else [1, 0] \
+                if angle_sum >= 332.0 else [1]
+        elif d == 2:
+            theta = _angles(pos[k], pos[nb])[0]
+            if theta >= 160.0:
+                options = [0]
+            elif theta >= 119.0:
+                options = [1] if max(short) >= 0.07 or theta >= 124.0 else [1, 2]
+            elif max(short) >= 0.07:
+                options = [1] if max(short) >= 0.12 else [1, 2]
+            else:
+                options = [2, 1] if theta >= 113.0 or max(short) >= 0.03 else [2]
+        elif d == 1:
+            partner = mol.symbols[nb[0]]
+            if partner == "H":
+                options = [3]
+            elif short[0] >= 0.25:  # triple bond: ≡CH, or C≡N+ / C≡O (isocyanide, CO) with no H
+                options = [1] if partner == "C" else [0]
+            elif short[0] >= 0.12:
+                options = [2, 3] if short[0] < 0.16 else [2]
+            else:
+                options = [3, 2] if short[0] >= 0.08 else [3]
+        if options != [0]:
+            out[k] = options
     return out
+
+
+def geometric_h_needed(mol: Molecule) -> dict[int, int]:
+    """H each carbon needs for the hybridisation its geometry shows most likely (local index -> count).
+
+    Nitrogen and oxygen are left to the valence search (:func:`_search_hydrogens`): pyridine- vs
+    pyrrole-type N, an amide vs an imine N, C=O vs C-OH cannot be told apart by one atom's geometry,
+    and X-ray / electron-diffraction bond lengths are too loose to try.
+    """
+    return {k: opts[0] for k, opts in carbon_h_options(mol).items() if opts[0] > 0}
+
+
+def carbon_alternatives(mol: Molecule, max_flips: int = 2, max_bases: int = 24) -> list[dict[int, int]]:
+    """Carbon H counts to try: the most likely first, then borderline carbons flipped (one, then two)."""
+    from itertools import combinations
+
+    options = carbon_h_options(mol)
+    first = {k: o[0] for k, o in options.items()}
+    borderline = [k for k, o in options.items() if len(o) > 1]
+    bases = [first]
+    for size in range(1, max_flips + 1):
+        for flip in combinations(borderline, size):
+            base = dict(first)
+            for k in flip:
+                base[k] = options[k][1]
+            bases.append(base)
+            if len(bases) >= max_bases:
+                break
+    return [{k: v for k, v in b.items() if v > 0} for b in bases]
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,8 +366,11 @@ def _rdkit_mol(symbols: list[str], positions: np.ndarray, bonds: list[tuple[int,
 
 
 def _closed_shell(symbols, positions, bonds, charges=CHARGES, embed_chiral: bool = False,
-                  max_iterations: int = MAX_ITERATIONS):
-    """(charge, RDKit mol) of the first charge with a closed-shell bond-order assignment, else (None, None)."""
+                  max_iterations: int = MAX_ITERATIONS, uncharged: bool = False):
+    """(charge, RDKit mol) of the first charge with a closed-shell bond-order assignment, else (None, None).
+
+    ``uncharged``: only assignments without any formal charge count.
+    """
     from rdkit import Chem
     from rdkit.Chem import rdDetermineBonds
 
@@ -348,7 +384,7 @@ def _closed_shell(symbols, positions, bonds, charges=CHARGES, embed_chiral: bool
             continue
         if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
             continue
-        if any(abs(a.GetFormalCharge()) > 1 for a in mol.GetAtoms()):
+        if any(abs(a.GetFormalCharge()) > (0 if uncharged else 1) for a in mol.GetAtoms()):
             continue
         if _sp_bent(mol, positions):
             continue
@@ -405,22 +441,25 @@ def _valence_candidates(mol: Molecule, base: dict[int, int]) -> list[int]:
         if mol.symbols[k] == "O" and degree[k] == 1:
             nb = next(b if a == k else a for a, b in mol.bonds if k in (a, b))
             length = float(np.linalg.norm(mol.positions[nb] - mol.positions[k]))
-            if length >= O_SINGLE_MIN.get(mol.symbols[nb], 9.0):
+            if length >= O_CANDIDATE_MIN.get(mol.symbols[nb], 9.0):
                 out.append((length - 1.3, k))
         elif mol.symbols[k] == "N" and degree[k] in (1, 2):
             out.append((0.0, k))
     return [k for _, k in sorted(out, reverse=True)]
 
 
-def _search_hydrogens(mol: Molecule, base: dict[int, int], max_calls: int = 300) -> dict[int, int] | None:
+def _search_hydrogens(mol: Molecule, base: dict[int, int], max_calls: int = 300,
+                      uncharged: bool = False) -> dict[int, int] | None:
     """Fewest H on N/O (beyond ``base``) that give a neutral closed-shell molecule; None if not found.
 
-    Options: a terminal N takes 0-2 H, a two-coordinate N and a terminal O 0-1. Assignments are
-    tried by total number of added H, the sites with the longest (most single) bonds first.
+    Options: a terminal N takes 0-3 H, a two-coordinate N 0-2, a terminal O 0-1. Assignments are
+    tried by total number of added H, the sites with the longest (most single) bonds first; the
+    molecule as a whole must be neutral (a zwitterion is).
     """
     candidates = _valence_candidates(mol, base)[:14]
     degree = Counter(x for bond in mol.bonds for x in bond)
-    limits = [2 if mol.symbols[k] == "N" and degree[k] == 1 else 1 for k in candidates]
+    # a terminal N: up to NH3+, a two-coordinate N: up to R2NH2+, a terminal O: OH
+    limits = [(3 if degree[k] == 1 else 2) if mol.symbols[k] == "N" else 1 for k in candidates]
     calls = 0
 
     def assignments(total: int, start: int):
@@ -440,7 +479,7 @@ def _search_hydrogens(mol: Molecule, base: dict[int, int], max_calls: int = 300)
             extra = dict(base)
             for k, c in added.items():
                 extra[k] = extra.get(k, 0) + c
-            charge, _ = _closed_shell(*_with_hydrogens(mol, extra), charges=(0,))
+            charge, _ = _closed_shell(*_with_hydrogens(mol, extra), charges=(0,), uncharged=uncharged)
             if charge is not None:
                 return extra
     return None
@@ -509,10 +548,14 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
     if not geometric:
         mol.charges_possible = possible_charges(mol)
         if mol.charges_possible:
-            geometric = _long_double_bonds_to_o(mol, mol.charges_possible[0])
-            if not geometric:
+            # a "C=O" as long as a C-OH: does the molecule close its shell with H there (a phenol read as a
+            # quinone, croconic acid as C5O5)? Then those H are missing; if not, the bond is just long.
+            found = _with_long_co(mol, {}, mol.charges_possible[0])
+            if found is None:
                 return mol
-            mol.charges_possible = []  # a C=O too long for a double bond: C-OH with its H missing
+            mol.charges_possible = []
+            mol.h_needed = {mol.indices[k]: c for k, c in found.items()}
+            return mol
     if not geometric:
         found = _search_hydrogens(mol, {})
         if found is None:  # no H on N/O closes the shell: a radical (odd electrons) or exotic bonding
@@ -522,22 +565,27 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
                 identify_radical(mol)
             return mol
     else:
-        charge, _ = _closed_shell(*_with_hydrogens(mol, geometric), charges=(0,))
-        found = geometric if charge is not None else _search_hydrogens(mol, geometric)
-        if found is None:  # the geometric H are certain; report them even if the valence stays open
+        found = None
+        bases = carbon_alternatives(mol) if geometric == geometric_h_needed(mol) else [geometric]
+        for n, base in enumerate(bases):
+            charge, _ = _closed_shell(*_with_hydrogens(mol, base), charges=(0,))
+            found = base if charge is not None else _search_hydrogens(mol, base, max_calls=300 if n == 0 else 60)
+            if found is not None:
+                found = _with_long_co(mol, found) or found
+                break
+        if found is None:  # carbon H are certain from geometry; report them even if the valence stays open
             found = geometric
             mol.error = "valence not satisfied even with the missing H added"
     mol.h_needed = {mol.indices[k]: c for k, c in found.items()}
     return mol
 
 
-def _long_double_bonds_to_o(mol: Molecule, charge: int) -> dict[int, int]:
-    """Terminal O given a C=O double bond longer than any carbonyl (1.29-1.35 Å): an enol/acid OH missing its H.
+def _long_double_bonds_to_o(mol: Molecule, charge: int, extra: dict[int, int] | None = None) -> dict[int, int]:
+    """Terminal O given a C=O double bond longer than any carbonyl (>= 1.29 Å): maybe an OH missing its H.
 
-    Longer "C=O" bonds (a kinematical electron-diffraction model with C=O 1.36 Å) say the geometry is
-    loose, not that an H is missing: they are left alone.
+    ``extra``: H already added (the bond orders are those of the molecule completed with them).
     """
-    _, rd = _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(charge,))
+    _, rd = _closed_shell(*_with_hydrogens(mol, extra or {}), charges=(charge,))
     out = {}
     if rd is None:
         return out
@@ -547,9 +595,27 @@ def _long_double_bonds_to_o(mol: Molecule, charge: int) -> dict[int, int]:
             continue
         o = a if a.GetSymbol() == "O" else b
         length = float(np.linalg.norm(mol.positions[a.GetIdx()] - mol.positions[b.GetIdx()]))
-        if o.GetDegree() == 1 and O_SINGLE_MIN["C"] + 0.005 <= length <= 1.35:
+        if o.GetDegree() == 1 and length >= O_SINGLE_MIN["C"] + 0.005:
             out[o.GetIdx()] = 1
     return out
+
+
+def _with_long_co(mol: Molecule, found: dict[int, int], charge: int = 0) -> dict[int, int] | None:
+    """``found`` plus the H of "C=O" bonds as long as C-OH, if the molecule closes its shell with them.
+
+    A phenol whose H are gone reads as a quinone (paracetamol as NAPQI), croconic acid as C5O5: both
+    valid closed shells, told apart from the real thing only by their C-O lengths. The completed molecule
+    must be an ordinary one (no formal charges): a long ester C=O of a loose electron-diffraction model
+    is not turned into an oxonium. None: nothing to add.
+    """
+    long_co = _long_double_bonds_to_o(mol, charge, found)
+    if not long_co:
+        return None
+    base = dict(found)
+    for k, c in long_co.items():
+        base[k] = base.get(k, 0) + c
+    closed, _ = _closed_shell(*_with_hydrogens(mol, base), charges=(0,), uncharged=True)
+    return base if closed is not None else _search_hydrogens(mol, base, uncharged=True)
 
 
 def odd_electrons(mol: Molecule) -> bool:
