@@ -535,7 +535,8 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
             mol.h_needed = {mol.indices[0]: ISOLATED_H[mol.symbols[0]]}
         return mol
     if mol.n_atoms == 1:
-        mol.error = "a single atom sharing H with its neighbours (averaged or disordered H positions)"
+        mol.error = ("a single atom sharing H with its neighbours (averaged or disordered H positions)"
+                     if mol.loose_contacts else f"a single {mol.symbols[0]} atom")
         return mol
     if mol.polymeric:
         mol.error = "polymeric: bonded to its own periodic image (an infinite network, no molecular identity)"
