@@ -501,7 +501,17 @@ def possible_charges(mol: Molecule) -> list[int]:
     """Charges (of :data:`CHARGES`, in that order) for which RDKit finds closed-shell bond orders."""
     if mol.key in _CHARGE_CACHE:
         return _CHARGE_CACHE[mol.key]
-    found = [c for c in CHARGES if _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(c,))[0] is not None]
+    # parity: an odd-electron molecule can only close its shell at an odd charge, an even one at an even
+    # charge; a neutral closed shell ends the search (a dianion of the same atoms is not a rival)
+    odd = odd_electrons(mol)
+    found = []
+    for c in CHARGES:
+        if (c % 2 == 1) != odd:
+            continue
+        if _closed_shell(mol.symbols, mol.positions, mol.bonds, charges=(c,))[0] is not None:
+            found.append(c)
+            if c == 0:
+                break
     if len(_CHARGE_CACHE) > 20_000:
         _CHARGE_CACHE.clear()
     _CHARGE_CACHE[mol.key] = found
