@@ -192,7 +192,7 @@ H_FREE_TAUTOMERS = {"2007511": "tetrazol-5-one CH2N4O -> O=C1N=NN=N1",
 def test_every_unaltered_cod_entry_and_its_hydrogen_less_copy(shared_data):
     """All of cod-sample/ (137 unaltered COD entries) that ASE reads without disorder: no H is asked for
     on the real crystals, and every hydrogen-less copy is caught (but the known H-free tautomers), the
-    number of H asked for being the number deleted for at least 90 % of them (measured: 122 of 129)."""
+    number of H asked for being the number deleted for at least 90 % of those caught (measured: 122 of 129)."""
     import warnings
 
     false_alarms, missed, right, wrong = [], [], [], []
