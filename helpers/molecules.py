@@ -23,6 +23,7 @@ bond-order search gets ``max_iterations``, and results are cached per unique mol
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ LONE_H_TOLERANCE = 0.45
 ISOLATED_H = {"C": 4, "N": 3, "O": 2}
 #: molecules larger than this are not given to RDKit (a polymer, a cage, a huge cell): identity unknown
 MAX_ATOMS = 250
+#: seconds of H search (RDKit calls) per molecule before it gives up with what geometry says
+SEARCH_SECONDS = 10.0
 #: RDKit bond-order search iterations per call (MaxFindBondOrdersItersExceeded beyond)
 MAX_ITERATIONS = 200_000
 #: charges tried, in order: the first with a closed-shell assignment wins
@@ -81,6 +84,8 @@ class Molecule:
     key: str = ""
     #: atoms of a one-atom component within r_i + r_j + LONE_H_TOLERANCE (H shared with a neighbour)
     loose_contacts: int = 0
+    #: time.monotonic() after which the valence search of this molecule gives up (set by analyse_molecule)
+    deadline: float = float("inf")
 
     @property
     def n_atoms(self) -> int:
@@ -474,7 +479,7 @@ def _search_hydrogens(mol: Molecule, base: dict[int, int], max_calls: int = 300,
     for total in range(1, sum(limits) + 1):
         for added in assignments(total, 0):
             calls += 1
-            if calls > max_calls:
+            if calls > max_calls or time.monotonic() > mol.deadline:
                 return None
             extra = dict(base)
             for k, c in added.items():
@@ -535,10 +540,14 @@ def identify(mol: Molecule, charge: int) -> Molecule:
     return mol
 
 
-def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
-    """Missing H and the possible charges of one whole molecule (in place); identity comes after."""
+def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS, seconds: float = SEARCH_SECONDS) -> Molecule:
+    """Missing H and the possible charges of one whole molecule (in place); identity comes after.
+
+    The valence search stops after ``seconds`` (the carbon H found from geometry are reported anyway).
+    """
     from rdkit import RDLogger
 
+    mol.deadline = time.monotonic() + seconds
     RDLogger.DisableLog("rdApp.*")
     if mol.fragment:
         if mol.n_atoms == 1 and mol.symbols[0] in ISOLATED_H:  # CH4 / NH3 / H2O with no H in the file
@@ -579,6 +588,8 @@ def analyse_molecule(mol: Molecule, max_atoms: int = MAX_ATOMS) -> Molecule:
         found = None
         bases = carbon_alternatives(mol) if geometric == geometric_h_needed(mol) else [geometric]
         for n, base in enumerate(bases):
+            if n and time.monotonic() > mol.deadline:
+                break
             charge, _ = _closed_shell(*_with_hydrogens(mol, base), charges=(0,))
             found = base if charge is not None else _search_hydrogens(mol, base, max_calls=300 if n == 0 else 60)
             if found is not None:
@@ -704,9 +715,16 @@ def analyse_crystal(atoms: Atoms, max_atoms: int = MAX_ATOMS, mult: float = BOND
             if mol.key in radical_kinds:
                 charges.pop(mol.key, None)
                 mol.charges_possible = []
+    same: dict[str, Molecule] = {}  # key -> an identified molecule without stereo: its copies are the same
     for mol in molecules:
         if mol.key in charges:
+            twin = same.get(mol.key)
+            if twin is not None:
+                mol.charge, mol.smiles, mol.inchi, mol.inchikey = twin.charge, twin.smiles, twin.inchi, twin.inchikey
+                continue
             identify(mol, charges[mol.key])
+            if mol.smiles and not any(c in mol.smiles for c in "@/\\"):
+                same[mol.key] = mol
         elif mol.charges_possible == [] and odd_electrons(mol) and not mol.h_needed and not mol.error \
                 and mol.key and not mol.fragment:
             identify_radical(mol)
