@@ -18,7 +18,8 @@ CONTRACT = {
     "01_fetch": {"source": None, "raw_db": "data/raw.db", "elements": ["C", "H", "N", "O"], "cod_ids": None,
                  "limit": None, "n_workers": None},
     "02_filter": {"raw_db": "data/raw.db", "clean_db": "data/clean.db", "rejects_db": "data/rejects.db",
-                  "min_distance": 0.8, "elements": ["C", "H", "N", "O"], "n_workers": None},
+                  "min_distance": 0.8, "elements": ["C", "H", "N", "O"], "n_workers": None,
+                  "require_formula": False, "reader": "ase", "group_duplicates": True},
     "03_relax": {"potential": "ani1x", "batch": 0, "n_batches": 1, "clean_db": "data/clean.db",
                  "out_db": "data/relaxed_{potential}.db", "fmax": 0.0005, "max_steps_base": 300,
                  "steps_per_atom": None, "strategy": "fast", "draft": "float32", "optimizer": "BFGS",
@@ -82,6 +83,26 @@ def test_committed_without_outputs(name):
     for cell in book.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None
+
+
+@pytest.mark.slow
+def test_filter_notebook_takes_switches_as_papermill_strings(tmp_path, cod_dir):
+    """``papermill -r require_formula False -r reader pymatgen``: strings coerced, the fallback reader used."""
+    from helpers.fetch import fetch
+    from helpers.run.notebooks import execute
+
+    fetch(source=str(cod_dir), raw_db=str(tmp_path / "raw.db"), cod_ids=[2010442, 2003003], progress=False)
+    params = {"raw_db": str(tmp_path / "raw.db"), "clean_db": str(tmp_path / "clean.db"),
+              "rejects_db": str(tmp_path / "rejects.db"), "n_workers": 1,
+              "require_formula": "False", "reader": "pymatgen", "group_duplicates": "true"}
+    execute("02_filter", params, tmp_path)
+    clean, rejects = dbmod.connect(tmp_path / "clean.db"), dbmod.connect(tmp_path / "rejects.db")
+    assert clean.get(structure_id="cod-2010442").reader == "pymatgen"
+    assert "formula_unknown" not in rejects.get(structure_id="cod-2003003").checks  # "False" is False
+    params.update(require_formula="True", reader="ase")
+    execute("02_filter", params, tmp_path, tag="again")
+    assert "formula_unknown" in rejects.get(structure_id="cod-2003003").checks
+    assert rejects.get(structure_id="cod-2010442").checks.startswith("ase_unreadable")
 
 
 @pytest.mark.slow

@@ -66,3 +66,23 @@ def test_scene_adds_periodic_image_for_pair_across_the_cell():
     scene = scene_for(atoms, rejection)
     assert len(scene.atoms) == 3 and scene.pairs == [(0, 2)]
     assert np.linalg.norm(scene.atoms.positions[2] - scene.atoms.positions[0]) == pytest.approx(0.6)
+
+
+def test_atoms_short_of_hydrogens_and_fragments_are_highlighted(tmp_path, cod_dir):
+    """cod-2003398 (no H in its atom list) and cod-2103187 (a broken loop: lone C and O atoms), drawn on
+    pymatgen's atoms since ASE cannot read either file."""
+    fetch(source=str(cod_dir), raw_db=str(tmp_path / "raw.db"), cod_ids=[2003398, 2103187], progress=False)
+    run_filter(tmp_path / "raw.db", tmp_path / "clean.db", tmp_path / "rejects.db", progress=False)
+    viewer = RejectViewer(str(tmp_path / "rejects.db"), check="hydrogen_missing")
+    viewer.show("hydrogen_missing", 0)
+    details = viewer.current["rejection"]["details"]
+    assert viewer.current["structure_id"] == "cod-2003398"
+    assert viewer.scene.spheres == details["atoms"]
+    assert len(details["atoms"]) == 8 * 13  # 8 molecules, 13 atoms each short of H
+    assert set(viewer.scene.atoms[viewer.scene.spheres].get_chemical_symbols()) <= {"C", "N", "O"}
+    assert "needs 1 H" in viewer.info.value and "magenta" in viewer.info.value
+    viewer.reason.value = "incomplete_structure"
+    assert viewer.current["structure_id"] == "cod-2103187"
+    fragments = viewer.current["rejection"]["details"]["fragments"]
+    assert viewer.scene.spheres == sorted(i for f in fragments for i in f["atoms"])
+    assert "isolated C atom" in viewer.info.value

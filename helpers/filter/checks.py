@@ -28,6 +28,8 @@ from helpers.fetch.cif import cif_number
 from helpers.fetch.formula import parse_formula
 
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+#: atoms closer than this (Å) are copies of one site, not bonded partners: no molecules are read from them
+OVERLAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,11 @@ class Thresholds:
     elements: tuple[str, ...] | None = ("C", "H", "N", "O")  # None: any element
     occupancy_tolerance: float = 0.01  # a site with occupancy < 1 - this is partial
     reject_disorder_groups: bool = True  # sites in a _atom_site_disorder_group other than '.'
-    require_formula: bool = True  # no usable _chemical_formula_sum -> cannot verify composition
+    require_formula: bool = False  # True: no usable _chemical_formula_sum is a rejection (formula_unknown)
+    structural_hydrogens: bool = True  # missing H from the atoms' valences (helpers.filter.molecules), formula or not
+    reader: str = "ase"  # "pymatgen": an entry ASE cannot read is built from pymatgen's parse instead
+    group_duplicates: bool = True  # count clean rows sharing a compound_key (n_same_compound)
+    max_molecule_atoms: int = 250  # larger molecules are not identified (RDKit), recorded
     h_missing_tolerance: float = 0.25  # H per formula unit that may be missing (rounding)
     composition_atol: float = 0.25  # atoms per formula unit
     composition_rtol: float = 0.02
@@ -58,7 +64,32 @@ class Thresholds:
             raise TypeError(f"unknown filter threshold(s): {sorted(unknown)}; known: {sorted(known)}")
         if overrides.get("elements") is not None:
             overrides["elements"] = tuple(overrides["elements"])
+        for name in ("require_formula", "structural_hydrogens", "group_duplicates", "reject_disorder_groups",
+                     "flags_reject"):
+            if name in overrides:
+                overrides[name] = as_bool(overrides[name], name)
+        if "reader" in overrides:
+            reader = str(overrides["reader"]).strip().lower()
+            if reader not in READERS:
+                raise ValueError(f"reader must be one of {READERS}, not {overrides['reader']!r}")
+            overrides["reader"] = reader
         return cls(**overrides)
+
+
+READERS = ("ase", "pymatgen")
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """A switch from a notebook/papermill/CLI value: True/False, 1/0, 'True'/'false'/'yes'/'no'."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off", "none", ""):
+        return False
+    raise ValueError(f"{name} must be True or False, not {value!r}")
 
 
 @dataclass
@@ -81,6 +112,7 @@ class Entry:
     atoms: Atoms
     kvp: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row) -> Entry:
@@ -185,6 +217,25 @@ class Entry:
                     and np.allclose(atoms.positions, self.atoms.positions, atol=1e-6)):
                 return np.asarray(atoms.arrays["spacegroup_kinds"], dtype=int)
         return None
+
+    def chemistry(self, t: Thresholds):
+        """The molecules of the geometry (:func:`helpers.filter.molecules.analyse_crystal`), computed once.
+
+        None when there is nothing to read molecules from: no geometry, a broken cell, a disordered
+        structure (alternative positions overlap and bond to each other; ``partial_occupancy`` rejects it)
+        or atoms on top of each other (< ``OVERLAP`` Å: unmerged copies; ``close_contact`` rejects it).
+        """
+        if "chemistry" not in self._cache:
+            self._cache["chemistry"] = None
+            atoms, _ = self.geometry
+            usable = (atoms is not None and len(atoms) >= 1 and finite_geometry(atoms) and atoms.cell.rank == 3
+                      and cell_widths(atoms).min() >= 1.0 and check_partial_occupancy(self, t) is None
+                      and not close_pairs(atoms, OVERLAP))
+            if usable:
+                from helpers.filter.molecules import analyse_crystal
+
+                self._cache["chemistry"] = analyse_crystal(atoms, max_atoms=t.max_molecule_atoms)
+        return self._cache["chemistry"]
 
     @cached_property
     def site_labels(self) -> list[str] | None:
@@ -291,6 +342,8 @@ def check_ase_readable(entry: Entry, t: Thresholds) -> Rejection | None:
     """The study's criterion 1: ``ase.io.read`` fails."""
     if entry.readable:
         return None
+    if t.reader == "pymatgen" and entry.geometry[1] == "pymatgen":
+        return None  # the fallback reader built the atoms (the row records reader="pymatgen")
     error = entry.kvp.get("read_error") or "unknown error"
     reason = f"ase.io.read failed: {error}"
     if "SpacegroupNotFoundError" in str(error):
@@ -331,10 +384,19 @@ def check_incomplete(entry: Entry, t: Thresholds) -> Rejection | None:
         problems.append(f"{n} atom{'s' if n != 1 else ''} in the cell")
     if volume < 1.0:
         problems.append(f"no 3D cell (volume {volume:.3g} Å^3)")
+    details: dict[str, Any] = {"n_atoms": n, "volume": volume, "atoms_source": source}
+    chemistry = entry.chemistry(t) if not problems else None
+    fragments = chemistry.fragments if chemistry is not None else []
+    if fragments:
+        kinds = Counter(m.fragment for m in fragments)
+        problems.append(f"{len(fragments)} fragment(s) that are not molecules: "
+                        + "; ".join(f"{k} x{c}" for k, c in kinds.items()))
+        details["fragments"] = [{"formula": m.formula, "reason": m.fragment, "atoms": m.indices,
+                                 "labels": [entry.label(i) for i in m.indices]} for m in fragments[:50]]
+        details["atoms"] = sorted(i for m in fragments for i in m.indices)[:200]
     if not problems:
         return None
-    return Rejection("incomplete_structure", "incomplete structure: " + "; ".join(problems),
-                     {"n_atoms": n, "volume": volume, "atoms_source": source})
+    return Rejection("incomplete_structure", "incomplete structure: " + "; ".join(problems), details)
 
 
 def check_elements(entry: Entry, t: Thresholds) -> Rejection | None:
@@ -466,25 +528,82 @@ def _per_fu(entry: Entry) -> tuple[dict[str, float], dict[str, float], dict[str,
     return found, formula, z
 
 
-def check_hydrogens(entry: Entry, t: Thresholds) -> Rejection | None:
-    """Hydrogens missing: H per formula unit in the cell (H / Z) below ``_chemical_formula_sum``."""
+def _formula_hydrogens(entry: Entry, t: Thresholds) -> dict[str, Any] | None:
+    """H per formula unit in the cell (H / Z) vs ``_chemical_formula_sum``; None when not applicable."""
     per_fu = _per_fu(entry)
     if per_fu is None:
         return None
     found, formula, z = per_fu
     expected, have = formula.get("H", 0.0), found.get("H", 0.0)
     missing = expected - have
-    if missing <= t.h_missing_tolerance:
-        return None
     _, source = entry.geometry
-    details = {"h_expected_per_fu": expected, "h_found_per_fu": round(have, 3),
-               "h_missing_per_fu": round(missing, 3), "h_missing_in_cell": round(missing * z["z"], 2),
-               "z": z["z"], "z_source": z["source"], "atoms_source": source,
-               "pymatgen_check": entry.pymatgen["check"]}
-    what = "no hydrogen atoms at all" if have == 0 else f"{have:.2f} H per formula unit"
-    reason = (f"hydrogens missing: {what}, formula {entry.kvp.get('cif_formula')!r} has {expected:g} "
-              f"(Z={z['z']:g}, {z['source']}); {details['h_missing_in_cell']:g} H missing in the cell")
-    return Rejection("hydrogen_missing", reason, details)
+    return {"missing": missing > t.h_missing_tolerance,
+            "h_expected_per_fu": expected, "h_found_per_fu": round(have, 3),
+            "h_missing_per_fu": round(missing, 3), "h_missing_in_cell": round(missing * z["z"], 2),
+            "z": z["z"], "z_source": z["source"], "atoms_source": source,
+            "pymatgen_check": entry.pymatgen["check"]}
+
+
+def _structural_hydrogens(entry: Entry, t: Thresholds) -> dict[str, Any] | None:
+    """Missing H from the atoms alone (helpers.filter.molecules); None when not applicable (no usable geometry)."""
+    if not t.structural_hydrogens:
+        return None
+    chemistry = entry.chemistry(t)
+    if chemistry is None:
+        return None
+    needed = chemistry.h_needed
+    net = chemistry.net_charge
+    protons = -net if net is not None and net < 0 else 0  # anions without cations: their H+ are missing
+    atoms = [{"i": i, "label": entry.label(i), "h_needed": c} for i, c in sorted(needed.items())]
+    molecules = sorted({m.formula for m in chemistry.molecules if m.h_needed})
+    return {"missing": bool(needed) or protons > 0, "h_missing_in_cell": int(sum(needed.values()) + protons),
+            "h_missing_on_atoms": int(sum(needed.values())), "protons_missing": int(protons),
+            "net_charge": net, "n_atoms": len(needed), "atoms": atoms[:200], "molecules": molecules[:20],
+            "radicals": sorted({m.formula for m in chemistry.molecules if m.radical})}
+
+
+def hydrogen_findings(entry: Entry, t: Thresholds) -> dict[str, Any]:
+    """Both hydrogen checks, computed once per entry: ``formula`` and ``structure`` (None: not applicable)."""
+    if "hydrogens" not in entry._cache:
+        entry._cache["hydrogens"] = {"formula": _formula_hydrogens(entry, t),
+                                     "structure": _structural_hydrogens(entry, t)}
+    return entry._cache["hydrogens"]
+
+
+def check_hydrogens(entry: Entry, t: Thresholds) -> Rejection | None:
+    """Hydrogens missing: atoms whose valence needs H (no formula needed), or fewer H than the formula says."""
+    found = hydrogen_findings(entry, t)
+    formula, structure = found["formula"], found["structure"]
+    by = [name for name, f in (("structure", structure), ("formula", formula)) if f is not None and f["missing"]]
+    if not by:
+        return None
+    details: dict[str, Any] = {}
+    parts = []
+    if structure is not None and structure["missing"]:
+        shown = ", ".join(f"{a['label']} needs {a['h_needed']}" for a in structure["atoms"][:6])
+        text = f"{structure['h_missing_on_atoms']} H missing in the cell on {structure['n_atoms']} atoms"
+        if shown:
+            text += f" ({shown}{', ...' if structure['n_atoms'] > 6 else ''})"
+        if structure["protons_missing"]:
+            text += (f"; the molecules add up to a net charge of {structure['net_charge']:+d} per cell: "
+                     f"{structure['protons_missing']} H+ missing")
+        parts.append(text)
+        details.update(atoms=[a["i"] for a in structure["atoms"]], h_needed=structure["atoms"],
+                       h_missing_structure=structure["h_missing_in_cell"])
+    if formula is not None and formula["missing"]:
+        have, expected = formula["h_found_per_fu"], formula["h_expected_per_fu"]
+        what = "no hydrogen atoms at all" if have == 0 else f"{have:.2f} H per formula unit"
+        parts.append(f"{what}, formula {entry.kvp.get('cif_formula')!r} has {expected:g} (Z={formula['z']:g}, "
+                     f"{formula['z_source']}); {formula['h_missing_in_cell']:g} H missing in the cell")
+    if formula is not None:
+        details.update({k: v for k, v in formula.items() if k != "missing"})
+    details.update(by=by, structure=structure, formula_check=None if formula is None else formula["missing"])
+    if formula is not None and structure is not None and formula["missing"] != structure["missing"]:
+        details["disagreement"] = (f"the structure says {'H missing' if structure['missing'] else 'complete'}, "
+                                   f"the formula says {'H missing' if formula['missing'] else 'complete'}")
+    _, source = entry.geometry
+    details["atoms_source"] = source
+    return Rejection("hydrogen_missing", "hydrogens missing: " + "; ".join(parts), details)
 
 
 def check_composition(entry: Entry, t: Thresholds) -> Rejection | None:
@@ -563,6 +682,40 @@ def flag_no_temperature(entry: Entry, t: Thresholds) -> Rejection | None:
     return Rejection("no_temperature", "measurement temperature unknown or invalid", {"raw": raw})
 
 
+def flag_hydrogen_disagreement(entry: Entry, t: Thresholds) -> Rejection | None:
+    """The structural and the formula hydrogen checks disagree (one finds H missing, the other not)."""
+    found = hydrogen_findings(entry, t)
+    formula, structure = found["formula"], found["structure"]
+    if formula is None or structure is None or formula["missing"] == structure["missing"]:
+        return None
+    says = "structure: H missing, formula: complete" if structure["missing"] else "formula: H missing, structure: " \
+        "complete"
+    return Rejection("hydrogen_checks_disagree", f"hydrogen checks disagree ({says})",
+                     {"structure_h_missing": structure["h_missing_in_cell"],
+                      "formula_h_missing": formula["h_missing_in_cell"]})
+
+
+def flag_radical(entry: Entry, t: Thresholds) -> Rejection | None:
+    """A molecule with no closed-shell bond orders at any charge although no H is missing: a radical."""
+    chemistry = entry.chemistry(t) if t.structural_hydrogens else None
+    radicals = [m for m in chemistry.molecules if m.radical] if chemistry is not None else []
+    if not radicals:
+        return None
+    kinds = Counter(m.formula for m in radicals)
+    return Rejection("radical", "open-shell molecule(s): " + ", ".join(f"{f} x{c}" for f, c in kinds.items()),
+                     {"molecules": dict(kinds), "atoms": sorted(i for m in radicals for i in m.indices)[:200]})
+
+
+def flag_charge_imbalance(entry: Entry, t: Thresholds) -> Rejection | None:
+    """The molecules add up to a positive net charge per cell (an anion missing, or extra H)."""
+    chemistry = entry.chemistry(t) if t.structural_hydrogens else None
+    net = chemistry.net_charge if chemistry is not None else None
+    if net is None or net <= 0:
+        return None
+    return Rejection("charge_imbalance", f"the molecules add up to a net charge of {net:+d} per cell",
+                     {"net_charge": net, "species": chemistry.species})
+
+
 @dataclass(frozen=True)
 class Check:
     """A named check: its function, whether it rejects or only flags, and what it means."""
@@ -591,4 +744,7 @@ CHECKS: list[Check] = [
     Check("implausible_density", check_density),
     Check("high_pressure", flag_high_pressure, kind="flag"),
     Check("no_temperature", flag_no_temperature, kind="flag"),
+    Check("hydrogen_checks_disagree", flag_hydrogen_disagreement, kind="flag"),
+    Check("radical", flag_radical, kind="flag"),
+    Check("charge_imbalance", flag_charge_imbalance, kind="flag"),
 ]

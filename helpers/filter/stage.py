@@ -31,6 +31,11 @@ class FilterResult:
     structure_id: str
     rejections: list[Rejection] = field(default_factory=list)
     flags: list[Rejection] = field(default_factory=list)
+    #: what the structure is (n_molecules, z_prime, compound_key, reader) and its molecules, for the output row
+    kvp: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    #: atoms for the output row when they do not come from the raw row (reader="pymatgen" fallback)
+    atoms: Atoms | None = None
 
     @property
     def passed(self) -> bool:
@@ -65,7 +70,51 @@ def evaluate(entry: Entry, thresholds: Thresholds | None = None,
                 result.rejections.append(found)
         else:
             result.rejections.append(found)
+    try:
+        with time_limit(t.check_time_limit, "molecules"):
+            describe(entry, t, result)
+    except Exception as exc:  # noqa: BLE001 - a description that fails must not lose the verdict
+        result.kvp["molecules_error"] = f"{type(exc).__name__}: {exc}"[:300]
     return result
+
+
+def describe(entry: Entry, t: Thresholds, result: FilterResult) -> None:
+    """Fill ``result`` with what the structure is: reader, molecules, n_molecules, z_prime, compound_key.
+
+    ``z_prime`` = formula units per cell / symmetry operations of the cell; formula units from the
+    molecules (the gcd of the counts of the distinct molecules: 4 cations + 4 anions = 4) or, without
+    molecules, from the CIF's Z. ``compound_key``: the sorted distinct InChIKeys joined by '.', so
+    polymorphs and redeterminations of one compound share it (absent when a molecule has no identity).
+    """
+    from helpers.filter.molecules import n_symmetry_operations
+
+    atoms, source = entry.geometry
+    if entry.readable and source == "ase":
+        result.kvp["reader"] = "ase"
+    elif source == "pymatgen" and t.reader == "pymatgen" and result.passed:
+        result.kvp["reader"] = "pymatgen"
+        result.atoms = atoms
+    chemistry = entry.chemistry(t)
+    n_ops = n_symmetry_operations(entry.cif_tags, entry.kvp.get("spacegroup_number") or entry.kvp.get("spacegroup"))
+    z = None
+    if chemistry is not None and chemistry.molecules:
+        result.kvp["n_molecules"] = chemistry.n_molecules
+        key = chemistry.compound_key
+        if key:
+            result.kvp["compound_key"] = key
+        z = chemistry.z()
+        result.kvp["z_source"] = "molecules"
+        result.data["molecules"] = [{k: v for k, v in sp.items()} for sp in chemistry.species]
+        errors = sorted({m.error for m in chemistry.molecules if m.error})
+        if errors:
+            result.data["molecule_errors"] = errors[:10]
+    elif entry.kvp.get("z_formula"):
+        z = float(entry.kvp["z_formula"])
+        result.kvp["z_source"] = "CIF Z"
+    if n_ops:
+        result.kvp["n_symops"] = int(n_ops)
+        if z:
+            result.kvp["z_prime"] = round(z / n_ops, 4)
 
 
 def filter_row(row, thresholds: Thresholds | None = None, **overrides: Any) -> FilterResult:
@@ -122,6 +171,26 @@ class FilterReport:
                      "description": "raw entries filtered"})
         return pd.DataFrame(rows).set_index("check")
 
+    def duplicate_groups(self, clean_only: bool = True) -> dict[str, list[str]]:
+        """compound_key -> structure ids sharing it (polymorphs, redeterminations), every group."""
+        groups: dict[str, list[str]] = {}
+        for r in self.results:
+            key = r.kvp.get("compound_key")
+            if key and (r.passed or not clean_only):
+                groups.setdefault(key, []).append(r.structure_id)
+        return groups
+
+    def duplicates(self):
+        """One line per compound with more than one clean entry: its key, count, ids and molecules."""
+        import pandas as pd
+
+        smiles = {r.kvp.get("compound_key"): ".".join(m["smiles"] or "?" for m in r.data.get("molecules", []))
+                  for r in self.results if r.passed}
+        rows = [{"compound_key": key, "n_entries": len(ids), "structure_ids": ",".join(ids), "smiles": smiles.get(key)}
+                for key, ids in self.duplicate_groups().items() if len(ids) > 1]
+        return pd.DataFrame(rows, columns=["compound_key", "n_entries", "structure_ids", "smiles"]).sort_values(
+            "n_entries", ascending=False, ignore_index=True)
+
     def table(self):
         """One line per rejected structure: its failed checks and the headline reason."""
         import pandas as pd
@@ -134,13 +203,13 @@ def _output_row(row, atoms: Atoms, result: FilterResult) -> tuple[str, dict[str,
     """Which database the entry goes to ('clean' or 'rejects'), and its key-value pairs and data."""
     flags = {f"flag_{c.name}": any(f.check == c.name for f in result.flags)
              for c in CHECKS if c.kind == "flag"}
-    base = {**row.key_value_pairs, "raw_id": row.id, **flags}
+    base = {**row.key_value_pairs, "raw_id": row.id, **flags, **result.kvp}
     if result.passed:
         cell_kvp, cell = reference_cell(atoms)
-        return "clean", {**base, **cell_kvp}, {**row.data, "cell_exp": cell}
+        return "clean", {**base, **cell_kvp}, {**row.data, **result.data, "cell_exp": cell}
     kvp = {**base, "checks": ",".join(result.checks), "reason": result.rejections[0].reason,
            "n_failures": len(result.rejections)}
-    data = {**row.data, "rejections": [r.as_dict() for r in result.rejections],
+    data = {**row.data, **result.data, "rejections": [r.as_dict() for r in result.rejections],
             "flags": [f.as_dict() for f in result.flags]}
     return "rejects", kvp, data
 
@@ -181,19 +250,27 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
     for chunk in _chunks(verdicts, chunk_size):
         with out["clean"], out["rejects"]:  # one transaction per chunk
             for (row, _), result in chunk:
-                atoms = row.toatoms()  # the checks' Entry stayed with whoever ran them
+                # the checks' Entry stayed with whoever ran them; the fallback reader's atoms came back
+                atoms = result.atoms if result.atoms is not None else row.toatoms()
                 target, kvp, data = _output_row(row, atoms, result)
                 other = "rejects" if target == "clean" else "clean"
                 sid = result.structure_id
                 kvp = dbmod.clean_kvp({k: v for k, v in kvp.items() if k != "structure_id"})
                 # replace in place (ASE's delete() VACUUMs the whole file every call)
-                out[target].write(atoms, key_value_pairs={"structure_id": sid, **kvp},
-                                  data=_jsonable(data), id=ids[target].get(sid))
+                written = out[target].write(atoms, key_value_pairs={"structure_id": sid, **kvp},
+                                            data=_jsonable(data), id=ids[target].get(sid))
+                ids[target][sid] = written
                 if sid in ids[other]:
                     stale[other].append(ids[other].pop(sid))
                 report.results.append(result)
     for name, stale_ids in stale.items():
         out[name].delete(stale_ids)  # moved to the other database: one batch, one VACUUM
+    if t.group_duplicates:
+        with out["clean"]:
+            for group in report.duplicate_groups(clean_only=True).values():
+                for sid in group:
+                    if sid in ids["clean"]:
+                        out["clean"].update(ids["clean"][sid], n_same_compound=len(group))
     return report
 
 

@@ -2,7 +2,8 @@
 
 The unit cell is drawn, and the atoms a check blamed are highlighted: close pairs as spheres joined
 by a distance label (a periodic image is added when the partner sits in a neighbouring cell),
-partially occupied sites as spheres. Everything builds without a running kernel, so it is tested.
+partially occupied sites, atoms that need hydrogens (with how many) and fragments that are not molecules
+as spheres. Everything builds without a running kernel, so it is tested.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def scene_for(atoms: Atoms, rejection: dict[str, Any], max_pairs: int = 10) -> S
                 j = len(atoms) - 1
             scene.pairs.append((i, j))
             scene.spheres.extend(x for x in (i, j) if x not in scene.spheres)
-    elif rejection.get("check") == "partial_occupancy":
+    elif rejection.get("check") in ("partial_occupancy", "hydrogen_missing", "incomplete_structure"):
+        # disordered sites; atoms whose valence needs H; fragments that are not molecules (a lone O, a lone H)
         scene.spheres = [int(i) for i in details.get("atoms", []) if int(i) < len(atoms)]
     return scene
 
@@ -162,5 +164,11 @@ def _info_html(row, rejection: dict[str, Any], scene: Scene) -> str:
     if scene.pairs:
         d = [f"{p['labels'][0]}–{p['labels'][1]} {p['distance']:.3f} Å" for p in details.get("pairs", [])[:5]]
         extra = "<br>closest pairs: " + escape("; ".join(d))
+    elif rejection.get("check") == "hydrogen_missing" and details.get("h_needed"):
+        d = [f"{a['label']} needs {a['h_needed']} H" for a in details["h_needed"][:8]]
+        extra = "<br>atoms short of hydrogens (magenta): " + escape("; ".join(d))
+    elif rejection.get("check") == "incomplete_structure" and details.get("fragments"):
+        d = [f"{f['reason']}: {', '.join(f['labels'][:4])}" for f in details["fragments"][:5]]
+        extra = "<br>fragments (magenta): " + escape("; ".join(d))
     return (f"<b>{escape(str(row.structure_id))}</b> ({escape(str(row.get('cif_formula', '?')))}; "
             f"failed: {escape(str(row.get('checks', '')))})<br>{escape(rejection.get('reason', ''))}{extra}")

@@ -174,6 +174,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
     "02_filter": {
         "raw_db": database, "clean_db": database, "rejects_db": database,
         "min_distance": number(0.0, strict=True), "elements": ELEMENTS, "n_workers": optional(integer(1)),
+        "require_formula": boolean, "reader": choice("ase", "pymatgen"), "group_duplicates": boolean,
     },
     "03_relax": {
         "potential": potential_name, "batch": integer(0), "n_batches": integer(1), "clean_db": database,
