@@ -68,6 +68,17 @@ def _session_last_id(self, cur) -> int:
     return int(cur.fetchone()[0])
 
 
+def delete_rows(db: Any, ids: list[int]) -> None:
+    """Delete rows inside the caller's open transaction (``Database._delete``): ASE's public ``delete``
+    commits and VACUUMs the whole file on every call, which breaks a transaction and costs seconds."""
+    from ase.db.sqlite import all_tables
+
+    if not ids:
+        return
+    with db.managed_connection() as con:
+        db._delete(con.cursor(), ids, tables=db._get_external_table_names() + all_tables[::-1])
+
+
 # --- torchani ---------------------------------------------------------------------------------------------
 
 def torchani_neighborlist(name: str) -> Any:

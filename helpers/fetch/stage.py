@@ -29,6 +29,7 @@ from helpers.fetch.formula import parse_formula
 from helpers.fetch.raw import LoadReport, existing_rows, load_files
 from helpers.fetch.sources import CifFile, check_folder, cif_file, directory_files, is_web, printable, resolve_source
 from helpers.store import db as dbmod
+from helpers.vocabulary import STUDY_ELEMENTS
 
 _FORMULA_SUM = re.compile(r"(?im)^[ \t]*_chemical_formula_sum[ \t]+(?:'([^'\n]*)'|\"([^\"\n]*)\"|(\S+))")
 _DATA_BLOCK = re.compile(r"(?im)^[ \t]*data_")
@@ -114,7 +115,7 @@ def default_cache_dir(raw_db: str | Path) -> Path:
     return Path(raw_db).parent / "cif_cache"
 
 
-def fetch(source: str | None, raw_db: str, elements: Sequence[str] = ("C", "H", "N", "O"),
+def fetch(source: str | None, raw_db: str, elements: Sequence[str] = STUDY_ELEMENTS,
           cod_ids: Iterable[int] | None = None, limit: int | None = None,
           progress: bool = True, *, cache_dir: str | Path | None = None, rate: float | None = 1.0,
           concurrency: int = 4, retry: RetryPolicy | None = None,

@@ -26,8 +26,8 @@ from ase import Atoms
 
 from helpers.fetch.cif import cif_number
 from helpers.fetch.formula import parse_formula
+from helpers.vocabulary import STUDY_ELEMENTS, STUDY_MIN_DISTANCE, density_g_cm3
 
-AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 #: atoms closer than this (Å) are copies of one site, not bonded partners: no molecules are read from them
 OVERLAP = 0.5
 
@@ -36,8 +36,8 @@ OVERLAP = 0.5
 class Thresholds:
     """Every number and switch of the filter; ``run_filter(**thresholds)`` overrides them."""
 
-    min_distance: float = 0.8  # Å, any two atoms under PBC (the study's criterion)
-    elements: tuple[str, ...] | None = ("C", "H", "N", "O")  # None: any element
+    min_distance: float = STUDY_MIN_DISTANCE  # Å, any two atoms under PBC (the study's criterion)
+    elements: tuple[str, ...] | None = STUDY_ELEMENTS  # None: any element
     occupancy_tolerance: float = 0.01  # a site with occupancy < 1 - this is partial
     reject_disorder_groups: bool = True  # sites in a _atom_site_disorder_group other than '.'
     require_formula: bool = False  # True: no usable _chemical_formula_sum is a rejection (formula_unknown)
@@ -121,8 +121,8 @@ class Entry:
 
     @staticmethod
     def structure_id_of(row) -> str:
-        """A raw row's ``structure_id`` (its database id for rows written without one)."""
-        return str(row.get("structure_id", row.id))
+        """A raw row's ``structure_id`` (``row-<id>`` for rows written without one, e.g. by another program)."""
+        return str(row.get("structure_id") or f"row-{row.id}")
 
     @property
     def cif(self) -> str:
@@ -652,7 +652,9 @@ def check_density(entry: Entry, t: Thresholds) -> Rejection | None:
             or atoms.cell.volume < 1.0:
         return None
     weights = entry.atom_weights if entry.atom_weights is not None else np.ones(len(atoms))
-    density = float(np.dot(atoms.get_masses(), weights) / atoms.cell.volume * AMU_PER_A3_TO_G_PER_CM3)
+    density = density_g_cm3(float(np.dot(atoms.get_masses(), weights)), atoms.cell.volume)
+    if density is None:
+        return None  # no volume: incomplete_structure says so
     low, high = t.density_range
     if low <= density <= high:
         return None
@@ -729,6 +731,15 @@ class Check:
         return (self.func.__doc__ or "").strip().splitlines()[0]
 
 
+def check_not_a_copy(entry: Entry, t: Thresholds) -> Rejection | None:
+    """The same crystal structure as another raw entry (same atoms in the same cell): counted once.
+
+    Decided across entries by :func:`helpers.filter.stage.run_filter` (the smallest structure id of a group
+    is kept); one entry alone cannot tell.
+    """
+    return None
+
+
 #: The filter chain, in reporting order (the first failure is the headline reason).
 CHECKS: list[Check] = [
     Check("ase_unreadable", check_ase_readable),
@@ -742,6 +753,7 @@ CHECKS: list[Check] = [
     Check("composition_mismatch", check_composition),
     Check("cell_volume_mismatch", check_cell_volume),
     Check("implausible_density", check_density),
+    Check("duplicate_entry", check_not_a_copy),
     Check("high_pressure", flag_high_pressure, kind="flag"),
     Check("no_temperature", flag_no_temperature, kind="flag"),
     Check("hydrogen_checks_disagree", flag_hydrogen_disagreement, kind="flag"),

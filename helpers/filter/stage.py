@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.geometry import cell_to_cellpar
 
-from helpers.filter.checks import AMU_PER_A3_TO_G_PER_CM3, CHECKS, Check, Entry, Rejection, Thresholds
+from helpers.filter.checks import CHECKS, Check, Entry, Rejection, Thresholds
 from helpers.run.guard import TimeLimitExceeded, time_limit
 from helpers.run.parallel import ordered_map
 from helpers.store import db as dbmod
+from helpers.vocabulary import STUDY_ELEMENTS, STUDY_MIN_DISTANCE, density_g_cm3
 
 __all__ = ["CHECKS", "FilterReport", "FilterResult", "Thresholds", "evaluate", "filter_row",
            "reference_cell", "run_filter"]
@@ -127,7 +129,7 @@ def reference_cell(atoms: Atoms) -> tuple[dict[str, float], list[list[float]]]:
     """Experimental reference cell as stored in the clean DB: a..gamma, V (Å, °, Å^3), density, matrix."""
     a, b, c, alpha, beta, gamma = (float(x) for x in atoms.cell.cellpar())
     volume = float(atoms.cell.volume)
-    density = float(atoms.get_masses().sum() / volume * AMU_PER_A3_TO_G_PER_CM3) if volume > 0 else None
+    density = density_g_cm3(atoms.get_masses().sum(), volume)
     kvp = {"a_exp": a, "b_exp": b, "c_exp": c, "alpha_exp": alpha, "beta_exp": beta, "gamma_exp": gamma,
            "V_exp": volume, "density_exp": density}
     return kvp, np.asarray(atoms.cell.array, dtype=float).tolist()
@@ -227,8 +229,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float = 0.8,
-               elements: Sequence[str] | None = ("C", "H", "N", "O"), progress: bool = True,
+def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float = STUDY_MIN_DISTANCE,
+               elements: Sequence[str] | None = STUDY_ELEMENTS, progress: bool = True,
                chunk_size: int = 200, n_workers: int | None = 1, **thresholds: Any) -> FilterReport:
     """Filter every raw row into ``clean_db`` or ``rejects_db``; idempotent, never stops on bad input.
 
@@ -240,38 +242,76 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
 
     t = Thresholds.make(min_distance=min_distance, elements=elements, **thresholds)
     raw = dbmod.connect(raw_db, must_exist=True)
+    _check_raw(raw, raw_db)
     out = {"clean": dbmod.connect(clean_db), "rejects": dbmod.connect(rejects_db)}
-    ids = {name: dbmod.ids_with(db, "structure_id") for name, db in out.items()}
-    stale: dict[str, list[int]] = {"clean": [], "rejects": []}
+    copies = identical_entries(raw)
     report = FilterReport(clean_db=str(clean_db), rejects_db=str(rejects_db))
     verdicts = ordered_map(_evaluate_row, ((row, t) for row in dbmod.rows(raw)), n_workers,
                            on_crash=_crashed_checks)
     verdicts = tqdm(verdicts, total=raw.count(), desc="filter", unit="structure", disable=not progress)
     for chunk in _chunks(verdicts, chunk_size):
-        with out["clean"], out["rejects"]:  # one transaction per chunk
-            for (row, _), result in chunk:
-                # the checks' Entry stayed with whoever ran them; the fallback reader's atoms came back
-                atoms = result.atoms if result.atoms is not None else row.toatoms()
-                target, kvp, data = _output_row(row, atoms, result)
-                other = "rejects" if target == "clean" else "clean"
-                sid = result.structure_id
-                kvp = dbmod.clean_kvp({k: v for k, v in kvp.items() if k != "structure_id"})
-                # replace in place (ASE's delete() VACUUMs the whole file every call)
-                written = out[target].write(atoms, key_value_pairs={"structure_id": sid, **kvp},
-                                            data=_jsonable(data), id=ids[target].get(sid))
-                ids[target][sid] = written
-                if sid in ids[other]:
-                    stale[other].append(ids[other].pop(sid))
-                report.results.append(result)
-    for name, stale_ids in stale.items():
-        out[name].delete(stale_ids)  # moved to the other database: one batch, one VACUUM
+        rows = []
+        for (row, _), result in chunk:
+            if result.structure_id in copies:
+                first = copies[result.structure_id]
+                result.rejections.append(Rejection(
+                    "duplicate_entry", f"the same crystal structure as {first} (same atoms and cell): counted once",
+                    {"same_as": first}))
+            # the checks' Entry stayed with whoever ran them; the fallback reader's atoms came back
+            atoms = result.atoms if result.atoms is not None else row.toatoms()
+            target, kvp, data = _output_row(row, atoms, result)
+            kvp = dbmod.clean_kvp({k: v for k, v in kvp.items() if k != "structure_id"})
+            rows.append((result.structure_id, target, atoms, kvp, _jsonable(data)))
+            report.results.append(result)
+        _write_chunk(out, rows)
     if t.group_duplicates:
+        ids = dbmod.ids_with(out["clean"], "structure_id")
         with out["clean"]:
             for group in report.duplicate_groups(clean_only=True).values():
                 for sid in group:
-                    if sid in ids["clean"]:
-                        out["clean"].update(ids["clean"][sid], n_same_compound=len(group))
+                    if sid in ids:
+                        out["clean"].update(ids[sid], n_same_compound=len(group))
     return report
+
+
+def _write_chunk(out: dict[str, Any], rows: list[tuple[str, str, Atoms, dict, dict]]) -> None:
+    """Write one chunk of verdicts so that no structure is ever in both databases.
+
+    First every structure that changes database leaves its old one (both deletions committed), then
+    every structure is written to its database (an upsert under the write lock: concurrent runs on the
+    same outputs never duplicate a row). An interruption between the two leaves a structure in neither
+    database, which the next run repairs; never in both, so 03_relax cannot relax a rejected structure.
+    """
+    with out["clean"], out["rejects"]:
+        for name, db in out.items():
+            dbmod.delete_in_transaction(db, "structure_id", [sid for sid, target, *_ in rows if target != name])
+    with out["clean"], out["rejects"]:
+        for sid, target, atoms, kvp, data in rows:
+            dbmod.upsert_in_transaction(out[target], atoms, {"structure_id": sid}, data=data, **kvp)
+
+
+def identical_entries(raw) -> dict[str, str]:
+    """Raw entries that repeat an earlier one (the same CIF, or the same atoms in the same cell under
+    another name): ``structure_id`` -> the id of the entry kept (the smallest id of the group)."""
+    groups: dict[tuple, list[str]] = {}
+    for row in raw.select("structure_id", columns=["id", "key_value_pairs", "numbers", "positions", "cell"]):
+        if not row.natoms:
+            continue
+        key = ("geometry", tuple(np.round(cell_to_cellpar(np.asarray(row.cell)), 3)), tuple(row.numbers),
+               tuple(np.round(row.positions, 3).ravel()))
+        groups.setdefault(key, []).append(str(row.structure_id))
+    copies = {}
+    for ids in groups.values():
+        first, *rest = sorted(ids)
+        copies.update({sid: first for sid in rest})
+    return copies
+
+
+def _check_raw(raw, name: str) -> None:
+    """Refuse a raw database that 01_fetch did not write (another project's ASE database)."""
+    if raw.count() and not raw.count("structure_id"):
+        raise ValueError(f"{name} has {raw.count()} rows but none with a structure_id: it is not a raw database "
+                         "written by 01_fetch (give 02_filter the raw_db of 01_fetch)")
 
 
 def _evaluate_row(item: tuple[Any, Thresholds]) -> FilterResult:

@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.db.core import Database
 from ase.db.row import AtomsRow
 
-from helpers.internals import initialize_ase_db, patch_postgres_backend
+from helpers.internals import delete_rows, initialize_ase_db, patch_postgres_backend
 
 URL_PREFIXES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 
@@ -128,14 +128,31 @@ def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
     Overwrites the existing row in place (same id) inside one transaction, so a crash leaves
     either the old or the new row; ``delete`` is avoided because SQLite VACUUMs on every delete.
     """
-    kvp = {**match, **key_value_pairs}
     with db:
-        _lock_key(db, match)
-        old = [row.id for row in db.select(**match, columns=["id"])]
-        row_id = db.write(atoms, key_value_pairs=kvp, data=data or {}, id=old[0] if old else None)
-        if len(old) > 1:  # duplicates from an older version or a race: keep one
-            db.delete(old[1:])
-        return row_id
+        return upsert_in_transaction(db, atoms, match, data=data, **key_value_pairs)
+
+
+def upsert_in_transaction(db: Database, atoms: Atoms, match: dict[str, Any], *,
+                          data: dict | None = None, **key_value_pairs: Any) -> int:
+    """:func:`upsert` inside the caller's ``with db:`` (many rows, one transaction)."""
+    _lock_key(db, match)
+    old = [row.id for row in db.select(**match, columns=["id"])]
+    row_id = db.write(atoms, key_value_pairs={**match, **key_value_pairs}, data=data or {},
+                      id=old[0] if old else None)
+    delete_rows(db, old[1:])  # duplicates from an older version or a race: keep one
+    return row_id
+
+
+def delete_in_transaction(db: Database, key: str, values: list[str]) -> list[str]:
+    """Delete the rows whose ``key`` is one of ``values``, inside the caller's ``with db:``; returns the
+    values that were there."""
+    found = {}
+    for value in values:
+        _lock_key(db, {key: value})
+        for row in db.select(**{key: value}, columns=["id"]):
+            found[row.id] = value
+    delete_rows(db, list(found))
+    return sorted(set(found.values()))
 
 
 # --- PostgreSQL: many processes writing to one database -------------------------------------------------
