@@ -118,6 +118,13 @@ def _block_atoms(block: CIFBlock) -> tuple[Atoms | None, str | None]:
     return atoms, None
 
 
+def cif_blocks(text: str) -> list[CIFBlock]:
+    """ASE's parse of CIF text into data blocks, its warnings silenced (a bad CIF raises, as ASE does)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(parse_cif(io.StringIO(text)))
+
+
 def read_entries(text: str, one_entry: bool = False) -> list[CifEntry]:
     """Split CIF text into entries; never raises for bad content.
 
@@ -125,9 +132,7 @@ def read_entries(text: str, one_entry: bool = False) -> list[CifEntry]:
     A file with no readable block yields one entry with ``atoms=None`` and the reason.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = list(parse_cif(io.StringIO(text)))
+        blocks = cif_blocks(text)
     except Exception as exc:  # noqa: BLE001
         return [CifEntry(block="", atoms=None, error=f"{type(exc).__name__}: {exc}")]
     if not blocks:

@@ -15,7 +15,6 @@ so a rerun over tens of thousands of cached files re-reads only new or changed o
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path
@@ -87,12 +86,10 @@ def row_mismatch(text: str, meta: dict[str, Any]) -> str | None:
 
     Only what the row states is checked (a column COD left empty checks nothing).
     """
-    from ase.io.cif import parse_cif
+    from helpers.fetch.cif import cif_blocks
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            block = next(iter(parse_cif(io.StringIO(text))))
+        block = next(iter(cif_blocks(text)))
     except Exception as exc:  # noqa: BLE001
         return f"CIF parse error ({type(exc).__name__}: {exc})"
     problems = []

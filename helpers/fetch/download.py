@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import io
 import os
 import random
 import re
@@ -26,7 +25,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import warnings
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -248,12 +246,10 @@ def cif_problem(text: str, cod_id: int | None = None, parse: bool = True) -> str
         if re.fullmatch(r"\d{7}", stated) and int(stated) != int(cod_id):
             return f"COD id mismatch (file is {stated})"
     if parse:
-        from ase.io.cif import parse_cif
+        from helpers.fetch.cif import cif_blocks
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                blocks = list(parse_cif(io.StringIO(text)))
+            blocks = cif_blocks(text)
         except Exception as exc:  # noqa: BLE001 - any parser failure is the reason
             return f"CIF parse error ({type(exc).__name__}: {exc})"
         if not blocks:

@@ -1,7 +1,7 @@
 """The filter's checks: one small named function per reason a crystallographer would reject an entry.
 
 Each check looks at one raw entry (:class:`Entry`) and returns ``None`` (passes, or does not apply)
-or a :class:`Rejection` with a human-readable reason and the details needed to show the problem
+or a :class:`Finding` with a human-readable reason and the details needed to show the problem
 (indices of too-close atoms, the missing-H count ...). The order of :data:`CHECKS` is data: the
 filter runs every check (a structure failing several records all of them) and the first failure
 becomes the row's headline ``reason``. Flag checks mark measurement conditions without rejecting.
@@ -13,7 +13,6 @@ unreadable entry still gets a full diagnosis.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -93,8 +92,9 @@ def as_bool(value: Any, name: str = "value") -> bool:
 
 
 @dataclass
-class Rejection:
-    """Why one check failed: its name, a sentence for people, and data for plots and viewers."""
+class Finding:
+    """What one check found (a reason to reject, or a flag): its name, a sentence for people, and data
+    for plots and viewers."""
 
     check: str
     reason: str
@@ -142,12 +142,10 @@ class Entry:
         tags = self.pymatgen["tags"]
         if tags is not None:
             return tags
-        from ase.io.cif import parse_cif
+        from helpers.fetch.cif import cif_blocks
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                blocks = [b for b in parse_cif(io.StringIO(self.cif)) if b.has_structure()]
+            blocks = [b for b in cif_blocks(self.cif) if b.has_structure()]
         except Exception:  # noqa: BLE001 - a broken file is diagnosed by other checks
             return {}
         return dict(blocks[0].items()) if blocks else {}
@@ -201,8 +199,8 @@ class Entry:
     def site_kinds(self) -> np.ndarray | None:
         """Asymmetric-unit site index of every raw atom (ASE's ``spacegroup_kinds``), or None.
 
-        The raw database does not keep this per-atom array, so it is rebuilt by re-reading the
-        CIF, and only used when the positions agree with the stored atoms.
+        The raw database keeps it in ``data["spacegroup_kinds"]``; rows written before it did are
+        rebuilt by re-reading the CIF, used only when the positions agree with the stored atoms.
         """
         if "spacegroup_kinds" in self.data:
             return np.asarray(self.data["spacegroup_kinds"], dtype=int)
@@ -338,7 +336,7 @@ def pymatgen_atoms(structure) -> Atoms:
 # checks that reject
 
 
-def check_ase_readable(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_ase_readable(entry: Entry, t: Thresholds) -> Finding | None:
     """The study's criterion 1: ``ase.io.read`` fails."""
     if entry.readable:
         return None
@@ -350,16 +348,16 @@ def check_ase_readable(entry: Entry, t: Thresholds) -> Rejection | None:
         reason += " (ASE's space-group table does not know this symbol/setting)"
     elif "SpacegroupValueError" in str(error):
         reason += " (no space-group symbol or number ASE can use)"
-    return Rejection("ase_unreadable", reason, {"error": str(error),
+    return Finding("ase_unreadable", reason, {"error": str(error),
                                                 "pymatgen_parses": entry.pymatgen["error"] is None})
 
 
-def check_pymatgen_parse(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_pymatgen_parse(entry: Entry, t: Thresholds) -> Finding | None:
     """The study's criterion 2: pymatgen cannot place the atoms (conventional cell, primitive=False)."""
     info = entry.pymatgen
     if info["error"] is None:
         return None
-    return Rejection("pymatgen_unparseable",
+    return Finding("pymatgen_unparseable",
                      f"pymatgen CifParser.parse_structures(primitive=False) failed: {info['error']}",
                      {"error": info["error"], "warnings": info["warnings"]})
 
@@ -369,14 +367,14 @@ def finite_geometry(atoms: Atoms) -> bool:
     return bool(np.isfinite(atoms.cell.array).all() and np.isfinite(atoms.positions).all())
 
 
-def check_incomplete(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_incomplete(entry: Entry, t: Thresholds) -> Finding | None:
     """Nonsensical/incomplete: no atoms, a single atom, or no three-dimensional cell."""
     atoms, source = entry.geometry
     if atoms is None:
         return None
     n = len(atoms)
     if not finite_geometry(atoms):
-        return Rejection("incomplete_structure", "incomplete structure: cell or atom positions are not finite "
+        return Finding("incomplete_structure", "incomplete structure: cell or atom positions are not finite "
                          "numbers (NaN/inf in the CIF)", {"n_atoms": n, "atoms_source": source})
     volume = float(abs(np.linalg.det(atoms.cell.array))) if atoms.cell.rank == 3 else 0.0
     problems = []
@@ -396,10 +394,10 @@ def check_incomplete(entry: Entry, t: Thresholds) -> Rejection | None:
         details["atoms"] = sorted(i for m in fragments for i in m.indices)[:200]
     if not problems:
         return None
-    return Rejection("incomplete_structure", "incomplete structure: " + "; ".join(problems), details)
+    return Finding("incomplete_structure", "incomplete structure: " + "; ".join(problems), details)
 
 
-def check_elements(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_elements(entry: Entry, t: Thresholds) -> Finding | None:
     """Elements outside the requested set (atoms and the formula in the file)."""
     if t.elements is None:
         return None
@@ -410,12 +408,12 @@ def check_elements(entry: Entry, t: Thresholds) -> Rejection | None:
     outside = sorted((found | in_formula) - allowed)
     if not outside:
         return None
-    return Rejection("elements", f"elements outside {','.join(sorted(allowed))}: {','.join(outside)}",
+    return Finding("elements", f"elements outside {','.join(sorted(allowed))}: {','.join(outside)}",
                      {"outside": outside, "in_atoms": sorted(found - allowed),
                       "in_formula": sorted(in_formula - allowed)})
 
 
-def check_partial_occupancy(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_partial_occupancy(entry: Entry, t: Thresholds) -> Finding | None:
     """Disorder: sites with occupancy < 1 (ASE keeps every alternative position) or disorder groups."""
     partial = {k: occ for k, occ in entry.occupancy.items()
                if any(o < 1.0 - t.occupancy_tolerance for o in occ.values())}
@@ -443,7 +441,7 @@ def check_partial_occupancy(entry: Entry, t: Thresholds) -> Rejection | None:
         parts.append(f"{len(partial)} site(s) with partial occupancy (lowest {lowest:.2f})")
     if grouped:
         parts.append(f"{len(grouped)} site(s) in disorder groups")
-    return Rejection("partial_occupancy", "disordered: " + "; ".join(parts),
+    return Finding("partial_occupancy", "disordered: " + "; ".join(parts),
                      {"n_sites": len(partial), "sites": sites[:50],
                       "disorder_group_sites": [labels[i] if i < len(labels) else i for i in grouped][:50],
                       "atoms": atoms_idx, "n_atoms": len(atoms_idx)})
@@ -471,7 +469,7 @@ def cell_widths(atoms: Atoms) -> np.ndarray:
         return 1.0 / np.linalg.norm(atoms.cell.reciprocal(), axis=1)
 
 
-def check_close_contacts(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_close_contacts(entry: Entry, t: Thresholds) -> Finding | None:
     """The study's criterion 3: two atoms closer than ``min_distance`` (misplaced/duplicated H, disorder)."""
     atoms, source = entry.geometry
     if atoms is None or len(atoms) < 1 or not finite_geometry(atoms) or atoms.cell.rank < 3:
@@ -480,7 +478,7 @@ def check_close_contacts(entry: Entry, t: Thresholds) -> Rejection | None:
     if widths.min() < t.min_distance:
         # every atom is closer than the cutoff to its own periodic image; a neighbour list over such
         # a cell would enumerate (cutoff / width)^3 images and can run for hours (fuzzed CIFs)
-        return Rejection("close_contact",
+        return Finding("close_contact",
                          f"cell width {widths.min():.3g} Å is shorter than {t.min_distance:.2f} Å: every atom "
                          "touches its own periodic image", {"cell_widths": widths.tolist(),
                                                             "cutoff": t.min_distance, "atoms_source": source})
@@ -501,13 +499,13 @@ def check_close_contacts(entry: Entry, t: Thresholds) -> Rejection | None:
                    "not merged)")
     if source == "pymatgen":
         reason += " (positions from pymatgen)"
-    return Rejection("close_contact", reason,
+    return Finding("close_contact", reason,
                      {"n_pairs": len(pairs), "min_distance": first["distance"], "pairs": shown,
                       "pair_kinds": dict(kinds), "n_overlapping": overlapping, "cutoff": t.min_distance,
                       "atoms_source": source})
 
 
-def check_formula_known(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_formula_known(entry: Entry, t: Thresholds) -> Finding | None:
     """No usable ``_chemical_formula_sum`` (absent or '?'): the composition cannot be verified."""
     if not t.require_formula or entry.formula is not None:
         return None
@@ -516,7 +514,7 @@ def check_formula_known(entry: Entry, t: Thresholds) -> Rejection | None:
     shown = text if text is not None else raw
     reason = ("no _chemical_formula_sum in the file" if shown is None
               else f"_chemical_formula_sum {str(shown)!r} cannot be read as a formula")
-    return Rejection("formula_unknown", reason + ": composition and hydrogen count cannot be verified",
+    return Finding("formula_unknown", reason + ": composition and hydrogen count cannot be verified",
                      {"formula": None if shown is None else str(shown)})
 
 
@@ -570,7 +568,7 @@ def hydrogen_findings(entry: Entry, t: Thresholds) -> dict[str, Any]:
     return entry._cache["hydrogens"]
 
 
-def check_hydrogens(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_hydrogens(entry: Entry, t: Thresholds) -> Finding | None:
     """Hydrogens missing: atoms whose valence needs H (no formula needed), or fewer H than the formula says."""
     found = hydrogen_findings(entry, t)
     formula, structure = found["formula"], found["structure"]
@@ -603,10 +601,10 @@ def check_hydrogens(entry: Entry, t: Thresholds) -> Rejection | None:
                                    f"the formula says {'H missing' if formula['missing'] else 'complete'}")
     _, source = entry.geometry
     details["atoms_source"] = source
-    return Rejection("hydrogen_missing", "hydrogens missing: " + "; ".join(parts), details)
+    return Finding("hydrogen_missing", "hydrogens missing: " + "; ".join(parts), details)
 
 
-def check_composition(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_composition(entry: Entry, t: Thresholds) -> Finding | None:
     """Cell contents / Z disagree with ``_chemical_formula_sum`` (other than missing H)."""
     per_fu = _per_fu(entry)
     if per_fu is None:
@@ -622,14 +620,14 @@ def check_composition(entry: Entry, t: Thresholds) -> Rejection | None:
     if not off:
         return None
     text = ", ".join(f"{el} {v['found']:g} vs {v['formula']:g}" for el, v in off.items())
-    return Rejection("composition_mismatch",
+    return Finding("composition_mismatch",
                      f"cell contents per formula unit (Z={z['z']:g}, {z['source']}) disagree with "
                      f"{entry.kvp.get('cif_formula')!r}: {text}",
                      {"elements": off, "z": z["z"], "z_cif": z["z_cif"], "z_fit": z["z_fit"],
                       "pymatgen_check": entry.pymatgen["check"]})
 
 
-def check_cell_volume(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_cell_volume(entry: Entry, t: Thresholds) -> Finding | None:
     """The cell from a, b, c, α, β, γ disagrees with the reported ``_cell_volume``."""
     atoms, source = entry.geometry
     reported = cif_number(entry.tag("_cell_volume"))
@@ -639,13 +637,13 @@ def check_cell_volume(entry: Entry, t: Thresholds) -> Rejection | None:
     rel = (volume - reported) / reported
     if abs(rel) <= t.volume_rtol:
         return None
-    return Rejection("cell_volume_mismatch",
+    return Finding("cell_volume_mismatch",
                      f"cell volume from the cell parameters {volume:.1f} Å^3 vs _cell_volume "
                      f"{reported:.1f} Å^3 ({100 * rel:+.1f} %)",
                      {"volume": volume, "reported": reported, "relative": rel, "atoms_source": source})
 
 
-def check_density(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_density(entry: Entry, t: Thresholds) -> Finding | None:
     """Density outside the range of molecular crystals (missing/duplicated atoms, wrong cell)."""
     atoms, source = entry.geometry
     if atoms is None or len(atoms) < 2 or not finite_geometry(atoms) or atoms.cell.rank < 3 \
@@ -658,7 +656,7 @@ def check_density(entry: Entry, t: Thresholds) -> Rejection | None:
     low, high = t.density_range
     if low <= density <= high:
         return None
-    return Rejection("implausible_density",
+    return Finding("implausible_density",
                      f"density {density:.2f} g/cm^3 outside {low:g}–{high:g} g/cm^3",
                      {"density": density, "range": [low, high], "atoms_source": source})
 
@@ -667,24 +665,24 @@ def check_density(entry: Entry, t: Thresholds) -> Rejection | None:
 # flags (measurement conditions): recorded, rejected only when ``flags_reject``
 
 
-def flag_high_pressure(entry: Entry, t: Thresholds) -> Rejection | None:
+def flag_high_pressure(entry: Entry, t: Thresholds) -> Finding | None:
     """Measured under high pressure (``_diffrn_ambient_pressure`` / cell pressure in kPa)."""
     pressure = entry.kvp.get("pressure")
     if pressure is None or float(pressure) <= t.high_pressure_kpa:
         return None
-    return Rejection("high_pressure", f"measured at {float(pressure):g} kPa (> {t.high_pressure_kpa:g} kPa)",
+    return Finding("high_pressure", f"measured at {float(pressure):g} kPa (> {t.high_pressure_kpa:g} kPa)",
                      {"pressure_kpa": float(pressure)})
 
 
-def flag_no_temperature(entry: Entry, t: Thresholds) -> Rejection | None:
+def flag_no_temperature(entry: Entry, t: Thresholds) -> Finding | None:
     """No valid measurement temperature (missing, '?', or a non-positive 'Kelvin' value)."""
     if entry.kvp.get("temperature") is not None:
         return None
     raw = {k: entry.kvp.get(k) for k in ("cell_temperature", "diffrn_temperature")}
-    return Rejection("no_temperature", "measurement temperature unknown or invalid", {"raw": raw})
+    return Finding("no_temperature", "measurement temperature unknown or invalid", {"raw": raw})
 
 
-def flag_hydrogen_disagreement(entry: Entry, t: Thresholds) -> Rejection | None:
+def flag_hydrogen_disagreement(entry: Entry, t: Thresholds) -> Finding | None:
     """The structural and the formula hydrogen checks disagree (one finds H missing, the other not)."""
     found = hydrogen_findings(entry, t)
     formula, structure = found["formula"], found["structure"]
@@ -692,29 +690,29 @@ def flag_hydrogen_disagreement(entry: Entry, t: Thresholds) -> Rejection | None:
         return None
     says = "structure: H missing, formula: complete" if structure["missing"] else "formula: H missing, structure: " \
         "complete"
-    return Rejection("hydrogen_checks_disagree", f"hydrogen checks disagree ({says})",
+    return Finding("hydrogen_checks_disagree", f"hydrogen checks disagree ({says})",
                      {"structure_h_missing": structure["h_missing_in_cell"],
                       "formula_h_missing": formula["h_missing_in_cell"]})
 
 
-def flag_radical(entry: Entry, t: Thresholds) -> Rejection | None:
+def flag_radical(entry: Entry, t: Thresholds) -> Finding | None:
     """A molecule with no closed-shell bond orders at any charge although no H is missing: a radical."""
     chemistry = entry.chemistry(t) if t.structural_hydrogens else None
     radicals = [m for m in chemistry.molecules if m.radical] if chemistry is not None else []
     if not radicals:
         return None
     kinds = Counter(m.formula for m in radicals)
-    return Rejection("radical", "open-shell molecule(s): " + ", ".join(f"{f} x{c}" for f, c in kinds.items()),
+    return Finding("radical", "open-shell molecule(s): " + ", ".join(f"{f} x{c}" for f, c in kinds.items()),
                      {"molecules": dict(kinds), "atoms": sorted(i for m in radicals for i in m.indices)[:200]})
 
 
-def flag_charge_imbalance(entry: Entry, t: Thresholds) -> Rejection | None:
+def flag_charge_imbalance(entry: Entry, t: Thresholds) -> Finding | None:
     """The molecules add up to a positive net charge per cell (an anion missing, or extra H)."""
     chemistry = entry.chemistry(t) if t.structural_hydrogens else None
     net = chemistry.net_charge if chemistry is not None else None
     if net is None or net <= 0:
         return None
-    return Rejection("charge_imbalance", f"the molecules add up to a net charge of {net:+d} per cell",
+    return Finding("charge_imbalance", f"the molecules add up to a net charge of {net:+d} per cell",
                      {"net_charge": net, "species": chemistry.species})
 
 
@@ -723,7 +721,7 @@ class Check:
     """A named check: its function, whether it rejects or only flags, and what it means."""
 
     name: str
-    func: Callable[[Entry, Thresholds], Rejection | None]
+    func: Callable[[Entry, Thresholds], Finding | None]
     kind: str = "reject"  # "reject" | "flag"
 
     @property
@@ -731,7 +729,7 @@ class Check:
         return (self.func.__doc__ or "").strip().splitlines()[0]
 
 
-def check_not_a_copy(entry: Entry, t: Thresholds) -> Rejection | None:
+def check_not_a_copy(entry: Entry, t: Thresholds) -> Finding | None:
     """The same crystal structure as another raw entry (same atoms in the same cell): counted once.
 
     Decided across entries by :func:`helpers.filter.stage.run_filter` (the smallest structure id of a group

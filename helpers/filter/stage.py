@@ -16,7 +16,7 @@ import numpy as np
 from ase import Atoms
 from ase.geometry import cell_to_cellpar
 
-from helpers.filter.checks import CHECKS, Check, Entry, Rejection, Thresholds
+from helpers.filter.checks import CHECKS, Check, Entry, Finding, Thresholds
 from helpers.run.guard import TimeLimitExceeded, time_limit
 from helpers.run.parallel import ordered_map
 from helpers.store import db as dbmod
@@ -31,8 +31,8 @@ class FilterResult:
     """The verdict on one entry: every failed check (in chain order) and the flags raised."""
 
     structure_id: str
-    rejections: list[Rejection] = field(default_factory=list)
-    flags: list[Rejection] = field(default_factory=list)
+    rejections: list[Finding] = field(default_factory=list)
+    flags: list[Finding] = field(default_factory=list)
     #: what the structure is (n_molecules, z_prime, compound_key, reader) and its molecules, for the output row
     kvp: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -58,10 +58,10 @@ def evaluate(entry: Entry, thresholds: Thresholds | None = None,
             with time_limit(t.check_time_limit, f"check {check.name}", "check_time_limit"):
                 found = check.func(entry, t)
         except TimeLimitExceeded as exc:  # a pathological entry: its own reason, the run goes on
-            found = Rejection(check.name, f"check {check.name} not finished: {exc}",
+            found = Finding(check.name, f"check {check.name} not finished: {exc}",
                               {"cpu_time_limit": t.check_time_limit})
         except Exception as exc:  # noqa: BLE001 - bad input must not stop the run
-            found = Rejection(check.name, f"check {check.name} could not run: {type(exc).__name__}: {exc}",
+            found = Finding(check.name, f"check {check.name} could not run: {type(exc).__name__}: {exc}",
                               {"exception": f"{type(exc).__name__}: {exc}", "internal_error": True})
         if found is None:
             continue
@@ -96,6 +96,8 @@ def describe(entry: Entry, t: Thresholds, result: FilterResult) -> None:
     elif source == "pymatgen" and t.reader == "pymatgen" and result.passed:
         result.kvp["reader"] = "pymatgen"
         result.atoms = atoms
+    elif source == "pymatgen" and any(r.details.get("atoms_source") == "pymatgen" for r in result.rejections):
+        result.atoms = atoms  # the rejects row holds the atoms its rejections' indices refer to
     chemistry = entry.chemistry(t)
     n_ops = n_symmetry_operations(entry.cif_tags, entry.kvp.get("spacegroup_number") or entry.kvp.get("spacegroup"))
     z = None
@@ -254,7 +256,7 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
         for (row, _), result in chunk:
             if result.structure_id in copies:
                 first = copies[result.structure_id]
-                result.rejections.append(Rejection(
+                result.rejections.append(Finding(
                     "duplicate_entry", f"the same crystal structure as {first} (same atoms and cell): counted once",
                     {"same_as": first}))
             # the checks' Entry stayed with whoever ran them; the fallback reader's atoms came back
@@ -324,7 +326,7 @@ def _crashed_checks(item: tuple[Any, Thresholds], exc: BaseException) -> FilterR
     """The checks took their process down (memory, segfault): the entry is rejected saying so."""
     row, _ = item
     reason = f"checks could not run: their process died on this entry ({exc})"
-    return FilterResult(Entry.structure_id_of(row), [Rejection("checks_crashed", reason, {"internal_error": True})])
+    return FilterResult(Entry.structure_id_of(row), [Finding("checks_crashed", reason, {"internal_error": True})])
 
 
 def _chunks(iterable, size: int):

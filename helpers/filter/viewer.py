@@ -133,17 +133,9 @@ class RejectViewer:
 
 
 def display_atoms(row, rejection: dict[str, Any]) -> Atoms:
-    """The atoms a rejection's indices refer to: the raw atoms, or pymatgen's when ASE could not read."""
-    atoms = row.toatoms()
-    if (rejection.get("details") or {}).get("atoms_source") == "pymatgen" or len(atoms) == 0:
-        from helpers.filter.checks import Entry
-
-        entry = Entry(structure_id=row.structure_id, atoms=atoms, kvp=dict(row.key_value_pairs),
-                      data=dict(row.data))
-        geometry, _ = entry.geometry
-        if geometry is not None:
-            return geometry
-    return atoms
+    """The atoms a rejection's indices refer to: the rejects row's own (pymatgen's parse, written by the
+    filter, when ASE could not read the file)."""
+    return row.toatoms()
 
 
 def rejects_by_check(db) -> dict[str, list[int]]:
