@@ -127,9 +127,12 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
         with ProcessPoolExecutor(max_parallel or plan.batches(), mp_context=context) as pool:
             futures = {pool.submit(run_relax_job, job, str(log_dir)): job for job in plan.jobs()}
             for future in as_completed(futures):
-                if future.exception() is not None:  # a job that died is retried by the next run
+                error = future.exception()
+                if error is not None:  # a job that died is retried by the next run
                     job = futures[future]
-                    failed.append(f"{job['potential']} batch {job['batch']}: {future.exception()}")
+                    text = str(getattr(error, "evalue", "") or error) or type(error).__name__
+                    failed.append(f"{job['potential']} batch {job['batch']}: {type(error).__name__}: {text[-400:]}"
+                                  f" (log: {log_dir})")
     finally:
         stop.set()
         watcher.join()
