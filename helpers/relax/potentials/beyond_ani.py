@@ -36,6 +36,20 @@ _D3_PBE = "; D3(BJ) PBE: Grimme, Ehrlich & Goerigk, J. Comput. Chem. 32, 1456 (2
 _D3_LICENCE = "; dftd3 LGPL-3.0-or-later"
 
 
+def _limit_openmp() -> None:
+    """Give the Fortran codes (tblite, gfnff: OpenMP) the thread count the relax stage chose for torch.
+
+    Without it each job's OpenMP uses every core, and two jobs per 2-core machine fight over them.
+    """
+    import torch
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=max(1, torch.get_num_threads()), user_api="openmp")
+
+
 # --- tight binding: tblite ------------------------------------------------------------------------------------
 
 def _tblite_factory(method: str):
@@ -44,6 +58,7 @@ def _tblite_factory(method: str):
         """tblite's ASE calculator (energy, forces, stress under PBC); ``options`` go to ``TBLite``."""
         from tblite.ase import TBLite
 
+        _limit_openmp()
         return TBLite(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
                       max_iterations=max_iterations, verbosity=verbosity, **options)
 
@@ -62,6 +77,7 @@ def _gfnff_factory(version: str = "mcgfnff2023"):
         """
         from gfnff.ase_calculator import GFNFF
 
+        _limit_openmp()
         return GFNFF(version=options.pop("version", version), **options)
 
     return make
