@@ -118,7 +118,7 @@ def find_model_file(name: str, filename: str, url: str, model_file: str | os.Pat
         f"potential {name!r} needs its weights file {filename!r}, not found at:\n  {looked}\n"
         f"Download it from {url} and put it in ${MODEL_DIR_ENV} (now "
         f"{os.environ.get(MODEL_DIR_ENV) or 'unset'}) or data/models/, or pass "
-        f"calculator_options={{'model_file': '/path/to/{filename}'}} to run_batch / the 03_relax notebook.")
+        f"calculator_options={{'model_file': '/path/to/{filename}'}} to helpers.relax.stage.run_batch.")
 
 
 def model_file_potential(name: str, load: Callable[..., Calculator], filename: str, url: str, *,
