@@ -96,7 +96,7 @@ def test_registry_knows_the_study_defaults():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n.startswith("ani")))  # others: test_beyond_ani.py
 def test_every_potential_relaxes_real_crystals_at_study_settings(cod_dir, model_dir, name):
     """Study settings (BFGS, atoms + cell, fmax 5e-4, cap 300 + x n) on small real COD crystals."""
     potential = get_potential(name)
