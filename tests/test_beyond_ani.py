@@ -169,3 +169,26 @@ def test_aimnet2_fails_on_a_molecular_crystal_and_the_failure_is_recorded(tmp_pa
     stored = connect(report.out_db).get(structure_id="naphthalene")
     assert stored.status == "step_cap" and not stored.converged
     assert stored.V_relaxed / atoms.get_volume() > 1.2
+
+
+def test_gfn_ff_sets_up_its_bonds_again_for_the_next_crystal_of_a_batch(co2):
+    """GFN-FF keeps its bond topology while the atom list is the same: one calculator for a batch must not
+    carry the first crystal's bonds into the next one with the same atom list (here: CO2 with two O sites
+    of different molecules swapped, so that the bonded pairs differ)."""
+    calc = get_potential("gfn-ff").calculator()
+    first = co2.copy()
+    first.calc = calc
+    first.get_potential_energy()
+    swapped = co2.copy()
+    o = [a.index for a in co2 if a.symbol == "O"]
+    i, j = o[0], next(k for k in o if co2.get_distance(o[0], k, mic=True) > 2.0)
+    swapped.positions[[i, j]] = swapped.positions[[j, i]]
+    assert (swapped.numbers == co2.numbers).all()
+    swapped.calc = calc
+    fresh = swapped.copy()
+    fresh.calc = get_potential("gfn-ff").calculator()
+    assert swapped.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
+    first.positions[0] += 0.01  # the first crystal again: its own bonds, not the swapped one's
+    again = first.copy()
+    again.calc = get_potential("gfn-ff").calculator()
+    assert first.get_potential_energy() == pytest.approx(again.get_potential_energy(), abs=1e-6)

@@ -69,18 +69,44 @@ def _tblite_factory(method: str):
 
 def _gfnff_factory(version: str = "mcgfnff2023"):
     def make(**options: Any) -> Calculator:
-        """gfnff's ASE calculator. ``mcgfnff2023`` (the default here) needs a periodic cell.
-
-        GFN-FF fixes its bond topology from the first geometry it sees (as in xtb), so one calculator
-        must not be reused across different crystals of the same composition: the relax stage
-        builds one per batch, and the calculator rebuilds itself when the atoms change.
-        """
-        from gfnff.ase_calculator import GFNFF
-
+        """gfnff's ASE calculator, topology per structure (below). ``mcgfnff2023`` needs a periodic cell."""
         _limit_openmp()
-        return GFNFF(version=options.pop("version", version), **options)
+        return _topology_per_structure_gfnff()(version=options.pop("version", version), **options)
 
     return make
+
+
+def _topology_per_structure_gfnff() -> type:
+    """gfnff's ASE calculator that sets up its bond topology again for every new Atoms object.
+
+    GFN-FF fixes its topology (bonds, from the first geometry) until the atomic numbers change; the relax
+    stage uses one calculator for a whole batch, so a second crystal with the same atom list (a
+    redetermination, a polymorph) would silently be computed with the first one's bonds. A relaxation
+    keeps one Atoms object (the engine's copy), so keying the topology to that object keeps it fixed
+    during a relaxation, as in xtb, and fresh for the next crystal. Overrides gfnff's private
+    ``_needs_reinit`` (gfnff capped below 0.4 in pyproject.toml).
+    """
+    import weakref
+
+    from gfnff.ase_calculator import GFNFF
+
+    class TopologyPerStructureGFNFF(GFNFF):
+        _owner = None
+        _new_structure = True
+
+        def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+            if atoms is not None and (self._owner is None or self._owner() is not atoms):
+                self._owner = weakref.ref(atoms)
+                self._new_structure = True
+            super().calculate(atoms, properties, system_changes)
+
+        def _needs_reinit(self, atoms, system_changes) -> bool:
+            if self._new_structure:
+                self._new_structure = False
+                return True
+            return super()._needs_reinit(atoms, system_changes)
+
+    return TopologyPerStructureGFNFF
 
 
 # --- universal MLIPs + D3 --------------------------------------------------------------------------------------
