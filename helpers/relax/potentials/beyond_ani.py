@@ -232,8 +232,9 @@ def make_aimnet2(members: tuple[int, ...] = (0,), coulomb: str = "dsf", coulomb_
     """AIMNet2 wB97M-D3 (built-in D3 and Coulomb), converted for stress; ``members`` of the 4-network ensemble.
 
     Member 0 alone is what aimnet itself loads by default; ``members=(0, 1, 2, 3)`` averages the
-    ensemble (4x the cost). Long-range Coulomb under PBC: damped shifted force (``dsf``), aimnet's
-    default for periodic cells, set explicitly (``ewald`` is the exact alternative).
+    ensemble (4x the cost). Long-range Coulomb: damped shifted force (``dsf``), what aimnet itself
+    switches to for periodic cells, set explicitly (``ewald`` is the exact periodic alternative; ``simple``,
+    all pairs, is the original network's choice for molecules).
     Expect failure on molecular crystals: the network puts spurious net charges on molecules that
     sit in a crystal (aspirin: +42 % volume, still expanding), a known upstream limitation.
     """
