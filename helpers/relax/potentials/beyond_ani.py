@@ -81,32 +81,14 @@ def _topology_per_structure_gfnff() -> type:
 
     GFN-FF fixes its topology (bonds, from the first geometry) until the atomic numbers change; the relax
     stage uses one calculator for a whole batch, so a second crystal with the same atom list (a
-    redetermination, a polymorph) would silently be computed with the first one's bonds. A relaxation
-    keeps one Atoms object (the engine's copy), so keying the topology to that object keeps it fixed
-    during a relaxation, as in xtb, and fresh for the next crystal. Overrides gfnff's private
-    ``_needs_reinit`` (gfnff capped below 0.4 in pyproject.toml).
+    redetermination, a polymorph) would silently be computed with the first one's bonds (CO2 with two O
+    sites swapped: +3.63 eV instead of -67.23 eV). A relaxation keeps one Atoms object (the engine's copy),
+    so keying the topology to that object keeps it fixed during a relaxation, as in xtb, and fresh for the
+    next crystal. The override of a private gfnff method lives in :mod:`helpers.internals`.
     """
-    import weakref
+    from helpers.internals import gfnff_topology_per_structure
 
-    from gfnff.ase_calculator import GFNFF
-
-    class TopologyPerStructureGFNFF(GFNFF):
-        _owner = None
-        _new_structure = True
-
-        def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-            if atoms is not None and (self._owner is None or self._owner() is not atoms):
-                self._owner = weakref.ref(atoms)
-                self._new_structure = True
-            super().calculate(atoms, properties, system_changes)
-
-        def _needs_reinit(self, atoms, system_changes) -> bool:
-            if self._new_structure:
-                self._new_structure = False
-                return True
-            return super()._needs_reinit(atoms, system_changes)
-
-    return TopologyPerStructureGFNFF
+    return gfnff_topology_per_structure()
 
 
 # --- universal MLIPs + D3 --------------------------------------------------------------------------------------
@@ -174,14 +156,14 @@ def convert_aimnet2_member(member: int, source: Path | None = None) -> Path:
     aimnet refuses stress for a TorchScript model with built-in dispersion and Coulomb; aimnet's own
     ``load_v1_model`` rebuilds it as a plain module (D3 and Coulomb external, stress available).
     ``load_v1_model`` reads ``cutoff`` from the file, which these older ensembles do not carry:
-    the member is handed over in memory with the cutoff of its AEV (``rc_s``, 5 Å).
+    the member is handed over in memory with the cutoff of its AEV (5 Å; :mod:`helpers.internals`).
     """
     from importlib.metadata import version
-    from unittest import mock
 
     import torch
     from aimnet.models import __file__ as models_init
-    from aimnet.models.utils import load_v1_model
+
+    from helpers.internals import aimnet_convert_v1_member
 
     source = source or aimnet2_weights_path()
     digest = hashlib.sha256(f"{source.stat().st_size}:{source.name}:{version('aimnet')}".encode()).hexdigest()[:12]
@@ -193,13 +175,10 @@ def convert_aimnet2_member(member: int, source: Path | None = None) -> Path:
         members = [m for _, m in ensemble.models.named_children()]
         if not 0 <= member < len(members):
             raise ValueError(f"AIMNet2 ensemble {source.name} has members 0..{len(members) - 1}, not {member}")
-        core = members[member].module  # Forces(module=AIMNet2): the network without its autograd wrapper
-        core.cutoff = float(core.aev.rc_s)
         config = Path(models_init).parent / "aimnet2_dftd3_wb97m.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        with mock.patch.object(torch.jit, "load", lambda *a, **k: core):
-            load_v1_model("in-memory", str(config), output_path=str(tmp), verbose=False)
+        aimnet_convert_v1_member(members[member], str(config), str(tmp))
         tmp.replace(out)
     return out
 
