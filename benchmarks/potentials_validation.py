@@ -70,13 +70,16 @@ def time_calls(calc, atoms, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def run_one(potential: str, crystal: str, fmax: float, timing_calls: int) -> dict:
+def run_one(potential: str, crystal: str, fmax: float, timing_calls: int, cap: int | None = None) -> dict:
     from helpers.relax.engine import RelaxSettings, relax
     from helpers.relax.potentials.registry import get_potential
 
     pot = get_potential(potential)
     atoms = read_crystal(CRYSTALS[crystal])
     settings = RelaxSettings(potential=potential, fmax=fmax, strategy="study").resolved(pot.steps_per_atom)
+    if cap is not None:  # a fixed step cap instead of the study's 300 + x n (for runs that cannot converge)
+        settings = RelaxSettings(potential=potential, fmax=fmax, strategy="study", max_steps_base=cap,
+                                 steps_per_atom=0)
     calc = pot.calculator()
     inner = calc.calculate
 
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fmax", type=float, default=0.01)
     parser.add_argument("--timing-calls", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cap", type=int, default=None, help="fixed step cap instead of the study's 300 + x n")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "potentials_validation.csv"))
     args = parser.parse_args(argv)
 
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         for crystal in crystals:
             if (potential, crystal, args.fmax) in done:
                 continue
-            row = run_one(potential, crystal, args.fmax, args.timing_calls)
+            row = run_one(potential, crystal, args.fmax, args.timing_calls, args.cap)
             rows.append(row)
             new = not out.is_file()
             with out.open("a", newline="") as fh:
