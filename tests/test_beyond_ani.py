@@ -210,5 +210,5 @@ def test_aimnet2_conversion_reproduces_the_original_network():
     out = original({"coord": torch.tensor(mol.positions, dtype=torch.float32)[None],
                     "numbers": torch.tensor(mol.numbers)[None], "charge": torch.tensor([0.0])})
     mol.calc = get_potential("aimnet2").calculator(coulomb="simple")  # the original's all-pairs Coulomb
-    assert mol.get_potential_energy() == pytest.approx(float(out["energy"]), abs=1e-3)  # eV
-    np.testing.assert_allclose(mol.get_forces(), out["forces"][0].detach().numpy(), atol=2e-3)
+    assert mol.get_potential_energy() == pytest.approx(float(out["energy"]), abs=1e-3)  # eV; measured 1e-4
+    np.testing.assert_allclose(mol.get_forces(), out["forces"][0].detach().numpy(), atol=1e-4)  # measured 3e-6
