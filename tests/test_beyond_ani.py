@@ -215,3 +215,12 @@ def test_aimnet2_conversion_reproduces_the_original_network():
     mol.calc = get_potential("aimnet2").calculator(coulomb="simple")  # the original's all-pairs Coulomb
     assert mol.get_potential_energy() == pytest.approx(float(out["energy"]), abs=1e-3)  # eV; measured 1e-4
     np.testing.assert_allclose(mol.get_forces(), out["forces"][0].detach().numpy(), atol=1e-4)  # measured 3e-6
+
+
+def test_a_missing_package_is_named_before_anything_runs():
+    from dataclasses import replace
+
+    pot = replace(REGISTRY["gfn-ff"], name="gfn-ff-elsewhere", packages=("gfnff", "no-such-codani-dist"))
+    assert pot.missing_packages() == ["no-such-codani-dist"]
+    with pytest.raises(ImportError, match="pip install torch==2.13.0 no-such-codani-dist"):
+        pot.calculator()

@@ -43,6 +43,11 @@ class Potential:
         return set(symbols) - self.elements
 
     def calculator(self, **kwargs) -> Calculator:
+        """A new calculator; a clear ImportError naming what to install when a declared package is missing."""
+        missing = self.missing_packages()
+        if missing:
+            raise ImportError(f"potential {self.name!r} needs {', '.join(missing)}, not installed: "
+                              f"pip install torch==2.13.0 {' '.join(missing)} (or `make env`)")
         return self.make_calculator(**kwargs)
 
     def versions(self) -> dict[str, str]:
