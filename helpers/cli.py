@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out-db", default="data/relaxed_{potential}.db")
     merge.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
 
-    sub.add_parser("potentials", help="list the registered potentials: elements, step cap x, what, citation")
+    sub.add_parser("potentials", help="list the registered potentials (built in and from entry points): source, "
+                   "licence, cost, step cap x, elements, what, citation")
 
     res = sub.add_parser("results", help="fetch -> filter -> relax (every potential) -> analysis -> docs/results.md")
     res.add_argument("--data-dir", default=None,
@@ -113,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
         from helpers.relax.potentials.registry import potentials_table
 
-        with pd.option_context("display.max_colwidth", 90, "display.width", 250):
-            print(pd.DataFrame(potentials_table()).to_string(index=False))
+        table = pd.DataFrame(potentials_table())
+        short = ["name", "source", "licence", "cost", "steps_per_atom", "installed"]
+        with pd.option_context("display.max_colwidth", 80, "display.width", 250):
+            print(table[short].to_string(index=False))
+        print()
+        for row in table.itertuples():
+            print(f"{row.name}: {row.description}\n    elements: {row.elements}\n    cite: {row.citation}")
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 #: library -> the release these adapters were written and tested against
 WRITTEN_FOR: dict[str, str] = {"ase": "3.29.0", "torchani": "2.9.0", "ase-db-backends": "0.11.0",
-                               "nglview": "3.1.4"}
+                               "nglview": "3.1.4", "gfnff": "0.3.1", "aimnet": "0.2.6"}
 
 
 def installed_versions() -> dict[str, str]:
@@ -94,3 +94,55 @@ def torchani_neighborlist(name: str) -> Any:
 def ngl_component_ids(view: Any) -> list[str]:
     """Ids of the components an nglview widget shows (``NGLWidget._ngl_component_ids``), to clear it."""
     return list(view._ngl_component_ids)
+
+
+# --- gfnff ------------------------------------------------------------------------------------------------
+
+def gfnff_topology_per_structure() -> type:
+    """gfnff's ASE calculator (``gfnff.ase_calculator.GFNFF``) that sets up its bond topology again for every
+    new Atoms object, overriding its private ``_needs_reinit`` (which rebuilds only when the atomic numbers,
+    PBC or parameters change). Why: see ``helpers.relax.potentials.beyond_ani``."""
+    import weakref
+
+    from ase.calculators.calculator import all_changes
+    from gfnff.ase_calculator import GFNFF
+
+    if not callable(getattr(GFNFF, "_needs_reinit", None)):
+        raise AttributeError(f"gfnff {version('gfnff')}: GFNFF._needs_reinit is gone (written for gfnff "
+                             f"{WRITTEN_FOR['gfnff']}); see helpers/internals.py")
+
+    class TopologyPerStructureGFNFF(GFNFF):
+        _owner = None
+        _new_structure = True
+
+        def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+            if atoms is not None and (self._owner is None or self._owner() is not atoms):
+                self._owner = weakref.ref(atoms)
+                self._new_structure = True
+            super().calculate(atoms, properties, system_changes)
+
+        def _needs_reinit(self, atoms, system_changes) -> bool:
+            if self._new_structure:
+                self._new_structure = False
+                return True
+            return super()._needs_reinit(atoms, system_changes)
+
+    return TopologyPerStructureGFNFF
+
+
+# --- aimnet -----------------------------------------------------------------------------------------------
+
+def aimnet_convert_v1_member(member: Any, config: str, output: str) -> None:
+    """Write one member of an old AIMNet2 TorchScript ensemble as an aimnet v2 ``.pt`` file with aimnet's own
+    ``load_v1_model``. That function reads the file itself and expects a ``cutoff`` attribute, which the old
+    ensembles' members lack: the member (``Forces.module``, an ``AIMNet2``) is handed over in memory
+    (``torch.jit.load`` patched for the call) with the cutoff of its AEV (``aev.rc_s``)."""
+    from unittest import mock
+
+    import torch
+    from aimnet.models.utils import load_v1_model
+
+    core = member.module
+    core.cutoff = float(core.aev.rc_s)
+    with mock.patch.object(torch.jit, "load", lambda *a, **k: core):
+        load_v1_model("in-memory", config, output_path=output, verbose=False)

@@ -89,3 +89,23 @@ def test_ngl_component_ids():
     view = nglview.show_ase(molecule("H2O"))
     ids = internals.ngl_component_ids(view)
     assert len(ids) == 1 and all(isinstance(i, str) for i in ids)
+
+
+def test_gfnff_still_has_the_topology_check_we_override():
+    from gfnff.ase_calculator import GFNFF
+
+    cls = internals.gfnff_topology_per_structure()
+    assert issubclass(cls, GFNFF) and callable(GFNFF._needs_reinit)
+
+
+def test_aimnet_loader_and_old_ensemble_layout_still_fit():
+    """load_v1_model is importable and an old ensemble member still exposes ``module.aev.rc_s``."""
+    import torch
+    from aimnet.models.utils import load_v1_model
+
+    from helpers.relax.potentials.beyond_ani import aimnet2_weights_path
+
+    assert callable(load_v1_model)
+    ensemble = torch.jit.load(str(aimnet2_weights_path()), map_location="cpu")
+    member = next(m for _, m in ensemble.models.named_children())
+    assert float(member.module.aev.rc_s) == 5.0

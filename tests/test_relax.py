@@ -91,12 +91,12 @@ def test_registry_knows_the_study_defaults():
     assert {"ani1x", "ani1ccx", "ani2x", "ani1x-d3", "ani1ccx-d3", "ani2x-d3"} <= set(REGISTRY)
     assert get_potential("ani1x").uncovered(["C", "S"]) == {"S"}
     assert get_potential("ani2x").uncovered(["C", "S", "Cl"]) == set()
-    with pytest.raises(KeyError, match="registered: ani1ccx"):
+    with pytest.raises(KeyError, match="registered: .*ani1ccx"):
         get_potential("ani3x")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n.startswith("ani")))  # others: test_beyond_ani.py
 def test_every_potential_relaxes_real_crystals_at_study_settings(cod_dir, model_dir, name):
     """Study settings (BFGS, atoms + cell, fmax 5e-4, cap 300 + x n) on small real COD crystals."""
     potential = get_potential(name)

@@ -85,7 +85,7 @@ class RelaxSettings:
         fields = asdict(self)
         if fields["strategy"] == "study":  # hashes from before these fields existed stay valid
             del fields["strategy"], fields["draft"]
-        payload = json.dumps({**fields, "versions": versions()}, sort_keys=True)
+        payload = json.dumps({**fields, "versions": versions(self.potential)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -123,14 +123,23 @@ class WallTimeExceeded(RuntimeError):
     """The per-structure wall-time limit was reached."""
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries whose changes could change a relaxed structure."""
+def versions(potential: str | None = None) -> dict[str, str]:
+    """Versions of the libraries whose changes could change a relaxed structure.
+
+    With ``potential``, also the packages that potential declares (tblite, sevenn, ...; none for ANI,
+    so ANI hashes are unchanged); an unregistered name adds nothing.
+    """
     import ase
     import torch
     import torchani
 
-    return {"ase": ase.__version__, "torch": torch.__version__.split("+")[0],
-            "torchani": torchani.__version__}
+    out = {"ase": ase.__version__, "torch": torch.__version__.split("+")[0], "torchani": torchani.__version__}
+    if potential is not None:
+        from helpers.relax.potentials.registry import REGISTRY
+
+        if potential in REGISTRY:
+            out.update(REGISTRY[potential].versions())
+    return out
 
 
 def make_optimizer(name: str, target, logfile=None, trajectory=None):

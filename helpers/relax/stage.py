@@ -232,7 +232,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
     )
     data = {"cell_exp": clean_row.data.get("cell_exp", clean_row.cell.tolist()),
-            "settings": settings.__dict__, "versions": versions(), "message": result.message}
+            "settings": settings.__dict__, "versions": versions(settings.potential), "message": result.message}
     match = {"structure_id": clean_row.structure_id, "settings_hash": settings_hash}
     return dbmod.upsert(out, result.atoms, match, data=data, **dbmod.clean_kvp(kvp))
 

@@ -170,6 +170,8 @@ class DispersionCorrectedCalculator(Calculator):
         self.base = base
         self.dispersion = dispersion
         self._contributions: tuple[float, float] | None = None
+        #: calculations done (the relax engine's ``force_calls``; the parts keep no count of their own)
+        self.n_calls = 0
 
     @property
     def parts(self) -> Sequence[Calculator]:
@@ -180,6 +182,7 @@ class DispersionCorrectedCalculator(Calculator):
         atoms = self.atoms
         wanted = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
         check_d3_input(atoms)
+        self.n_calls += 1
         base = _results_of(self.base, atoms, wanted)
         try:
             disp = _results_of(self.dispersion, atoms, wanted)

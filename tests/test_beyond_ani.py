@@ -1,0 +1,226 @@
+"""Potentials beyond ANI (tblite, gfnff, SevenNet, CHGNet, AIMNet2): registered, stress exact, relax real crystals.
+
+Real cells: CO2 (COD 1010060, 12 atoms, the smallest real cell here) for the relaxations; naphthalene
+(PyXtal's copy of the X23 cell) for AIMNet2's failure on molecular crystals. The heavier models are
+``slow`` (model loading and their per-call cost); GFN-FF and GFN1-xTB stay in the fast suite.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.db import connect
+
+from helpers.relax.engine import RelaxSettings, relax, versions
+from helpers.relax.potentials.registry import REGISTRY, get_potential, potentials_table
+from helpers.relax.stage import run_batch, runs_side_by_side
+from helpers.vocabulary import Status
+
+torch.set_num_threads(1)
+
+NEW = ("gfn2-xtb", "gfn1-xtb", "gfn-ff", "sevennet0-d3", "chgnet-d3", "aimnet2")
+#: float64 codes reproduce finite differences to ~1e-5 of the stress; float32 networks to ~1e-3
+STRESS_RTOL = {"gfn2-xtb": 1e-4, "gfn1-xtb": 1e-4, "gfn-ff": 1e-4, "sevennet0-d3": 1e-3, "chgnet-d3": 1e-3,
+               "aimnet2": 2e-3}
+SLOW = {"gfn2-xtb", "sevennet0-d3", "chgnet-d3", "aimnet2"}
+
+
+def read_crystal(path) -> Atoms:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ase.io.read(path)
+
+
+@pytest.fixture(scope="module")
+def co2(shared_data) -> Atoms:
+    return read_crystal(shared_data / "cod-sample" / "1010060.cif")
+
+
+def by_speed(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+def test_every_new_potential_is_registered_with_its_card():
+    for name in NEW:
+        pot = REGISTRY[name]
+        assert {"H", "C", "N", "O"} <= pot.elements, name
+        assert pot.steps_per_atom == 6 and pot.citation and pot.licence and pot.source and pot.cost, name
+        assert pot.description and pot.packages, name
+        assert not pot.missing_packages(), f"{name}: {pot.missing_packages()} not installed (pyproject extra)"
+    rows = {r["name"]: r for r in potentials_table()}
+    assert set(NEW) <= set(rows) and all(rows[n]["installed"] == "yes" for n in NEW)
+    assert "S" not in REGISTRY["ani1x"].elements and "S" in REGISTRY["aimnet2"].elements
+    assert REGISTRY["aimnet2"].uncovered(["C", "Na"]) == {"Na"}
+
+
+def test_cli_lists_source_licence_and_cost(capsys):
+    from helpers.cli import main
+
+    assert main(["potentials"]) == 0
+    out = capsys.readouterr().out
+    for name in NEW:
+        line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+        pot = REGISTRY[name]
+        assert pot.source in line and pot.licence[:20] in line and pot.cost[:20] in line
+    assert "cite: Bannwarth" in out
+
+
+def test_settings_hash_records_the_potentials_package_versions():
+    """A new tblite changes GFN2-xTB's answers: its version is in the hash; ANI hashes stay as they were."""
+    assert "tblite" in versions("gfn2-xtb") and "sevenn" in versions("sevennet0-d3")
+    assert versions("ani1x") == versions()
+    assert RelaxSettings(potential="gfn2-xtb").hash() != RelaxSettings(potential="gfn1-xtb").hash()
+
+
+def _strained_energy(calc, atoms: Atoms, i: int, j: int, d: float) -> float:
+    strained = atoms.copy()
+    eps = np.eye(3)
+    eps[i, j] += d
+    if i != j:
+        eps[j, i] += d
+    strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+    strained.calc = calc
+    return strained.get_potential_energy()
+
+
+@pytest.mark.parametrize("name", by_speed(NEW))
+def test_stress_matches_finite_differences_on_a_real_crystal(name, co2):
+    """Analytic stress vs central differences of the energy under strain (xx, yy, zz, yz) on CO2."""
+    calc = get_potential(name).calculator()
+    atoms = co2.copy()
+    atoms.rattle(0.02, seed=3)  # break the cubic symmetry so that the shear component is not zero by symmetry
+    atoms.calc = calc
+    stress = atoms.get_stress(voigt=False)
+    d = 1e-4 if STRESS_RTOL[name] < 1e-3 else 1e-3  # float32 networks need a larger step
+    volume = atoms.get_volume()
+    tolerance = STRESS_RTOL[name] * float(np.abs(stress).max()) + 1e-6
+    for i, j in [(0, 0), (1, 1), (2, 2), (1, 2)]:
+        fd = (_strained_energy(calc, atoms, i, j, d) - _strained_energy(calc, atoms, i, j, -d)) / (2 * d * volume)
+        fd /= 2 if i != j else 1
+        assert stress[i, j] == pytest.approx(fd, abs=tolerance), (name, i, j)
+
+
+@pytest.mark.parametrize("name", by_speed(NEW))
+def test_relaxes_a_real_crystal(name, co2):
+    """CO2 (X-ray C=O 1.05 Å, far from any model's minimum): energy goes down, bonds lengthen, volume moves."""
+    settings = RelaxSettings(potential=name, fmax=0.05, strategy="study", max_steps_base=60, steps_per_atom=0)
+    result = relax(co2, get_potential(name).calculator(), settings)
+    assert result.status in (Status.converged, Status.step_cap), result.message
+    assert result.e_final < result.e_initial
+    assert result.status == Status.step_cap or result.fmax_final <= 0.05
+    co = _shortest_co(result.atoms)
+    assert co > _shortest_co(co2) + 0.05, (name, co)  # every model stretches the X-ray C=O (1.05 Å) toward 1.16
+    dv = result.atoms.get_volume() / co2.get_volume() - 1
+    assert abs(dv) > 0.003, (name, dv)
+    if name.endswith("-d3"):
+        assert result.extra["e_dispersion"] < 0  # the D3 part is recorded, as for ani1x-d3
+        assert result.force_calls >= result.steps > 0  # counted by the D3 sum calculator
+    if name == "aimnet2":  # one pass per step (AIMNet2's own ASE calculator took two: forces, then stress)
+        assert result.force_calls == result.steps + 1
+
+
+def _shortest_co(atoms: Atoms) -> float:
+    c = [a.index for a in atoms if a.symbol == "C"]
+    o = [a.index for a in atoms if a.symbol == "O"]
+    return float(min(atoms.get_distances(i, o, mic=True).min() for i in c))
+
+
+def test_non_ani_potentials_run_one_crystal_at_a_time_through_the_stage(tmp_path, co2, shared_data):
+    """run_batch falls back from the side-by-side path and records every row with status and versions."""
+    clean = str(tmp_path / "clean.db")
+    with connect(clean) as db:
+        for sid, path in [("co2", shared_data / "cod-sample" / "1010060.cif"),
+                          ("ice", shared_data.joinpath("more", "MaterSim+PyXtal", "pyxtal", "database", "cifs",
+                                                       "ice.cif"))]:
+            atoms = read_crystal(path)
+            db.write(atoms, structure_id=sid, V_exp=atoms.get_volume())
+    calc = get_potential("gfn-ff").calculator()
+    assert not runs_side_by_side(calc, RelaxSettings(potential="gfn-ff"))
+    settings = RelaxSettings(potential="gfn-ff", fmax=0.05, max_steps_base=100, steps_per_atom=0)  # strategy fast
+    report = run_batch(clean, str(tmp_path / "out.db"), "gfn-ff", settings=settings, progress=False, n_threads=1)
+    assert report.status_counts() == {Status.converged: 2}
+    rows = list(connect(report.out_db).select())
+    assert {r.structure_id for r in rows} == {"co2", "ice"}
+    assert all(r.data["versions"]["gfnff"] == get_potential("gfn-ff").versions()["gfnff"] for r in rows)
+    again = run_batch(clean, str(tmp_path / "out.db"), "gfn-ff", settings=settings, progress=False, n_threads=1)
+    assert again.skipped_done == 2 and not again.rows
+
+
+@pytest.mark.slow
+def test_aimnet2_fails_on_a_molecular_crystal_and_the_failure_is_recorded(tmp_path, shared_data):
+    """AIMNet2 on naphthalene (X23): the cell keeps expanding (spurious molecular charges in the crystal).
+
+    Not hidden: the stage records the outcome (status step_cap, not converged) and a large ΔV
+    (measured: +64 % after 150 steps, fmax still 0.08 eV/Å; with the study's cap it settles at +56 % after
+    241 steps; aspirin +47 % after 300 steps and still expanding, README).
+    """
+    clean = str(tmp_path / "clean.db")
+    atoms = read_crystal(shared_data.joinpath("more", "MaterSim+PyXtal", "pyxtal", "database", "cifs",
+                                              "naphthalene.cif"))
+    with connect(clean) as db:
+        db.write(atoms, structure_id="naphthalene", V_exp=atoms.get_volume())
+    settings = RelaxSettings(potential="aimnet2", fmax=0.01, max_steps_base=150, steps_per_atom=0)
+    report = run_batch(clean, str(tmp_path / "out.db"), "aimnet2", settings=settings, progress=False, n_threads=1)
+    (row,) = report.rows
+    assert row["status"] == Status.step_cap and row["fmax_final"] > 0.03
+    assert row["dV_pct"] > 20, row
+    stored = connect(report.out_db).get(structure_id="naphthalene")
+    assert stored.status == "step_cap" and not stored.converged
+    assert stored.V_relaxed / atoms.get_volume() > 1.2
+
+
+def test_gfn_ff_sets_up_its_bonds_again_for_the_next_crystal_of_a_batch(co2):
+    """GFN-FF keeps its bond topology while the atom list is the same: one calculator for a batch must not
+    carry the first crystal's bonds into the next one with the same atom list (here: CO2 with two O sites
+    of different molecules swapped, so that the bonded pairs differ)."""
+    calc = get_potential("gfn-ff").calculator()
+    first = co2.copy()
+    first.calc = calc
+    first.get_potential_energy()
+    swapped = co2.copy()
+    o = [a.index for a in co2 if a.symbol == "O"]
+    i, j = o[0], next(k for k in o if co2.get_distance(o[0], k, mic=True) > 2.0)
+    swapped.positions[[i, j]] = swapped.positions[[j, i]]
+    assert (swapped.numbers == co2.numbers).all()
+    swapped.calc = calc
+    fresh = swapped.copy()
+    fresh.calc = get_potential("gfn-ff").calculator()
+    assert swapped.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
+    first.positions[0] += 0.01  # the first crystal again: its own bonds, not the swapped one's
+    again = first.copy()
+    again.calc = get_potential("gfn-ff").calculator()
+    assert first.get_potential_energy() == pytest.approx(again.get_potential_energy(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_aimnet2_conversion_reproduces_the_original_network():
+    """The converted member (aimnet's load_v1_model, for stress) gives the TorchScript member's energy and forces.
+
+    On a molecule, with the original's all-pairs Coulomb; crystals use damped shifted force (aimnet's choice
+    under PBC), which moves the ethanol energy by 7 meV."""
+    from ase.build import molecule
+
+    from helpers.relax.potentials.beyond_ani import aimnet2_weights_path
+
+    ensemble = torch.jit.load(str(aimnet2_weights_path()), map_location="cpu")
+    original = next(m for _, m in ensemble.models.named_children())  # member 0
+    mol = molecule("CH3CH2OH")
+    out = original({"coord": torch.tensor(mol.positions, dtype=torch.float32)[None],
+                    "numbers": torch.tensor(mol.numbers)[None], "charge": torch.tensor([0.0])})
+    mol.calc = get_potential("aimnet2").calculator(coulomb="simple")  # the original's all-pairs Coulomb
+    assert mol.get_potential_energy() == pytest.approx(float(out["energy"]), abs=1e-3)  # eV; measured 1e-4
+    np.testing.assert_allclose(mol.get_forces(), out["forces"][0].detach().numpy(), atol=1e-4)  # measured 3e-6
+
+
+def test_a_missing_package_is_named_before_anything_runs():
+    from dataclasses import replace
+
+    pot = replace(REGISTRY["gfn-ff"], name="gfn-ff-elsewhere", packages=("gfnff", "no-such-codani-dist"))
+    assert pot.missing_packages() == ["no-such-codani-dist"]
+    with pytest.raises(ImportError, match="pip install torch==2.13.0 no-such-codani-dist"):
+        pot.calculator()
