@@ -23,6 +23,10 @@ from helpers.store.paths import resolve
 
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
 RESULT_FOLDERS = ("cod", "cod-sample")
+#: the largest crystal (atoms) a potential relaxes in the results campaign on a 2-core machine, from its
+#: measured cost per call (README, Potentials); unlisted potentials relax every clean structure
+RESULTS_MAX_ATOMS: dict[str, int] = {"gfn2-xtb": 24, "gfn1-xtb": 48, "gfn-ff": 96, "sevennet0-d3": 60,
+                                     "chgnet-d3": 60, "aimnet2": 60}
 
 
 @dataclass
@@ -56,13 +60,16 @@ class ResultsPlan:
 
 def default_plan(data_dir: str | Path, work_dir: str | Path = "data/results",
                  potentials: Sequence[str] | None = None) -> ResultsPlan:
-    """Both result folders of ``data_dir``; every registered potential that can be built here, each
-    with the subset its cost allows (the registry's ``results_max_atoms``)."""
+    """Both result folders of ``data_dir``; every registered potential, each with the subset its cost allows
+    (:data:`RESULTS_MAX_ATOMS`)."""
     from helpers.relax.potentials.registry import REGISTRY
 
     names = list(potentials) if potentials else list(REGISTRY)
     sources = [str(Path(data_dir) / folder) for folder in RESULT_FOLDERS]
-    max_atoms = {name: getattr(REGISTRY[name], "results_max_atoms", None) for name in names}
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:
+        raise KeyError(f"unknown potentials {unknown}; registered: {', '.join(sorted(REGISTRY))}")
+    max_atoms = {name: RESULTS_MAX_ATOMS.get(name) for name in names}
     return ResultsPlan(sources=sources, work_dir=resolve(str(work_dir)), potentials=names, max_atoms=max_atoms)
 
 
