@@ -150,3 +150,21 @@ def test_max_atoms_selects_the_small_structures_for_every_batch(small_clean_db):
     assert 0 < len(small) < len(natoms)
     assert sorted(batch_ids(clean, 0, 1, max_atoms=30)) == small
     assert sorted(batch_ids(clean, 0, 2, max_atoms=30) + batch_ids(clean, 1, 2, max_atoms=30)) == small
+
+
+def test_a_structure_id_cannot_write_its_trajectory_outside_trajectory_dir(small_clean_db, tmp_path):
+    """A CIF block named ``x/../../../../elsewhere`` becomes part of a structure id; 03_relax's trajectory
+    for it stays inside trajectory_dir."""
+    clean = dbmod.connect(small_clean_db)
+    row = next(r for r in clean.select() if r.natoms <= 30)
+    evil = str(tmp_path / "evil_clean.db")
+    dbmod.connect(evil).write(row.toatoms(), key_value_pairs={**row.key_value_pairs,
+                                                            "structure_id": "x/../../../../elsewhere"},
+                              data=dict(row.data))
+    traj = tmp_path / "deep" / "er" / "traj"
+    settings = RelaxSettings(potential="ani1x", strategy="study", max_steps_base=2, steps_per_atom=0)
+    report = run_batch(evil, str(tmp_path / "out.db"), settings=settings, trajectory_dir=str(traj), progress=False)
+    assert [r["status"] for r in report.rows] == ["step_cap"]
+    written = [p for p in tmp_path.rglob("*.traj")]
+    assert len(written) == 1 and written[0].parent == traj, written
+    assert not (tmp_path / "elsewhere.traj").exists() and not list(tmp_path.parent.glob("elsewhere*"))
