@@ -87,3 +87,16 @@ def test_file_in_keeps_distinct_names_distinct(tmp_path):
     names = ["a/b", "a_b", "a:b", "A_b"]
     assert len({file_in(tmp_path, n, ".traj") for n in names}) == len(names)
     assert file_in(tmp_path, "cod-2100348", ".traj").name == "cod-2100348.traj"  # a safe name is kept
+
+
+def test_a_full_disk_names_the_database(tmp_path, monkeypatch):
+    import sqlite3
+
+    db = dbmod.connect(tmp_path / "raw.db")
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(db, "write", full)
+    with pytest.raises(sqlite3.OperationalError, match=r"raw\.db: database or disk is full"):
+        dbmod.upsert(db, Atoms("H"), {"structure_id": "x"})

@@ -284,10 +284,10 @@ def _write_chunk(out: dict[str, Any], rows: list[tuple[str, str, Atoms, dict, di
     same outputs never duplicate a row). An interruption between the two leaves a structure in neither
     database, which the next run repairs; never in both, so 03_relax cannot relax a rejected structure.
     """
-    with out["clean"], out["rejects"]:
+    with dbmod.transaction(out["clean"]), dbmod.transaction(out["rejects"]):
         for name, db in out.items():
             dbmod.delete_in_transaction(db, "structure_id", [sid for sid, target, *_ in rows if target != name])
-    with out["clean"], out["rejects"]:
+    with dbmod.transaction(out["clean"]), dbmod.transaction(out["rejects"]):
         for sid, target, atoms, kvp, data in rows:
             dbmod.upsert_in_transaction(out[target], atoms, {"structure_id": sid}, data=data, **kvp)
 

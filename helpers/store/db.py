@@ -7,6 +7,7 @@ from the file for non-COD sources), so re-running a stage updates rather than du
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,19 @@ def ids_with(db: Database, key: str, **selection: Any) -> dict[str, int]:
     return out
 
 
+@contextmanager
+def transaction(db: Database) -> Iterator[Database]:
+    """``with db:`` whose SQLite errors name the file ("database or disk is full" alone does not say which)."""
+    import sqlite3
+
+    try:
+        with db:
+            yield db
+    except sqlite3.Error as err:
+        name = getattr(db, "filename", None) or "database"
+        raise type(err)(f"{name}: {err}") from err
+
+
 def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
            data: dict | None = None, **key_value_pairs: Any) -> int:
     """Write ``atoms`` as the single row matching ``match``: replace it if present.
@@ -128,7 +142,7 @@ def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
     Overwrites the existing row in place (same id) inside one transaction, so a crash leaves
     either the old or the new row; ``delete`` is avoided because SQLite VACUUMs on every delete.
     """
-    with db:
+    with transaction(db):
         return upsert_in_transaction(db, atoms, match, data=data, **key_value_pairs)
 
 
