@@ -440,8 +440,12 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
                                    structure=False, n_boot=500, boot_seed=3)
     errors = pd.read_csv(tmp_path / "analysis" / "errors.csv")
     summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
-    assert set(summary.entries) == {"all"}  # the filter in this branch stores no compound_key yet
-    summary = summary.set_index(["potential", "quantity"])
+    # the filter stores compound keys: every statistic also over one entry per compound (4 distinct compounds
+    # here, so the same numbers)
+    assert set(summary.entries) == {"all", "one_per_compound"}
+    per_compound = summary[summary.entries == "one_per_compound"].set_index(["potential", "quantity"])
+    summary = summary[summary.entries == "all"].set_index(["potential", "quantity"])
+    assert (per_compound.n == summary.n).all()
     converged = errors[errors.converged.astype(bool) & ~errors.status.isin(["error", "exploded"])]
     assert len(converged) >= 6
     for (potential, column, quantity) in [(p, c, q) for p in ("ani1x", "ani1ccx")
@@ -493,7 +497,8 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
         assert paired.verdict.startswith(f"cannot tell: {len(wide)} common structures")
     for name in ("hist_ani1x_volume.png", "ci_volume.png", "hist_ani1ccx_alpha.png"):
         assert (tmp_path / "analysis" / name).stat().st_size > 10_000
-    assert result["entries_note"].startswith("summary.csv: entries = 'all' only")
+    assert result["entries_note"].startswith("summary.csv: entries = 'all' (4 structures) and 'one_per_compound' "
+                                             "(4 compounds")
 
 
 def test_only_structures_clean_now_are_counted(dbs, tmp_path, benzene):
