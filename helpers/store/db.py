@@ -73,7 +73,8 @@ def check_ase_sqlite(path: Path) -> bool:
     import sqlite3
 
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # read-write: a file left with a hot journal by a killed writer must be rolled back on open
+        con = sqlite3.connect(path, timeout=20)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
