@@ -114,17 +114,19 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
 
     targets = relax_targets(plan)
     total = sum(targets.values())
-    start = {p: min(n, targets[p]) for p, n in relaxed_counts(plan).items()}
-    bar = tqdm(total=total, initial=sum(start.values()), desc="relax (all potentials)", unit="crystal",
+
+    def done() -> dict[str, int]:
+        return {p: min(n, targets[p]) for p, n in relaxed_counts(plan).items()}
+
+    bar = tqdm(total=total, initial=sum(done().values()), desc="relax (all potentials)", unit="crystal",
                smoothing=0.05)
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.wait(poll_seconds):
-            done = sum(min(n, targets[p]) for p, n in relaxed_counts(plan).items())
-            bar.update(max(0, done - bar.n))
-            bar.set_postfix_str(", ".join(f"{p} {min(n, targets[p])}/{targets[p]}"
-                                          for p, n in relaxed_counts(plan).items()))
+            counts = done()  # one read of every shard per poll
+            bar.update(max(0, sum(counts.values()) - bar.n))
+            bar.set_postfix_str(", ".join(f"{p} {n}/{targets[p]}" for p, n in counts.items()))
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
