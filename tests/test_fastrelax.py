@@ -257,3 +257,36 @@ def test_exact_fast_path_converges_to_the_study_answer(crystals, model, study_re
     assert np.sqrt((forces**2).sum(axis=1).max()) <= settings.fmax * 1.001
     v_fast, v_study = fast.atoms.get_volume(), study_result.atoms.get_volume()
     assert abs(v_fast - v_study) / v_study < 1e-5
+
+
+def test_d3_variant_side_by_side_follows_relax_step_by_step(model, crystals):
+    """ANI + D3 on the fast path: one ANI pass for all, D3 added per crystal; same steps as relax()."""
+    from helpers.relax.potentials.dispersion import SideBySideDispersion, with_model_dispersion
+
+    settings = RelaxSettings(max_steps_base=15, steps_per_atom=0, draft=None)
+    items = [(sid, crystals[sid]) for sid in ("cod-2007300", "cod-1011063")]
+    calc = with_model_dispersion(OnePassANICalculator(model), "ani1x")
+    evaluator = SideBySideDispersion(SideBySideANI(model), calc.dispersion)
+    many = dict(relax_many(items, evaluator, settings))
+    assert evaluator.time_dispersion > 0 and not evaluator._per_crystal  # finished crystals forgotten
+    for sid, atoms in items:
+        single = relax(atoms, calc, settings)
+        fast = many[sid]
+        assert (fast.status, fast.steps) == (single.status, single.steps) == ("step_cap", 15)
+        assert np.abs(fast.atoms.positions - single.atoms.positions).max() < 1e-7
+        assert np.abs(fast.atoms.cell - single.atoms.cell).max() < 1e-7
+        assert fast.e_final == pytest.approx(single.e_final, abs=1e-7)
+        # the D3 part is recorded as on the one-crystal path, and it binds (a few eV for these cells)
+        assert fast.extra["e_dispersion"] == pytest.approx(single.extra["e_dispersion"], abs=1e-7)
+        assert fast.extra["e_dispersion_initial"] == pytest.approx(single.extra["e_dispersion_initial"], abs=1e-9)
+        assert fast.extra["e_dispersion"] < -0.5
+
+
+def test_run_batch_takes_d3_variants_side_by_side(small_clean_db, tmp_path, model_dir):
+    out = str(tmp_path / "relaxed_d3.db")
+    settings = RelaxSettings(potential="ani1x-d3", max_steps_base=3, steps_per_atom=0)
+    run_batch(small_clean_db, out, potential="ani1x-d3", settings=settings, progress=False, n_threads=1)
+    rows = list(dbmod.connect(out).select())
+    assert len(rows) == 4 and {r.status for r in rows} == {"step_cap"}
+    assert {r.force_calls for r in rows} == {5} and {r.draft_calls for r in rows} == {3}  # the fast path
+    assert all(r.e_dispersion < 0 and r.e_dispersion_initial < 0 for r in rows)

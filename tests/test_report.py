@@ -36,7 +36,9 @@ def report(tmp_path_factory):
     errors = pd.read_csv(ERRORS)
     analyse_errors(errors, root / "analysis", n_boot=200, quantities=("volume", "a1"))
     plan = SimpleNamespace(sources=["/x/cod", "/x/cod-sample"], max_atoms={"ani2x": 60})
-    path = write_report(root / "analysis", plan, root / "docs", extra={"clean_fraction": 0.8, "n_clean": 40})
+    extra = {"clean_fraction": 0.8, "n_clean": 40, "coverage": {"ani1x": (44, 44), "ani2x": (30, 12), "gfn-ff": (9, 0)},
+             "stage_minutes": {"fetch": 0.5, "relax": 95.0}}
+    path = write_report(root / "analysis", plan, root / "docs", extra=extra)
     return errors, path.read_text(), root
 
 
@@ -102,3 +104,12 @@ def test_all_entries_and_one_per_compound(report):
     chosen = ani1x.groupby("compound_key").head(1)
     assert float(one["median [%]"]) == pytest.approx(np.median(chosen.dV_pct), abs=0.006)
     assert "the study's value is" in markdown and "Why the numbers may differ" in markdown
+
+
+def test_report_says_what_did_not_finish_and_how_long_it_took(report):
+    _, markdown, _ = report
+    ran = section_table(markdown, "## What was run").set_index("potential")
+    assert list(ran.state) == ["complete", "partial", "not started"]
+    assert ran.loc["ANI-2x", "structures"] == "clean, ≤ 60 atoms" and ran.loc["ANI-1x", "structures"] == "every clean"
+    assert (ran.loc["ANI-2x", "to relax"], ran.loc["ANI-2x", "finished"]) == ("30", "12")
+    assert "(all runs, resumed ones added): fetch 0.5 min, relax 1.6 h." in markdown

@@ -218,6 +218,18 @@ def cost_table(errors: pd.DataFrame, clean_fraction: float | None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def coverage_table(coverage: dict[str, tuple[int, int]], max_atoms: dict[str, int | None]) -> pd.DataFrame:
+    """What each potential was to relax and what it finished: the report's honesty about a partial run."""
+    rows = []
+    for potential, (target, done) in coverage.items():
+        subset = max_atoms.get(potential)
+        rows.append({"potential": display_name(potential),
+                     "structures": f"clean, ≤ {subset} atoms" if subset else "every clean",
+                     "to relax": target, "finished": done,
+                     "state": "complete" if done >= target else ("not started" if done == 0 else "partial")})
+    return pd.DataFrame(rows)
+
+
 def worst_picture(errors: pd.DataFrame, potential: str, path: Path, k: int = WORST_PER_POTENTIAL) -> Path | None:
     """One small PNG: the relaxed cells of the ``k`` worst structures (from their databases)."""
     import matplotlib
@@ -312,6 +324,14 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "`thermal_summary.csv`; μ and σ are the study's Gaussian fit to the histogram where the histogram "
         "supports one (else the normal MLE, named in the `fit` column); CIs are 95 % seeded bootstrap intervals.",
         "",
+        *(["## What was run", "", _markdown(coverage_table(info["coverage"], plan.max_atoms)), "",
+            "Rows below count only finished relaxations; a partial potential's numbers describe the structures "
+            "it finished (largest first, so a partial run is biased to large cells).", ""]
+          if info.get("coverage") else []),
+        *(["Campaign wall time on this machine (all runs, resumed ones added): "
+           + ", ".join(f"{stage} {minutes / 60:.1f} h" if minutes >= 60 else f"{stage} {minutes:.1f} min"
+                       for stage, minutes in info["stage_minutes"].items()) + ".", ""]
+          if info.get("stage_minutes") else []),
         "## The study's table beside ours",
         "", _markdown(study_comparison(summary)), "",
         "![μ and median with 95 % CIs per potential](figures/ci_volume.png)", "",

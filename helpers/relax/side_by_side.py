@@ -175,6 +175,9 @@ class _Slot:
     calls: int = 0
     draft_calls: int = 0
     e_initial: float | None = None
+    #: the D3 part (eV) of the first and of the latest energy, when the evaluator adds one
+    e_dispersion_initial: float | None = None
+    e_dispersion: float | None = None
     status: str | None = None
     message: str = ""
     #: seconds of this process spent on this crystal: its share (by atoms) of every pass it was in,
@@ -204,11 +207,13 @@ class _Slot:
         self.calls += 1
         self.draft_calls += not exact
         self.atoms.calc.store(self.atoms, results)
+        self.e_dispersion = results.get("e_dispersion")
         if isinstance(self.target, OncePerStepFrechetFilter):
             self.target.generation += 1
         try:
             if self.e_initial is None:
                 self.e_initial = float(results["energy"])
+                self.e_dispersion_initial = self.e_dispersion
                 if not math.isfinite(self.e_initial):
                     raise Exploded(f"initial energy is {self.e_initial}")
             else:  # after a step, as relax()'s per-step guard; the pass measured the closest pair
@@ -254,7 +259,9 @@ class _Slot:
             max_steps=self.cap, e_initial=self.e_initial,
             e_final=final.calc.results.get("energy") if final.calc else None, fmax_final=fmax_final,
             wall_time=time.perf_counter() - self.start, force_calls=self.calls, message=self.message,
-            extra={"side_by_side": True, "draft_calls": self.draft_calls, "cost_time": self.cost},
+            extra={"side_by_side": True, "draft_calls": self.draft_calls, "cost_time": self.cost,
+                   **({"e_dispersion_initial": self.e_dispersion_initial, "e_dispersion": self.e_dispersion}
+                      if self.e_dispersion is not None and has_results else {})},
         )
 
 

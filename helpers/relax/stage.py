@@ -179,12 +179,16 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
 def runs_side_by_side(calc, settings: RelaxSettings, trajectory_dir: str | None = None) -> bool:
     """Can these crystals be relaxed side by side (``helpers.relax.side_by_side``)?
 
-    Needs a plain torchani model (the D3 variants add a second calculator), an optimizer that
-    steps one step at a time, and no per-step trajectory files.
+    Needs a torchani model, alone or with D3 added (the ``-d3`` variants: D3 is then added per
+    crystal after the shared pass), an optimizer that steps one step at a time, and no per-step
+    trajectory files.
     """
     from helpers.relax.potentials.calculators import OnePassANICalculator
+    from helpers.relax.potentials.dispersion import DispersionCorrectedCalculator
     from helpers.relax.side_by_side import LOCKSTEP_OPTIMIZERS
 
+    if isinstance(calc, DispersionCorrectedCalculator):
+        calc = calc.base
     return (isinstance(calc, OnePassANICalculator) and settings.optimizer in LOCKSTEP_OPTIMIZERS
             and not trajectory_dir)
 
@@ -204,9 +208,17 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
 
     import torch
 
-    draft = SideBySideANI(calc.model, dtype=getattr(torch, settings.draft)) if settings.draft else None
-    for sid, result in relax_many(items(), SideBySideANI(calc.model), settings, max_wall_time=max_wall_time,
-                                  draft=draft):
+    from helpers.relax.potentials.dispersion import DispersionCorrectedCalculator, SideBySideDispersion
+
+    dispersion = calc.dispersion if isinstance(calc, DispersionCorrectedCalculator) else None
+    model = (calc.base if dispersion is not None else calc).model
+
+    def evaluator(dtype=None):
+        ani = SideBySideANI(model, dtype=dtype)
+        return ani if dispersion is None else SideBySideDispersion(ani, dispersion)
+
+    draft = evaluator(getattr(torch, settings.draft)) if settings.draft else None
+    for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft):
         row = rows.pop(sid)
         record(row, result.atoms, result)
 

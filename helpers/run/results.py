@@ -101,6 +101,38 @@ def relaxed_counts(plan: ResultsPlan) -> dict[str, int]:
     return counts
 
 
+def coverage(plan: ResultsPlan) -> dict[str, tuple[int, int]]:
+    """Per potential: (structures it is to relax, structures it has finished) — what the report
+    says did not finish."""
+    targets, done = relax_targets(plan), relaxed_counts(plan)
+    return {p: (targets[p], min(done[p], targets[p])) for p in plan.potentials}
+
+
+#: one line per stage run of a campaign (appended, so resumed runs add up): the campaign's wall time
+TIMINGS_FILE = "stage_times.csv"
+
+
+def log_stage_time(work_dir: str | Path, stage: str, potentials: Sequence[str], seconds: float) -> None:
+    """Append one stage's wall time to the campaign's :data:`TIMINGS_FILE`."""
+    path = Path(work_dir) / TIMINGS_FILE
+    new = not path.is_file()
+    with path.open("a", encoding="utf-8") as out:
+        if new:
+            out.write("finished_utc,stage,potentials,minutes\n")
+        out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())},{stage},{' '.join(potentials)},"
+                  f"{seconds / 60:.2f}\n")
+
+
+def stage_minutes(work_dir: str | Path) -> dict[str, float]:
+    """Total wall minutes per stage over every run of this campaign (from :data:`TIMINGS_FILE`)."""
+    import pandas as pd
+
+    path = Path(work_dir) / TIMINGS_FILE
+    if not path.is_file():
+        return {}
+    return pd.read_csv(path).groupby("stage", sort=False)["minutes"].sum().round(1).to_dict()
+
+
 def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | None = None,
                     poll_seconds: float = 20.0) -> dict[str, int]:
     """Every (potential, batch) job of ``plan`` through 03_relax, one per core, with one progress bar
@@ -179,10 +211,14 @@ def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", doc
         elif stage == "report":
             from helpers.analysis.report import dataset_info, write_report
 
-            write_report(analysis_dir, plan, docs_dir, extra=dataset_info(plan.work_dir, plan.sources))
+            info = dataset_info(plan.work_dir, plan.sources)
+            info["coverage"] = coverage(plan)
+            info["stage_minutes"] = stage_minutes(plan.work_dir)
+            write_report(analysis_dir, plan, docs_dir, extra=info)
         else:
             raise ValueError(f"unknown stage {stage!r}")
         timings[stage] = time.perf_counter() - started
+        log_stage_time(plan.work_dir, stage, plan.potentials, timings[stage])
         print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
     return {"work_dir": plan.work_dir, "analysis": str(analysis_dir), "docs": str(docs_dir), "minutes":
             {k: round(v / 60, 1) for k, v in timings.items()}}

@@ -15,6 +15,7 @@ variants must be reported with their measured effect, not assumed to improve any
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -181,24 +182,13 @@ class DispersionCorrectedCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         wanted = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
-        check_d3_input(atoms)
+        check_d3_input(atoms)  # before the base model sees a structure D3 would refuse
         self.n_calls += 1
         base = _results_of(self.base, atoms, wanted)
-        try:
-            disp = _results_of(self.dispersion, atoms, wanted)
-        except Exception as err:  # the library wraps its RuntimeError in InputError/CalculationFailed
-            cause = f" ({err.__cause__})" if err.__cause__ else ""
-            raise DispersionError(
-                f"D3 failed for {atoms.get_chemical_formula()} ({len(atoms)} atoms, "
-                f"pbc={atoms.pbc.tolist()}): {err}{cause}"
-            ) from err
-        self._contributions = (float(base["energy"]), float(disp["energy"]))
-        energy = sum(self._contributions)
-        self.results["energy"] = energy
-        self.results["free_energy"] = energy
-        self.results["forces"] = np.asarray(base["forces"]) + np.asarray(disp["forces"])
-        if "stress" in wanted:
-            self.results["stress"] = _voigt(base["stress"]) + _voigt(disp["stress"])
+        summed = add_dispersion(base, self.dispersion, atoms)
+        self._contributions = (float(base["energy"]), summed["e_dispersion"])
+        self.results.update({key: summed[key] for key in ("energy", "free_energy", "forces", "stress")
+                             if key in summed})
 
     def energy_contributions(self) -> dict[str, float]:
         """Energies (eV) of the base and dispersion parts from the last calculation."""
@@ -209,6 +199,72 @@ class DispersionCorrectedCalculator(Calculator):
     def todict(self) -> dict[str, Any]:
         return {"base": type(self.base).__name__, "dispersion": getattr(self.dispersion, "label", None)
                 or type(self.dispersion).__name__}
+
+
+def add_dispersion(base: dict[str, Any], dispersion: Calculator, atoms: Atoms) -> dict[str, Any]:
+    """``base`` results (energy, forces, stress for a crystal) plus ``dispersion``'s for ``atoms``.
+
+    The one place the D3 part is added, for the one-crystal calculator and the side-by-side
+    path alike (same numbers either way). Returns a new dict with the sums, every other key of
+    ``base`` unchanged, and ``e_dispersion`` (eV). A D3 failure is a :class:`DispersionError`
+    naming the structure and the library's reason.
+    """
+    check_d3_input(atoms)
+    wanted = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
+    try:
+        disp = _results_of(dispersion, atoms, wanted)
+    except Exception as err:  # the library wraps its RuntimeError in InputError/CalculationFailed
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        raise DispersionError(
+            f"D3 failed for {atoms.get_chemical_formula()} ({len(atoms)} atoms, "
+            f"pbc={atoms.pbc.tolist()}): {err}{cause}"
+        ) from err
+    summed = dict(base)
+    summed["e_dispersion"] = float(disp["energy"])
+    summed["energy"] = summed["free_energy"] = float(base["energy"]) + float(disp["energy"])
+    summed["forces"] = np.asarray(base["forces"]) + np.asarray(disp["forces"])
+    if "stress" in wanted:
+        summed["stress"] = _voigt(base["stress"]) + _voigt(disp["stress"])
+    return summed
+
+
+class SideBySideDispersion:
+    """A side-by-side evaluator (:class:`~helpers.relax.potentials.ani_side_by_side.SideBySideANI`)
+    plus D3 for each crystal: lets the ``-d3`` variants use the fast path.
+
+    The model pass stays one pass for all crystals; D3 is then added crystal by crystal, each with
+    its own copy of ``dispersion`` (so simple-dftd3 keeps that crystal's model and only updates
+    its geometry between steps). Same interface: :meth:`compute` and :meth:`forget`.
+    """
+
+    def __init__(self, evaluator: Any, dispersion: Calculator) -> None:
+        self.evaluator = evaluator
+        self.dispersion = dispersion
+        self._per_crystal: dict[object, Calculator] = {}
+        self.time_dispersion = 0.0  # s spent in D3
+
+    def compute(self, atoms_list: list[Atoms], keys: list | None = None) -> list[dict[str, Any]]:
+        """One dict per crystal, as the evaluator's, with D3 added and ``e_dispersion`` (eV)."""
+        keys = list(range(len(atoms_list))) if keys is None else keys
+        for atoms in atoms_list:
+            check_d3_input(atoms)
+        results = self.evaluator.compute(atoms_list, keys=keys)
+        start = time.perf_counter()
+        summed = [add_dispersion(res, self._calculator(key), atoms)
+                  for key, atoms, res in zip(keys, atoms_list, results)]
+        self.time_dispersion += time.perf_counter() - start
+        return summed
+
+    def forget(self, key) -> None:
+        self.evaluator.forget(key)
+        self._per_crystal.pop(key, None)
+
+    def _calculator(self, key) -> Calculator:
+        calc = self._per_crystal.get(key)
+        if calc is None:
+            template = self.dispersion
+            calc = self._per_crystal[key] = type(template)(**dict(template.parameters))
+        return calc
 
 
 def _results_of(calc: Calculator, atoms: Atoms, properties: list[str]) -> dict[str, Any]:

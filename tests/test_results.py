@@ -1,0 +1,60 @@
+"""``make results`` end to end on a tiny copy of the data folders: every stage, the report, the resume."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from helpers.run.results import TIMINGS_FILE, ResultsPlan, coverage, relaxed_counts, run_results
+from helpers.store import db as dbmod
+from tests.test_report import section_table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, cod_dir, model_dir):
+    """cod/: two small clean crystals and a file that is not a CIF; cod-sample/: one more crystal."""
+    root = tmp_path_factory.mktemp("results")
+    (root / "data" / "cod").mkdir(parents=True)
+    (root / "data" / "cod-sample").mkdir()
+    for cod_id in (1011063, 2007300):  # 24 and 30 atoms
+        shutil.copy(cod_dir / f"{cod_id}.cif", root / "data" / "cod")
+    shutil.copy(cod_dir / "2000642.cif", root / "data" / "cod-sample")  # 36 atoms
+    (root / "data" / "cod" / "9999999.cif").write_text("data_broken\n_cell_length_a 5\nnot a cif at all\n")
+    plan = ResultsPlan(sources=[str(root / "data" / "cod"), str(root / "data" / "cod-sample")],
+                       work_dir=str(root / "work"), potentials=["ani1x", "ani1x-d3"],
+                       max_atoms={"ani1x-d3": 26}, n_batches=1, relax_parameters={"fmax": 0.05})
+    out = run_results(root / "data", docs_dir=root / "docs", plan=plan)
+    return root, plan, out
+
+
+def test_every_stage_runs_and_the_report_says_what_ran(campaign):
+    root, plan, out = campaign
+    assert set(out["minutes"]) == {"fetch", "filter", "relax", "analysis", "report"}
+    assert coverage(plan) == {"ani1x": (3, 3), "ani1x-d3": (1, 1)}  # the subset rule: only the 24-atom cell
+    markdown = (root / "docs" / "results.md").read_text()
+    ran = section_table(markdown, "## What was run").set_index("potential")
+    assert list(ran.state) == ["complete", "complete"] and ran.loc["ANI-1x-d3", "structures"] == "clean, ≤ 26 atoms"
+    status = section_table(markdown, "## How the relaxations ended").set_index("potential")
+    assert int(status.loc["ANI-1x", "converged"]) == 3 and int(status.loc["ANI-1x-d3", "converged"]) == 1
+    errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
+    d3 = errors[errors.potential == "ani1x-d3"].iloc[0]
+    plain = errors[(errors.potential == "ani1x") & (errors.structure_id == d3.structure_id)].iloc[0]
+    assert d3.e_dispersion < 0 and d3.dV_pct < plain.dV_pct  # D3 binds: the cell comes out smaller
+    assert (root / "docs" / "figures" / "ci_volume.png").is_file()
+    assert "3 CIF files" in markdown or "4 CIF files" in markdown
+
+
+def test_a_rerun_relaxes_nothing_and_adds_its_time(campaign):
+    root, plan, _ = campaign
+    before = {p: [(r.structure_id, r.ctime) for r in dbmod.connect(plan.dbs["out_db"].format(potential=p)).select()]
+              for p in plan.potentials}
+    run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("relax", "report"))
+    after = {p: [(r.structure_id, r.ctime) for r in dbmod.connect(plan.dbs["out_db"].format(potential=p)).select()]
+             for p in plan.potentials}
+    assert after == before and relaxed_counts(plan) == {"ani1x": 3, "ani1x-d3": 1}
+    times = pd.read_csv(root / "work" / TIMINGS_FILE)
+    assert list(times.stage).count("relax") == 2 and list(times.stage).count("report") == 2
