@@ -90,13 +90,17 @@ def test_off_diagonal_stress_is_checked_on_monoclinic_cell(naphthalene):
 
 
 def test_d3_sum_is_converged_against_ewald(naphthalene):
-    """The default real-space sum (60 Bohr) agrees with the exact Ewald sum (benchmarks/d3_convergence.py)."""
+    """The default real-space sum (40 Bohr) agrees with the exact Ewald sum: energy and pressure within
+    0.25 %, stress within 0.004 GPa (measured here: 0.19 %, 2.1e-5 eV/Å³; benchmarks/d3_speed.py shows
+    what that does to relaxed volumes)."""
     atoms = naphthalene.copy()
     atoms.calc = d3_calculator()
     energy, stress = atoms.get_potential_energy(), atoms.get_stress()
     atoms.calc = d3_calculator(ewald={})
-    np.testing.assert_allclose(energy, atoms.get_potential_energy(), rtol=1e-3)
-    np.testing.assert_allclose(stress, atoms.get_stress(), rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(energy, atoms.get_potential_energy(), rtol=2.5e-3)
+    np.testing.assert_allclose(stress, atoms.get_stress(), rtol=0, atol=2.5e-5)
+    assert np.mean(stress[:3]) / np.mean(atoms.get_stress()[:3]) == pytest.approx(1, abs=2.5e-3)
+    assert abs(atoms.get_stress()[:3]).max() > 5e-3  # the stress compared is D3's full pull, not a residue
 
 
 def test_ani_plus_d3_is_the_sum_of_its_parts(benzene, ani1x, tmp_path):

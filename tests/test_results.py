@@ -58,3 +58,19 @@ def test_a_rerun_relaxes_nothing_and_adds_its_time(campaign):
     assert after == before and relaxed_counts(plan) == {"ani1x": 3, "ani1x-d3": 1}
     times = pd.read_csv(root / "work" / TIMINGS_FILE)
     assert list(times.stage).count("relax") == 2 and list(times.stage).count("report") == 2
+
+
+def test_a_failed_campaign_job_keeps_the_others_work_and_names_itself(small_clean_db, tmp_path, model_dir):
+    """run_campaign: the job that fails is named with its error; the other job's shard is merged."""
+    from helpers.run.notebooks import CampaignPlan, run_campaign
+
+    out_db = str(tmp_path / "relaxed_{potential}.db")
+    plan = CampaignPlan(["ani1x"], 2, small_clean_db, out_db, {"fmax": 0.05, "n_threads": 1})
+    jobs = plan.jobs()
+    jobs[1]["max_atoms"] = 0  # the notebook's parameter check refuses it: this job fails
+    plan.jobs = lambda: jobs
+    with pytest.raises(RuntimeError, match=r"ani1x batch 1: .*max_atoms") as failure:
+        run_campaign(plan, tmp_path / "logs", max_parallel=2)
+    assert "batch 0" not in str(failure.value)
+    rows = list(dbmod.connect(out_db.format(potential="ani1x")).select())
+    assert len(rows) == 2 and {r.status for r in rows} == {"converged"}  # batch 0's half, merged

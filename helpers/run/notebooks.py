@@ -7,7 +7,7 @@ that are merged into one database per potential (idempotently) at the end.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,13 @@ class CampaignPlan:
     clean_db: str
     out_db: str
     relax_parameters: dict[str, Any] = field(default_factory=dict)
+    #: potential -> largest structure (atoms) it relaxes; absent: the notebook's default
+    max_atoms: dict[str, int | None] = field(default_factory=dict)
 
     def jobs(self) -> list[dict[str, Any]]:
         return [{**self.relax_parameters, "potential": p, "batch": b, "n_batches": self.n_batches,
-                 "clean_db": self.clean_db, "out_db": self.out_db}
+                 "clean_db": self.clean_db, "out_db": self.out_db,
+                 **({"max_atoms": self.max_atoms[p]} if p in self.max_atoms else {})}
                 for p in self.potentials for b in range(self.n_batches)]
 
 
@@ -61,15 +64,43 @@ def run_relax_job(parameters: dict[str, Any], log_dir: str | Path) -> Path:
     return execute("03_relax", parameters, log_dir, tag=tag)
 
 
+def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path,
+             max_parallel: int = 1) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
+    """Run 03_relax ``jobs`` (``max_parallel`` at a time, in spawned processes), yielding each job as it
+    ends with its error (None when it succeeded): one failed job never stops the others."""
+    if max_parallel <= 1:
+        for job in jobs:
+            try:
+                run_relax_job(job, log_dir)
+            except Exception as error:  # noqa: BLE001 - reported with its job
+                yield job, error
+            else:
+                yield job, None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    with ProcessPoolExecutor(max_parallel, mp_context=context) as pool:
+        futures = {pool.submit(run_relax_job, job, str(log_dir)): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.exception()
+
+
+def describe_failure(job: dict[str, Any], error: BaseException, log_dir: str | Path) -> str:
+    """One line naming a failed job, its error (papermill's cell error when there is one) and its log."""
+    text = str(getattr(error, "evalue", "") or error) or type(error).__name__
+    return f"{job['potential']} batch {job['batch']}: {type(error).__name__}: {text[-400:]} (log: {log_dir})"
+
+
 def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | None = None) -> dict[str, int]:
     """Run every job of ``plan`` (``max_parallel`` at a time), then merge shards per potential.
 
     Default: one job per core, each with ``cores // jobs`` torch threads (unless the plan sets
     ``n_threads``). One crystal per core beat one crystal on all cores in the throughput benchmark.
+    A failed job does not stop the others; finished work is merged, then the failures are raised
+    together (a rerun retries only what is missing).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm.auto import tqdm
 
     from helpers.relax.stage import merge_shards
@@ -81,16 +112,14 @@ def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | No
     for job in jobs:
         if job.get("n_threads") is None:
             job["n_threads"] = max(1, cores // max_parallel)
-    if max_parallel > 1:
-        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-        with ProcessPoolExecutor(max_parallel, mp_context=context) as pool:
-            list(tqdm(pool.map(run_relax_job, jobs, [log_dir] * len(jobs)), total=len(jobs), desc="relax jobs"))
-    else:
-        for job in tqdm(jobs, desc="relax jobs"):
-            run_relax_job(job, log_dir)
+    failed = [describe_failure(job, error, log_dir)
+              for job, error in tqdm(run_jobs(jobs, log_dir, max_parallel), total=len(jobs), desc="relax jobs")
+              if error is not None]
     merged = {}
     for potential in plan.potentials:
         merged[potential] = merge_shards(resolve(plan.out_db), potential) if plan.n_batches > 1 else -1
+    if failed:
+        raise RuntimeError("relax jobs failed (finished work is kept; rerun to retry):\n" + "\n".join(failed))
     return merged
 
 

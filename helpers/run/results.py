@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.run.notebooks import execute, run_relax_job
+from helpers.run.notebooks import CampaignPlan, describe_failure, execute, run_jobs
 from helpers.store.paths import resolve
 
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
@@ -51,11 +51,10 @@ class ResultsPlan:
         return self.n_batches or (os.cpu_count() or 1)
 
     def jobs(self) -> list[dict[str, Any]]:
-        n = self.batches()
-        return [{**self.relax_parameters, "potential": p, "batch": b, "n_batches": n,
-                 "clean_db": self.dbs["clean_db"], "out_db": self.dbs["out_db"],
-                 "max_atoms": self.max_atoms.get(p), "n_threads": 1}
-                for p in self.potentials for b in range(n)]
+        """The campaign's (potential x batch) 03_relax jobs, one torch thread each (one job per core)."""
+        return CampaignPlan(self.potentials, self.batches(), self.dbs["clean_db"], self.dbs["out_db"],
+                            {"n_threads": 1, **self.relax_parameters},
+                            {p: self.max_atoms.get(p) for p in self.potentials}).jobs()
 
 
 def default_plan(data_dir: str | Path, work_dir: str | Path = "data/results",
@@ -137,9 +136,6 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
                     poll_seconds: float = 20.0) -> dict[str, int]:
     """Every (potential, batch) job of ``plan`` through 03_relax, one per core, with one progress bar
     over all structures and potentials (ETA for the campaign); shards merged per potential."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     from tqdm.auto import tqdm
 
     from helpers.relax.stage import merge_shards
@@ -164,16 +160,9 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
     watcher.start()
     failed = []
     try:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_parallel or plan.batches(), mp_context=context) as pool:
-            futures = {pool.submit(run_relax_job, job, str(log_dir)): job for job in plan.jobs()}
-            for future in as_completed(futures):
-                error = future.exception()
-                if error is not None:  # a job that died is retried by the next run
-                    job = futures[future]
-                    text = str(getattr(error, "evalue", "") or error) or type(error).__name__
-                    failed.append(f"{job['potential']} batch {job['batch']}: {type(error).__name__}: {text[-400:]}"
-                                  f" (log: {log_dir})")
+        for job, error in run_jobs(plan.jobs(), log_dir, max_parallel or plan.batches()):
+            if error is not None:  # a job that died is retried by the next run
+                failed.append(describe_failure(job, error, log_dir))
     finally:
         stop.set()
         watcher.join()

@@ -23,6 +23,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from helpers.relax.potentials.dispersion import d3_answer_settings
 from helpers.relax.potentials.registry import Potential
 
 #: elements with a GFN parametrisation (tblite, gfnff): H..Rn
@@ -264,13 +265,15 @@ POTENTIALS: list[Potential] = [
         "SevenNet-0 (universal equivariant MLIP, PBE/MPtrj, inorganic-heavy training) + D3(BJ): volume right "
         "on aspirin (-1.5 %) but the cell is distorted (a +4 %, b -4.5 %)",
         licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
-        packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)"),
+        packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)",
+        answer_settings=d3_answer_settings()),
     Potential(
         "chgnet-d3", make_chgnet_d3, MPTRJ_ELEMENTS, 6,
         "Deng et al., Nat. Mach. Intell. 5, 1031 (2023), doi:10.1038/s42256-023-00716-3 (weights 0.3.0)" + _D3_PBE,
         "CHGNet 0.3.0 (universal graph MLIP, PBE/MPtrj, float32) + D3(BJ): aspirin -6.7 % (+10.8 % without D3)",
         licence="BSD-3-Clause-like 'Modified BSD' (chgnet, weights in the wheel)" + _D3_LICENCE,
-        source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (12-15 ms/atom)"),
+        source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (12-15 ms/atom)",
+        answer_settings=d3_answer_settings()),
     Potential(
         "aimnet2", make_aimnet2, AIMNET2_ELEMENTS, 6,
         "Anstine, Zubatyuk & Isayev, Chem. Sci. 16, 10228 (2025), doi:10.1039/D4SC08572H",

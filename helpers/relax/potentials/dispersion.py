@@ -3,9 +3,9 @@
 Why this library and not torchani's ``TwoBodyDispersionD3``: under periodic boundaries the
 torchani term needs a finite cutoff and its smooth envelope truncates the lattice sum badly
 (``benchmarks/d3_convergence.py``, benzene/naphthalene/ice: D3 energy -23 % at 8 Å, -11 % at
-12 Å, -4 % at 20 Å, -1.9 % at 30 Å; pressure likewise), while simple-dftd3 sums pairs to
-60 Bohr (31.75 Å), within 0.06 % of the energy and 0.05 % of the pressure of its own exact Ewald
-sum, with analytic forces and stress, in 0.03-0.1 s per call for 24-48 atom cells.
+12 Å, -4 % at 20 Å, -1.9 % at 30 Å; pressure likewise), while simple-dftd3 sums pairs to a cutoff
+we choose, with analytic forces and stress. Its exact Ewald sum is the reference for that choice
+(:data:`DEFAULT_REALSPACE_CUTOFF`).
 
 Parameters: no D3(BJ) set exists for the ANI reference methods themselves (see
 :data:`D3_REFERENCE`); the defaults are the ``wb97x`` D3(BJ) set, two-body only, the same
@@ -33,11 +33,21 @@ from dftd3.interface import (
     ZeroDampingParam,
 )
 
-#: Real-space cutoffs (Å) given to simple-dftd3: its default 60 Bohr pair cutoff, switched off
-#: smoothly over the last 5 Bohr. With the library's sharp cutoff, forces differ from finite
-#: differences of the energy by ~2.6e-5 eV/Å (pairs crossing the cutoff); smoothed: 4e-9 eV/Å,
-#: and the energy moves by 0.01 %.
-DEFAULT_REALSPACE_CUTOFF: dict[str, float] = {"disp2": 60 * Bohr, "width2": 5 * Bohr}
+#: Real-space cutoffs (Å) given to simple-dftd3: pairs to 40 Bohr (21.2 Å), switched off smoothly over
+#: the last 5 Bohr; coordination numbers from neighbours within 40 Bohr (the library's default; a
+#: shorter CN cutoff makes forces disagree with the energy by 1e-4 eV/Å). Against the exact Ewald sum
+#: (naphthalene, benzene, ice, COD 1011063): energy and pressure 0.19-0.24 % short, stress within
+#: 2.4e-5 eV/Å³ (0.004 GPa) — the library's 60 Bohr gets 0.05 % at twice the cost, and D3 was 70 % of a
+#: ``-d3`` relaxation's time there. Relaxed volumes: see ``benchmarks/d3_speed.py`` (README). With a
+#: sharp cutoff, forces differ from finite differences of the energy by ~2.6e-5 eV/Å (pairs crossing
+#: it); smoothed: 4e-9 eV/Å.
+DEFAULT_REALSPACE_CUTOFF: dict[str, float] = {"disp2": 40 * Bohr, "width2": 5 * Bohr, "cn": 40 * Bohr}
+
+def d3_answer_settings() -> tuple[tuple[str, str], ...]:
+    """The D3 choices a ``-d3`` potential records in its settings hash (cutoffs, Bohr)."""
+    cut = ",".join(f"{key}={value / Bohr:g}" for key, value in sorted(DEFAULT_REALSPACE_CUTOFF.items()))
+    return (("d3_realspace_cutoff_bohr", cut),)
+
 
 #: Largest atomic number with D3 reference data in simple-dftd3 (H..Lr); beyond it the library
 #: silently returns numbers instead of failing, so we check first.
@@ -121,7 +131,7 @@ def d3_calculator(method: str = "wb97x", damping: str = "d3bj", *, atm: bool = F
     parameters were fitted without it, and it is slow under PBC (~20 s per call for 48 atoms vs
     0.06 s). ``opts`` go to :class:`dftd3.ase.DFTD3` (``realspace_cutoff``, ``ewald``,
     ``params_tweaks``, ...). The default :data:`DEFAULT_REALSPACE_CUTOFF` converges the lattice
-    sum to 0.1 % of the Ewald result; ``ewald={}`` gives the exact two-body sum (3-7x slower).
+    sum to 0.2 % of the Ewald result; ``ewald={}`` gives the exact two-body sum (3-7x slower).
     Unknown method/damping pairs fail here, not in the middle of a relaxation.
     """
     opts.setdefault("realspace_cutoff", dict(DEFAULT_REALSPACE_CUTOFF))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ase.calculators.calculator import Calculator
 
+from helpers.relax.potentials.dispersion import d3_answer_settings
 from helpers.vocabulary import STUDY_ELEMENTS
 
 
@@ -37,6 +38,9 @@ class Potential:
     cost: str = ""
     #: distributions whose versions change this potential's answers (recorded in the settings hash)
     packages: tuple[str, ...] = ()
+    #: fixed choices inside the calculator that change its answers (e.g. the D3 cutoffs), by name:
+    #: recorded in the settings hash beside the versions, so changing one never mixes old and new rows
+    answer_settings: tuple[tuple[str, str], ...] = ()
 
     def uncovered(self, symbols) -> set[str]:
         """Elements in ``symbols`` this potential does not cover (empty set: all covered)."""
@@ -60,11 +64,12 @@ class Potential:
                 out[dist] = version(dist)
             except PackageNotFoundError:
                 out[dist] = "missing"
+        out.update(self.answer_settings)
         return out
 
     def missing_packages(self) -> list[str]:
         """Distributions of :attr:`packages` that are not installed (empty: usable)."""
-        return [d for d, v in self.versions().items() if v == "missing"]
+        return [d for d, v in self.versions().items() if d in self.packages and v == "missing"]
 
 
 def _ani_factory(model_name: str, dispersion: str | None = None) -> Callable[..., Calculator]:
@@ -121,7 +126,8 @@ for _name, _elements, _x, _what in [
     register(Potential(f"{_name}-d3", _ani_factory(_name, "d3bj"), _elements, _x,
                        _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion",
                        licence=_ANI_LICENCE + "; dftd3 LGPL-3.0-or-later", source="torchani + dftd3",
-                       cost=_ANI_COST[_name].split(";")[0] + ") + D3 0.03-0.1 s; one crystal at a time"))
+                       cost=_ANI_COST[_name].split(";")[0] + ") + D3 0.015-0.06 s per crystal; side by side",
+                       packages=("dftd3",), answer_settings=d3_answer_settings()))
 
 from helpers.relax.potentials import beyond_ani as _beyond_ani  # noqa: E402  (registers its potentials)
 
