@@ -18,6 +18,23 @@ def _ids(text: str | None):
     return [int(x) for x in text.split(",")]
 
 
+def _max_atoms(text: str | None) -> dict[str, int | None]:
+    """'gfn-ff=48,chgnet-d3=none' -> {'gfn-ff': 48, 'chgnet-d3': None}; a clear error for anything else."""
+    limits: dict[str, int | None] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--max-atoms wants potential=N or potential=none, got {item!r}")
+        value = value.strip().lower()
+        if value == "none":
+            limits[name.strip()] = None
+        elif value.isdigit() and int(value) > 0:
+            limits[name.strip()] = int(value)
+        else:
+            raise ValueError(f"--max-atoms {name.strip()}: {value!r} is not a positive number of atoms or 'none'")
+    return limits
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="codani", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--potentials", default=None, help="comma-separated (default: every registered potential)")
     res.add_argument("--stages", default="fetch,filter,relax,analysis,report")
     res.add_argument("--max-parallel", type=int, default=None, help="relax jobs at once (default: one per core)")
+    res.add_argument("--max-atoms", default=None,
+                     help="per-potential subset overrides, e.g. 'gfn-ff=48,ani1x-d3=100,chgnet-d3=none' "
+                          "(largest structure relaxed; none = every structure)")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -105,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = args.data_dir or os.environ.get("CODANI_DATA") or str(project_root().parent / "shared" / "data")
         if not Path(data_dir).is_dir():
             parser.error(f"data folder {data_dir} not found: give --data-dir (the folder holding cod/, cod-sample/)")
+        try:
+            limits = _max_atoms(args.max_atoms)
+        except ValueError as err:
+            parser.error(str(err))
         result = run_results(data_dir, resolve(args.work_dir), resolve(args.docs_dir),
                              potentials=args.potentials.split(",") if args.potentials else None,
-                             stages=args.stages.split(","), max_parallel=args.max_parallel)
+                             stages=args.stages.split(","), max_parallel=args.max_parallel, max_atoms=limits)
         print(json.dumps(result, indent=2))
     elif args.command == "potentials":
         import pandas as pd

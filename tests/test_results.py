@@ -11,7 +11,25 @@ from helpers.run.results import TIMINGS_FILE, ResultsPlan, coverage, relaxed_cou
 from helpers.store import db as dbmod
 from tests.test_report import section_table
 
-pytestmark = pytest.mark.slow
+
+def test_results_subsets_default_and_overrides(capsys):
+    from helpers.cli import _max_atoms, main
+    from helpers.run.results import RESULTS_MAX_ATOMS, default_plan
+
+    plan = default_plan("/data", "/work", ["ani1x", "ani1x-d3", "gfn-ff"])
+    assert plan.max_atoms == {"ani1x": None, "ani1x-d3": None, "gfn-ff": RESULTS_MAX_ATOMS["gfn-ff"]}
+    assert [job["max_atoms"] for job in plan.jobs() if job["batch"] == 0] == [None, None, RESULTS_MAX_ATOMS["gfn-ff"]]
+    plan = default_plan("/data", "/work", ["ani1x-d3", "gfn-ff"], _max_atoms("ani1x-d3=100, gfn-ff=none"))
+    assert plan.max_atoms == {"ani1x-d3": 100, "gfn-ff": None}
+    with pytest.raises(KeyError, match="not in this run"):
+        default_plan("/data", "/work", ["ani1x"], {"gfn-ff": 10})
+    for bad in ("gfn-ff", "gfn-ff=0", "gfn-ff=ten"):
+        with pytest.raises(SystemExit):
+            main(["results", "--data-dir", "/", "--max-atoms", bad])
+        assert "--max-atoms" in capsys.readouterr().err
+
+
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +49,7 @@ def campaign(tmp_path_factory, cod_dir, model_dir):
     return root, plan, out
 
 
+@slow
 def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     root, plan, out = campaign
     assert set(out["minutes"]) == {"fetch", "filter", "relax", "analysis", "report"}
@@ -48,6 +67,7 @@ def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     assert "3 CIF files" in markdown or "4 CIF files" in markdown
 
 
+@slow
 def test_a_rerun_relaxes_nothing_and_adds_its_time(campaign):
     root, plan, _ = campaign
     before = {p: [(r.structure_id, r.ctime) for r in dbmod.connect(plan.dbs["out_db"].format(potential=p)).select()]
@@ -60,6 +80,7 @@ def test_a_rerun_relaxes_nothing_and_adds_its_time(campaign):
     assert list(times.stage).count("relax") == 2 and list(times.stage).count("report") == 2
 
 
+@slow
 def test_a_failed_campaign_job_keeps_the_others_work_and_names_itself(small_clean_db, tmp_path, model_dir):
     """run_campaign: the job that fails is named with its error; the other job's shard is merged."""
     from helpers.run.notebooks import CampaignPlan, run_campaign
