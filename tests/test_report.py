@@ -113,3 +113,18 @@ def test_report_says_what_did_not_finish_and_how_long_it_took(report):
     assert ran.loc["ANI-2x", "structures"] == "clean, ≤ 60 atoms" and ran.loc["ANI-1x", "structures"] == "every clean"
     assert (ran.loc["ANI-2x", "to relax"], ran.loc["ANI-2x", "finished"]) == ("30", "12")
     assert "(all runs, resumed ones added): fetch 0.5 min, relax 1.6 h." in markdown
+
+
+def test_discussion_numbers_come_from_the_tables(report):
+    from helpers.analysis.quantities import STUDY_RESULT
+
+    _, markdown, root = report
+    summary = pd.read_csv(root / "analysis" / "summary.csv")
+    ours = summary[(summary.quantity == "volume") & (summary.entries == "all")].set_index("potential")["mu"]
+    study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
+    discussion = markdown.split("## Discussion", 1)[1]
+    for potential, name in (("ani1x", "ANI-1x"), ("ani1ccx", "ANI-1ccx")):
+        assert f"{ours[potential] - study[potential]:+.1f} points ({name})" in discussion
+    paired = pd.read_csv(root / "analysis" / "paired_volume.csv").iloc[0]
+    assert f"same {int(paired.n_common)} structures: ΔV differs by a median {paired.median_diff:.2f}" in discussion
+    assert paired.verdict in discussion

@@ -145,9 +145,9 @@ def ci_summary(summary: pd.DataFrame, path: str | Path, quantity: str = "volume"
     ax.axvline(0, color="grey", lw=0.8)
     q = QUANTITIES[quantity]
     ax.set_xlabel(f"{q.label} [{q.unit}]")
-    ax.set_title(f"{q.label}: location with 95 % bootstrap confidence intervals")
-    if len(rows):
-        ax.legend(fontsize=8)
+    ax.set_title(f"{q.label}: μ and median, 95 % bootstrap CIs", fontsize=10)
+    if len(rows):  # beside the axes, never over a row
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return _save(fig, path)
 
 

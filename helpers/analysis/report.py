@@ -265,7 +265,8 @@ def worst_picture(errors: pd.DataFrame, potential: str, path: Path, k: int = WOR
     return path
 
 
-def discussion(summary: pd.DataFrame, errors: pd.DataFrame) -> str:
+def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame | None = None,
+               thermal: pd.DataFrame | None = None) -> str:
     """Plain-words comparison with the study, each statement computed from the tables."""
     lines = []
     for quantity in ("volume", "a1"):
@@ -277,11 +278,58 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame) -> str:
             study = STUDY_RESULT.query("quantity == @quantity and potential == @potential").iloc[0]
             low, high = row.get("mu_ci_low"), row.get("mu_ci_high")
             inside = (not pd.isna(low)) and low <= study.mu_study <= high
+            s_low, s_high = row.get("sigma_ci_low"), row.get("sigma_ci_high")
+            s_inside = (not pd.isna(s_low)) and s_low <= study.sigma_study <= s_high
             lines.append(
                 f"- {QUANTITIES[quantity].label}, {display_name(potential)}: μ = {_num(row['mu'])} % "
                 f"(95 % CI {_ci(row, 'mu')}, n = {int(row['n'])}) against the study's {study.mu_study:.1f} %: "
                 f"the study's value is {'inside' if inside else 'outside'} our interval; σ = {_num(row['sigma'])} % "
-                f"against {study.sigma_study:.1f} %.")
+                f"(95 % CI {_ci(row, 'sigma')}) against {study.sigma_study:.1f} %, "
+                f"{'inside' if s_inside else 'outside'} it.")
+    volume = _rows(summary, "volume")
+    if all(p in volume.index for p in STUDY_POTENTIALS):
+        study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
+        shifts = {p: volume.loc[p, "mu"] - study[p] for p in STUDY_POTENTIALS}
+        same_sign = len({np.sign(v) for v in shifts.values()}) == 1
+        lines.append(
+            "- Both study potentials against the study: μ(ΔV) is shifted by "
+            + " and ".join(f"{v:+.1f} points ({display_name(p)})" for p, v in shifts.items())
+            + (". A shift shared by both networks points to what they were given — the sample, its measurement "
+               "temperatures, its duplicates — more than to either model; the two potentials' difference is "
+               "compared on the same structures below." if same_sign else
+               ". The shifts have opposite signs: the sample alone does not explain the difference."))
+    if paired is not None and len(paired):
+        pair = paired[(paired.get("potential_a") == "ani1ccx") & (paired.get("potential_b") == "ani1x")]
+        if len(pair):
+            row = pair.iloc[0]
+            study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
+            lines.append(
+                f"- ANI-1ccx against ANI-1x on the same {int(row['n_common'])} structures: ΔV differs by a median "
+                f"{_num(row['median_diff'])} percentage points (95 % CI [{_num(row['median_diff_ci_low'])}, "
+                f"{_num(row['median_diff_ci_high'])}]); the study's μ differ by "
+                f"{study['ani1ccx'] - study['ani1x']:+.1f} points. "
+                + ("Same direction: ANI-1ccx gives the smaller cells in both."
+                   if np.sign(row["median_diff"]) == np.sign(study["ani1ccx"] - study["ani1x"])
+                   else "Opposite directions.")
+                + f" Which is closer to experiment: {row['verdict']}.")
+    if thermal is not None and len(thermal):
+        for potential in STUDY_POTENTIALS:
+            rows = thermal[thermal.get("potential") == potential].set_index("quantity")
+            if {"volume", "volume_thermal"} <= set(rows.index):
+                before, after = rows.loc["volume"], rows.loc["volume_thermal"]
+                lines.append(
+                    f"- Temperature, {display_name(potential)}: comparing with the cell extrapolated to 0 K moves the "
+                    f"median ΔV from {_num(before['median'])} % to {_num(after['median'])} % "
+                    f"(n = {int(after['n'])}, entries with a temperature); the study did not correct, so its μ "
+                    "should be compared with the uncorrected row.")
+    if "entries" in summary.columns:
+        for potential in STUDY_POTENTIALS:
+            both = summary[(summary.quantity == "volume") & (summary.potential == potential)].set_index("entries")
+            if {"all", "one_per_compound"} <= set(both.index):
+                lines.append(
+                    f"- Duplicates, {display_name(potential)}: one entry per compound moves μ from "
+                    f"{_num(both.loc['all', 'mu'])} % to {_num(both.loc['one_per_compound', 'mu'])} % "
+                    f"(n {int(both.loc['all', 'n'])} → {int(both.loc['one_per_compound', 'n'])}).")
     temperature = pd.to_numeric(errors.get("temperature"), errors="coerce").dropna()
     if len(temperature):
         lines.append(f"- Measurement temperatures of the sample: median {temperature.median():.0f} K "
@@ -360,7 +408,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         out += [f"### {display_name(potential)}", "", _markdown(worst(errors, potential)), ""]
         if pictures.get(potential):
             out += [f"![worst {potential}](figures/worst_{potential}.png)", ""]
-    out += ["## Discussion", "", discussion(summary, errors), "", CAVEATS, ""]
+    out += ["## Discussion", "", discussion(summary, errors, tables["paired_volume"], tables["thermal_summary"]), "",
+            CAVEATS, ""]
     path = docs / "results.md"
     path.write_text("\n".join(out))
     return path
