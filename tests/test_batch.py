@@ -94,6 +94,26 @@ def test_shards_merge_idempotently(small_clean_db, tmp_path, model_dir):
     assert all(r.status in ("converged", "step_cap") for r in merged.select())
 
 
+def test_another_batch_split_recomputes_nothing(small_clean_db, tmp_path, model_dir):
+    """Resuming on a machine with more cores (n_batches 2 -> 3) or with a wider subset (max_atoms) finds
+    the structures the earlier split finished, in its shards or the merged database."""
+    out = str(tmp_path / "relaxed_{potential}.db")
+    settings = RelaxSettings(**FAST)
+    for batch in range(2):
+        run_batch(small_clean_db, out, "ani1x", batch=batch, n_batches=2, settings=settings, max_atoms=30,
+                  progress=False, n_threads=1)
+    first = {r.structure_id: r.wall_time for path in shard_paths(out, "ani1x") for r in dbmod.connect(path).select()}
+    assert len(first) == 3  # the 36-atom crystal is outside max_atoms = 30
+    reports = [run_batch(small_clean_db, out, "ani1x", batch=batch, n_batches=3, settings=settings, progress=False,
+                         n_threads=1) for batch in range(3)]
+    assert sum(r.skipped_done for r in reports) == 3 and sum(len(r.rows) for r in reports) == 1
+    assert merge_shards(out, "ani1x") == 4
+    merged = {r.structure_id: r.wall_time for r in dbmod.connect(out.format(potential="ani1x")).select()}
+    assert all(merged[sid] == wall for sid, wall in first.items())  # the first split's rows, not redone
+    again = run_batch(small_clean_db, out, "ani1x", settings=settings, progress=False, n_threads=1)  # one batch
+    assert again.skipped_done == 4 and not again.rows
+
+
 def test_unsupported_element_is_skipped_with_reason(tmp_path, cod_dir, model_dir):
     """A structure with an element the potential lacks is recorded as skipped, never crashes."""
     from ase import Atoms

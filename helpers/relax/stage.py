@@ -10,6 +10,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -132,7 +133,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     out = dbmod.connect(target)
     settings_hash = settings.hash()
     report = BatchReport(potential, batch, n_batches, target, settings_hash)
-    done = _finished(out, settings_hash)
+    done = _finished(out, settings_hash) | _finished_elsewhere(out_db, potential, target, settings_hash)
     todo = [sid for sid in ids if sid not in done]
     report.skipped_done = len(ids) - len(todo)
     bar = tqdm(total=len(todo), desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal",
@@ -221,6 +222,20 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
     for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft):
         row = rows.pop(sid)
         record(row, result.atoms, result)
+
+
+def _finished_elsewhere(out_db: str, potential: str, target: str, settings_hash: str) -> set[str]:
+    """Structures finished with these settings in the merged database or in a shard of any batch split
+    other than ``target``: a rerun with another ``n_batches`` or ``max_atoms`` (other shards) recomputes
+    nothing; ``merge_shards`` collects every shard."""
+    merged = out_db.format(potential=potential)
+    if dbmod.is_url(merged):
+        return set()  # one database for every job: ``target`` is it
+    done: set[str] = set()
+    for path in [Path(merged), *shard_paths(out_db, potential)]:
+        if str(path) != str(target) and path.is_file():
+            done |= _finished(dbmod.connect(path, must_exist=True), settings_hash)
+    return done
 
 
 def _finished(out: Database, settings_hash: str) -> set[str]:
