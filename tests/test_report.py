@@ -88,6 +88,8 @@ def test_status_counts_worst_structures_and_cost(report):
     cost = section_table(markdown, "## Cost on this machine").set_index("potential")
     ani1x = errors[errors.potential == "ani1x"].cost_time
     assert float(cost.loc["ANI-1x", "total core-hours"]) == pytest.approx(ani1x.sum() / 3600, abs=0.006)
+    assert cost.loc["ANI-2x", "structures"] == "≤ 60 atoms" and cost.loc["ANI-1x", "structures"] == "all"
+    assert cost.loc["ANI-2x", "projected core-hours, all C/H/N/O COD"].startswith("> ")  # a lower bound
     projected = float(cost.loc["ANI-1x", "projected core-hours, all C/H/N/O COD"].replace(",", ""))
     assert projected == pytest.approx(COD_CHNO_ENTRIES * 0.8 * ani1x.mean() / 3600, abs=1)
     for name in ("ci_volume.png", "overlay_volume.png", "hist_ani1x_volume.png"):
