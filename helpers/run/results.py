@@ -156,11 +156,14 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
                smoothing=0.05)
     stop = threading.Event()
 
+    def refresh() -> None:
+        counts = done()  # one read of every shard per update
+        bar.update(max(0, sum(counts.values()) - bar.n))
+        bar.set_postfix_str(", ".join(f"{p} {n}/{targets[p]}" for p, n in counts.items()))
+
     def poll() -> None:
         while not stop.wait(poll_seconds):
-            counts = done()  # one read of every shard per poll
-            bar.update(max(0, sum(counts.values()) - bar.n))
-            bar.set_postfix_str(", ".join(f"{p} {n}/{targets[p]}" for p, n in counts.items()))
+            refresh()
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
@@ -172,6 +175,7 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
     finally:
         stop.set()
         watcher.join()
+        refresh()  # the bar ends on the final counts, not the last poll's
         bar.close()
     merged = {p: merge_shards(plan.dbs["out_db"], p) for p in plan.potentials}
     for line in failed:
