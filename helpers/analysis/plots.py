@@ -124,7 +124,7 @@ def ci_summary(summary: pd.DataFrame, path: str | Path, quantity: str = "volume"
     """μ and median per potential with their 95 % bootstrap CIs as error bars (and the study's μ)."""
 
     rows = summary[summary["quantity"] == quantity].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 * max(len(rows), 2) + 1.6))
+    fig, ax = plt.subplots(figsize=(8.0, 0.4 * max(len(rows), 2) + 1.6))
     labels = []
     for k, row in rows.iterrows():
         entries = row.get("entries", "all")
