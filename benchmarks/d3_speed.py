@@ -1,13 +1,14 @@
 """Where an ``-d3`` relaxation spends its time, and what the fast path and a cheaper D3 cutoff buy.
 
 For each crystal (clean COD entries, via the project's fetch + filter), one process, one thread:
-  (a) ``one-by-one``: what the ``-d3`` variants ran before they could go side by side — relax()
-      one crystal at a time with ANI + D3 (``DispersionCorrectedCalculator``), float64 throughout;
+  (a) ``one-by-one``: how the ``-d3`` variants ran before they could go side by side — relax()
+      one crystal at a time with ANI + D3 (``DispersionCorrectedCalculator``, the project's D3
+      cutoffs), float64 throughout: the reference every other row is compared with;
   (b) ``default``: the fast path (``relax_many``: one ANI pass for all crystals, float32
       draft then float64, D3 added per crystal) with the project's D3 cutoffs, and ``default exact``
       the same without the float32 draft (float64 throughout);
   (c) each other cutoff in ``--cutoffs`` (two-body/CN, Bohr; smoothed over the last 5 Bohr), with
-      and without the draft.
+      and without the draft (``--cutoffs 60/40``: simple-dftd3's own default, used before).
 Prints per crystal and path: wall time, D3's share of it, steps, ΔV (%), and |ΔV − ΔV(a)| in
 percentage points; then totals and the speed-up. The promise the fast path keeps: every ΔV
 within 0.1 % (of the volume) of (a). Numbers depend on the machine's load: the load average is
