@@ -43,6 +43,7 @@ from dftd3.interface import (
 #: it); smoothed: 4e-9 eV/Å.
 DEFAULT_REALSPACE_CUTOFF: dict[str, float] = {"disp2": 40 * Bohr, "width2": 5 * Bohr, "cn": 40 * Bohr}
 
+
 def d3_answer_settings() -> tuple[tuple[str, str], ...]:
     """The D3 choices a ``-d3`` potential records in its settings hash (cutoffs, Bohr)."""
     cut = ",".join(f"{key}={value / Bohr:g}" for key, value in sorted(DEFAULT_REALSPACE_CUTOFF.items()))
