@@ -130,3 +130,19 @@ def test_discussion_numbers_come_from_the_tables(report):
     paired = pd.read_csv(root / "analysis" / "paired_volume.csv").iloc[0]
     assert f"same {int(paired.n_common)} structures: ΔV differs by a median {paired.median_diff:.2f}" in discussion
     assert paired.verdict in discussion
+
+
+
+def test_same_structures_ranking_uses_only_common_converged_structures(report):
+    errors, markdown, _ = report
+    heading = next(line for line in markdown.splitlines() if line.startswith("The same ranking on the"))
+    n_common = int(heading.split()[5])
+    table = section_table(markdown, heading).set_index("potential")
+    converged = errors[errors.status == "converged"]
+    common = set.intersection(*(set(converged[converged.potential == p].structure_id)
+                                for p in errors.potential.unique()))
+    assert n_common == len(common) >= 5 and set(table.n.astype(int)) == {len(common)}
+    for potential, name in (("ani1x", "ANI-1x"), ("ani2x", "ANI-2x")):
+        dv = converged[(converged.potential == potential) & converged.structure_id.isin(common)].dV_pct
+        assert float(table.loc[name, "median abs ΔV [%]"]) == pytest.approx(dv.abs().median(), abs=0.006)
+    assert list(table["rank"].astype(int)) == list(range(1, len(table) + 1))

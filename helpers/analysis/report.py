@@ -126,6 +126,34 @@ def ranking(summary: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+#: fewer structures than this in common and the same-structures ranking is not shown
+MIN_COMMON = 5
+
+
+def common_ranking(errors: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Every potential on the structures all of them relaxed to convergence: a fair ranking when the
+    potentials ran on different subsets. Returns the table and the number of common structures."""
+    converged = errors[errors["status"] == "converged"].copy()
+    converged["dV_pct"] = pd.to_numeric(converged["dV_pct"], errors="coerce")
+    converged = converged.dropna(subset=["dV_pct"])
+    potentials = sorted(set(errors.get("potential", [])))
+    if not potentials:
+        return pd.DataFrame(), 0
+    common = set.intersection(*(set(converged.loc[converged.potential == p, "structure_id"]) for p in potentials))
+    if len(common) < MIN_COMMON:
+        return pd.DataFrame(), len(common)
+    rows = []
+    for potential in potentials:
+        dv = converged[(converged.potential == potential) & converged.structure_id.isin(common)]["dV_pct"]
+        rows.append({"potential": display_name(potential), "n": len(dv), "median abs ΔV [%]": dv.abs().median(),
+                     "median ΔV [%]": dv.median(), "mean ΔV [%]": dv.mean(), "worst ΔV [%]": dv.loc[dv.abs().idxmax()]})
+    table = pd.DataFrame(rows).sort_values("median abs ΔV [%]", kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
+    for column in ("median abs ΔV [%]", "median ΔV [%]", "mean ΔV [%]", "worst ΔV [%]"):
+        table[column] = table[column].map(_num)
+    return table, len(common)
+
+
 def lattice_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per potential: median (MAD) of Δ|a1|, Δ|a2|, Δ|a3|, Δρ, and how many angles changed at all."""
     potentials = sorted(set(summary.get("potential", [])))
@@ -345,6 +373,15 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame
     return "\n".join(lines)
 
 
+def _common_section(errors: pd.DataFrame) -> list[str]:
+    table, n_common = common_ranking(errors)
+    if table.empty:
+        return [f"Only {n_common} structures were relaxed to convergence by every potential: no same-structures "
+                "ranking.", ""]
+    return [f"The same ranking on the {n_common} structures every potential relaxed to convergence (the fair "
+            "comparison when the potentials ran on different subsets):", "", _markdown(table), ""]
+
+
 def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "docs",
                  extra: dict[str, Any] | None = None) -> Path:
     """Write ``docs_dir/results.md`` and its figures (``docs_dir/figures/``) from the analysis tables."""
@@ -379,8 +416,9 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "supports one (else the normal MLE, named in the `fit` column); CIs are 95 % seeded bootstrap intervals.",
         "",
         *(["## What was run", "", _markdown(coverage_table(info["coverage"], plan.max_atoms)), "",
-            "Rows below count only finished relaxations; a partial potential's numbers describe the structures "
-            "it finished (largest first, so a partial run is biased to large cells).", ""]
+            "Rows below count only finished relaxations: a partial potential's numbers describe the structures "
+            "it finished, which need not be representative (a small-structure pass may have run first; within a "
+            "pass the largest go first).", ""]
           if info.get("coverage") else []),
         *(["Campaign wall time on this machine (all runs, resumed ones added): "
            + ", ".join(f"{stage} {minutes / 60:.1f} h" if minutes >= 60 else f"{stage} {minutes:.1f} min"
@@ -393,7 +431,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "", _markdown(ranking(summary, errors)), "",
         "Subsets: " + (", ".join(f"{display_name(p)} ≤ {n} atoms" for p, n in plan.max_atoms.items() if n)
                        or "every potential relaxed every clean structure") + ".",
-        "", "![ΔV histograms, all potentials](figures/overlay_volume.png)", "",
+        "", *_common_section(errors),
+        "![ΔV histograms, all potentials](figures/overlay_volume.png)", "",
         "## Cell lengths, angles and density",
         "", _markdown(lattice_table(summary)), "",
         "## Before and after the temperature correction",
