@@ -14,7 +14,7 @@ percentage points; then totals and the speed-up. The promise the fast path keeps
 within 0.1 % (of the volume) of (a). Numbers depend on the machine's load: the load average is
 printed at both ends.
 Usage: ``.venv/bin/python benchmarks/d3_speed.py [--potential ani1x-d3] [--ids 2007300,...]
-[--cutoffs 40/25,30/25]``.
+[--cutoffs 60/40] [--draft-cutoffs 30/25]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--potential", default="ani1x-d3")
     parser.add_argument("--ids", default=",".join(map(str, DEFAULT_IDS[:6])), help="COD ids in ../shared/data/cod")
-    parser.add_argument("--cutoffs", default="40/25", help="cheaper two-body/CN cutoffs (Bohr) to try, comma-separated")
+    parser.add_argument("--cutoffs", default="60/40", help="other two-body/CN cutoffs (Bohr) to try, comma-separated")
+    parser.add_argument("--draft-cutoffs", default="",
+                        help="cheaper D3 cutoffs for the float32 draft only (exact finish at the default), e.g. 30/25")
     args = parser.parse_args()
 
     import torch
@@ -86,20 +88,24 @@ def main() -> None:
         dv = 100 * (result.atoms.get_volume() / v_exp - 1)
         rows[sid] = {"atoms": len(atoms), "a": (wall, calc.dispersion.t_spent, result.steps, result.status, dv)}
 
+    def template(cut):
+        if not cut:
+            return calc.dispersion
+        two_body, cn = (float(x) for x in cut.split("/"))
+        return type(calc.dispersion)(**{**dict(calc.dispersion.parameters), "realspace_cutoff": {
+            "disp2": two_body * Bohr, "width2": 5 * Bohr, "cn": cn * Bohr}})
+
+    # (name, D3 cutoff of the exact model, D3 cutoff of the float32 draft or False for no draft)
     cutoffs = [None] + [c for c in args.cutoffs.split(",") if c]
-    variants = [(f"{'default' if cut is None else cut}{'' if draft else ' exact'}", cut, draft)
+    variants = [(f"{'default' if cut is None else cut}{'' if draft else ' exact'}", cut, cut if draft else False)
                 for cut in cutoffs for draft in (True, False)]
+    variants += [(f"draft D3 {cut}", None, cut) for cut in args.draft_cutoffs.split(",") if cut]
     totals = {}
-    for name, cut, use_draft in variants:
-        template = calc.dispersion
-        if cut:
-            two_body, cn = (float(x) for x in cut.split("/"))
-            template = type(template)(**{**dict(template.parameters), "realspace_cutoff": {
-                "disp2": two_body * Bohr, "width2": 5 * Bohr, "cn": cn * Bohr}})
+    for name, cut, draft_cut in variants:
         ani = SideBySideANI(calc.base.model)
-        evaluator = SideBySideDispersion(ani, template)
-        draft = (SideBySideDispersion(SideBySideANI(calc.base.model, dtype=torch.float32), template)
-                 if use_draft else None)
+        evaluator = SideBySideDispersion(ani, template(cut))
+        draft = (SideBySideDispersion(SideBySideANI(calc.base.model, dtype=torch.float32), template(draft_cut))
+                 if draft_cut is not False else None)
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

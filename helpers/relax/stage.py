@@ -209,16 +209,22 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
 
     import torch
 
-    from helpers.relax.potentials.dispersion import DispersionCorrectedCalculator, SideBySideDispersion
+    from helpers.relax.potentials.dispersion import (
+        DispersionCorrectedCalculator,
+        SideBySideDispersion,
+        draft_dispersion,
+    )
 
     dispersion = calc.dispersion if isinstance(calc, DispersionCorrectedCalculator) else None
     model = (calc.base if dispersion is not None else calc).model
 
-    def evaluator(dtype=None):
+    def evaluator(dtype=None, d3=dispersion):
         ani = SideBySideANI(model, dtype=dtype)
-        return ani if dispersion is None else SideBySideDispersion(ani, dispersion)
+        return ani if d3 is None else SideBySideDispersion(ani, d3)
 
-    draft = evaluator(getattr(torch, settings.draft)) if settings.draft else None
+    # the draft only moves crystals: float32 ANI, and D3 with cheaper cutoffs
+    draft = evaluator(getattr(torch, settings.draft), dispersion and draft_dispersion(dispersion)) \
+        if settings.draft else None
     for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft):
         row = rows.pop(sid)
         record(row, result.atoms, result)

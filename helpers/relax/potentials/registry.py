@@ -127,7 +127,7 @@ for _name, _elements, _x, _what in [
                        _CITE[_name] + _D3_CITE, _what + " + D3(BJ) dispersion",
                        licence=_ANI_LICENCE + "; dftd3 LGPL-3.0-or-later", source="torchani + dftd3",
                        cost=_ANI_COST[_name].split(";")[0] + ") + D3 0.015-0.06 s per crystal; side by side",
-                       packages=("dftd3",), answer_settings=d3_answer_settings()))
+                       packages=("dftd3",), answer_settings=d3_answer_settings(draft=True)))
 
 from helpers.relax.potentials import beyond_ani as _beyond_ani  # noqa: E402  (registers its potentials)
 
