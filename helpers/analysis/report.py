@@ -41,7 +41,8 @@ CAVEATS = """Why the numbers may differ from the study's, in plain words:
   benchmark crystals volumes agree with the study's one-at-a-time method within 0.003 % (README).
 - **The optimizer.** BFGS on a flat surface can stop in different nearby minima (NOTES: a urea supercell
   ends at +0.6 % or +7.8 % depending on tolerance and optimizer); step-capped rows are excluded from μ/σ.
-- **The potentials.** ANI has no long-range dispersion, so cells expand; D3 on ANI over-binds (README).
+- **The potentials.** ANI sees nothing beyond its 5.2 Å cutoff (no long-range dispersion); D3 added on top
+  also repeats the short-range part the networks learned, and the `-d3` rows come out much smaller (README).
 """
 
 
@@ -232,11 +233,13 @@ def worst(errors: pd.DataFrame, potential: str, k: int = WORST_PER_POTENTIAL) ->
 
 
 def cost_table(errors: pd.DataFrame, clean_fraction: float | None,
-               max_atoms: dict[str, int | None] | None = None) -> pd.DataFrame:
+               max_atoms: dict[str, int | None] | None = None,
+               coverage: dict[str, tuple[int, int]] | None = None) -> pd.DataFrame:
     """Cost per crystal on this machine (one core each) and the projection to every C/H/N/O COD entry.
 
     A potential run on small structures only (``max_atoms``) gets a projection marked as a lower bound:
-    its mean cost comes from the cheap end of the sample."""
+    its mean cost comes from the cheap end of the sample. One that has not finished its structures
+    (``coverage``) gets none: which of them finished first decides its mean."""
     rows = []
     for potential, group in errors.groupby("potential"):
         cost = pd.to_numeric(group.get("cost_time"), errors="coerce").dropna()
@@ -244,11 +247,15 @@ def cost_table(errors: pd.DataFrame, clean_fraction: float | None,
             continue
         projected = COD_CHNO_ENTRIES * (clean_fraction or 1.0) * cost.mean() / 3600
         subset = (max_atoms or {}).get(potential)
+        target, done = (coverage or {}).get(potential, (0, 0))
+        partial = done < target
+        structures = f"≤ {subset} atoms" if subset else "all"
         rows.append({"potential": display_name(potential), "crystals": len(cost),
-                     "structures": f"≤ {subset} atoms" if subset else "all",
+                     "structures": f"{structures}, {done} of {target} done" if partial else structures,
                      "median s/crystal": _num(cost.median(), 1), "mean s/crystal": _num(cost.mean(), 1),
                      "total core-hours": _num(cost.sum() / 3600, 2),
-                     "projected core-hours, all C/H/N/O COD": f"{'> ' if subset else ''}{projected:,.0f}"})
+                     "projected core-hours, all C/H/N/O COD": "– (partial run)" if partial
+                     else f"{'> ' if subset else ''}{projected:,.0f}"})
     return pd.DataFrame(rows)
 
 
@@ -364,13 +371,24 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame
                     f"- Duplicates, {display_name(potential)}: one entry per compound moves μ from "
                     f"{_num(both.loc['all', 'mu'])} % to {_num(both.loc['one_per_compound', 'mu'])} % "
                     f"(n {int(both.loc['all', 'n'])} → {int(both.loc['one_per_compound', 'n'])}).")
-    temperature = pd.to_numeric(errors.get("temperature"), errors="coerce").dropna()
+    structures = errors.drop_duplicates("structure_id") if "structure_id" in errors else errors
+    temperature = pd.to_numeric(structures.get("temperature"), errors="coerce").dropna()
     if len(temperature):
         lines.append(f"- Measurement temperatures of the sample: median {temperature.median():.0f} K "
                      f"({(temperature < 150).mean():.0%} below 150 K). A 0 K relaxation with a perfect potential "
                      "comes out a few % smaller than a room-temperature cell (≈ 1.65·10⁻⁴ K⁻¹ · ΔT); the "
                      "thermal-corrected table shows how much of ΔV this explains.")
     return "\n".join(lines)
+
+
+def shrink_png(path: Path, colors: int = 96) -> None:
+    """Rewrite a figure as a palette PNG (3-4x smaller, same look for line plots): the report's
+    figures are committed, so they stay small."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 def _common_section(errors: pd.DataFrame) -> list[str]:
@@ -403,6 +421,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     clean_fraction = info.get("clean_fraction")
     potentials = sorted(set(errors.get("potential", [])))
     pictures = {p: worst_picture(errors, p, figures / f"worst_{p}.png") for p in potentials}
+    for png in figures.glob("*.png"):
+        shrink_png(png)
     out = [
         "# Results: ANI and other potentials against experimental COD crystals",
         "",
@@ -443,7 +463,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "## How the relaxations ended",
         "", _markdown(status_table(tables["status_counts"])), "",
         "## Cost on this machine",
-        "", _markdown(cost_table(errors, clean_fraction, plan.max_atoms)), "",
+        "", _markdown(cost_table(errors, clean_fraction, plan.max_atoms, info.get("coverage"))), "",
         f"Projection: {COD_CHNO_ENTRIES:,} C/H/N/O COD entries × the clean fraction of this sample "
         f"({_num(clean_fraction) if clean_fraction else '–'}) × the mean cost per crystal, one core each.",
         "",
