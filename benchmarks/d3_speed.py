@@ -48,7 +48,7 @@ def main() -> None:
 
     from helpers.relax.engine import RelaxSettings, relax
     from helpers.relax.potentials.ani_side_by_side import SideBySideANI
-    from helpers.relax.potentials.dispersion import DispersionCorrectedCalculator, SideBySideDispersion
+    from helpers.relax.potentials.dispersion import DispersionCorrectedCalculator, SideBySideDispersion, copy_d3
     from helpers.relax.potentials.registry import get_potential
     from helpers.relax.side_by_side import relax_many
 
@@ -92,8 +92,8 @@ def main() -> None:
         if not cut:
             return calc.dispersion
         two_body, cn = (float(x) for x in cut.split("/"))
-        return type(calc.dispersion)(**{**dict(calc.dispersion.parameters), "realspace_cutoff": {
-            "disp2": two_body * Bohr, "width2": 5 * Bohr, "cn": cn * Bohr}})
+        return copy_d3(calc.dispersion, realspace_cutoff={"disp2": two_body * Bohr, "width2": 5 * Bohr,
+                                                          "cn": cn * Bohr})
 
     # (name, D3 cutoff of the exact model, D3 cutoff of the float32 draft or False for no draft)
     cutoffs = [None] + [c for c in args.cutoffs.split(",") if c]

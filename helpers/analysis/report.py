@@ -328,8 +328,8 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame
                 f"(95 % CI {_ci(row, 'sigma')}) against {study.sigma_study:.1f} %, "
                 f"{'inside' if s_inside else 'outside'} it.")
     volume = _rows(summary, "volume")
+    study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
     if all(p in volume.index for p in STUDY_POTENTIALS):
-        study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
         shifts = {p: volume.loc[p, "mu"] - study[p] for p in STUDY_POTENTIALS}
         same_sign = len({np.sign(v) for v in shifts.values()}) == 1
         lines.append(
@@ -343,7 +343,6 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame
         pair = paired[(paired.get("potential_a") == "ani1ccx") & (paired.get("potential_b") == "ani1x")]
         if len(pair):
             row = pair.iloc[0]
-            study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
             lines.append(
                 f"- ANI-1ccx against ANI-1x on the same {int(row['n_common'])} structures: ΔV differs by a median "
                 f"{_num(row['median_diff'])} percentage points (95 % CI [{_num(row['median_diff_ci_low'])}, "

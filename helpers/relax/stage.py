@@ -10,7 +10,6 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,7 +20,7 @@ from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.potentials.registry import get_potential
 from helpers.store import db as dbmod
 from helpers.store.paths import file_in
-from helpers.store.shards import output_path, shard_paths
+from helpers.store.shards import output_path, result_files, shard_paths
 from helpers.vocabulary import FAILURES, FINAL_STATUSES, THREADS_ENV, Status
 
 #: statuses that are final: a re-run does not redo them (``error``/``timeout`` are retried)
@@ -234,12 +233,9 @@ def _finished_elsewhere(out_db: str, potential: str, target: str, settings_hash:
     """Structures finished with these settings in the merged database or in a shard of any batch split
     other than ``target``: a rerun with another ``n_batches`` or ``max_atoms`` (other shards) recomputes
     nothing; ``merge_shards`` collects every shard."""
-    merged = out_db.format(potential=potential)
-    if dbmod.is_url(merged):
-        return set()  # one database for every job: ``target`` is it
     done: set[str] = set()
-    for path in [Path(merged), *shard_paths(out_db, potential)]:
-        if str(path) != str(target) and path.is_file():
+    for path in result_files(out_db, potential):  # none for a server URL: ``target`` is the one database
+        if str(path) != str(target):
             done |= _finished(dbmod.connect(path, must_exist=True), settings_hash)
     return done
 

@@ -92,18 +92,16 @@ def relax_targets(plan: ResultsPlan) -> dict[str, int]:
 def relaxed_counts(plan: ResultsPlan) -> dict[str, int]:
     """Structures each potential has finished (in its database or its per-batch shards)."""
     from helpers.store import db as dbmod
-    from helpers.store.shards import shard_paths
+    from helpers.store.shards import result_files
 
     counts = {}
     for p in plan.potentials:
-        merged = Path(plan.dbs["out_db"].format(potential=p))
         ids: set[str] = set()
-        for path in [merged, *shard_paths(plan.dbs["out_db"], p)]:
-            if path.is_file():
-                try:
-                    ids |= set(dbmod.ids_with(dbmod.connect(path, must_exist=True), "structure_id"))
-                except Exception:  # noqa: BLE001 - a shard being written: counted next time
-                    pass
+        for path in result_files(plan.dbs["out_db"], p):
+            try:
+                ids |= set(dbmod.ids_with(dbmod.connect(path, must_exist=True), "structure_id"))
+            except Exception:  # noqa: BLE001 - a shard being written: counted next time
+                pass
         counts[p] = len(ids)
     return counts
 

@@ -47,3 +47,12 @@ def shard_paths(out_db: str, potential: str) -> list[Path]:
     path = Path(out_db.format(potential=potential))
     return sorted(p for p in path.parent.glob(f"{path.stem}.batch*{path.suffix}")
                   if is_shard(p) and _TAG.sub("", p.stem) == path.stem)
+
+
+def result_files(out_db: str, potential: str) -> list[Path]:
+    """Every existing SQLite file holding ``potential``'s results: the merged database and its shards
+    (all batch splits). Empty for a server URL (one database, nothing to gather)."""
+    merged = out_db.format(potential=potential)
+    if is_url(merged):
+        return []
+    return [path for path in [Path(merged), *shard_paths(out_db, potential)] if path.is_file()]

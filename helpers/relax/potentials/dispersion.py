@@ -64,9 +64,14 @@ def d3_answer_settings(draft: bool = False) -> tuple[tuple[str, str], ...]:
     return out + ((("d3_draft_realspace_cutoff_bohr", _bohr(DRAFT_REALSPACE_CUTOFF)),) if draft else ())
 
 
+def copy_d3(dispersion: Calculator, **changes: Any) -> Calculator:
+    """A fresh simple-dftd3 calculator with ``dispersion``'s parameters (and ``changes``): no shared state."""
+    return type(dispersion)(**{**dict(dispersion.parameters), **changes})
+
+
 def draft_dispersion(dispersion: Calculator) -> Calculator:
     """A copy of a simple-dftd3 calculator with the draft's cheaper cutoffs (:data:`DRAFT_REALSPACE_CUTOFF`)."""
-    return type(dispersion)(**{**dict(dispersion.parameters), "realspace_cutoff": dict(DRAFT_REALSPACE_CUTOFF)})
+    return copy_d3(dispersion, realspace_cutoff=dict(DRAFT_REALSPACE_CUTOFF))
 
 
 #: Largest atomic number with D3 reference data in simple-dftd3 (H..Lr); beyond it the library
@@ -237,9 +242,9 @@ def add_dispersion(base: dict[str, Any], dispersion: Calculator, atoms: Atoms) -
     The one place the D3 part is added, for the one-crystal calculator and the side-by-side
     path alike (same numbers either way). Returns a new dict with the sums, every other key of
     ``base`` unchanged, and ``e_dispersion`` (eV). A D3 failure is a :class:`DispersionError`
-    naming the structure and the library's reason.
+    naming the structure and the library's reason. ``atoms`` has passed :func:`check_d3_input`
+    (both callers check before their base model runs).
     """
-    check_d3_input(atoms)
     wanted = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
     try:
         disp = _results_of(dispersion, atoms, wanted)
@@ -292,8 +297,7 @@ class SideBySideDispersion:
     def _calculator(self, key) -> Calculator:
         calc = self._per_crystal.get(key)
         if calc is None:
-            template = self.dispersion
-            calc = self._per_crystal[key] = type(template)(**dict(template.parameters))
+            calc = self._per_crystal[key] = copy_d3(self.dispersion)
         return calc
 
 
