@@ -28,7 +28,8 @@ CONTRACT = {
     "04_analysis": {"relaxed_dbs": "data/relaxed_*.db", "clean_db": "data/clean.db", "out_dir": "data/analysis",
                     "converged_only": True, "alpha_v": 1.65e-4, "t_ref": 0.0, "threshold_pct": 20.0,
                     "temperature_edges": (150, 250), "structure": True, "matcher": False,
-                    "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0},
+                    "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0,
+                    "settings_hashes": None},
 }
 NOTEBOOKS = tuple(CONTRACT)
 

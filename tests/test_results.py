@@ -81,6 +81,43 @@ def test_a_rerun_relaxes_nothing_and_adds_its_time(campaign):
 
 
 @slow
+def test_rows_made_with_other_settings_neither_count_nor_enter_the_report(campaign):
+    """A row left by earlier settings (e.g. before a D3 cutoff change) is not finished work for this
+    campaign, and 04 leaves it out (listed with the reason) instead of labelling two runs of one potential."""
+    root, plan, _ = campaign
+    merged = dbmod.connect(plan.dbs["out_db"].format(potential="ani1x-d3"))
+    row = next(merged.select())
+    kvp = {**row.key_value_pairs, "settings_hash": "0123456789abcdef"}
+    old = merged.write(row.toatoms(), key_value_pairs=kvp, data=row.get("data", {}))
+    try:
+        assert relaxed_counts(plan) == {"ani1x": 3, "ani1x-d3": 1}  # still one, not two
+        run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("analysis",))
+        errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
+        assert set(errors.potential) == {"ani1x", "ani1x-d3"} and len(errors) == 4  # no "ani1x-d3[0123456]"
+        left = pd.read_csv(root / "work" / "analysis" / "left_out.csv")
+        assert list(left.potential) == ["ani1x-d3"] and "0123456789abcdef" in left.reason.iloc[0]
+        run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("report",))
+        assert "1 made with other settings (ani1x-d3 1)" in (root / "docs" / "results.md").read_text()
+    finally:
+        del merged[old]
+
+
+def test_settings_hashes_parameter_is_checked():
+    from helpers.analysis.stage import run_analysis
+    from helpers.run.parameters import checked
+    from helpers.run.results import settings_hashes
+
+    assert checked("04_analysis", {"settings_hashes": "0123456789abcdef,fedcba9"}) == {
+        "settings_hashes": ["0123456789abcdef", "fedcba9"]}
+    with pytest.raises(ValueError, match="at least 7 characters"):
+        run_analysis("/nowhere/*.db", settings_hashes=["abc"])
+    plan = ResultsPlan(sources=[], work_dir="/w", potentials=["ani1x", "ani1ccx"], relax_parameters={"fmax": 0.05})
+    hashes = settings_hashes(plan)  # what the relax jobs of this plan write: fmax and each potential's x count
+    assert hashes["ani1x"] != hashes["ani1ccx"]
+    assert hashes != settings_hashes(ResultsPlan(sources=[], work_dir="/w", potentials=["ani1x", "ani1ccx"]))
+
+
+@slow
 def test_a_failed_campaign_job_keeps_the_others_work_and_names_itself(small_clean_db, tmp_path, model_dir):
     """run_campaign: the job that fails is named with its error; the other job's shard is merged."""
     from helpers.run.notebooks import CampaignPlan, run_campaign

@@ -49,7 +49,8 @@ CAVEATS = """Why the numbers may differ from the study's, in plain words:
 def read_tables(analysis_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The analysis CSVs the report is made of."""
     folder = Path(analysis_dir)
-    names = ("summary", "errors", "status_counts", "thermal_summary", "paired_volume", "structure_summary")
+    names = ("summary", "errors", "status_counts", "thermal_summary", "paired_volume", "structure_summary",
+             "left_out")
     tables = {}
     for name in names:
         path = folder / f"{name}.csv"
@@ -380,6 +381,17 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame
     return "\n".join(lines)
 
 
+def left_out_sentence(left_out: pd.DataFrame) -> str:
+    """What the analysis did not use (left_out.csv), counted per reason and potential; "" when nothing."""
+    if left_out.empty:
+        return ""
+    kinds = left_out.assign(kind=left_out["reason"].astype(str).str.split(" (", regex=False).str[0])
+    parts = [f"{n} {kind} ({', '.join(f'{p} {k}' for p, k in group['potential'].value_counts().sort_index().items())})"
+             for kind, group in kinds.groupby("kind") for n in [len(group)]]
+    return (f"Left out of every table below ({len(left_out)} relaxed rows, listed with their reason in the "
+            f"analysis's `left_out.csv`): {'; '.join(parts)}.")
+
+
 def shrink_png(path: Path, colors: int = 96) -> None:
     """Rewrite a figure as a palette PNG (3-4x smaller, same look for line plots): the report's
     figures are committed, so they stay small."""
@@ -439,6 +451,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
             "it finished, which need not be representative (a small-structure pass may have run first; within a "
             "pass the largest go first).", ""]
           if info.get("coverage") else []),
+        *([left_out_sentence(tables["left_out"]), ""] if not tables["left_out"].empty else []),
         *(["Campaign wall time on this machine (all runs, resumed ones added): "
            + ", ".join(f"{stage} {minutes / 60:.1f} h" if minutes >= 60 else f"{stage} {minutes:.1f} min"
                        for stage, minutes in info["stage_minutes"].items()) + ".", ""]

@@ -179,7 +179,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
 
 def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str | Path | None = None, *,
                    structure: bool = False, symprec: float = 1e-2, matcher: bool = False,
-                   progress: bool = False) -> pd.DataFrame:
+                   progress: bool = False, settings_hashes: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per structure × potential (errors.csv layout) from relaxed databases.
 
     ``relaxed_dbs``: glob, path, PostgreSQL URL or a list of them. ``clean_db`` (optional)
@@ -193,11 +193,13 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
 
     With ``clean_db``, only structures that are clean *now* count: a relaxed row whose structure a
     later 02_filter run rejected (or removed) is left out, and ``frame.attrs["left_out"]`` lists it
-    with the reason.
+    with the reason. With ``settings_hashes`` (hashes printed by 03_relax, or prefixes of 7+ characters),
+    only rows made with those settings count; rows of earlier settings are left out the same way.
     """
     from tqdm.auto import tqdm
 
     names = resolve_many(relaxed_dbs, hint="run 03_relax first?")
+    keep = _hash_prefixes(settings_hashes)
     clean = dbmod.connect(clean_db, must_exist=True) if clean_db is not None else None
     clean_ids = dbmod.ids_with(clean, "structure_id") if clean is not None else {}
     records, left_out = [], []
@@ -210,6 +212,12 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
                 left_out.append({"structure_id": sid, "potential": row.get("potential"), "db": name,
                                  "reason": "not in the clean database now (rejected or removed by a later "
                                            "02_filter run)"})
+                continue
+            made_with = str(row.get("settings_hash", ""))
+            if keep is not None and not made_with.startswith(keep):
+                left_out.append({"structure_id": sid, "potential": row.get("potential"), "db": name,
+                                 "reason": f"made with other settings (settings_hash {made_with or 'none'}); "
+                                           "this analysis keeps only settings_hashes " + ", ".join(keep)})
                 continue
             clean_row = clean.get(id=clean_ids[str(sid)]) if clean is not None else None
             try:
@@ -226,6 +234,17 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     frame = _drop_duplicates(frame).reset_index(drop=True)
     frame.attrs["left_out"] = left_out  # records (a list: pandas compares attrs when combining frames)
     return frame
+
+
+def _hash_prefixes(settings_hashes: Sequence[str] | None) -> tuple[str, ...] | None:
+    if settings_hashes is None:
+        return None
+    keep = tuple(str(h).strip() for h in settings_hashes)
+    short = [h for h in keep if len(h) < 7]
+    if short or not keep:
+        raise ValueError("settings_hashes: give whole hashes or prefixes of at least 7 characters, "
+                         f"not {short or '[]'}")
+    return keep
 
 
 def _run_labels(frame: pd.DataFrame) -> pd.Series:
@@ -521,7 +540,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
                  alpha_v: float = THERMAL_EXPANSION_V, t_ref: float = T_REF, structure: bool = True,
                  symprec: float = 1e-2, matcher: bool = False, plots: bool = True,
                  progress: bool = False, one_per_compound: Any = compounds.DEFAULT_RULE,
-                 n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
+                 n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
+                 settings_hashes: Sequence[str] | None = None) -> dict[str, Any]:
     """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
 
     Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
@@ -535,12 +555,15 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     ``one_per_compound`` (rule of :mod:`helpers.analysis.compounds`, default "r_factor,temperature";
     None / "" / "None" disables): when clean rows carry ``compound_key``, summary.csv holds every
     statistic twice, ``entries`` = "all" and "one_per_compound". ``n_boot``/``boot_seed``: the
-    bootstrap CIs. Parameters may arrive as strings (papermill's command line): they are coerced
+    bootstrap CIs. ``settings_hashes``: analyse only rows made with these settings (the rest are listed in
+    left_out.csv); None: every run, told apart by hash when a potential has several. Parameters may
+    arrive as strings (papermill's command line): they are coerced
     and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
     (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
     """
     compounds.parse_rule(one_per_compound)  # bad parameters fail before any work
     _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
+    _hash_prefixes(settings_hashes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(out)
@@ -548,7 +571,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         log.warning("structure checks need clean_db; skipped")
         structure = False
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
-                            progress=progress)
+                            progress=progress, settings_hashes=settings_hashes)
     return analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
                           threshold_pct=threshold_pct, temperature_edges=temperature_edges, alpha_v=alpha_v,
                           t_ref=t_ref, plots=plots, one_per_compound=one_per_compound, n_boot=n_boot,

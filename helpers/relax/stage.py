@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pandas as pd
@@ -109,6 +110,14 @@ def configure_threads(n_threads: int | None = None) -> int:
     return n
 
 
+def job_settings(potential: str, parameters: Mapping[str, Any] | None = None) -> RelaxSettings:
+    """The settings a 03_relax job with these notebook ``parameters`` relaxes with (steps_per_atom
+    resolved from the potential): whose hash marks its finished rows. Other parameters are ignored."""
+    names = {f.name for f in fields(RelaxSettings)} - {"potential"}
+    chosen = {k: v for k, v in (parameters or {}).items() if k in names}
+    return RelaxSettings(potential=potential, **chosen).resolved(get_potential(potential).steps_per_atom)
+
+
 def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int = 0, n_batches: int = 1,
               settings: RelaxSettings | None = None, max_wall_time: float | None = None,
               trajectory_dir: str | None = None, limit: int | None = None, progress: bool = True,
@@ -132,7 +141,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     out = dbmod.connect(target)
     settings_hash = settings.hash()
     report = BatchReport(potential, batch, n_batches, target, settings_hash)
-    done = _finished(out, settings_hash) | _finished_elsewhere(out_db, potential, target, settings_hash)
+    done = finished_ids(out, settings_hash) | _finished_elsewhere(out_db, potential, target, settings_hash)
     todo = [sid for sid in ids if sid not in done]
     report.skipped_done = len(ids) - len(todo)
     bar = tqdm(total=len(todo), desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal",
@@ -236,11 +245,13 @@ def _finished_elsewhere(out_db: str, potential: str, target: str, settings_hash:
     done: set[str] = set()
     for path in result_files(out_db, potential):  # none for a server URL: ``target`` is the one database
         if str(path) != str(target):
-            done |= _finished(dbmod.connect(path, must_exist=True), settings_hash)
+            done |= finished_ids(dbmod.connect(path, must_exist=True), settings_hash)
     return done
 
 
-def _finished(out: Database, settings_hash: str) -> set[str]:
+def finished_ids(out: Database, settings_hash: str) -> set[str]:
+    """Structures ``out`` holds a final answer for (a final status) made with these settings: what a
+    rerun skips, and what a campaign counts as done."""
     return {row.structure_id for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"])
             if row.get("status") in FINAL_STATUSES}
 

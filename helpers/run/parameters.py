@@ -192,6 +192,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "temperature_edges": _then(sequence(number(0.0), "a list of temperatures in K"), increasing),
         "structure": boolean, "matcher": boolean, "one_per_compound": compound_rule, "n_boot": integer(0),
         "boot_seed": integer(0),
+        "settings_hashes": optional(sequence(text, "a list of settings hashes")),
     },
 }
 

@@ -89,17 +89,27 @@ def relax_targets(plan: ResultsPlan) -> dict[str, int]:
     return {p: len(batch_ids(clean, 0, 1, plan.max_atoms.get(p))) for p in plan.potentials}
 
 
+def settings_hashes(plan: ResultsPlan) -> dict[str, str]:
+    """Per potential: the settings hash its relax jobs write (what marks a row as this campaign's)."""
+    from helpers.relax.stage import job_settings
+
+    return {p: job_settings(p, plan.relax_parameters).hash() for p in plan.potentials}
+
+
 def relaxed_counts(plan: ResultsPlan) -> dict[str, int]:
-    """Structures each potential has finished (in its database or its per-batch shards)."""
+    """Structures each potential has finished with this campaign's settings (in its database or its
+    per-batch shards): the relax jobs' own rule, so rows made under other settings do not count."""
+    from helpers.relax.stage import finished_ids
     from helpers.store import db as dbmod
     from helpers.store.shards import result_files
 
+    hashes = settings_hashes(plan)
     counts = {}
     for p in plan.potentials:
         ids: set[str] = set()
         for path in result_files(plan.dbs["out_db"], p):
             try:
-                ids |= set(dbmod.ids_with(dbmod.connect(path, must_exist=True), "structure_id"))
+                ids |= finished_ids(dbmod.connect(path, must_exist=True), hashes[p])
             except Exception:  # noqa: BLE001 - a shard being written: counted next time
                 pass
         counts[p] = len(ids)
@@ -206,8 +216,8 @@ def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", doc
         elif stage == "analysis":
             relaxed = [dbs["out_db"].format(potential=p) for p in plan.potentials
                        if Path(dbs["out_db"].format(potential=p)).is_file()]
-            execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"],
-                                    "out_dir": str(analysis_dir)}, logs, progress=True)
+            execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(analysis_dir),
+                                    "settings_hashes": list(settings_hashes(plan).values())}, logs, progress=True)
         elif stage == "report":
             from helpers.analysis.report import dataset_info, write_report
 
