@@ -113,6 +113,7 @@ def test_report_says_what_did_not_finish_and_how_long_it_took(report):
     _, markdown, _ = report
     ran = section_table(markdown, "## What was run").set_index("potential")
     assert list(ran.state) == ["complete", "partial", "not started"]
+    assert list(ran.index) == ["ANI-1x", "ANI-2x", "GFN-FF"]  # the names papers use
     assert ran.loc["ANI-2x", "structures"] == "clean, ≤ 60 atoms" and ran.loc["ANI-1x", "structures"] == "every clean"
     assert (ran.loc["ANI-2x", "to relax"], ran.loc["ANI-2x", "finished"]) == ("30", "12")
     assert "(all runs, resumed ones added): fetch 0.5 min, relax 1.6 h." in markdown

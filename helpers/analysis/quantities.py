@@ -45,11 +45,14 @@ STUDY_RESULT = pd.DataFrame(
     [("volume", "ani1x", 3.0, 8.4), ("volume", "ani1ccx", 1.6, 10.0),
      ("a1", "ani1x", 1.2, 6.1), ("a1", "ani1ccx", 1.2, 6.8)],
     columns=["quantity", "potential", "mu_study", "sigma_study"])
-DISPLAY_NAMES = {"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x"}
+#: how the papers write each registered potential (a "-d3" suffix is kept: "ANI-1x-d3", "SevenNet-0-d3")
+DISPLAY_NAMES = {"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x", "gfn2-xtb": "GFN2-xTB",
+                 "gfn1-xtb": "GFN1-xTB", "gfn-ff": "GFN-FF", "sevennet0": "SevenNet-0", "chgnet": "CHGNet",
+                 "aimnet2": "AIMNet2"}
 
 
 def display_name(potential: str) -> str:
-    """'ani1x' -> 'ANI-1x' (unknown names unchanged), for tables and plot labels."""
+    """'ani1x' -> 'ANI-1x', 'gfn-ff' -> 'GFN-FF' (unknown names unchanged), for tables and plot labels."""
     base, _, rest = str(potential).partition("[")
     for key, nice in DISPLAY_NAMES.items():
         if base.lower().startswith(key):
