@@ -168,6 +168,12 @@ def test_paired_verdict_names_the_closer_potential_or_says_it_cannot_tell():
     same = paired_stats(a, a[rng.permutation(200)], n_boot=500)
     assert same["verdict"].startswith("cannot tell")
     assert paired_stats(a[:6], b[:6])["verdict"].startswith("cannot tell: 6 common structures")
+    assert "is not significant (p = " in same["verdict"]
+    # A much closer on 49 structures, slightly worse on 51: the signed-rank test is clear, the median is not
+    d = np.concatenate([rng.normal(0.05, 0.01, 51), rng.normal(-0.9, 0.05, 49)])
+    split = paired_stats(1.0 + d, np.ones(100), "ANI-1x", "ANI-1ccx", n_boot=500)
+    assert split["wilcoxon_abs_p"] < 0.05 and split["median_absdiff_ci_low"] < 0 < split["median_absdiff_ci_high"]
+    assert split["verdict"].startswith("cannot tell: the Wilcoxon test leans to ANI-1x (p = ")
     mean_diff = np.mean(a - b)
     assert out["mean_diff_ci_low"] < mean_diff < out["mean_diff_ci_high"]
 

@@ -213,7 +213,7 @@ def paired_stats(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = 
     median excludes 0 (and likewise B); otherwise "the data cannot tell". Fewer than 10 pairs:
     no test.
     """
-    from scipy.stats import wilcoxon
+    from scipy.stats import rankdata, wilcoxon
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff, absdiff = a - b, np.abs(a) - np.abs(b)
@@ -234,8 +234,14 @@ def paired_stats(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = 
         verdict = f"{name_a} closer to experiment (median |Δ| lower by {-out['median_absdiff']:.2f}, p = {p:.2g})"
     elif p < alpha and low > 0:
         verdict = f"{name_b} closer to experiment (median |Δ| lower by {out['median_absdiff']:.2f}, p = {p:.2g})"
+    elif not p < alpha:
+        verdict = f"cannot tell: the Wilcoxon test of |Δ_A| − |Δ_B| is not significant (p = {p:.2g} ≥ {alpha:g})"
     else:
-        verdict = f"cannot tell (p = {p:.2g}, 95 % CI of median |Δ_A|−|Δ_B| includes 0 or test not significant)"
+        nonzero = absdiff[absdiff != 0]
+        signed_ranks = np.sum(np.sign(nonzero) * rankdata(np.abs(nonzero)))  # the test's own direction
+        leans = name_a if signed_ranks < 0 else name_b
+        verdict = (f"cannot tell: the Wilcoxon test leans to {leans} (p = {p:.2g}) but the 95 % CI of the median "
+                   f"|Δ_A| − |Δ_B|, [{low:.2f}, {high:.2f}], includes 0")
     out["verdict"] = verdict
     return out
 
