@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                           "(largest structure relaxed; none = every structure)")
 
     args = parser.parse_args(argv)
+    if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
+        from helpers.run.notebooks import stop_on_sigterm
+
+        stop_on_sigterm()
     if args.command == "demo":
         from helpers.run.notebooks import run_pipeline
 

@@ -118,6 +118,42 @@ def test_settings_hashes_parameter_is_checked():
 
 
 @slow
+def test_a_killed_campaign_stops_its_jobs_and_logs_its_time(campaign, tmp_path):
+    """SIGTERM to `results` (a scheduler's stop, `kill`): no relax job or notebook kernel keeps running
+    beside the next run, and the interrupted stage's time is logged."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root, plan, _ = campaign
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(plan.dbs["clean_db"], work / "clean.db")
+    command = [sys.executable, "-m", "helpers.cli", "results", "--data-dir", str(root / "data"), "--work-dir",
+               str(work), "--stages", "relax", "--potentials", "ani1x", "--max-parallel", "2"]
+    parent = subprocess.Popen(command, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(psutil.Process(parent.pid).children(recursive=True)) < 4:
+            time.sleep(1)  # two pool workers, each with its notebook kernel
+        started = psutil.Process(parent.pid).children(recursive=True)
+        assert len(started) >= 4, "the relax jobs did not start"
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=60)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    times = pd.read_csv(work / TIMINGS_FILE)
+    assert list(times.stage) == ["relax"] and times.minutes.iloc[0] >= 0
+
+
+@slow
 def test_a_failed_campaign_job_keeps_the_others_work_and_names_itself(small_clean_db, tmp_path, model_dir):
     """run_campaign: the job that fails is named with its error; the other job's shard is merged."""
     from helpers.run.notebooks import CampaignPlan, run_campaign

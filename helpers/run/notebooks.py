@@ -81,10 +81,54 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path,
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    before = _child_pids()
     with ProcessPoolExecutor(max_parallel, mp_context=context) as pool:
         futures = {pool.submit(run_relax_job, job, str(log_dir)): job for job in jobs}
-        for future in as_completed(futures):
-            yield futures[future], future.exception()
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.exception()
+        except BaseException:  # Ctrl-C, SIGTERM (see stop_on_sigterm), or the caller stopped iterating
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_processes_started_since(before)
+            raise
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {child.pid for child in psutil.Process().children()}
+
+
+def stop_processes_started_since(before: set[int], grace: float = 10.0) -> None:
+    """Terminate the processes this one started after ``before`` was taken (pool workers and the notebook
+    kernels under them): an interrupted campaign must leave nothing running that writes beside the next run.
+    Finished relaxations are already committed; the next run resumes from them."""
+    import psutil
+
+    started = [child for child in psutil.Process().children() if child.pid not in before]
+    tree = [p for child in started for p in (*child.children(recursive=True), child)]
+    for process in tree:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (a scheduler's or ``kill``'s stop) behave like Ctrl-C in this process, so a campaign
+    stops its relax jobs and logs its time instead of dying with them still running."""
+    import signal
+
+    def interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def describe_failure(job: dict[str, Any], error: BaseException, log_dir: str | Path) -> str:

@@ -193,42 +193,55 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
     return merged
 
 
+def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, docs_dir: str | Path,
+               max_parallel: int | None) -> None:
+    dbs = plan.dbs
+    if stage == "fetch":
+        execute("01_fetch", {"source": list(plan.sources), "raw_db": dbs["raw_db"]}, logs, progress=True)
+    elif stage == "filter":
+        execute("02_filter", {k: dbs[k] for k in ("raw_db", "clean_db", "rejects_db")}, logs, progress=True)
+    elif stage == "relax":
+        run_relaxations(plan, logs, max_parallel)
+    elif stage == "analysis":
+        relaxed = [dbs["out_db"].format(potential=p) for p in plan.potentials
+                   if Path(dbs["out_db"].format(potential=p)).is_file()]
+        execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(analysis_dir),
+                                "settings_hashes": list(settings_hashes(plan).values())}, logs, progress=True)
+    elif stage == "report":
+        from helpers.analysis.report import dataset_info, write_report
+
+        info = dataset_info(plan.work_dir, plan.sources)
+        info["coverage"] = coverage(plan)
+        info["stage_minutes"] = stage_minutes(plan.work_dir)
+        write_report(analysis_dir, plan, docs_dir, extra=info)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+
+
+#: the campaign's stages, in order
+STAGES = ("fetch", "filter", "relax", "analysis", "report")
+
+
 def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", docs_dir: str | Path = "docs",
-                potentials: Sequence[str] | None = None, stages: Sequence[str] = ("fetch", "filter", "relax",
-                                                                                  "analysis", "report"),
+                potentials: Sequence[str] | None = None, stages: Sequence[str] = STAGES,
                 max_parallel: int | None = None, plan: ResultsPlan | None = None,
                 max_atoms: dict[str, int | None] | None = None) -> dict[str, Any]:
     """The whole campaign (see the module docstring); returns where everything went."""
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     plan = plan or default_plan(data_dir, work_dir, potentials, max_atoms)
-    dbs = plan.dbs
     logs = Path(plan.work_dir) / "executed"
     analysis_dir = Path(plan.work_dir) / "analysis"
     timings: dict[str, float] = {}
     for stage in stages:
         started = time.perf_counter()
         print(f"== {stage}", flush=True)
-        if stage == "fetch":
-            execute("01_fetch", {"source": list(plan.sources), "raw_db": dbs["raw_db"]}, logs, progress=True)
-        elif stage == "filter":
-            execute("02_filter", {k: dbs[k] for k in ("raw_db", "clean_db", "rejects_db")}, logs, progress=True)
-        elif stage == "relax":
-            run_relaxations(plan, logs, max_parallel)
-        elif stage == "analysis":
-            relaxed = [dbs["out_db"].format(potential=p) for p in plan.potentials
-                       if Path(dbs["out_db"].format(potential=p)).is_file()]
-            execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(analysis_dir),
-                                    "settings_hashes": list(settings_hashes(plan).values())}, logs, progress=True)
-        elif stage == "report":
-            from helpers.analysis.report import dataset_info, write_report
-
-            info = dataset_info(plan.work_dir, plan.sources)
-            info["coverage"] = coverage(plan)
-            info["stage_minutes"] = stage_minutes(plan.work_dir)
-            write_report(analysis_dir, plan, docs_dir, extra=info)
-        else:
-            raise ValueError(f"unknown stage {stage!r}")
-        timings[stage] = time.perf_counter() - started
-        log_stage_time(plan.work_dir, stage, plan.potentials, timings[stage])
-        print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
+        try:
+            _run_stage(stage, plan, logs, analysis_dir, docs_dir, max_parallel)
+        finally:  # an interrupted stage's time counts too: its finished relaxations are kept
+            timings[stage] = time.perf_counter() - started
+            log_stage_time(plan.work_dir, stage, plan.potentials, timings[stage])
+            print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
     return {"work_dir": plan.work_dir, "analysis": str(analysis_dir), "docs": str(docs_dir), "minutes":
             {k: round(v / 60, 1) for k, v in timings.items()}}
