@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="run on Dask: local, tcp://host:port, a scheduler file, slurm or pbs (default: no Dask)")
     camp.add_argument("--n-workers", type=int, default=None, help="Dask workers (local) or batch jobs (slurm/pbs)")
     camp.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per Dask worker")
-    camp.add_argument("--retries", type=int, default=2, help="extra attempts for a failed Dask job")
+    camp.add_argument("--retries", type=int, default=2, help="extra attempts for a failed job (it resumes)")
     camp.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                       help="extra 03_relax parameter, e.g. --set fmax=0.001 --set optimizer='\"LBFGS\"'")
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
-        from helpers.run.notebooks import stop_on_sigterm
+        from helpers.run.guard import stop_on_sigterm
 
         stop_on_sigterm()
     if args.command == "demo":
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = CampaignPlan(args.potentials.split(","), args.n_batches, resolve(args.clean_db),
                             resolve(args.out_db), extra)
         if args.scheduler is None:
-            print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel), indent=2))
+            print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel,
+                                                retries=args.retries), indent=2))
         else:
             from helpers.run.distributed import make_client, run_campaign_dask
 

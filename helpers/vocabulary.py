@@ -19,15 +19,17 @@ class Status(StrEnum):
     timeout = "timeout"  # the per-structure time limit (max_wall_time) reached
     error = "error"  # an exception; the message is kept
     skipped = "skipped"  # an element the potential does not cover
+    crashed = "crashed"  # the job's process died on this structure, twice (native crash): not retried
 
 
 #: a rerun does not redo these; ``error`` and ``timeout`` rows are retried
-FINAL_STATUSES: tuple[Status, ...] = (Status.converged, Status.step_cap, Status.exploded, Status.skipped)
+FINAL_STATUSES: tuple[Status, ...] = (Status.converged, Status.step_cap, Status.exploded, Status.skipped,
+                                      Status.crashed)
 #: ended on a physical verdict worth counting in the statistics' denominators
 RELAXATION_OUTCOMES: tuple[Status, ...] = (Status.converged, Status.step_cap, Status.exploded, Status.error,
-                                           Status.timeout, Status.skipped)
+                                           Status.timeout, Status.skipped, Status.crashed)
 #: outcomes that say the run failed, not the potential's minimum (a batch with many of them is alarming)
-FAILURES: tuple[Status, ...] = (Status.exploded, Status.error, Status.timeout)
+FAILURES: tuple[Status, ...] = (Status.exploded, Status.error, Status.timeout, Status.crashed)
 
 
 # --- the study's settings (the thesis this project reproduces): the defaults of every stage -----------

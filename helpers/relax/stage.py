@@ -18,7 +18,9 @@ from ase import Atoms
 from ase.db.core import Database
 
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
+from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
 from helpers.relax.potentials.registry import get_potential
+from helpers.run.guard import interrupt_on_sigterm
 from helpers.store import db as dbmod
 from helpers.store.paths import file_in
 from helpers.store.shards import output_path, result_files, shard_paths
@@ -173,13 +175,28 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
         if settings.strategy == "fast" and runs_side_by_side(calc, settings, trajectory_dir):
             _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record)
         else:
-            for sid, _ in runnable:
-                row = clean.get(structure_id=sid)
-                atoms = row.toatoms()
-                trajectory = file_in(trajectory_dir, sid, ".traj") if trajectory_dir else None
-                if trajectory:
-                    trajectory.parent.mkdir(parents=True, exist_ok=True)
-                record(row, atoms, relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory))
+            marker = InFlight.for_job(target, potential, batch, n_batches)
+            died_on = marker.died_on()  # the structure a previous run of this job died on, if any
+            with interrupt_on_sigterm():  # a stop we ask for clears the mark: it is not a crash
+                for sid, _ in runnable:
+                    row = clean.get(structure_id=sid)
+                    atoms = row.toatoms()
+                    deaths = died_on[1] if died_on and died_on[0] == sid else 0
+                    if deaths >= DEATHS_BEFORE_CRASHED:
+                        record(row, atoms, RelaxResult.without_relaxing(
+                            atoms, settings, Status.crashed, crashed_message(potential, deaths)))
+                        continue
+                    trajectory = file_in(trajectory_dir, sid, ".traj") if trajectory_dir else None
+                    if trajectory:
+                        trajectory.parent.mkdir(parents=True, exist_ok=True)
+                    marker.begin(sid, deaths)
+                    try:
+                        result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory)
+                    except BaseException:
+                        marker.clear()
+                        raise
+                    record(row, atoms, result)
+                marker.clear()
     bar.close()
     _alarm(report)
     return report

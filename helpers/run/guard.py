@@ -68,3 +68,27 @@ def time_limit(seconds: float | None, what: str = "work", parameter: str | None 
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGPROF, previous[0])
         signal.signal(signal.SIGALRM, previous[1])
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """In the block, SIGTERM (``kill``, a scheduler's stop) raises KeyboardInterrupt like Ctrl-C, so
+    ``finally`` blocks run; the previous handler is restored after. No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_on_sigterm() -> None:
+    """For the rest of this process, SIGTERM behaves like Ctrl-C (a command-line run's stop): a campaign
+    stops its relax jobs and logs its time instead of dying with them still running."""
+    signal.signal(signal.SIGTERM, _interrupt)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.relax.inflight import DEATHS_BEFORE_CRASHED
 from helpers.store.paths import project_root, resolve
 from helpers.store.shards import job_tag
 from helpers.vocabulary import JOB_ENV
@@ -64,30 +65,42 @@ def run_relax_job(parameters: dict[str, Any], log_dir: str | Path) -> Path:
     return execute("03_relax", parameters, log_dir, tag=tag)
 
 
-def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path,
-             max_parallel: int = 1) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
+def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: int = 1,
+             retries: int = 0) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
     """Run 03_relax ``jobs`` (``max_parallel`` at a time, in spawned processes), yielding each job as it
-    ends with its error (None when it succeeded): one failed job never stops the others."""
+    ends with its error (None when it succeeded): one failed job never stops the others. A failed job is
+    run again up to ``retries`` times (it resumes; a structure that kills its process is recorded as
+    ``crashed`` on the second death, see helpers.relax.inflight); only its last error is yielded."""
     if max_parallel <= 1:
         for job in jobs:
-            try:
-                run_relax_job(job, log_dir)
-            except Exception as error:  # noqa: BLE001 - reported with its job
-                yield job, error
-            else:
-                yield job, None
+            for attempt in range(retries + 1):
+                try:
+                    run_relax_job(job, log_dir)
+                except Exception as error:  # noqa: BLE001 - reported with its job
+                    if attempt == retries:
+                        yield job, error
+                else:
+                    yield job, None
+                    break
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
     before = _child_pids()
     with ProcessPoolExecutor(max_parallel, mp_context=context) as pool:
-        futures = {pool.submit(run_relax_job, job, str(log_dir)): job for job in jobs}
+        running = {pool.submit(run_relax_job, job, str(log_dir)): (job, 0) for job in jobs}
         try:
-            for future in as_completed(futures):
-                yield futures[future], future.exception()
-        except BaseException:  # Ctrl-C, SIGTERM (see stop_on_sigterm), or the caller stopped iterating
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job, attempt = running.pop(future)
+                    error = future.exception()
+                    if error is not None and attempt < retries:
+                        running[pool.submit(run_relax_job, job, str(log_dir))] = (job, attempt + 1)
+                    else:
+                        yield job, error
+        except BaseException:  # Ctrl-C, SIGTERM (see helpers.run.guard.stop_on_sigterm), or the caller stopped
             pool.shutdown(wait=False, cancel_futures=True)
             stop_processes_started_since(before)
             raise
@@ -120,30 +133,20 @@ def stop_processes_started_since(before: set[int], grace: float = 10.0) -> None:
             pass
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (a scheduler's or ``kill``'s stop) behave like Ctrl-C in this process, so a campaign
-    stops its relax jobs and logs its time instead of dying with them still running."""
-    import signal
-
-    def interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def describe_failure(job: dict[str, Any], error: BaseException, log_dir: str | Path) -> str:
     """One line naming a failed job, its error (papermill's cell error when there is one) and its log."""
     text = str(getattr(error, "evalue", "") or error) or type(error).__name__
     return f"{job['potential']} batch {job['batch']}: {type(error).__name__}: {text[-400:]} (log: {log_dir})"
 
 
-def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | None = None) -> dict[str, int]:
+def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | None = None,
+                 retries: int = DEATHS_BEFORE_CRASHED) -> dict[str, int]:
     """Run every job of ``plan`` (``max_parallel`` at a time), then merge shards per potential.
 
     Default: one job per core, each with ``cores // jobs`` torch threads (unless the plan sets
     ``n_threads``). One crystal per core beat one crystal on all cores in the throughput benchmark.
-    A failed job does not stop the others; finished work is merged, then the failures are raised
-    together (a rerun retries only what is missing).
+    A failed job does not stop the others and is run again up to ``retries`` times (it resumes); finished
+    work is merged, then the failures are raised together (a rerun retries only what is missing).
     """
     from tqdm.auto import tqdm
 
@@ -157,7 +160,7 @@ def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | No
         if job.get("n_threads") is None:
             job["n_threads"] = max(1, cores // max_parallel)
     failed = [describe_failure(job, error, log_dir)
-              for job, error in tqdm(run_jobs(jobs, log_dir, max_parallel), total=len(jobs), desc="relax jobs")
+              for job, error in tqdm(run_jobs(jobs, log_dir, max_parallel, retries), total=len(jobs), desc="relax jobs")
               if error is not None]
     merged = {}
     for potential in plan.potentials:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.relax.inflight import DEATHS_BEFORE_CRASHED
 from helpers.run.notebooks import CampaignPlan, describe_failure, execute, run_jobs
 from helpers.store.paths import resolve
 
@@ -179,8 +180,9 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
     watcher.start()
     failed = []
     try:
-        for job, error in run_jobs(plan.jobs(), log_dir, max_parallel or plan.batches()):
-            if error is not None:  # a job that died is retried by the next run
+        for job, error in run_jobs(plan.jobs(), log_dir, max_parallel or plan.batches(),
+                                   retries=DEATHS_BEFORE_CRASHED):
+            if error is not None:  # failed after its retries: the next run tries again
                 failed.append(describe_failure(job, error, log_dir))
     finally:
         stop.set()

@@ -1,0 +1,67 @@
+"""Which structure a relax job is working on, kept on disk beside its output.
+
+A potential's native code can kill the whole job process on one structure (an abort inside a Fortran
+library, a segfault, the out-of-memory killer): no exception reaches Python, so nothing is recorded and a
+rerun dies on the same structure again, leaving the rest of its batch undone. The mark says which
+structure was in flight when the process died; a structure in flight at :data:`DEATHS_BEFORE_CRASHED`
+deaths is recorded as ``crashed`` (final, with the reason) and the batch goes on. A stop we ask for
+(Ctrl-C, SIGTERM) clears the mark first, so it never counts as a death.
+
+Only the one-crystal-at-a-time path is marked (the potentials with native code run there); the ANI
+side-by-side path has many crystals in flight and runs in torch alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from helpers.store.db import is_url
+from helpers.store.shards import job_tag
+
+#: deaths of the job process while on one structure before it is recorded as ``crashed`` (one death
+#: may be something else: a kill -9, a node lost); each retry costs one rerun of the job
+DEATHS_BEFORE_CRASHED = 2
+
+
+class InFlight:
+    """The on-disk mark of one relax job: ``{"structure_id": ..., "deaths": n}`` while a structure runs."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def for_job(cls, target: str, potential: str, batch: int, n_batches: int) -> InFlight:
+        """Beside a SQLite output (``relaxed_x.batch0000of0002.inflight.json``); for a server URL, in the
+        user's cache, keyed by the URL and the job (jobs on other machines do not see it)."""
+        if not is_url(target):
+            path = Path(target)
+            return cls(path.with_name(f"{path.stem}.inflight.json"))
+        key = hashlib.sha256(target.encode()).hexdigest()[:12]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codani" / "inflight"
+        return cls(cache / f"{key}.{job_tag(potential, batch, n_batches)}.json")
+
+    def died_on(self) -> tuple[str, int] | None:
+        """The structure the previous process died on and how many deaths it has now, or None."""
+        try:
+            mark = json.loads(self.path.read_text())
+            return str(mark["structure_id"]), int(mark["deaths"]) + 1
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def begin(self, structure_id: str, deaths: int = 0) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"structure_id": structure_id, "deaths": deaths, "pid": os.getpid()}))
+        tmp.replace(self.path)  # atomic: a death mid-write leaves the old mark or the new one
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def crashed_message(potential: str, deaths: int) -> str:
+    return (f"the job's process died {deaths} times while {potential} relaxed this structure (a crash in the "
+            "potential's native code, e.g. an abort or segfault, or memory); recorded instead of retried — "
+            "delete this row to try again")

@@ -1,0 +1,33 @@
+"""Run one relax job (run_batch) in its own process; tests/test_inflight.py lets the potential crash it
+or sends it SIGTERM. Prints ``START`` once the imports are done."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("clean", "out", "potential", "strategy"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--fmax", type=float, required=True)
+    args = parser.parse_args()
+    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.stage import run_batch
+
+    settings = RelaxSettings(potential=args.potential, fmax=args.fmax, strategy=args.strategy)
+    print("START", flush=True)
+    run_batch(args.clean, args.out, potential=args.potential, settings=settings, progress=False, n_threads=1)
+    print("DONE", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

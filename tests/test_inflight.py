@@ -1,0 +1,92 @@
+"""A structure that kills its job's process (a crash in a potential's native code) is recorded as
+``crashed`` on the second death and the batch goes on; a stop we ask for never counts as a death."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight
+from helpers.store import db as dbmod
+
+DRIVER = Path(__file__).with_name("inflight_driver.py")
+#: a real COD entry (C4H12N8O4, 28 atoms) on which GFN-FF (gfnff 0.3.x, mcgfnff2023) aborts the process
+#: while setting up its topology: "malloc(): invalid size (unsorted)", found by the results campaign
+GFNFF_ABORTS_ON = 4110681
+
+
+def job(clean: str, out: str, potential: str, strategy: str, fmax: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(DRIVER), "--clean", clean, "--out", out, "--potential", potential,
+                             "--strategy", strategy, "--fmax", str(fmax)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def gfnff_clean_db(tmp_path_factory, cod_dir) -> str:
+    from helpers.fetch.stage import fetch
+    from helpers.filter.stage import run_filter
+
+    folder = tmp_path_factory.mktemp("crash")
+    sample = cod_dir.parent / "cod-sample"
+    source = folder / "cifs"
+    source.mkdir()
+    (source / f"{GFNFF_ABORTS_ON}.cif").symlink_to(sample / f"{GFNFF_ABORTS_ON}.cif")
+    (source / "2007300.cif").symlink_to(cod_dir / "2007300.cif")  # 30 atoms, GFN-FF relaxes it
+    fetch(source=str(source), raw_db=str(folder / "raw.db"), progress=False)
+    run_filter(str(folder / "raw.db"), str(folder / "clean.db"), str(folder / "rejects.db"), progress=False)
+    assert dbmod.connect(folder / "clean.db").count() == 2
+    return str(folder / "clean.db")
+
+
+@pytest.mark.slow
+def test_a_structure_that_kills_the_process_is_recorded_and_the_batch_goes_on(gfnff_clean_db, tmp_path):
+    out = str(tmp_path / "relaxed_gfn-ff.db")
+    marker = InFlight.for_job(out, "gfn-ff", 0, 1)
+    for death in range(DEATHS_BEFORE_CRASHED):
+        proc = job(gfnff_clean_db, out, "gfn-ff", "study", 0.05)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGABRT, err[-2000:]  # the real crash, in gfnff's native code
+        assert marker.died_on() == (f"cod-{GFNFF_ABORTS_ON}", death + 1)
+    proc = job(gfnff_clean_db, out, "gfn-ff", "study", 0.05)
+    output, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "DONE" in output, err[-2000:]
+    rows = {row.structure_id: row for row in dbmod.connect(out).select()}
+    crashed = rows[f"cod-{GFNFF_ABORTS_ON}"]
+    assert crashed.status == "crashed" and "died 2 times" in crashed.message
+    assert rows["cod-2007300"].status in ("converged", "step_cap")  # the rest of the batch ran
+    assert not marker.path.exists()
+    proc = job(gfnff_clean_db, out, "gfn-ff", "study", 0.05)  # crashed is final: a rerun does not retry it
+    assert proc.wait(timeout=600) == 0 and dbmod.connect(out).count() == 2
+
+
+@pytest.mark.slow
+def test_a_stop_we_ask_for_is_not_a_death(small_clean_db, tmp_path, model_dir):
+    out = str(tmp_path / "relaxed_ani1x.db")
+    proc = job(small_clean_db, out, "ani1x", "study", 1e-5)  # one crystal at a time, long enough to stop
+    assert proc.stdout.readline().strip() == "START"
+    marker = InFlight.for_job(out, "ani1x", 0, 1)
+    deadline = time.time() + 120
+    while not marker.path.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.path.exists(), "no structure started"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0 and not marker.path.exists()
+
+
+def test_the_mark_counts_deaths_per_structure(tmp_path):
+    marker = InFlight.for_job(str(tmp_path / "relaxed_x.batch0001of0004.db"), "x", 1, 4)
+    assert marker.path.name == "relaxed_x.batch0001of0004.inflight.json" and marker.died_on() is None
+    marker.begin("cod-1", 0)
+    assert marker.died_on() == ("cod-1", 1)  # the process that wrote it is gone: one death
+    marker.begin("cod-1", 1)
+    assert marker.died_on() == ("cod-1", 2)
+    marker.clear()
+    assert marker.died_on() is None
+    remote = InFlight.for_job("postgresql://u@h/db", "x", 1, 4)
+    assert remote.path.name.endswith(".x.batch0001of0004.json")
