@@ -131,14 +131,16 @@ def test_cholesky_bfgs_step_is_ases_step():
 def test_relax_many_follows_relax_step_by_step(model, crystals):
     settings = RelaxSettings(max_steps_base=25, steps_per_atom=0, draft=None)
     items = [(sid, crystals[sid]) for sid in ("cod-2007300", "cod-4021477", "cod-1011063")]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     many = dict(relax_many(items, SideBySideANI(model), settings, max_atoms_in_flight=60))  # 2 in flight, then refill
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     # each crystal's cost is its share of the passes: the shares add up to the time spent, and a crystal
     # that shared every pass costs less than its time in flight
     costs = [r.extra["cost_time"] for r in many.values()]
     assert 0.7 * elapsed < sum(costs) <= elapsed
     assert all(0 < r.extra["cost_time"] < r.wall_time for r in many.values())
+    # the same shares of this process's CPU time: core-seconds, whatever else ran on the machine
+    assert 0.7 * cpu < sum(r.extra["cpu_time"] for r in many.values()) <= cpu
     calc = OnePassANICalculator(model)
     for sid, atoms in items:
         single = relax(atoms, calc, settings)
@@ -238,6 +240,7 @@ def test_run_batch_relaxes_side_by_side_and_resumes(small_clean_db, tmp_path, mo
     # exact start, 3 float32 draft steps, the capped geometry re-evaluated exactly
     assert {r.force_calls for r in rows} == {5} and {r.draft_calls for r in rows} == {3}
     assert all(0 < r.cost_time <= r.wall_time for r in rows)  # its share of the passes, not time in flight
+    assert all(0 < r.cpu_time <= 1.1 * r.cost_time + 0.05 for r in rows)  # one thread: CPU ≈ its wall share
     assert report.skipped_done == 0
     again = run_batch(small_clean_db, out, settings=settings, progress=False, n_threads=1)
     assert again.skipped_done == 4 and not again.rows

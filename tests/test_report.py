@@ -93,6 +93,7 @@ def test_status_counts_worst_structures_and_cost(report):
     assert cost.loc["ANI-2x", "projected core-hours, all C/H/N/O COD"] == "– (partial run)"
     projected = float(cost.loc["ANI-1x", "projected core-hours, all C/H/N/O COD"].replace(",", ""))
     assert projected == pytest.approx(COD_CHNO_ENTRIES * 0.8 * ani1x.mean() / 3600, abs=1)
+    assert cost.loc["ANI-1x", "clock"] == "wall"  # the fixed errors.csv predates cpu_time
     for name in ("ci_volume.png", "overlay_volume.png", "hist_ani1x_volume.png"):
         assert (root / "docs" / "figures" / name).stat().st_size > 5000
 
@@ -158,3 +159,13 @@ def test_cost_projection_of_a_complete_subset_is_a_lower_bound():
     assert table.loc["ANI-2x", "structures"] == "≤ 60 atoms"
     assert table.loc["ANI-2x", "projected core-hours, all C/H/N/O COD"].startswith("> ")
     assert not table.loc["ANI-1x", "projected core-hours, all C/H/N/O COD"].startswith(">")
+
+
+def test_cost_is_cpu_time_where_rows_record_it():
+    from helpers.analysis.report import cost_table
+
+    errors = pd.DataFrame({"potential": ["ani1x"] * 3 + ["ani2x"] * 2, "cost_time": [10.0, 20.0, 30.0, 5.0, 5.0],
+                           "cpu_time": [4.0, 8.0, None, 3.0, 3.0]})
+    table = cost_table(errors, 1.0).set_index("potential")
+    assert table.loc["ANI-1x", "clock"] == "CPU (2), wall (1)" and table.loc["ANI-2x", "clock"] == "CPU"
+    assert table.loc["ANI-1x", "median s/crystal"] == "8.0" and table.loc["ANI-2x", "total core-hours"] == "0.00"

@@ -238,20 +238,28 @@ def cost_table(errors: pd.DataFrame, clean_fraction: float | None,
                coverage: dict[str, tuple[int, int]] | None = None) -> pd.DataFrame:
     """Cost per crystal on this machine (one core each) and the projection to every C/H/N/O COD entry.
 
+    The cost is the crystal's CPU time (core-seconds: its share of every side-by-side pass plus its own
+    work) where the row records one; older rows have only the wall-clock share, which counts higher
+    when the machine was shared (the ``clock`` column says which).
+
     A potential run on small structures only (``max_atoms``) gets a projection marked as a lower bound:
     its mean cost comes from the cheap end of the sample. One that has not finished its structures
     (``coverage``) gets none: which of them finished first decides its mean."""
     rows = []
     for potential, group in errors.groupby("potential"):
-        cost = pd.to_numeric(group.get("cost_time"), errors="coerce").dropna()
+        cpu = pd.to_numeric(group.get("cpu_time", pd.Series(index=group.index, dtype=float)), errors="coerce")
+        wall = pd.to_numeric(group.get("cost_time"), errors="coerce")
+        cost = cpu.fillna(wall).dropna()  # CPU time where recorded (rows from before it: wall-clock share)
         if cost.empty:
             continue
+        n_cpu = int(cpu.notna().sum())
+        clock = "CPU" if n_cpu == len(cost) else "wall" if n_cpu == 0 else f"CPU ({n_cpu}), wall ({len(cost) - n_cpu})"
         projected = COD_CHNO_ENTRIES * (clean_fraction or 1.0) * cost.mean() / 3600
         subset = (max_atoms or {}).get(potential)
         target, done = (coverage or {}).get(potential, (0, 0))
         partial = done < target
         structures = f"≤ {subset} atoms" if subset else "all"
-        rows.append({"potential": display_name(potential), "crystals": len(cost),
+        rows.append({"potential": display_name(potential), "crystals": len(cost), "clock": clock,
                      "structures": f"{structures}, {done} of {target} done" if partial else structures,
                      "median s/crystal": _num(cost.median(), 1), "mean s/crystal": _num(cost.mean(), 1),
                      "total core-hours": _num(cost.sum() / 3600, 2),
@@ -477,7 +485,10 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "## Cost on this machine",
         "", _markdown(cost_table(errors, clean_fraction, plan.max_atoms, info.get("coverage"))), "",
         f"Projection: {COD_CHNO_ENTRIES:,} C/H/N/O COD entries × the clean fraction of this sample "
-        f"({_num(clean_fraction) if clean_fraction else '–'}) × the mean cost per crystal, one core each.",
+        f"({_num(clean_fraction) if clean_fraction else '–'}) × the mean cost per crystal, one core each. "
+        "`clock`: CPU = the crystal's CPU time (core-seconds, its share of every side-by-side pass), the same "
+        "on a busy or an idle machine; wall = its wall-clock share, recorded before CPU time was, which counts "
+        "higher when other work shared the cores.",
         "",
         "## The ten worst structures per potential", "",
     ]

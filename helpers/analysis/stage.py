@@ -66,7 +66,7 @@ ERROR_COLUMNS = [
     "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
-    "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time",
+    "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time", "cpu_time",
 ]
 
 
@@ -120,6 +120,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "e_dispersion": kvp.get("e_dispersion"),
         "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
         "wall_time": kvp.get("wall_time"), "cost_time": kvp.get("cost_time", kvp.get("wall_time")),
+        "cpu_time": kvp.get("cpu_time"),
         "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
         # one-per-compound statistics: the filter's compound_key and the R factor choose the entry
         "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),

@@ -204,7 +204,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     atoms = prepare(atoms, calc, settings)
     cap = settings.max_steps(len(atoms))
     v0 = atoms.get_volume() if atoms.pbc.all() else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     calls_before = getattr(calc, "n_calls", 0)
     e_initial = e_disp_initial = None
     opt = target = None
@@ -242,7 +242,8 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     fmax_final = _fmax(target) if target is not None and status != Status.error else None
     final = _final_atoms(atoms)
     e_final = final.calc.results.get("energy") if final.calc else None
-    extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final)}
+    extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final),
+             "cpu_time": time.process_time() - cpu_start}  # core-seconds, however busy the machine was
     return RelaxResult(
         atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,

@@ -183,6 +183,9 @@ class _Slot:
     #: seconds of this process spent on this crystal: its share (by atoms) of every pass it was in,
     #: plus its own optimizer work; what ``max_wall_time`` limits (in flight it shares the time)
     cost: float = 0.0
+    #: CPU seconds of this process spent on this crystal, shared the same way: its cost in core-seconds,
+    #: whatever else the machine was doing (``cpu_time`` of the row)
+    cpu: float = 0.0
 
     def __post_init__(self) -> None:
         self.atoms = prepare(self.atoms, SideBySideResults(), self.settings)
@@ -196,11 +199,12 @@ class _Slot:
 
     def receive(self, results: dict) -> None:
         """New energy/forces/stress for the current geometry; decide whether and how to step on."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             self._receive(results)
         finally:
             self.cost += time.perf_counter() - started
+            self.cpu += time.process_time() - cpu_started
 
     def _receive(self, results: dict) -> None:
         exact = self.exact_next
@@ -259,7 +263,7 @@ class _Slot:
             max_steps=self.cap, e_initial=self.e_initial,
             e_final=final.calc.results.get("energy") if final.calc else None, fmax_final=fmax_final,
             wall_time=time.perf_counter() - self.start, force_calls=self.calls, message=self.message,
-            extra={"side_by_side": True, "draft_calls": self.draft_calls, "cost_time": self.cost,
+            extra={"side_by_side": True, "draft_calls": self.draft_calls, "cost_time": self.cost, "cpu_time": self.cpu,
                    **({"e_dispersion_initial": self.e_dispersion_initial, "e_dispersion": self.e_dispersion}
                       if self.e_dispersion is not None and has_results else {})},
         )
@@ -307,22 +311,24 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, 
 
 def _one_pass(evaluator: SideBySideANI, slots: list[_Slot]) -> None:
     """One pass for all; if the pass fails, find the culprit crystal by evaluating one by one."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         results = evaluator.compute([s.atoms for s in slots], keys=[s.key for s in slots])
     except Exception:  # noqa: BLE001
         for slot in slots:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             try:
                 res = evaluator.compute([slot.atoms], keys=[slot.key])[0]
                 slot.cost += time.perf_counter() - started
+                slot.cpu += time.process_time() - cpu_started
                 slot.receive(res)
             except Exception as exc:  # noqa: BLE001
                 slot.fail(f"{type(exc).__name__}: {exc}")
         return
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     n_atoms = sum(len(s.atoms) for s in slots)
     for slot, res in zip(slots, results):
         slot.cost += elapsed * len(slot.atoms) / n_atoms
+        slot.cpu += cpu * len(slot.atoms) / n_atoms
         slot.receive(res)
 

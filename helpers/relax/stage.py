@@ -284,6 +284,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         force_calls=result.force_calls, draft_calls=result.extra.get("draft_calls"), optimizer=settings.optimizer,
         e_dispersion_initial=result.extra.get("e_dispersion_initial"), e_dispersion=result.extra.get("e_dispersion"),
         cost_time=round(result.extra.get("cost_time", result.wall_time), 3),
+        cpu_time=round(result.extra["cpu_time"], 3) if "cpu_time" in result.extra else None,
         cell_filter=settings.cell_filter, strategy=settings.strategy,
         fmax_target=settings.fmax, V_relaxed=result.atoms.get_volume() if result.atoms.pbc.all() else None,
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
