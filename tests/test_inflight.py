@@ -18,6 +18,8 @@ DRIVER = Path(__file__).with_name("inflight_driver.py")
 #: a real COD entry (C4H12N8O4, 28 atoms) on which GFN-FF (gfnff 0.3.x, mcgfnff2023) aborts the process
 #: while setting up its topology: "malloc(): invalid size (unsorted)", found by the results campaign
 GFNFF_ABORTS_ON = 4110681
+#: a second one (C12H10N6, 28 atoms) the campaign found GFN-FF aborting on
+GFNFF_ALSO_ABORTS_ON = 7226905
 
 
 def job(clean: str, out: str, potential: str, strategy: str, fmax: float) -> subprocess.Popen:
@@ -26,21 +28,26 @@ def job(clean: str, out: str, potential: str, strategy: str, fmax: float) -> sub
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def gfnff_clean_db(tmp_path_factory, cod_dir) -> str:
+def clean_db_of(folder: Path, cod_dir: Path, sample_ids: tuple[int, ...]) -> str:
+    """A clean database (the real fetch and filter) of cod-sample entries plus 2007300 (30 atoms, which
+    GFN-FF relaxes)."""
     from helpers.fetch.stage import fetch
     from helpers.filter.stage import run_filter
 
-    folder = tmp_path_factory.mktemp("crash")
-    sample = cod_dir.parent / "cod-sample"
     source = folder / "cifs"
     source.mkdir()
-    (source / f"{GFNFF_ABORTS_ON}.cif").symlink_to(sample / f"{GFNFF_ABORTS_ON}.cif")
-    (source / "2007300.cif").symlink_to(cod_dir / "2007300.cif")  # 30 atoms, GFN-FF relaxes it
+    for cod_id in sample_ids:
+        (source / f"{cod_id}.cif").symlink_to(cod_dir.parent / "cod-sample" / f"{cod_id}.cif")
+    (source / "2007300.cif").symlink_to(cod_dir / "2007300.cif")
     fetch(source=str(source), raw_db=str(folder / "raw.db"), progress=False)
     run_filter(str(folder / "raw.db"), str(folder / "clean.db"), str(folder / "rejects.db"), progress=False)
-    assert dbmod.connect(folder / "clean.db").count() == 2
+    assert dbmod.connect(folder / "clean.db").count() == len(sample_ids) + 1
     return str(folder / "clean.db")
+
+
+@pytest.fixture(scope="module")
+def gfnff_clean_db(tmp_path_factory, cod_dir) -> str:
+    return clean_db_of(tmp_path_factory.mktemp("crash"), cod_dir, (GFNFF_ABORTS_ON,))
 
 
 @pytest.mark.slow
@@ -62,6 +69,21 @@ def test_a_structure_that_kills_the_process_is_recorded_and_the_batch_goes_on(gf
     assert not marker.path.exists()
     proc = job(gfnff_clean_db, out, "gfn-ff", "study", 0.05)  # crashed is final: a rerun does not retry it
     assert proc.wait(timeout=600) == 0 and dbmod.connect(out).count() == 2
+
+
+@pytest.mark.slow
+def test_a_campaign_reruns_a_job_for_as_long_as_it_dies_on_a_structure(tmp_path, cod_dir):
+    """Two structures that each kill the process: the campaign's job is rerun until both are recorded
+    (2 deaths each) and the rest of the batch is relaxed, in one run_campaign call without retries."""
+    from helpers.run.notebooks import CampaignPlan, run_campaign
+
+    clean = clean_db_of(tmp_path, cod_dir, (GFNFF_ABORTS_ON, GFNFF_ALSO_ABORTS_ON))
+    out = str(tmp_path / "relaxed_{potential}.db")
+    plan = CampaignPlan(["gfn-ff"], 1, clean, out, {"fmax": 0.05, "n_threads": 1, "strategy": "study"})
+    run_campaign(plan, tmp_path / "logs", max_parallel=1, retries=0)  # raises if the job still failed
+    rows = {row.structure_id: row.status for row in dbmod.connect(out.format(potential="gfn-ff")).select()}
+    assert rows[f"cod-{GFNFF_ABORTS_ON}"] == rows[f"cod-{GFNFF_ALSO_ABORTS_ON}"] == "crashed"
+    assert rows["cod-2007300"] in ("converged", "step_cap")
 
 
 @pytest.mark.slow

@@ -69,16 +69,18 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
              retries: int = 0) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
     """Run 03_relax ``jobs`` (``max_parallel`` at a time, in spawned processes), yielding each job as it
     ends with its error (None when it succeeded): one failed job never stops the others. A failed job is
-    run again up to ``retries`` times (it resumes; a structure that kills its process is recorded as
-    ``crashed`` on the second death, see helpers.relax.inflight); only its last error is yielded."""
+    run again (it resumes) up to ``retries`` times, and for as long as each attempt dies on a structure:
+    such a structure is recorded as ``crashed`` on its second death (helpers.relax.inflight), so every
+    attempt moves the batch on (at most :data:`MAX_ATTEMPTS`). Only a job's last error is yielded."""
     if max_parallel <= 1:
         for job in jobs:
-            for attempt in range(retries + 1):
+            for attempt in range(MAX_ATTEMPTS):
                 try:
                     run_relax_job(job, log_dir)
                 except Exception as error:  # noqa: BLE001 - reported with its job
-                    if attempt == retries:
+                    if not _try_again(job, attempt, retries):
                         yield job, error
+                        break
                 else:
                     yield job, None
                     break
@@ -96,7 +98,7 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
                 for future in finished:
                     job, attempt = running.pop(future)
                     error = future.exception()
-                    if error is not None and attempt < retries:
+                    if error is not None and _try_again(job, attempt, retries):
                         running[pool.submit(run_relax_job, job, str(log_dir))] = (job, attempt + 1)
                     else:
                         yield job, error
@@ -104,6 +106,24 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
             pool.shutdown(wait=False, cancel_futures=True)
             stop_processes_started_since(before)
             raise
+
+
+#: attempts of one job at most, however many of its structures kill the process
+MAX_ATTEMPTS = 20
+
+
+def _try_again(job: dict[str, Any], attempt: int, retries: int) -> bool:
+    """After a failed ``attempt`` (0-based): within ``retries``, or the process died on a structure (its
+    in-flight mark is left), which the next attempt records or retries: progress either way."""
+    if attempt + 1 >= MAX_ATTEMPTS:
+        return False
+    if attempt < retries:
+        return True
+    from helpers.relax.inflight import InFlight
+    from helpers.store.shards import output_path
+
+    target = output_path(resolve(job["out_db"]), job["potential"], job["batch"], job["n_batches"])
+    return InFlight.for_job(target, job["potential"], job["batch"], job["n_batches"]).died_on() is not None
 
 
 def _child_pids() -> set[int]:
