@@ -235,13 +235,14 @@ def paired_stats(a: np.ndarray, b: np.ndarray, name_a: str = "A", name_b: str = 
     elif p < alpha and low > 0:
         verdict = f"{name_b} closer to experiment (median |Δ| lower by {out['median_absdiff']:.2f}, p = {p:.2g})"
     elif not p < alpha:
-        verdict = f"cannot tell: the Wilcoxon test of |Δ_A| − |Δ_B| is not significant (p = {p:.2g} ≥ {alpha:g})"
+        verdict = (f"cannot tell: the Wilcoxon test of |Δ {name_a}| − |Δ {name_b}| is not significant "
+                   f"(p = {p:.2g} ≥ {alpha:g})")
     else:
         nonzero = absdiff[absdiff != 0]
         signed_ranks = np.sum(np.sign(nonzero) * rankdata(np.abs(nonzero)))  # the test's own direction
         leans = name_a if signed_ranks < 0 else name_b
         verdict = (f"cannot tell: the Wilcoxon test leans to {leans} (p = {p:.2g}) but the 95 % CI of the median "
-                   f"|Δ_A| − |Δ_B|, [{low:.2f}, {high:.2f}], includes 0")
+                   f"|Δ {name_a}| − |Δ {name_b}|, [{low:.2f}, {high:.2f}] points, includes 0")
     out["verdict"] = verdict
     return out
 
