@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -100,6 +101,28 @@ def test_rows_made_with_other_settings_neither_count_nor_enter_the_report(campai
         assert "1 made with other settings (ani1x-d3 1)" in (root / "docs" / "results.md").read_text()
     finally:
         del merged[old]
+
+
+@slow
+def test_the_analysis_reads_what_the_shards_hold(campaign):
+    """A relax run stopped before its merge: the analysis merges first, so the report counts its rows."""
+    from helpers.run.results import settings_hashes
+
+    root, plan, _ = campaign
+    merged = plan.dbs["out_db"].format(potential="ani1x-d3")
+    shard = merged.replace(".db", ".batch0000of0002.db")
+    row = next(r for r in dbmod.connect(plan.dbs["out_db"].format(potential="ani1x")).select()
+               if r.structure_id == "cod-2000642")  # 36 atoms: not in ani1x-d3's subset, so not in its database
+    kvp = {**row.key_value_pairs, "potential": "ani1x-d3", "settings_hash": settings_hashes(plan)["ani1x-d3"]}
+    dbmod.connect(shard).write(row.toatoms(), key_value_pairs=kvp)
+    try:
+        run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("analysis",))
+        errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
+        assert sorted(errors[errors.potential == "ani1x-d3"].structure_id) == ["cod-1011063", "cod-2000642"]
+    finally:
+        Path(shard).unlink()
+        database = dbmod.connect(merged)
+        database.delete([r.id for r in database.select() if r.structure_id == "cod-2000642"])
 
 
 def test_settings_hashes_parameter_is_checked():

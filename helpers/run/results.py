@@ -205,6 +205,10 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
     elif stage == "relax":
         run_relaxations(plan, logs, max_parallel)
     elif stage == "analysis":
+        from helpers.relax.stage import merge_shards
+
+        for p in plan.potentials:  # what jobs still running (or stopped) committed to their shards counts too
+            merge_shards(dbs["out_db"], p)
         relaxed = [dbs["out_db"].format(potential=p) for p in plan.potentials
                    if Path(dbs["out_db"].format(potential=p)).is_file()]
         execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(analysis_dir),
