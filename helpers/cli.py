@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from helpers.run.notebooks import DEMO_COD_IDS, STUDY_POTENTIALS
+from helpers.run.notebooks import DEMO_COD_IDS, JOB_RETRIES, STUDY_POTENTIALS
 
 
 def _ids(text: str | None):
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="run on Dask: local, tcp://host:port, a scheduler file, slurm or pbs (default: no Dask)")
     camp.add_argument("--n-workers", type=int, default=None, help="Dask workers (local) or batch jobs (slurm/pbs)")
     camp.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per Dask worker")
-    camp.add_argument("--retries", type=int, default=2, help="extra attempts for a failed job (it resumes)")
+    camp.add_argument("--retries", type=int, default=JOB_RETRIES, help="extra attempts for a failed job (it resumes)")
     camp.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                       help="extra 03_relax parameter, e.g. --set fmax=0.001 --set optimizer='\"LBFGS\"'")
 

@@ -102,7 +102,7 @@ def test_a_stop_we_ask_for_is_not_a_death(small_clean_db, tmp_path, model_dir):
 
 
 def test_the_mark_counts_deaths_per_structure(tmp_path):
-    marker = InFlight.for_job(str(tmp_path / "relaxed_x.batch0001of0004.db"), "x", 1, 4)
+    marker = InFlight.for_job(str(tmp_path / "relaxed_{potential}.db"), "x", 1, 4)
     assert marker.path.name == "relaxed_x.batch0001of0004.inflight.json" and marker.died_on() is None
     marker.begin("cod-1", 0)
     assert marker.died_on() == ("cod-1", 1)  # the process that wrote it is gone: one death

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from helpers.store.db import is_url
-from helpers.store.shards import job_tag
+from helpers.store.shards import job_tag, output_path
 
 #: deaths of the job process while on one structure before it is recorded as ``crashed`` (one death
 #: may be something else: a kill -9, a node lost); each retry costs one rerun of the job
@@ -33,9 +33,11 @@ class InFlight:
         self.path = Path(path)
 
     @classmethod
-    def for_job(cls, target: str, potential: str, batch: int, n_batches: int) -> InFlight:
-        """Beside a SQLite output (``relaxed_x.batch0000of0002.inflight.json``); for a server URL, in the
-        user's cache, keyed by the URL and the job (jobs on other machines do not see it)."""
+    def for_job(cls, out_db: str, potential: str, batch: int, n_batches: int) -> InFlight:
+        """The mark of the job writing ``out_db`` (``{potential}`` filled in, as 03_relax takes it): beside
+        its SQLite output (``relaxed_x.batch0000of0002.inflight.json``); for a server URL, in the user's
+        cache, keyed by the URL and the job (jobs on other machines do not see it)."""
+        target = output_path(out_db, potential, batch, n_batches)
         if not is_url(target):
             path = Path(target)
             return cls(path.with_name(f"{path.stem}.inflight.json"))

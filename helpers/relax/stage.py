@@ -175,7 +175,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
         if settings.strategy == "fast" and runs_side_by_side(calc, settings, trajectory_dir):
             _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record)
         else:
-            marker = InFlight.for_job(target, potential, batch, n_batches)
+            marker = InFlight.for_job(out_db, potential, batch, n_batches)
             died_on = marker.died_on()  # the structure a previous run of this job died on, if any
             with interrupt_on_sigterm():  # a stop we ask for clears the mark: it is not a crash
                 for sid, _ in runnable:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.relax.inflight import DEATHS_BEFORE_CRASHED
 from helpers.store.paths import project_root, resolve
 from helpers.store.shards import job_tag
 from helpers.vocabulary import JOB_ENV
@@ -110,6 +109,8 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
 
 #: attempts of one job at most, however many of its structures kill the process
 MAX_ATTEMPTS = 20
+#: extra attempts for a failed job by default (``campaign --retries``, the results campaign)
+JOB_RETRIES = 2
 
 
 def _try_again(job: dict[str, Any], attempt: int, retries: int) -> bool:
@@ -120,10 +121,9 @@ def _try_again(job: dict[str, Any], attempt: int, retries: int) -> bool:
     if attempt < retries:
         return True
     from helpers.relax.inflight import InFlight
-    from helpers.store.shards import output_path
 
-    target = output_path(resolve(job["out_db"]), job["potential"], job["batch"], job["n_batches"])
-    return InFlight.for_job(target, job["potential"], job["batch"], job["n_batches"]).died_on() is not None
+    return InFlight.for_job(resolve(job["out_db"]), job["potential"], job["batch"], job["n_batches"]).died_on() \
+        is not None
 
 
 def _child_pids() -> set[int]:
@@ -160,7 +160,7 @@ def describe_failure(job: dict[str, Any], error: BaseException, log_dir: str | P
 
 
 def run_campaign(plan: CampaignPlan, log_dir: str | Path, max_parallel: int | None = None,
-                 retries: int = DEATHS_BEFORE_CRASHED) -> dict[str, int]:
+                 retries: int = JOB_RETRIES) -> dict[str, int]:
     """Run every job of ``plan`` (``max_parallel`` at a time), then merge shards per potential.
 
     Default: one job per core, each with ``cores // jobs`` torch threads (unless the plan sets

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.relax.inflight import DEATHS_BEFORE_CRASHED
-from helpers.run.notebooks import CampaignPlan, describe_failure, execute, run_jobs
+from helpers.run.notebooks import JOB_RETRIES, CampaignPlan, describe_failure, execute, run_jobs
 from helpers.store.paths import resolve
 
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
@@ -181,7 +180,7 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
     failed = []
     try:
         for job, error in run_jobs(plan.jobs(), log_dir, max_parallel or plan.batches(),
-                                   retries=DEATHS_BEFORE_CRASHED):
+                                   retries=JOB_RETRIES):
             if error is not None:  # failed after its retries: the next run tries again
                 failed.append(describe_failure(job, error, log_dir))
     finally:
