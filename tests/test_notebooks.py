@@ -175,3 +175,29 @@ def test_a_parameter_that_means_nothing_stops_the_notebook_naming_it(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match=r"fix_symmetry = 'maybe'"):
         execute("03_relax", {"fix_symmetry": "maybe", "clean_db": str(tmp_path / "none.db")}, tmp_path)
     assert not (tmp_path / "none.db").exists()  # stopped before touching anything
+
+
+def test_03_relax_builds_its_settings_as_the_campaign_hashes_them():
+    """``job_settings`` (the campaign's resume and coverage rule) takes every ``RelaxSettings`` field from
+    the job's parameters by name; 03_relax spells its fields out for the reader. A settings parameter the
+    notebook does not pass on (or passes under another name) would make the two hashes differ and a
+    finished campaign count 0 done — this fails first."""
+    from dataclasses import fields
+
+    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.stage import job_settings
+
+    book = nbformat.read(notebook_path("03_relax"), as_version=4)
+    calls = [node for cell in book.cells if cell.cell_type == "code" and "RelaxSettings(" in cell.source
+             for node in ast.walk(ast.parse(cell.source))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RelaxSettings"]
+    assert len(calls) == 1, "03_relax builds its RelaxSettings once"
+    passed = {kw.arg: kw.value.id for kw in calls[0].keywords if isinstance(kw.value, ast.Name)}
+    assert len(passed) == len(calls[0].keywords), "every setting is passed as a parameter's own name"
+    assert all(arg == name for arg, name in passed.items()), passed
+    setting_parameters = {f.name for f in fields(RelaxSettings)} & set(CONTRACT["03_relax"])
+    assert set(passed) == setting_parameters
+    # and the hash the campaign computes from the job's parameters is the notebook's
+    params = dict(CONTRACT["03_relax"], potential="ani1ccx", fmax=0.01, optimizer="FIRE", draft=None)
+    notebook_settings = RelaxSettings(**{k: params[k] for k in passed}).resolved(10)
+    assert job_settings("ani1ccx", params).hash() == notebook_settings.hash()

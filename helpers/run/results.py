@@ -162,7 +162,8 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
     def done() -> dict[str, int]:
         return {p: min(n, targets[p]) for p, n in relaxed_counts(plan).items()}
 
-    bar = tqdm(total=total, initial=sum(done().values()), desc="relax (all potentials)", unit="crystal",
+    which = ", ".join(plan.potentials) if len(plan.potentials) <= 2 else f"{len(plan.potentials)} potentials"
+    bar = tqdm(total=total, initial=sum(done().values()), desc=f"relax ({which})", unit="crystal",
                smoothing=0.05)
     stop = threading.Event()
 
