@@ -72,17 +72,12 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
     such a structure is recorded as ``crashed`` on its second death (helpers.relax.inflight), so every
     attempt moves the batch on (at most :data:`MAX_ATTEMPTS`). Only a job's last error is yielded."""
     if max_parallel <= 1:
-        for job in jobs:
-            for attempt in range(MAX_ATTEMPTS):
-                try:
-                    run_relax_job(job, log_dir)
-                except Exception as error:  # noqa: BLE001 - reported with its job
-                    if not _try_again(job, attempt, retries):
-                        yield job, error
-                        break
-                else:
-                    yield job, None
-                    break
+        before = _child_pids()
+        try:
+            yield from _run_jobs_in_turn(jobs, log_dir, retries)
+        except BaseException:  # papermill shuts its kernel on Ctrl-C; a SIGTERM or a kill must not rely on it
+            stop_processes_started_since(before)
+            raise
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -105,6 +100,22 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
             pool.shutdown(wait=False, cancel_futures=True)
             stop_processes_started_since(before)
             raise
+
+
+def _run_jobs_in_turn(jobs: Sequence[dict[str, Any]], log_dir: str | Path,
+                      retries: int) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
+    """:func:`run_jobs` one job at a time, in this process (the notebook kernel is its child)."""
+    for job in jobs:
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                run_relax_job(job, log_dir)
+            except Exception as error:  # noqa: BLE001 - reported with its job
+                if not _try_again(job, attempt, retries):
+                    yield job, error
+                    break
+            else:
+                yield job, None
+                break
 
 
 #: attempts of one job at most, however many of its structures kill the process
