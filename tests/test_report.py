@@ -117,7 +117,18 @@ def test_report_says_what_did_not_finish_and_how_long_it_took(report):
     assert list(ran.index) == ["ANI-1x", "ANI-2x", "GFN-FF"]  # the names papers use
     assert ran.loc["ANI-2x", "structures"] == "clean, ≤ 60 atoms" and ran.loc["ANI-1x", "structures"] == "every clean"
     assert (ran.loc["ANI-2x", "to relax"], ran.loc["ANI-2x", "finished"]) == ("30", "12")
-    assert "(all runs, resumed ones added): fetch 0.5 min, relax 1.6 h." in markdown
+    assert "analysis and report): fetch 0.5 min, relax 1.6 h." in markdown
+    assert "Not finished: ANI-2x, GFN-FF. Rows below count only finished relaxations" in markdown
+
+
+def test_a_finished_campaign_says_so():
+    from helpers.analysis.report import coverage_sentence, coverage_table
+
+    done = coverage_table({"ani1x": (168, 168), "gfn-ff": (91, 91)}, {"gfn-ff": 60})
+    assert list(done.state) == ["complete", "complete"]
+    assert coverage_sentence(done).startswith("Every potential finished every structure")
+    part = coverage_table({"ani1x": (168, 168), "ani1x-d3": (168, 150)}, {})
+    assert coverage_sentence(part).startswith("Not finished: ANI-1x-d3. Rows below count only finished")
 
 
 def test_discussion_numbers_come_from_the_tables(report):

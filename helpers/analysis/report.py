@@ -280,6 +280,16 @@ def coverage_table(coverage: dict[str, tuple[int, int]], max_atoms: dict[str, in
     return pd.DataFrame(rows)
 
 
+def coverage_sentence(coverage: pd.DataFrame) -> str:
+    """What the rows below stand for: everything the campaign set out to relax, or only what it finished."""
+    unfinished = coverage[coverage["state"] != "complete"]
+    if unfinished.empty:
+        return "Every potential finished every structure it was to relax: the rows below are the whole campaign."
+    return (f"Not finished: {', '.join(unfinished['potential'])}. Rows below count only finished relaxations: a "
+            "partial potential's numbers describe the structures it finished, which need not be representative (a "
+            "small-structure pass may have run first; within a pass the largest go first).")
+
+
 def worst_picture(errors: pd.DataFrame, potential: str, path: Path, k: int = WORST_PER_POTENTIAL) -> Path | None:
     """One small PNG: the relaxed cells of the ``k`` worst structures (from their databases)."""
     import matplotlib
@@ -455,12 +465,11 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "supports one (else the normal MLE, named in the `fit` column); CIs are 95 % seeded bootstrap intervals.",
         "",
         *(["## What was run", "", _markdown(coverage_table(info["coverage"], plan.max_atoms)), "",
-            "Rows below count only finished relaxations: a partial potential's numbers describe the structures "
-            "it finished, which need not be representative (a small-structure pass may have run first; within a "
-            "pass the largest go first).", ""]
+            coverage_sentence(coverage_table(info["coverage"], plan.max_atoms)), ""]
           if info.get("coverage") else []),
         *([left_out_sentence(tables["left_out"]), ""] if not tables["left_out"].empty else []),
-        *(["Campaign wall time on this machine (all runs, resumed ones added): "
+        *(["Campaign wall time on this machine (every run added: resumed relaxations, each regeneration of the "
+           "analysis and report): "
            + ", ".join(f"{stage} {minutes / 60:.1f} h" if minutes >= 60 else f"{stage} {minutes:.1f} min"
                        for stage, minutes in info["stage_minutes"].items()) + ".", ""]
           if info.get("stage_minutes") else []),
