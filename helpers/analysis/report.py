@@ -258,7 +258,7 @@ def cost_table(errors: pd.DataFrame, clean_fraction: float | None,
         subset = (max_atoms or {}).get(potential)
         target, done = (coverage or {}).get(potential, (0, 0))
         partial = done < target
-        structures = f"≤ {subset} atoms" if subset else "all"
+        structures = subset_text(potential, subset) or "all"
         rows.append({"potential": display_name(potential), "crystals": len(cost), "clock": clock,
                      "structures": f"{structures}, {done} of {target} done" if partial else structures,
                      "median s/crystal": _num(cost.median(), 1), "mean s/crystal": _num(cost.mean(), 1),
@@ -268,13 +268,24 @@ def cost_table(errors: pd.DataFrame, clean_fraction: float | None,
     return pd.DataFrame(rows)
 
 
+def subset_text(potential: str, max_atoms: int | None) -> str | None:
+    """A subset in words: "≤ 60 atoms", or for a Γ-point code (tblite), whose cost grows with the supercell
+    it evaluates, "≤ 100 atoms in its 8 Å supercell"; None for every structure."""
+    from helpers.relax.potentials.registry import REGISTRY
+
+    if not max_atoms:
+        return None
+    width = getattr(REGISTRY.get(potential), "supercell_min_width", 0.0)
+    return f"≤ {max_atoms} atoms" + (f" in its {width:g} Å supercell" if width else "")
+
+
 def coverage_table(coverage: dict[str, tuple[int, int]], max_atoms: dict[str, int | None]) -> pd.DataFrame:
     """What each potential was to relax and what it finished: the report's honesty about a partial run."""
     rows = []
     for potential, (target, done) in coverage.items():
         subset = max_atoms.get(potential)
         rows.append({"potential": display_name(potential),
-                     "structures": f"clean, ≤ {subset} atoms" if subset else "every clean",
+                     "structures": f"clean, {subset_text(potential, subset)}" if subset else "every clean",
                      "to relax": target, "finished": done,
                      "state": "complete" if done >= target else ("not started" if done == 0 else "partial")})
     return pd.DataFrame(rows)
@@ -478,7 +489,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "![μ and median with 95 % CIs per potential](figures/ci_volume.png)", "",
         "## Every potential, ranked (ΔV, converged structures)",
         "", _markdown(ranking(summary, errors)), "",
-        "Subsets: " + (", ".join(f"{display_name(p)} ≤ {n} atoms" for p, n in plan.max_atoms.items() if n)
+        "Subsets: " + (", ".join(f"{display_name(p)} {subset_text(p, n)}" for p, n in plan.max_atoms.items() if n)
                        or "every potential relaxed every clean structure") + ".",
         "", *_common_section(errors),
         "![ΔV histograms, all potentials](figures/overlay_volume.png)", "",

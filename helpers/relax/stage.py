@@ -57,16 +57,20 @@ def split_batches(items: list[tuple[str, int]], n_batches: int) -> list[list[str
     return [sorted(b) for b in batches]
 
 
-def batch_ids(clean_db: Database, batch: int, n_batches: int, max_atoms: int | None = None) -> list[str]:
-    """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database
-    (only structures of at most ``max_atoms`` atoms, when given: the subset a slow potential can afford)."""
+def batch_ids(clean_db: Database, batch: int, n_batches: int, max_atoms: int | None = None,
+              potential: str | None = None) -> list[str]:
+    """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database, balanced by
+    the atoms ``potential`` evaluates per structure (a Γ-point code's supercell; else the cell's atoms);
+    with ``max_atoms``, only structures of at most that many: the subset a slow potential can afford."""
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     if not 0 <= batch < n_batches:
         raise ValueError(f"batch must be in 0..{n_batches - 1}, got {batch} (batches are numbered from 0; "
                          f"n_batches={n_batches})")
-    rows = clean_db.select("structure_id", columns=["id", "key_value_pairs", "numbers"])
-    items = [(row.structure_id, row.natoms) for row in rows if max_atoms is None or row.natoms <= max_atoms]
+    rows = clean_db.select("structure_id", columns=["id", "key_value_pairs", "numbers", "cell", "pbc"])
+    size = get_potential(potential).atoms_evaluated if potential else (lambda row: row.natoms)
+    items = [(row.structure_id, size(row)) for row in rows]
+    items = [(sid, n) for sid, n in items if max_atoms is None or n <= max_atoms]
     return split_batches(items, n_batches)[batch]
 
 
@@ -138,7 +142,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
         raise ValueError(f"settings are for {settings.potential!r}, batch is for {potential!r}")
     configure_threads(n_threads)
     clean = dbmod.connect(clean_db, must_exist=True)
-    ids = batch_ids(clean, batch, n_batches, max_atoms)[:limit]
+    ids = batch_ids(clean, batch, n_batches, max_atoms, potential)[:limit]
     target = output_path(out_db, potential, batch, n_batches)
     out = dbmod.connect(target)
     settings_hash = settings.hash()

@@ -86,7 +86,7 @@ def relax_targets(plan: ResultsPlan) -> dict[str, int]:
     from helpers.store import db as dbmod
 
     clean = dbmod.connect(plan.dbs["clean_db"], must_exist=True)
-    return {p: len(batch_ids(clean, 0, 1, plan.max_atoms.get(p))) for p in plan.potentials}
+    return {p: len(batch_ids(clean, 0, 1, plan.max_atoms.get(p), p)) for p in plan.potentials}
 
 
 def settings_hashes(plan: ResultsPlan) -> dict[str, str]:

@@ -53,15 +53,27 @@ def _limit_openmp() -> None:
 
 # --- tight binding: tblite ------------------------------------------------------------------------------------
 
+#: tblite works at the Γ point only: a crystal is evaluated on the supercell whose perpendicular widths are
+#: all at least this (Å), i.e. on the equivalent Γ-centred k-point mesh (helpers.relax.potentials.supercell)
+XTB_MIN_WIDTH = 8.0
+
+
+_GAMMA_SUPERCELL = (("gamma_point_supercell_min_width", f"{XTB_MIN_WIDTH:g} Å"),)
+
+
 def _tblite_factory(method: str):
     def make(accuracy: float = 1.0, electronic_temperature: float = 300.0, max_iterations: int = 250,
-             verbosity: int = 0, **options: Any) -> Calculator:
-        """tblite's ASE calculator (energy, forces, stress under PBC); ``options`` go to ``TBLite``."""
+             verbosity: int = 0, min_width: float = XTB_MIN_WIDTH, **options: Any) -> Calculator:
+        """tblite's ASE calculator (energy, forces, stress under PBC) on the supercell of ``min_width``
+        (0: the bare cell at Γ, as tblite alone does); ``options`` go to ``TBLite``."""
         from tblite.ase import TBLite
 
+        from helpers.relax.potentials.supercell import SupercellCalculator
+
         _limit_openmp()
-        return TBLite(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
+        calc = TBLite(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
                       max_iterations=max_iterations, verbosity=verbosity, **options)
+        return SupercellCalculator(calc, min_width) if min_width else calc
 
     return make
 
@@ -243,6 +255,7 @@ POTENTIALS: list[Potential] = [
         "GFN2-xTB tight binding with D4 dispersion: the most accurate cell here (aspirin -1.4 %, a/b/c within "
         "0.5 %), and ~100x the cost of ANI",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
+        answer_settings=_GAMMA_SUPERCELL, supercell_min_width=XTB_MIN_WIDTH,
         cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3), ~22 min per aspirin relaxation (fmax 0.01)"),
     Potential(
         "gfn1-xtb", _tblite_factory("GFN1-xTB"), GFN_ELEMENTS, 6,
@@ -250,6 +263,7 @@ POTENTIALS: list[Potential] = [
         "tblite (github.com/tblite/tblite)",
         "GFN1-xTB tight binding with D3 dispersion: ~10x cheaper than GFN2, over-binds (aspirin -8 %)",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
+        answer_settings=_GAMMA_SUPERCELL, supercell_min_width=XTB_MIN_WIDTH,
         cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom)"),
     Potential(
         "gfn-ff", _gfnff_factory("mcgfnff2023"), GFN_ELEMENTS, 6,

@@ -11,9 +11,11 @@ the ``codani.potentials`` entry point group, loaded on first need
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from helpers.relax.potentials.dispersion import d3_answer_settings
@@ -41,6 +43,17 @@ class Potential:
     #: fixed choices inside the calculator that change its answers (e.g. the D3 cutoffs), by name:
     #: recorded in the settings hash beside the versions, so changing one never mixes old and new rows
     answer_settings: tuple[tuple[str, str], ...] = ()
+    #: Γ-point-only codes (tblite) evaluate a crystal on the supercell whose perpendicular widths are all at
+    #: least this (Å; :mod:`helpers.relax.potentials.supercell`); 0: the cell itself
+    supercell_min_width: float = 0.0
+
+    def atoms_evaluated(self, atoms) -> int:
+        """Atoms in one evaluation of this crystal (``Atoms`` or a database row): its own, or its supercell's
+        for a Γ-point code — what a relaxation's cost grows with, and what ``max_atoms`` subsets bound."""
+        from helpers.relax.potentials.supercell import supercell_repeats
+
+        natoms = len(atoms) if isinstance(atoms, Atoms) else atoms.natoms
+        return natoms * math.prod(supercell_repeats(atoms, self.supercell_min_width))
 
     def uncovered(self, symbols) -> set[str]:
         """Elements in ``symbols`` this potential does not cover (empty set: all covered)."""

@@ -1,0 +1,60 @@
+"""Γ-point-only codes on small cells: evaluate a supercell, report per cell.
+
+tblite (GFN1-/GFN2-xTB) solves its Hamiltonian at the Γ point only (no k-points: tblite issue #4). On the
+small cells of many molecular crystals (lengths of 3.4–5 Å) that is far from the crystal's answer: COD
+2006099 relaxed with GFN1-xTB in its 7-atom cell comes out 46 % too small, and a 3×3×3 supercell of that
+relaxed cell is 850 meV/atom higher in energy and under 31 GPa (``benchmarks/xtb_gamma_point.py``).
+Evaluating an n1×n2×n3 supercell at Γ is the unit cell sampled on the Γ-centred n1×n2×n3 k-point mesh, so
+:class:`SupercellCalculator` repeats the cell until every perpendicular width reaches ``min_width`` and
+returns the energy per cell, the forces of the cell's atoms (averaged over the copies) and the stress
+(intensive) — Atoms in, Atoms out, the relaxation never sees the supercell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+
+def supercell_repeats(atoms: Atoms, min_width: float) -> tuple[int, int, int]:
+    """The smallest repeats along each periodic cell vector that make every perpendicular width (the
+    distance between opposite faces, which bounds the shortest lattice translation) at least ``min_width``.
+    ``atoms``: anything with ``cell`` and ``pbc`` (an ``Atoms``, an ASE database row)."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not min_width or not pbc.any():
+        return (1, 1, 1)
+    cell = np.asarray(atoms.cell, dtype=float)
+    volume = abs(np.linalg.det(cell))
+    widths = [volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
+    return tuple(int(np.ceil(min_width / w - 1e-9)) if periodic else 1
+                 for w, periodic in zip(widths, pbc, strict=True))
+
+
+class SupercellCalculator(Calculator):
+    """``inner`` evaluated on the supercell of :func:`supercell_repeats`; results per original cell."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, inner: Calculator, min_width: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.min_width = float(min_width)
+        self.repeats: tuple[int, int, int] = (1, 1, 1)
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self.repeats = supercell_repeats(self.atoms, self.min_width)
+        copies = int(np.prod(self.repeats))
+        big = self.atoms.repeat(self.repeats) if copies > 1 else self.atoms.copy()
+        # through get_property: the inner calculator sees what changed since its last call (tblite keeps
+        # its wavefunction as the next step's guess when only positions and cell moved)
+        energy = self.inner.get_property("energy", big)
+        n = len(self.atoms)
+        self.results["energy"] = float(energy) / copies
+        free = self.inner.results.get("free_energy", energy)
+        self.results["free_energy"] = float(free) / copies
+        # atoms.repeat lays the copies out one block of n after another: every copy's forces are the cell's
+        self.results["forces"] = self.inner.get_property("forces", big).reshape(copies, n, 3).mean(axis=0)
+        if "stress" in properties:  # per volume: the same for the supercell
+            self.results["stress"] = np.array(self.inner.get_property("stress", big))
