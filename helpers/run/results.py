@@ -23,13 +23,14 @@ from helpers.store.paths import resolve
 
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
 RESULT_FOLDERS = ("cod", "cod-sample")
-#: the largest crystal (atoms) a potential relaxes in the results campaign on a 2-core machine: what keeps
-#: each slow potential near half a core-hour at the study's fmax. Measured here, cost per crystal of 7-20
-#: atoms (mean over the same 8 crystals; GFN2 over its first 4): GFN2-xTB 190 s (500 s at 18 atoms),
-#: SevenNet-0 + D3 57 s, GFN1-xTB 32 s, CHGNet + D3 24 s, AIMNet2 5 s, GFN-FF 4 s. The sample has 8 clean
-#: crystals of ≤ 20 atoms, 17 of ≤ 24, 32 of ≤ 32, 91 of ≤ 60. Unlisted potentials (ANI and ANI + D3)
-#: relax every clean structure. Override per run: ``--max-atoms name=N``.
-RESULTS_MAX_ATOMS: dict[str, int] = {"gfn2-xtb": 20, "sevennet0-d3": 24, "gfn1-xtb": 24, "chgnet-d3": 32,
+#: the largest crystal (atoms it evaluates: a Γ-point code's supercell) a potential relaxes in the results
+#: campaign on a 2-core machine: what keeps each slow potential near half a core-hour at the study's fmax.
+#: Measured here, cost per crystal of 7-20 atoms (mean over the same 8 crystals): SevenNet-0 + D3 57 s,
+#: CHGNet + D3 24 s, AIMNet2 5 s, GFN-FF 4 s. The sample has 17 clean crystals of ≤ 24 atoms, 32 of ≤ 32,
+#: 91 of ≤ 60. GFN1-/GFN2-xTB evaluate every crystal on its ≥ 8 Å supercell (78-96 atoms for the 8 cheapest;
+#: helpers.relax.potentials.supercell), GFN1-xTB 1-2 s and GFN2-xTB ~12 s per call there. Unlisted
+#: potentials (ANI and ANI + D3) relax every clean structure. Override per run: ``--max-atoms name=N``.
+RESULTS_MAX_ATOMS: dict[str, int] = {"gfn2-xtb": 100, "sevennet0-d3": 24, "gfn1-xtb": 100, "chgnet-d3": 32,
                                      "aimnet2": 60, "gfn-ff": 60}
 
 
