@@ -252,19 +252,20 @@ POTENTIALS: list[Potential] = [
         "gfn2-xtb", _tblite_factory("GFN2-xTB"), GFN_ELEMENTS, 6,
         "Bannwarth, Ehlert & Grimme, J. Chem. Theory Comput. 15, 1652 (2019), doi:10.1021/acs.jctc.8b01176; "
         "tblite (github.com/tblite/tblite)",
-        "GFN2-xTB tight binding with D4 dispersion: the most accurate cell here (aspirin -1.4 %, a/b/c within "
-        "0.5 %), and ~100x the cost of ANI",
+        "GFN2-xTB tight binding with D4 dispersion, on the >= 8 A supercell (tblite has no k-points); "
+        "~100x the cost of ANI per atom (aspirin -1.4 %, a/b/c within 0.5 %, measured at Gamma in its cell)",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
         answer_settings=_GAMMA_SUPERCELL, supercell_min_width=XTB_MIN_WIDTH,
-        cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3), ~22 min per aspirin relaxation (fmax 0.01)"),
+        cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3; a crystal costs its supercell's atoms)"),
     Potential(
         "gfn1-xtb", _tblite_factory("GFN1-xTB"), GFN_ELEMENTS, 6,
         "Grimme, Bannwarth & Shushkov, J. Chem. Theory Comput. 13, 1989 (2017), doi:10.1021/acs.jctc.7b00118; "
         "tblite (github.com/tblite/tblite)",
-        "GFN1-xTB tight binding with D3 dispersion: ~10x cheaper than GFN2, over-binds (aspirin -8 %)",
+        "GFN1-xTB tight binding with D3 dispersion, on the >= 8 A supercell (tblite has no k-points): ~10x "
+        "cheaper than GFN2",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
         answer_settings=_GAMMA_SUPERCELL, supercell_min_width=XTB_MIN_WIDTH,
-        cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom)"),
+        cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom; a crystal costs its supercell's atoms)"),
     Potential(
         "gfn-ff", _gfnff_factory("mcgfnff2023"), GFN_ELEMENTS, 6,
         "Spicher & Grimme, Angew. Chem. Int. Ed. 59, 15665 (2020), doi:10.1002/anie.202004239; molecular-crystal "

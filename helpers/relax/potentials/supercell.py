@@ -2,8 +2,8 @@
 
 tblite (GFN1-/GFN2-xTB) solves its Hamiltonian at the Γ point only (no k-points: tblite issue #4). On the
 small cells of many molecular crystals (lengths of 3.4–5 Å) that is far from the crystal's answer: COD
-2006099 relaxed with GFN1-xTB in its 7-atom cell comes out 46 % too small, and a 3×3×3 supercell of that
-relaxed cell is 850 meV/atom higher in energy and under 31 GPa (``benchmarks/xtb_gamma_point.py``).
+2006099 (tetrazole) relaxed with GFN1-xTB in its 7-atom cell comes out 46 % too small, and its 3×3×3
+supercell is then 850 meV/atom higher in energy and under 31 GPa (``benchmarks/xtb_gamma_point.py``).
 Evaluating an n1×n2×n3 supercell at Γ is the unit cell sampled on the Γ-centred n1×n2×n3 k-point mesh, so
 :class:`SupercellCalculator` repeats the cell until every perpendicular width reaches ``min_width`` and
 returns the energy per cell, the forces of the cell's atoms (averaged over the copies) and the stress
