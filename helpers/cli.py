@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--max-parallel", type=int, default=None, help="relax jobs at once (default: one per core)")
     res.add_argument("--max-atoms", default=None,
                      help="per-potential subset overrides, e.g. 'gfn-ff=48,ani1x-d3=100,chgnet-d3=none' "
-                          "(largest structure relaxed; none = every structure)")
+                          "(most atoms evaluated per structure — a Γ-point code's supercell; none = every structure)")
 
     args = parser.parse_args(argv)
     if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
