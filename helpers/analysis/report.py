@@ -467,6 +467,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     pictures = {p: worst_picture(errors, p, figures / f"worst_{p}.png") for p in potentials}
     for png in figures.glob("*.png"):
         shrink_png(png)
+    coverage = coverage_table(info["coverage"], plan.max_atoms) if info.get("coverage") else None
     out = [
         "# Results: ANI and other potentials against experimental COD crystals",
         "",
@@ -479,9 +480,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         "`thermal_summary.csv`; μ and σ are the study's Gaussian fit to the histogram where the histogram "
         "supports one (else the normal MLE, named in the `fit` column); CIs are 95 % seeded bootstrap intervals.",
         "",
-        *(["## What was run", "", _markdown(coverage_table(info["coverage"], plan.max_atoms)), "",
-            coverage_sentence(coverage_table(info["coverage"], plan.max_atoms)), ""]
-          if info.get("coverage") else []),
+        *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage), ""]
+          if coverage is not None else []),
         *([left_out_sentence(tables["left_out"]), ""] if not tables["left_out"].empty else []),
         *(["Campaign wall time on this machine (every run added: resumed relaxations, each regeneration of the "
            "analysis and report): "

@@ -58,9 +58,6 @@ def _limit_openmp() -> None:
 XTB_MIN_WIDTH = 8.0
 
 
-_GAMMA_SUPERCELL = (("gamma_point_supercell_min_width", f"{XTB_MIN_WIDTH:g} Å"),)
-
-
 def _tblite_factory(method: str):
     def make(accuracy: float = 1.0, electronic_temperature: float = 300.0, max_iterations: int = 250,
              verbosity: int = 0, min_width: float = XTB_MIN_WIDTH, **options: Any) -> Calculator:
@@ -255,7 +252,7 @@ POTENTIALS: list[Potential] = [
         "GFN2-xTB tight binding with D4 dispersion, on the >= 8 A supercell (tblite has no k-points); "
         "~100x the cost of ANI per atom (aspirin -1.4 %, a/b/c within 0.5 %, measured at Gamma in its cell)",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
-        answer_settings=_GAMMA_SUPERCELL, supercell_min_width=XTB_MIN_WIDTH,
+        supercell_min_width=XTB_MIN_WIDTH,
         cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3; a crystal costs its supercell's atoms)"),
     Potential(
         "gfn1-xtb", _tblite_factory("GFN1-xTB"), GFN_ELEMENTS, 6,
@@ -264,7 +261,7 @@ POTENTIALS: list[Potential] = [
         "GFN1-xTB tight binding with D3 dispersion, on the >= 8 A supercell (tblite has no k-points): ~10x "
         "cheaper than GFN2",
         licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
-        answer_settings=_GAMMA_SUPERCELL, supercell_min_width=XTB_MIN_WIDTH,
+        supercell_min_width=XTB_MIN_WIDTH,
         cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom; a crystal costs its supercell's atoms)"),
     Potential(
         "gfn-ff", _gfnff_factory("mcgfnff2023"), GFN_ELEMENTS, 6,

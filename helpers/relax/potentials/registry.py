@@ -78,6 +78,8 @@ class Potential:
             except PackageNotFoundError:
                 out[dist] = "missing"
         out.update(self.answer_settings)
+        if self.supercell_min_width:  # the supercell changes a Γ-point code's answers: part of its hash
+            out["gamma_point_supercell_min_width"] = f"{self.supercell_min_width:g} Å"
         return out
 
     def missing_packages(self) -> list[str]:
