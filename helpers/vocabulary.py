@@ -59,3 +59,6 @@ def density_g_cm3(total_mass_amu: float, volume_a3: float) -> float | None:
 JOB_ENV: dict[str, str] = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
 #: torch threads of a relax job when its ``n_threads`` is None (set per Dask worker); unset: every core
 THREADS_ENV = "CODANI_THREADS"
+#: the campaign run a relax job's kernel belongs to (set by ``helpers.run`` for the kernels it starts): a
+#: structure's in-flight death counts only within the run that saw it (``helpers.relax.inflight``)
+RUN_ENV = "CODANI_RUN_ID"

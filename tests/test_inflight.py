@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight
 from helpers.store import db as dbmod
+from helpers.vocabulary import RUN_ENV
 
 DRIVER = Path(__file__).with_name("inflight_driver.py")
 #: a real COD entry (C4H12N8O4, 28 atoms) on which GFN-FF (gfnff 0.3.x, mcgfnff2023) aborts the process
@@ -112,3 +114,33 @@ def test_the_mark_counts_deaths_per_structure(tmp_path):
     assert marker.died_on() is None
     remote = InFlight.for_job("postgresql://u@h/db", "x", 1, 4)
     assert remote.path.name.endswith(".x.batch0001of0004.json")
+
+
+def test_a_death_counts_only_within_the_run_that_saw_it(tmp_path, monkeypatch):
+    """A campaign rerunning its own dead job counts the death; a mark left by a run that was killed whole
+    (a session ended, a node preempted) does not count against the structure the next run tries again."""
+    marker = InFlight.for_job(str(tmp_path / "relaxed_{potential}.db"), "x", 0, 1)
+    monkeypatch.setenv(RUN_ENV, "run-a")
+    marker.begin("cod-1", 0)
+    assert marker.died_on() == ("cod-1", 1)  # run A starts the job again: its kernel died alone
+    marker.begin("cod-1", 1)
+    monkeypatch.setenv(RUN_ENV, "run-b")  # run A was killed with its kernel; run B resumes
+    assert marker.died_on() == ("cod-1", 1)  # the death run A counted stays, the kill is not one
+    monkeypatch.delenv(RUN_ENV)
+    assert marker.died_on() == ("cod-1", 1)  # by hand (no run): not the run that wrote it either
+    marker.begin("cod-1", 1)
+    assert marker.died_on() == ("cod-1", 2)  # by hand, the kernel died alone: it counts
+
+
+def test_a_campaign_run_gives_its_kernels_one_run_id(tmp_path, monkeypatch):
+    """Every job one run_jobs call starts (and starts again) runs in the same run; the next call is another."""
+    import helpers.run.notebooks as notebooks
+
+    seen = []
+    monkeypatch.setattr(notebooks, "execute", lambda *args, **kwargs: seen.append(os.environ.get(RUN_ENV)))
+    monkeypatch.delenv(RUN_ENV, raising=False)
+    jobs = [{"potential": "x", "batch": b, "n_batches": 2} for b in range(2)]
+    for _ in range(2):
+        assert [error for _, error in notebooks.run_jobs(jobs, tmp_path, max_parallel=1)] == [None, None]
+    assert seen[0] == seen[1] != seen[2] == seen[3] and None not in seen
+    assert RUN_ENV not in os.environ  # the campaign process itself is in no run

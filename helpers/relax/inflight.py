@@ -7,6 +7,12 @@ structure was in flight when the process died; a structure in flight at :data:`D
 deaths is recorded as ``crashed`` (final, with the reason) and the batch goes on. A stop we ask for
 (Ctrl-C, SIGTERM) clears the mark first, so it never counts as a death.
 
+A death counts only when the run that starts the job again is the run whose kernel died
+(:data:`~helpers.vocabulary.RUN_ENV`): a campaign that reruns its own dead job saw the kernel die alone. A
+mark left by another run says nothing about the structure — that whole run was killed (a session ended, a
+node was preempted, ``kill -9``) — so the structure is tried again without counting. Notebooks run by
+hand (JupyterLab, the papermill CLI) have no run id: each death there counts, as the kernel died alone.
+
 Only the one-crystal-at-a-time path is marked (the potentials with native code run there); the ANI
 side-by-side path has many crystals in flight and runs in torch alone.
 """
@@ -20,6 +26,7 @@ from pathlib import Path
 
 from helpers.store.db import is_url
 from helpers.store.shards import job_tag, output_path
+from helpers.vocabulary import RUN_ENV
 
 #: deaths of the job process while on one structure before it is recorded as ``crashed`` (one death
 #: may be something else: a kill -9, a node lost); each retry costs one rerun of the job
@@ -27,7 +34,8 @@ DEATHS_BEFORE_CRASHED = 2
 
 
 class InFlight:
-    """The on-disk mark of one relax job: ``{"structure_id": ..., "deaths": n}`` while a structure runs."""
+    """The on-disk mark of one relax job: ``{"structure_id": ..., "deaths": n, "run": ...}`` while a
+    structure runs."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -46,17 +54,20 @@ class InFlight:
         return cls(cache / f"{key}.{job_tag(potential, batch, n_batches)}.json")
 
     def died_on(self) -> tuple[str, int] | None:
-        """The structure the previous process died on and how many deaths it has now, or None."""
+        """The structure the previous process died on and how many deaths it has now, or None: the mark's
+        deaths plus this one if the mark was left by this run (see the module's docstring)."""
         try:
             mark = json.loads(self.path.read_text())
-            return str(mark["structure_id"]), int(mark["deaths"]) + 1
-        except (OSError, ValueError, KeyError, TypeError):
+            this_run = mark.get("run") == os.environ.get(RUN_ENV)
+            return str(mark["structure_id"]), int(mark["deaths"]) + this_run
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def begin(self, structure_id: str, deaths: int = 0) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"structure_id": structure_id, "deaths": deaths, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"structure_id": structure_id, "deaths": deaths, "pid": os.getpid(),
+                                   "run": os.environ.get(RUN_ENV)}))
         tmp.replace(self.path)  # atomic: a death mid-write leaves the old mark or the new one
 
     def clear(self) -> None:

@@ -11,12 +11,11 @@ every job's rows directly.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from helpers.relax.stage import merge_shards
-from helpers.run.notebooks import CampaignPlan, run_relax_job
+from helpers.run.notebooks import CampaignPlan, new_run_id, run_relax_job
 from helpers.store.db import connect, is_url
 from helpers.store.paths import resolve
 from helpers.store.shards import job_tag, output_path
@@ -106,8 +105,8 @@ def run_campaign_dask(plan: CampaignPlan, log_dir: str | Path, client, retries: 
     if n_threads is not None:
         jobs = [{**job, "n_threads": n_threads} for job in jobs]
     print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-    run_id = uuid.uuid4().hex[:8]
-    futures = {client.submit(run_relax_job, job, log_dir, key=f"03_relax-{_job_tag(job)}-{run_id}",
+    run_id = new_run_id()  # a job Dask runs again within this call counts its structure's deaths
+    futures = {client.submit(run_relax_job, job, log_dir, run_id, key=f"03_relax-{_job_tag(job)}-{run_id}",
                              pure=False, retries=retries): job for job in jobs}
     out_db = resolve(plan.out_db)
     server = is_url(out_db)

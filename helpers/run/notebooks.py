@@ -7,14 +7,16 @@ that are merged into one database per potential (idempotently) at the end.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helpers.store.paths import project_root, resolve
 from helpers.store.shards import job_tag
-from helpers.vocabulary import JOB_ENV
+from helpers.vocabulary import JOB_ENV, RUN_ENV
 
 #: small, clean CHNO COD entries (29-48 atoms per cell) that relax in seconds: the demo input
 DEMO_COD_IDS = (2000642, 2007300, 4021477, 2100348)
@@ -58,10 +60,34 @@ class CampaignPlan:
                 for p in self.potentials for b in range(self.n_batches)]
 
 
-def run_relax_job(parameters: dict[str, Any], log_dir: str | Path) -> Path:
-    """One papermill run of ``03_relax`` (usable as a Dask task: plain arguments, returns a path)."""
+def new_run_id() -> str:
+    """A fresh id for one campaign run (:data:`~helpers.vocabulary.RUN_ENV`)."""
+    return uuid.uuid4().hex[:8]
+
+
+@contextmanager
+def _in_run(run_id: str | None) -> Iterator[None]:
+    """The kernels started inside belong to campaign run ``run_id`` (None: no run, as by hand)."""
+    before = os.environ.get(RUN_ENV)
+    if run_id is not None:
+        os.environ[RUN_ENV] = run_id
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = before
+
+
+def run_relax_job(parameters: dict[str, Any], log_dir: str | Path, run_id: str | None = None) -> Path:
+    """One papermill run of ``03_relax`` (usable as a Dask task: plain arguments, returns a path).
+
+    ``run_id``: the campaign run it belongs to; a structure's death in flight counts towards ``crashed`` only
+    when the same run starts the job again (helpers.relax.inflight)."""
     tag = job_tag(parameters["potential"], parameters["batch"], parameters["n_batches"])
-    return execute("03_relax", parameters, log_dir, tag=tag)
+    with _in_run(run_id):
+        return execute("03_relax", parameters, log_dir, tag=tag)
 
 
 def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: int = 1,
@@ -70,11 +96,13 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
     ends with its error (None when it succeeded): one failed job never stops the others. A failed job is
     run again (it resumes) up to ``retries`` times, and for as long as each attempt dies on a structure:
     such a structure is recorded as ``crashed`` on its second death (helpers.relax.inflight), so every
-    attempt moves the batch on (at most :data:`MAX_ATTEMPTS`). Only a job's last error is yielded."""
+    attempt moves the batch on (at most :data:`MAX_ATTEMPTS`). Only a job's last error is yielded.
+    Each call is one campaign run (:func:`new_run_id`)."""
+    run_id = new_run_id()
     if max_parallel <= 1:
         before = _child_pids()
         try:
-            yield from _run_jobs_in_turn(jobs, log_dir, retries)
+            yield from _run_jobs_in_turn(jobs, log_dir, retries, run_id)
         except BaseException:  # papermill shuts its kernel on Ctrl-C; a SIGTERM or a kill must not rely on it
             stop_processes_started_since(before)
             raise
@@ -85,7 +113,7 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
     before = _child_pids()
     with ProcessPoolExecutor(max_parallel, mp_context=context) as pool:
-        running = {pool.submit(run_relax_job, job, str(log_dir)): (job, 0) for job in jobs}
+        running = {pool.submit(run_relax_job, job, str(log_dir), run_id): (job, 0) for job in jobs}
         try:
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -93,7 +121,7 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
                     job, attempt = running.pop(future)
                     error = future.exception()
                     if error is not None and _try_again(job, attempt, retries):
-                        running[pool.submit(run_relax_job, job, str(log_dir))] = (job, attempt + 1)
+                        running[pool.submit(run_relax_job, job, str(log_dir), run_id)] = (job, attempt + 1)
                     else:
                         yield job, error
         except BaseException:  # Ctrl-C, SIGTERM (see helpers.run.guard.stop_on_sigterm), or the caller stopped
@@ -102,13 +130,13 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
             raise
 
 
-def _run_jobs_in_turn(jobs: Sequence[dict[str, Any]], log_dir: str | Path,
-                      retries: int) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
+def _run_jobs_in_turn(jobs: Sequence[dict[str, Any]], log_dir: str | Path, retries: int,
+                      run_id: str) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
     """:func:`run_jobs` one job at a time, in this process (the notebook kernel is its child)."""
     for job in jobs:
         for attempt in range(MAX_ATTEMPTS):
             try:
-                run_relax_job(job, log_dir)
+                run_relax_job(job, log_dir, run_id)
             except Exception as error:  # noqa: BLE001 - reported with its job
                 if not _try_again(job, attempt, retries):
                     yield job, error
