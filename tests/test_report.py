@@ -162,6 +162,31 @@ def test_same_structures_ranking_uses_only_common_converged_structures(report):
     assert list(table["rank"].astype(int)) == list(range(1, len(table) + 1))
 
 
+def test_a_small_subset_potential_is_left_out_of_the_same_structures_ranking_not_the_ranking():
+    """The campaign's case: GFN2-xTB converged on 3 crystals; the other potentials still get their ranking
+    on what they share, and the report names what was left out and why."""
+    from helpers.analysis.report import _common_section, common_ranking
+
+    errors = pd.read_csv(ERRORS)
+    ids = sorted(set(errors.structure_id))
+    small = errors[(errors.potential == "ani1x") & errors.structure_id.isin(ids[:3])].assign(potential="gfn2-xtb")
+    smaller = errors[(errors.potential == "ani1x") & errors.structure_id.isin(ids[3:5])].assign(potential="gfn1-xtb")
+    with_small = pd.concat([errors, small, smaller], ignore_index=True)
+    table, n_common, left_out = common_ranking(with_small)
+    converged = errors[errors.status == "converged"]
+    common = set.intersection(*(set(converged[converged.potential == p].structure_id)
+                                for p in ("ani1x", "ani1ccx", "ani2x")))
+    assert n_common == len(common) >= 5 and sorted(table.potential) == ["ANI-1ccx", "ANI-1x", "ANI-2x"]
+    n_small = int((small.status == "converged").sum())
+    assert left_out == [("gfn1-xtb", 2), ("gfn2-xtb", n_small)]  # the fewest first, one at a time
+    heading = _common_section(with_small)[0]
+    assert heading.endswith(f"left out of it for too few structures in common: GFN1-xTB (2 converged), "
+                            f"GFN2-xTB ({n_small} converged):")
+    assert common_ranking(errors)[2] == []  # nothing left out when every potential shares enough
+    assert _common_section(with_small[with_small.potential.isin(["ani1x", "gfn1-xtb"])])[0].startswith(
+        "Only 2 structures were relaxed")  # two potentials: nothing left to leave out
+
+
 def test_cost_projection_of_a_complete_subset_is_a_lower_bound():
     from helpers.analysis.report import cost_table
 

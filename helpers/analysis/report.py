@@ -136,20 +136,27 @@ def ranking(summary: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
 MIN_COMMON = 5
 
 
-def common_ranking(errors: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def common_ranking(errors: pd.DataFrame) -> tuple[pd.DataFrame, int, list[tuple[str, int]]]:
     """Every potential on the structures all of them relaxed to convergence: a fair ranking when the
-    potentials ran on different subsets. Returns the table and the number of common structures."""
+    potentials ran on different subsets. When fewer than :data:`MIN_COMMON` structures are common, the
+    potential with the fewest converged structures is left out, then the next, until enough are (one
+    small-subset potential must not leave the others without a fair ranking). Returns the table, the number
+    of common structures and the potentials left out with their converged counts."""
     converged = errors[errors["status"] == "converged"].copy()
     converged["dV_pct"] = pd.to_numeric(converged["dV_pct"], errors="coerce")
     converged = converged.dropna(subset=["dV_pct"])
-    potentials = sorted(set(errors.get("potential", [])))
-    if not potentials:
-        return pd.DataFrame(), 0
-    common = set.intersection(*(set(converged.loc[converged.potential == p, "structure_id"]) for p in potentials))
+    done = {p: set(converged.loc[converged.potential == p, "structure_id"])
+            for p in sorted(set(errors.get("potential", [])))}
+    left_out: list[tuple[str, int]] = []
+    common = set.intersection(*done.values()) if done else set()
+    while len(common) < MIN_COMMON and len(done) > 2:
+        fewest = min(done, key=lambda p: (len(done[p]), p))
+        left_out.append((fewest, len(done.pop(fewest))))
+        common = set.intersection(*done.values())
     if len(common) < MIN_COMMON:
-        return pd.DataFrame(), len(common)
+        return pd.DataFrame(), len(common), left_out
     rows = []
-    for potential in potentials:
+    for potential in done:
         dv = converged[(converged.potential == potential) & converged.structure_id.isin(common)]["dV_pct"]
         rows.append({"potential": display_name(potential), "n": len(dv), "median abs ΔV [%]": dv.abs().median(),
                      "median ΔV [%]": dv.median(), "mean ΔV [%]": dv.mean(), "worst ΔV [%]": dv.loc[dv.abs().idxmax()]})
@@ -157,7 +164,7 @@ def common_ranking(errors: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     table.insert(0, "rank", range(1, len(table) + 1))
     for column in ("median abs ΔV [%]", "median ΔV [%]", "mean ΔV [%]", "worst ΔV [%]"):
         table[column] = table[column].map(_num)
-    return table, len(common)
+    return table, len(common), left_out
 
 
 def lattice_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -436,12 +443,16 @@ def shrink_png(path: Path, colors: int = 96) -> None:
 
 
 def _common_section(errors: pd.DataFrame) -> list[str]:
-    table, n_common = common_ranking(errors)
+    table, n_common, left_out = common_ranking(errors)
     if table.empty:
-        return [f"Only {n_common} structures were relaxed to convergence by every potential: no same-structures "
-                "ranking.", ""]
-    return [f"The same ranking on the {n_common} structures every potential relaxed to convergence (the fair "
-            "comparison when the potentials ran on different subsets):", "", _markdown(table), ""]
+        were = "structure was" if n_common == 1 else "structures were"
+        return [f"Only {n_common} {were} relaxed to convergence by every potential: no same-structures ranking.", ""]
+    heading = (f"The same ranking on the {n_common} structures every potential relaxed to convergence (the fair "
+               "comparison when the potentials ran on different subsets)")
+    if left_out:
+        heading += ("; left out of it for too few structures in common: "
+                    + ", ".join(f"{display_name(p)} ({n} converged)" for p, n in left_out))
+    return [heading + ":", "", _markdown(table), ""]
 
 
 def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "docs",
