@@ -118,6 +118,20 @@ def test_constant_values():
     assert record["mu_ci_low"] == record["mu_ci_high"] == 2.5 and record["median_ci_low"] == 2.5
 
 
+def test_one_value_has_no_spread():
+    """A potential that finished one crystal (GFN2-xTB in a partial campaign): its value, σ undefined —
+    not 0, which would read as a perfectly reproducible potential."""
+    record = describe(np.array([-12.28]), unit="%", n_boot=100)
+    assert record["n"] == 1 and record["mu"] == record["median"] == -12.28
+    assert np.isnan(record["sigma"]) and np.isnan(record["mad"]) and record["fit_method"] == "one value: no spread"
+
+
+def test_one_value_still_gets_its_histogram(tmp_path):
+    from helpers.analysis.plots import histogram_with_fit
+
+    assert histogram_with_fit(np.array([-12.28]), tmp_path / "one.png", "volume", "gfn2-xtb").stat().st_size > 0
+
+
 def test_bins_from_10_to_40000_values():
     rng = np.random.default_rng(0)
     previous = 0

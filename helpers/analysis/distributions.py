@@ -172,8 +172,10 @@ def fit_gaussian(values, clip_mads: float = 8.0, max_bins: int = 200,
     if n == 0:
         return GaussianFit(0, nan, nan, nan, "none (no data)", nan, nan, nan, nan)
     median, mad = median_mad(values)
-    mu_mle, sigma_mle = (float(v) for v in stats.norm.fit(values))
     edges = histogram_edges(values, clip_mads, max_bins)
+    if n == 1:  # one structure has a value, not a spread: σ undefined (not 0)
+        return GaussianFit(1, median, nan, nan, "one value: no spread", median, nan, median, nan, 0, edges)
+    mu_mle, sigma_mle = (float(v) for v in stats.norm.fit(values))
     lo, hi = float(edges[0]), float(edges[-1])
     inside = values[(values >= lo) & (values <= hi)]
     n_outside = n - int(inside.size)
