@@ -7,6 +7,7 @@ when an installed release moved one. Nothing else in :mod:`helpers` may import a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
@@ -40,6 +41,31 @@ def set_cell_filter_algebra(cell_filter: Any, logm: Any, expm_frechet: Any) -> N
                                  f"(written for ase {WRITTEN_FOR['ase']}); see helpers/internals.py")
     utility.logm = logm
     utility.expm_frechet = expm_frechet
+
+
+def capture_optimizer_state(optimizer: Any) -> Callable[[], Any]:
+    """Keep an ASE optimizer's state in memory after each step; returns a getter (None before step 1).
+
+    ASE optimizers hand their whole state to ``dump`` after every step (BFGS: Hessian, last positions,
+    forces, maxstep; LBFGS, FIRE: their own), for a JSON ``restart`` file written every step. A JSON
+    Hessian of a 1000-atom crystal is ~250 MB, so we take the state here and save it when we choose.
+    """
+    last: dict[str, Any] = {}
+    if not callable(getattr(optimizer, "dump", None)) or not callable(getattr(optimizer, "read", None)):
+        raise AttributeError(f"ase {version('ase')}: {type(optimizer).__name__} has no dump/read restart "
+                             f"protocol (written for ase {WRITTEN_FOR['ase']}); see helpers/internals.py")
+    optimizer.dump = lambda data: last.__setitem__("state", data)
+    return lambda: last.get("state")
+
+
+def restore_optimizer_state(optimizer: Any, state: Any) -> None:
+    """Give an optimizer a state taken by :func:`capture_optimizer_state`, through its own ``read``
+    (what its ``restart`` file would do): it then steps exactly as the optimizer that saved it."""
+    optimizer.load = lambda: state
+    try:
+        optimizer.read()
+    finally:
+        del optimizer.load
 
 
 def initialize_ase_db(db: Any, connection: Any) -> None:

@@ -35,6 +35,45 @@ def test_bfgs_method_has_the_step_we_override():
     assert isinstance(opt.state, method), "ase BFGS no longer keeps its step in a BFGSMethod"
 
 
+@pytest.mark.parametrize("name", ["BFGS", "LBFGS", "FIRE", "PreconLBFGS"])
+def test_optimizer_state_goes_out_through_dump_and_back_through_read(name):
+    """Checkpoints take an optimizer's state from its ``dump`` and give it back through ``read``;
+    for BFGS and LBFGS the restored optimizer then steps exactly as the one that saved it."""
+    import copy
+
+    import numpy as np
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+
+    from helpers.relax.engine import make_optimizer
+
+    def crystal():
+        atoms = bulk("Cu", cubic=True).repeat(2)
+        atoms.rattle(0.05, seed=1)
+        atoms.calc = EMT()
+        return atoms
+
+    first = crystal()
+    opt = make_optimizer(name, FrechetCellFilter(first))
+    state = internals.capture_optimizer_state(opt)
+    assert state() is None
+    opt.run(fmax=1e-6, steps=4)
+    saved = copy.deepcopy(state())  # as a checkpoint writes it, before the next step changes it in place
+    assert saved is not None, f"ase {name}.step no longer hands its state to dump"
+    positions, cell = first.get_positions(), first.cell.array.copy()
+    opt.run(fmax=1e-6, steps=3)
+
+    second = crystal()
+    target = FrechetCellFilter(second)
+    second.set_cell(cell, scale_atoms=False)
+    second.set_positions(positions)
+    again = make_optimizer(name, target)
+    internals.restore_optimizer_state(again, saved)
+    again.run(fmax=1e-6, steps=3)
+    if name in ("BFGS", "LBFGS"):
+        np.testing.assert_allclose(second.get_positions(), first.get_positions(), atol=1e-10)
+
+
 def test_cell_filter_algebra_is_replaceable():
     from ase.calculators.emt import EMT
     from ase.filters import FrechetCellFilter

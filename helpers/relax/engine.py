@@ -20,6 +20,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from helpers.internals import capture_optimizer_state, restore_optimizer_state
+from helpers.relax.checkpoint import Checkpoint
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
 
 #: the fused-atom check (a neighbour search, ~10 ms at 100 atoms) runs every this many steps
@@ -142,15 +144,16 @@ def versions(potential: str | None = None) -> dict[str, str]:
     return out
 
 
-def make_optimizer(name: str, target, logfile=None, trajectory=None):
+def make_optimizer(name: str, target, logfile=None, trajectory=None, append_trajectory: bool = False):
     """An ASE optimizer by name, attached to ``target`` (Atoms or a cell filter)."""
     from ase import optimize
 
+    files = {"logfile": logfile, "trajectory": trajectory, "append_trajectory": append_trajectory}
     if name == "PreconLBFGS":
         from ase.optimize.precon import Exp, PreconLBFGS
 
-        return PreconLBFGS(target, precon=Exp(), logfile=logfile, trajectory=trajectory)
-    return getattr(optimize, name)(target, logfile=logfile, trajectory=trajectory)
+        return PreconLBFGS(target, precon=Exp(), **files)
+    return getattr(optimize, name)(target, **files)
 
 
 def prepare(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> Atoms:
@@ -195,15 +198,19 @@ def min_distance(atoms: Atoms, cutoff: float = 1.2) -> float:
 
 def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
           max_wall_time: float | None = None, trajectory: str | Path | None = None,
-          logfile: str | None = None, on_optimizer=None) -> RelaxResult:
+          logfile: str | None = None, on_optimizer=None, checkpoint: Checkpoint | None = None) -> RelaxResult:
     """Relax a copy of ``atoms``; never raises for a bad structure (see the module docstring).
 
     ``settings.steps_per_atom`` must be resolved (see :meth:`RelaxSettings.resolved`).
-    ``on_optimizer(opt)`` is called once the optimizer exists (e.g. to seed or read its Hessian).
+    ``on_optimizer(opt)`` is called once the optimizer and our observers exist (e.g. to attach another).
+    With ``checkpoint``, progress is saved now and then and a saved one is continued exactly
+    (:mod:`helpers.relax.checkpoint`); steps, time and force calls count the whole relaxation.
     """
     atoms = prepare(atoms, calc, settings)
     cap = settings.max_steps(len(atoms))
     v0 = atoms.get_volume() if atoms.pbc.all() else None
+    saved = checkpoint.load() if checkpoint is not None else None
+    earlier = saved or {"wall_time": 0.0, "cpu_time": 0.0, "force_calls": 0}
     start, cpu_start = time.perf_counter(), time.process_time()
     calls_before = getattr(calc, "n_calls", 0)
     e_initial = e_disp_initial = None
@@ -211,26 +218,44 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     status, message = Status.error, ""
     converged = False
     try:
-        e_initial = float(atoms.get_potential_energy())
-        if not math.isfinite(e_initial):
-            raise Exploded(f"initial energy is {e_initial}")
-        e_disp_initial = dispersion_energy(calc, e_initial)
-        target = wrap_cell(atoms, settings)
+        if saved:
+            e_initial, e_disp_initial = saved["e_initial"], saved["e_dispersion_initial"]
+        else:
+            e_initial = float(atoms.get_potential_energy())
+            if not math.isfinite(e_initial):
+                raise Exploded(f"initial energy is {e_initial}")
+            e_disp_initial = dispersion_energy(calc, e_initial)
+        target = wrap_cell(atoms, settings)  # the cell filter's reference is the experimental cell
         opt = make_optimizer(settings.optimizer, target, logfile=logfile,
-                             trajectory=str(trajectory) if trajectory else None)
-        if on_optimizer is not None:
-            on_optimizer(opt)
+                             trajectory=str(trajectory) if trajectory else None, append_trajectory=bool(saved))
+        if checkpoint is not None:
+            optimizer_state = capture_optimizer_state(opt)
+            if saved:
+                _continue_from(saved, atoms, opt)
 
         calls = iter(range(10**9))
 
         def guard() -> None:
             # energies/forces/volume every step; the (costlier) fused-atom search every 10th
             _check_physical(atoms, settings, v0, distances=next(calls) % DISTANCE_CHECK_EVERY == 0)
-            if max_wall_time is not None and time.perf_counter() - start > max_wall_time:
+            if max_wall_time is not None and earlier["wall_time"] + time.perf_counter() - start > max_wall_time:
                 raise WallTimeExceeded(f"time limit max_wall_time = {max_wall_time:g} s reached")
 
+        def save_progress() -> None:
+            if checkpoint.due() and optimizer_state() is not None:
+                checkpoint.save({
+                    "nsteps": opt.nsteps, "positions": atoms.get_positions(), "cell": atoms.cell.array.copy(),
+                    "optimizer": optimizer_state(), "e_initial": e_initial, "e_dispersion_initial": e_disp_initial,
+                    "wall_time": earlier["wall_time"] + time.perf_counter() - start,
+                    "cpu_time": earlier["cpu_time"] + time.process_time() - cpu_start,
+                    "force_calls": earlier["force_calls"] + getattr(calc, "n_calls", 0) - calls_before})
+
         opt.attach(guard, interval=1)
-        converged = bool(opt.run(fmax=settings.fmax, steps=cap))
+        if checkpoint is not None:
+            opt.attach(save_progress, interval=1)
+        if on_optimizer is not None:
+            on_optimizer(opt)
+        converged = bool(opt.run(fmax=settings.fmax, steps=cap - opt.nsteps))
         status = Status.converged if converged else Status.step_cap
     except Exploded as exc:
         status, message = Status.exploded, str(exc)
@@ -243,15 +268,26 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     final = _final_atoms(atoms)
     e_final = final.calc.results.get("energy") if final.calc else None
     extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final),
-             "cpu_time": time.process_time() - cpu_start}  # core-seconds, however busy the machine was
+             # core-seconds, however busy the machine was
+             "cpu_time": earlier["cpu_time"] + time.process_time() - cpu_start,
+             "resumed_at_step": saved["nsteps"] if saved else None}
     return RelaxResult(
         atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,
         fmax_final=fmax_final,
-        wall_time=time.perf_counter() - start,
-        force_calls=getattr(calc, "n_calls", 0) - calls_before, message=message,
+        wall_time=earlier["wall_time"] + time.perf_counter() - start,
+        force_calls=earlier["force_calls"] + getattr(calc, "n_calls", 0) - calls_before, message=message,
         extra={k: v for k, v in extra.items() if v is not None},
     )
+
+
+def _continue_from(saved: dict, atoms: Atoms, opt) -> None:
+    """Put the atoms, cell, step count and optimizer state of a checkpoint in place (after the cell
+    filter took the experimental cell as its reference, as in the run that saved it)."""
+    atoms.set_cell(saved["cell"], scale_atoms=False, apply_constraint=False)
+    atoms.set_positions(saved["positions"], apply_constraint=False)
+    restore_optimizer_state(opt, saved["optimizer"])
+    opt.nsteps = saved["nsteps"]
 
 
 def dispersion_energy(calc: Calculator, energy: float | None) -> float | None:

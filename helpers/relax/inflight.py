@@ -24,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from helpers.relax.checkpoint import CHECKPOINT_EVERY, Checkpoint
 from helpers.store.db import is_url
 from helpers.store.shards import job_tag, output_path
 from helpers.vocabulary import RUN_ENV
@@ -72,6 +73,11 @@ class InFlight:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def checkpoint(self, structure_id: str, settings_hash: str, every: float = CHECKPOINT_EVERY) -> Checkpoint:
+        """Where this job's relaxation of ``structure_id`` saves its progress: beside the mark
+        (``relaxed_x.batch0000of0002.inflight.pkl``), one file per job."""
+        return Checkpoint(self.path.with_suffix(".pkl"), key=f"{structure_id} {settings_hash}", every=every)
 
 
 def crashed_message(potential: str, deaths: int) -> str:

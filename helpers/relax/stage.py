@@ -17,6 +17,7 @@ import pandas as pd
 from ase import Atoms
 from ase.db.core import Database
 
+from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
 from helpers.relax.potentials.registry import get_potential
@@ -128,11 +129,13 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
               settings: RelaxSettings | None = None, max_wall_time: float | None = None,
               trajectory_dir: str | None = None, limit: int | None = None, progress: bool = True,
               n_threads: int | None = None, calculator_options: dict | None = None,
-              max_atoms: int | None = None) -> BatchReport:
+              max_atoms: int | None = None, checkpoint_every: float = CHECKPOINT_EVERY) -> BatchReport:
     """Relax every structure of one batch into its output database; resumable.
 
     Structures with elements the potential does not cover are recorded as ``skipped``; with
-    ``max_atoms``, larger structures are not part of any batch (not recorded).
+    ``max_atoms``, larger structures are not part of any batch (not recorded). One crystal at a time,
+    a relaxation saves its progress every ``checkpoint_every`` seconds and a rerun continues it
+    (:mod:`helpers.relax.checkpoint`).
     """
     from tqdm.auto import tqdm
 
@@ -194,12 +197,15 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
                     if trajectory:
                         trajectory.parent.mkdir(parents=True, exist_ok=True)
                     marker.begin(sid, deaths)
+                    checkpoint = marker.checkpoint(sid, settings_hash, checkpoint_every)
                     try:
-                        result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory)
+                        result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory,
+                                       checkpoint=checkpoint)
                     except BaseException:
-                        marker.clear()
+                        marker.clear()  # the checkpoint stays: the next run continues this relaxation
                         raise
                     record(row, atoms, result)
+                    checkpoint.clear()
                 marker.clear()
     bar.close()
     _alarm(report)
@@ -286,6 +292,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         steps=result.steps, max_steps=result.max_steps, fmax_final=result.fmax_final,
         e_initial=result.e_initial, e_final=result.e_final, wall_time=round(result.wall_time, 3),
         force_calls=result.force_calls, draft_calls=result.extra.get("draft_calls"), optimizer=settings.optimizer,
+        resumed_at_step=result.extra.get("resumed_at_step"),
         e_dispersion_initial=result.extra.get("e_dispersion_initial"), e_dispersion=result.extra.get("e_dispersion"),
         cost_time=round(result.extra.get("cost_time", result.wall_time), 3),
         cpu_time=round(result.extra["cpu_time"], 3) if "cpu_time" in result.extra else None,

@@ -1,0 +1,96 @@
+"""A relaxation stopped in the middle continues from its checkpoint and takes exactly the steps the
+uninterrupted one takes: same answer, same step count, time counted over both runs."""
+
+from __future__ import annotations
+
+import functools
+
+import ase.io
+import numpy as np
+import pytest
+
+from helpers.relax import engine, stage
+from helpers.relax.checkpoint import Checkpoint
+from helpers.relax.engine import RelaxSettings, relax
+from helpers.relax.inflight import InFlight
+from helpers.relax.potentials.registry import get_potential
+from helpers.store import db as dbmod
+
+#: the study's fmax with a cap of 30 steps (a few seconds of real ANI-1x on 24-30 atoms): the cap counts
+#: the steps of both runs, and the 20 steps after the stop land where they would have without it only if
+#: the optimizer's Hessian came back exactly
+SETTINGS = RelaxSettings(potential="ani1x", max_steps_base=30, steps_per_atom=0, strategy="study")
+STOP_AT = 10
+
+
+def stop_at(step: int):
+    """An ``on_optimizer`` hook that stops the relaxation after ``step`` steps, as Ctrl-C would."""
+    def hook(opt):
+        def stop():
+            if opt.nsteps == step:
+                raise KeyboardInterrupt
+        opt.attach(stop, interval=1)
+    return hook
+
+
+@pytest.fixture(scope="module")
+def crystal(cod_dir):
+    return ase.io.read(cod_dir / "2007300.cif")  # C11 H12 N2 O5, P1, 30 atoms
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(crystal, model_dir):
+    return relax(crystal, get_potential("ani1x").calculator(), SETTINGS)
+
+
+def test_a_stopped_relaxation_continues_exactly_where_it_stopped(crystal, uninterrupted, tmp_path):
+    calc = get_potential("ani1x").calculator()
+    checkpoint = Checkpoint(tmp_path / "job.inflight.pkl", key="2007300 abc", every=0)
+    with pytest.raises(KeyboardInterrupt):
+        relax(crystal, calc, SETTINGS, checkpoint=checkpoint, on_optimizer=stop_at(STOP_AT))
+    saved = checkpoint.load()
+    assert saved["nsteps"] == STOP_AT and saved["wall_time"] > 0
+
+    resumed = relax(crystal, get_potential("ani1x").calculator(), SETTINGS, checkpoint=checkpoint)
+    assert uninterrupted.status == "step_cap" and uninterrupted.steps == 30
+    assert resumed.status == uninterrupted.status and resumed.steps == uninterrupted.steps
+    assert resumed.extra["resumed_at_step"] == STOP_AT and "resumed_at_step" not in uninterrupted.extra
+    np.testing.assert_allclose(resumed.atoms.cell.array, uninterrupted.atoms.cell.array, atol=1e-8)
+    np.testing.assert_allclose(resumed.atoms.positions, uninterrupted.atoms.positions, atol=1e-8)
+    assert resumed.e_final == pytest.approx(uninterrupted.e_final, abs=1e-8)
+    assert resumed.e_initial == uninterrupted.e_initial
+    assert resumed.wall_time > saved["wall_time"] and resumed.extra["cpu_time"] > saved["cpu_time"]
+
+
+def test_a_checkpoint_of_another_relaxation_is_ignored(crystal, tmp_path):
+    path = tmp_path / "job.inflight.pkl"
+    with pytest.raises(KeyboardInterrupt):
+        relax(crystal, get_potential("ani1x").calculator(), SETTINGS,
+              checkpoint=Checkpoint(path, key="2007300 abc", every=0), on_optimizer=stop_at(3))
+    other = Checkpoint(path, key="2007300 another-settings-hash", every=0)
+    assert other.load() is None
+    path.write_bytes(b"not a pickle")
+    assert Checkpoint(path, key="2007300 abc").load() is None
+    assert Checkpoint(tmp_path / "missing.pkl", key="x").load() is None
+
+
+def test_a_rerun_of_a_stopped_job_continues_its_crystal(small_clean_db, tmp_path, monkeypatch):
+    def job(out: str):
+        return stage.run_batch(small_clean_db, out, "ani1x", settings=SETTINGS, limit=1, progress=False,
+                               checkpoint_every=0)
+
+    reference = dbmod.connect(job(str(tmp_path / "reference.db")).out_db).get(id=1)
+    out = str(tmp_path / "relaxed_{potential}.db")
+    marker = InFlight.for_job(out, "ani1x", 0, 1)
+    monkeypatch.setattr(stage, "relax", functools.partial(engine.relax, on_optimizer=stop_at(STOP_AT)))
+    with pytest.raises(KeyboardInterrupt):
+        job(out)
+    monkeypatch.undo()
+    checkpoint = marker.checkpoint(reference.structure_id, SETTINGS.resolved(6).hash())
+    assert not marker.path.exists() and checkpoint.load()["nsteps"] == STOP_AT
+
+    row = dbmod.connect(job(out).out_db).get(structure_id=reference.structure_id)
+    assert reference.status == row.status == "step_cap" and reference.steps == 30
+    assert row.resumed_at_step == STOP_AT and row.steps == reference.steps
+    assert row.V_relaxed == pytest.approx(reference.V_relaxed, abs=1e-6)
+    assert not checkpoint.path.exists()  # a finished crystal leaves no checkpoint
