@@ -4,6 +4,11 @@ uninterrupted one takes: same answer, same step count, time counted over both ru
 from __future__ import annotations
 
 import functools
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -94,3 +99,38 @@ def test_a_rerun_of_a_stopped_job_continues_its_crystal(small_clean_db, tmp_path
     assert row.resumed_at_step == STOP_AT and row.steps == reference.steps
     assert row.V_relaxed == pytest.approx(reference.V_relaxed, abs=1e-6)
     assert not checkpoint.path.exists()  # a finished crystal leaves no checkpoint
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_relaxation_continues_on_rerun(small_clean_db, tmp_path):
+    """kill -9 of a real job process (a node lost): the rerun continues the crystal from its last checkpoint."""
+    driver = Path(__file__).with_name("inflight_driver.py")
+
+    def job(out: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(driver), "--clean", small_clean_db, "--out", out,
+                                 "--potential", "ani1x", "--strategy", "study", "--fmax", str(SETTINGS.fmax),
+                                 "--max-steps-base", "60", "--steps-per-atom", "0", "--checkpoint-every", "0",
+                                 "--limit", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    reference_out = str(tmp_path / "reference.db")
+    assert job(reference_out).wait(timeout=600) == 0
+    reference = dbmod.connect(reference_out).get(id=1)
+    assert reference.steps == 60 and reference.get("resumed_at_step") is None
+
+    out = str(tmp_path / "relaxed_{potential}.db")
+    checkpoint = InFlight.for_job(out, "ani1x", 0, 1).checkpoint(reference.structure_id, reference.settings_hash)
+    proc = job(out)
+    deadline = time.monotonic() + 600
+    while (checkpoint.load() or {}).get("nsteps", 0) < 20:
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before its 20th step"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = checkpoint.load()["nsteps"]
+    assert 20 <= stopped_at < 60 and dbmod.connect(str(tmp_path / "relaxed_ani1x.db")).count() == 0
+
+    assert job(out).wait(timeout=600) == 0
+    row = dbmod.connect(str(tmp_path / "relaxed_ani1x.db")).get(structure_id=reference.structure_id)
+    assert row.resumed_at_step == stopped_at and row.steps == reference.steps == 60
+    assert row.V_relaxed == pytest.approx(reference.V_relaxed, abs=1e-6)
+    assert row.e_final == pytest.approx(reference.e_final, abs=1e-8)
