@@ -213,6 +213,14 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     earlier = saved or {"wall_time": 0.0, "cpu_time": 0.0, "force_calls": 0}
     start, cpu_start = time.perf_counter(), time.process_time()
     calls_before = getattr(calc, "n_calls", 0)
+
+    def spent() -> dict[str, float]:
+        """Wall time, CPU time (core-seconds, however busy the machine was) and force calls of the whole
+        relaxation so far, the runs before a checkpoint included."""
+        return {"wall_time": earlier["wall_time"] + time.perf_counter() - start,
+                "cpu_time": earlier["cpu_time"] + time.process_time() - cpu_start,
+                "force_calls": earlier["force_calls"] + getattr(calc, "n_calls", 0) - calls_before}
+
     e_initial = e_disp_initial = None
     opt = target = None
     status, message = Status.error, ""
@@ -238,7 +246,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         def guard() -> None:
             # energies/forces/volume every step; the (costlier) fused-atom search every 10th
             _check_physical(atoms, settings, v0, distances=next(calls) % DISTANCE_CHECK_EVERY == 0)
-            if max_wall_time is not None and earlier["wall_time"] + time.perf_counter() - start > max_wall_time:
+            if max_wall_time is not None and spent()["wall_time"] > max_wall_time:
                 raise WallTimeExceeded(f"time limit max_wall_time = {max_wall_time:g} s reached")
 
         def save_progress() -> None:
@@ -246,9 +254,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
                 checkpoint.save({
                     "nsteps": opt.nsteps, "positions": atoms.get_positions(), "cell": atoms.cell.array.copy(),
                     "optimizer": optimizer_state(), "e_initial": e_initial, "e_dispersion_initial": e_disp_initial,
-                    "wall_time": earlier["wall_time"] + time.perf_counter() - start,
-                    "cpu_time": earlier["cpu_time"] + time.process_time() - cpu_start,
-                    "force_calls": earlier["force_calls"] + getattr(calc, "n_calls", 0) - calls_before})
+                    **spent()})
 
         opt.attach(guard, interval=1)
         if checkpoint is not None:
@@ -267,16 +273,14 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     fmax_final = _fmax(target) if target is not None and status != Status.error else None
     final = _final_atoms(atoms)
     e_final = final.calc.results.get("energy") if final.calc else None
+    total = spent()
     extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final),
-             # core-seconds, however busy the machine was
-             "cpu_time": earlier["cpu_time"] + time.process_time() - cpu_start,
-             "resumed_at_step": saved["nsteps"] if saved else None}
+             "cpu_time": total["cpu_time"], "resumed_at_step": saved["nsteps"] if saved else None}
     return RelaxResult(
         atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,
         fmax_final=fmax_final,
-        wall_time=earlier["wall_time"] + time.perf_counter() - start,
-        force_calls=earlier["force_calls"] + getattr(calc, "n_calls", 0) - calls_before, message=message,
+        wall_time=total["wall_time"], force_calls=int(total["force_calls"]), message=message,
         extra={k: v for k, v in extra.items() if v is not None},
     )
 
