@@ -140,8 +140,10 @@ def gfnff_topology_per_structure() -> type:
     class TopologyPerStructureGFNFF(GFNFF):
         _owner = None
         _new_structure = True
+        n_calls = 0  # the relax engine's force_calls
 
         def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+            self.n_calls += 1
             if atoms is not None and (self._owner is None or self._owner() is not atoms):
                 self._owner = weakref.ref(atoms)
                 self._new_structure = True

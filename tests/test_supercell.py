@@ -55,6 +55,7 @@ def test_per_cell_energy_forces_and_stress_equal_the_cells_own():
     np.testing.assert_allclose(wrapped.get_forces(), bare.get_forces(), atol=1e-10)
     np.testing.assert_allclose(wrapped.get_stress(), bare.get_stress(), atol=1e-12)
     assert np.abs(bare.get_forces()).max() > 1e-3  # the rattle made forces worth comparing
+    assert wrapped.calc.n_calls == 1  # one evaluation gave energy, forces and stress (the engine's force_calls)
 
 
 def test_the_xtb_potentials_evaluate_a_supercell_by_default():

@@ -104,7 +104,7 @@ class RelaxResult:
     e_final: float | None
     fmax_final: float | None
     wall_time: float
-    force_calls: int = 0
+    force_calls: int | None = 0  #: None: the calculator keeps no count (``n_calls``)
     message: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -212,6 +212,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     saved = checkpoint.load() if checkpoint is not None else None
     earlier = saved or {"wall_time": 0.0, "cpu_time": 0.0, "force_calls": 0}
     start, cpu_start = time.perf_counter(), time.process_time()
+    counts_calls = hasattr(calc, "n_calls")  # ours do; a plug-in's calculator may not (then None, not 0)
     calls_before = getattr(calc, "n_calls", 0)
 
     def spent() -> dict[str, float]:
@@ -280,7 +281,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,
         fmax_final=fmax_final,
-        wall_time=total["wall_time"], force_calls=int(total["force_calls"]), message=message,
+        wall_time=total["wall_time"], force_calls=int(total["force_calls"]) if counts_calls else None, message=message,
         extra={k: v for k, v in extra.items() if v is not None},
     )
 

@@ -41,9 +41,11 @@ class SupercellCalculator(Calculator):
         self.inner = inner
         self.min_width = float(min_width)
         self.repeats: tuple[int, int, int] = (1, 1, 1)
+        self.n_calls = 0  # the relax engine's force_calls
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        self.n_calls += 1
         self.repeats = supercell_repeats(self.atoms, self.min_width)
         copies = int(np.prod(self.repeats))
         big = self.atoms.repeat(self.repeats) if copies > 1 else self.atoms.copy()
@@ -56,5 +58,7 @@ class SupercellCalculator(Calculator):
         self.results["free_energy"] = float(free) / copies
         # atoms.repeat lays the copies out one block of n after another: every copy's forces are the cell's
         self.results["forces"] = self.inner.get_property("forces", big).reshape(copies, n, 3).mean(axis=0)
-        if "stress" in properties:  # per volume: the same for the supercell
+        # per volume: the same for the supercell. Always for a periodic cell: the cell filter asks for forces
+        # and then stress, and one evaluation per step is what force_calls should count
+        if "stress" in properties or self.atoms.pbc.all():
             self.results["stress"] = np.array(self.inner.get_property("stress", big))
