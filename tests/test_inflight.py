@@ -144,3 +144,36 @@ def test_a_campaign_run_gives_its_kernels_one_run_id(tmp_path, monkeypatch):
         assert [error for _, error in notebooks.run_jobs(jobs, tmp_path, max_parallel=1)] == [None, None]
     assert seen[0] == seen[1] != seen[2] == seen[3] and None not in seen
     assert RUN_ENV not in os.environ  # the campaign process itself is in no run
+
+
+def test_overlapping_jobs_of_one_run_keep_its_id_until_the_last_leaves(monkeypatch):
+    """Dask worker threads run jobs of one run side by side: the first to end must not clear the run id
+    from under one whose kernel starts later; the variable is put back when the last one leaves."""
+    import threading
+
+    import helpers.run.notebooks as notebooks
+
+    monkeypatch.setenv(RUN_ENV, "outer")
+    seen, a_inside, b_inside, a_left = {}, threading.Event(), threading.Event(), threading.Event()
+
+    def job_a() -> None:  # enters first, leaves while b is still inside
+        with notebooks._runs.inside("run-x"):
+            a_inside.set()
+            b_inside.wait(5)
+        a_left.set()
+
+    def job_b() -> None:  # enters second, starts its kernel only after a has left
+        with notebooks._runs.inside("run-x"):
+            b_inside.set()
+            a_left.wait(5)
+            seen["b"] = os.environ.get(RUN_ENV)  # what a kernel started now inherits
+
+    a = threading.Thread(target=job_a)
+    a.start()
+    a_inside.wait(5)
+    b = threading.Thread(target=job_b)
+    b.start()
+    a.join(5)
+    b.join(5)
+    assert seen == {"b": "run-x"}
+    assert os.environ[RUN_ENV] == "outer"  # put back once nobody is inside

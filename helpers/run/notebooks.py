@@ -7,7 +7,9 @@ that are merged into one database per potential (idempotently) at the end.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,19 +67,43 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-@contextmanager
-def _in_run(run_id: str | None) -> Iterator[None]:
-    """The kernels started inside belong to campaign run ``run_id`` (None: no run, as by hand)."""
-    before = os.environ.get(RUN_ENV)
-    if run_id is not None:
-        os.environ[RUN_ENV] = run_id
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(RUN_ENV, None)
-        else:
-            os.environ[RUN_ENV] = before
+class _RunEnvironment:
+    """Campaign run ids in the environment a kernel inherits, which is the whole process's.
+
+    On a Dask worker with several threads the jobs of one run overlap, so the variable is put back only
+    when the last of them leaves: a job that ends must not take it from one whose kernel is still starting.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside: Counter[str] = Counter()  # run id -> jobs of this process inside it now
+        self._before: str | None = None  # the variable before the first of them
+
+    @contextmanager
+    def inside(self, run_id: str | None) -> Iterator[None]:
+        """The kernels started inside belong to campaign run ``run_id`` (None: no run, as by hand)."""
+        if run_id is None:
+            yield
+            return
+        with self._lock:
+            if not self._inside:
+                self._before = os.environ.get(RUN_ENV)
+            self._inside[run_id] += 1
+            os.environ[RUN_ENV] = run_id
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside[run_id] -= 1
+                self._inside += Counter()  # drops the runs nobody is in
+                if not self._inside:
+                    if self._before is None:
+                        os.environ.pop(RUN_ENV, None)
+                    else:
+                        os.environ[RUN_ENV] = self._before
+
+
+_runs = _RunEnvironment()
 
 
 def run_relax_job(parameters: dict[str, Any], log_dir: str | Path, run_id: str | None = None) -> Path:
@@ -86,7 +112,7 @@ def run_relax_job(parameters: dict[str, Any], log_dir: str | Path, run_id: str |
     ``run_id``: the campaign run it belongs to; a structure's death in flight counts towards ``crashed`` only
     when the same run starts the job again (helpers.relax.inflight)."""
     tag = job_tag(parameters["potential"], parameters["batch"], parameters["n_batches"])
-    with _in_run(run_id):
+    with _runs.inside(run_id):
         return execute("03_relax", parameters, log_dir, tag=tag)
 
 
