@@ -55,6 +55,17 @@ def test_parameter_contract(name):
     assert not set(values) - set(CONTRACT[name]), f"{name}: new parameters missing from CONTRACT"
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_reads_every_parameter_with_its_help(name):
+    """``papermill --help-notebook`` and ``inspect_notebook`` list what a user can pass; papermill skips (with
+    a warning) any line with a second ``=``, e.g. in its comment."""
+    import papermill
+
+    found = papermill.inspect_notebook(str(notebook_path(name)))
+    assert set(found) == set(CONTRACT[name])
+    assert all(p["help"] for p in found.values()), [k for k, p in found.items() if not p["help"]]
+
+
 @pytest.mark.parametrize(("given", "expected"), [
     ("r_factor,temperature", ("r_factor", "temperature")), ("r_factor, temperature", ("r_factor", "temperature")),
     ("temperature", ("temperature",)), ("r_factor then temperature", ("r_factor", "temperature")),
