@@ -10,7 +10,8 @@ For every (potential, crystal): the study's method one crystal at a time (BFGS +
 cell, status, steps, force calls, seconds, seconds per call and per atom per call (the calculator's own
 time: a separate timing of ``--timing-calls`` energy+forces+stress calls on the experimental cell after
 one warm-up call). Rows are appended to the CSV as they finish (a rerun skips rows already there) and
-printed as a Markdown table at the end.
+printed as a Markdown table at the end; a relaxation in flight saves a checkpoint beside the CSV every
+5 min, which a rerun continues (the row's message then says from which step).
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ def time_calls(calc, atoms, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def run_one(potential: str, crystal: str, fmax: float, timing_calls: int, cap: int | None = None) -> dict:
+def run_one(potential: str, crystal: str, fmax: float, timing_calls: int, cap: int | None = None,
+            checkpoint_dir: Path | None = None) -> dict:
+    """One relaxation; with ``checkpoint_dir`` its progress is saved there and a rerun continues it (an xTB
+    supercell relaxation of aspirin takes hours)."""
+    from helpers.relax.checkpoint import Checkpoint
     from helpers.relax.engine import RelaxSettings, relax
     from helpers.relax.potentials.registry import get_potential
 
@@ -83,25 +88,38 @@ def run_one(potential: str, crystal: str, fmax: float, timing_calls: int, cap: i
     calc = pot.calculator()
     inner = calc.calculate
 
-    def counted(*args, **kwargs):  # the force calls of this relaxation (the calculators keep no count)
+    def counted(*args, **kwargs):  # force calls of any calculator (a plug-in's may keep no count)
         counted.n += 1
         return inner(*args, **kwargs)
 
     counted.n = 0
     calc.calculate = counted
     s_call = time_calls(pot.calculator(), atoms, timing_calls) if timing_calls else float("nan")
-    result = relax(atoms, calc, settings)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = Checkpoint(Path(checkpoint_dir) / f"{potential}.{crystal}.checkpoint.pkl",
+                                key=f"{potential} {crystal} {settings.hash()}")
+    result = relax(atoms, calc, settings, checkpoint=checkpoint)
+    if checkpoint is not None:
+        checkpoint.clear()
     a0, a1 = atoms.cell.lengths(), result.atoms.cell.lengths()
     pct = lambda new, old: 100 * (new - old) / old  # noqa: E731
     return {"potential": potential, "crystal": crystal, "natoms": len(atoms), "fmax": fmax,
             "status": str(result.status), "converged": result.converged, "steps": result.steps,
-            "max_steps": result.max_steps, "force_calls": counted.n, "seconds": round(result.wall_time, 1),
+            "max_steps": result.max_steps,
+            "force_calls": counted.n if result.force_calls is None else result.force_calls,
+            "seconds": round(result.wall_time, 1),
             "s_per_call": round(s_call, 4), "ms_per_atom_call": round(1000 * s_call / len(atoms), 3),
             "dV_pct": round(pct(result.atoms.get_volume(), atoms.get_volume()), 2),
             "da_pct": round(pct(a1[0], a0[0]), 2), "db_pct": round(pct(a1[1], a0[1]), 2),
             "dc_pct": round(pct(a1[2], a0[2]), 2),
             "fmax_final": None if result.fmax_final is None else round(result.fmax_final, 5),
-            "message": result.message[:120]}
+            "message": "; ".join(filter(None, [result.message[:120], resumed_note(result)]))}
+
+
+def resumed_note(result) -> str:
+    step = result.extra.get("resumed_at_step")
+    return f"continued from a checkpoint at step {step}" if step else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for crystal in crystals:
             if (potential, crystal, args.fmax) in done:
                 continue
-            row = run_one(potential, crystal, args.fmax, args.timing_calls, args.cap)
+            row = run_one(potential, crystal, args.fmax, args.timing_calls, args.cap, checkpoint_dir=out.parent)
             rows.append(row)
             new = not out.is_file()
             with out.open("a", newline="") as fh:
