@@ -177,3 +177,16 @@ def test_overlapping_jobs_of_one_run_keep_its_id_until_the_last_leaves(monkeypat
     b.join(5)
     assert seen == {"b": "run-x"}
     assert os.environ[RUN_ENV] == "outer"  # put back once nobody is inside
+
+
+def test_a_run_that_leaves_hands_the_variable_to_a_run_still_inside(monkeypatch):
+    """Two campaigns' jobs on one worker process: when one run's last job ends, a kernel started for the
+    other must not inherit the finished run's id."""
+    import helpers.run.notebooks as notebooks
+
+    monkeypatch.delenv(RUN_ENV, raising=False)
+    with notebooks._runs.inside("run-x"):
+        with notebooks._runs.inside("run-y"):
+            assert os.environ[RUN_ENV] == "run-y"
+        assert os.environ[RUN_ENV] == "run-x"
+    assert RUN_ENV not in os.environ

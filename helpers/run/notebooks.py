@@ -72,6 +72,8 @@ class _RunEnvironment:
 
     On a Dask worker with several threads the jobs of one run overlap, so the variable is put back only
     when the last of them leaves: a job that ends must not take it from one whose kernel is still starting.
+    Two runs at once in one process (two campaigns on one worker) share the one variable: it names the run
+    entered last of those still inside.
     """
 
     def __init__(self) -> None:
@@ -95,12 +97,14 @@ class _RunEnvironment:
         finally:
             with self._lock:
                 self._inside[run_id] -= 1
-                self._inside += Counter()  # drops the runs nobody is in
-                if not self._inside:
-                    if self._before is None:
-                        os.environ.pop(RUN_ENV, None)
-                    else:
-                        os.environ[RUN_ENV] = self._before
+                if not self._inside[run_id]:
+                    del self._inside[run_id]
+                if self._inside:
+                    os.environ[RUN_ENV] = next(reversed(self._inside))
+                elif self._before is None:
+                    os.environ.pop(RUN_ENV, None)
+                else:
+                    os.environ[RUN_ENV] = self._before
 
 
 _runs = _RunEnvironment()
