@@ -23,11 +23,12 @@ from helpers.vocabulary import Status
 
 torch.set_num_threads(1)
 
-NEW = ("gfn2-xtb", "gfn1-xtb", "gfn-ff", "sevennet0-d3", "chgnet-d3", "aimnet2")
+NEW = ("gfn2-xtb", "gfn1-xtb", "gfn-ff", "sevennet0-d3", "sevennet-l3i5-d3", "sevennet-mf0-r2scan-d3", "chgnet-d3",
+       "aimnet2")
 #: float64 codes reproduce finite differences to ~1e-5 of the stress; float32 networks to ~1e-3
 STRESS_RTOL = {"gfn2-xtb": 1e-4, "gfn1-xtb": 1e-4, "gfn-ff": 1e-4, "sevennet0-d3": 1e-3, "chgnet-d3": 1e-3,
-               "aimnet2": 2e-3}
-SLOW = {"gfn2-xtb", "sevennet0-d3", "chgnet-d3", "aimnet2"}
+               "aimnet2": 2e-3, "sevennet-l3i5-d3": 1e-3, "sevennet-mf0-r2scan-d3": 1e-3}
+SLOW = {"gfn2-xtb", "sevennet0-d3", "sevennet-l3i5-d3", "sevennet-mf0-r2scan-d3", "chgnet-d3", "aimnet2"}
 #: the stress and relaxation checks below are about each code's own arithmetic, on CO2's bare 12-atom cell:
 #: tblite at Γ there (its default 2×2×2 supercell, 96 atoms, costs 8-30x more; tests/test_supercell.py)
 BARE_CELL = {"gfn2-xtb": {"min_width": 0}, "gfn1-xtb": {"min_width": 0}}
@@ -231,3 +232,22 @@ def test_a_missing_package_is_named_before_anything_runs():
     assert pot.missing_packages() == ["no-such-codani-dist"]
     with pytest.raises(ImportError, match="pip install torch==2.13.0 no-such-codani-dist"):
         pot.calculator()
+
+
+def test_sevennet_mf0_evaluates_its_r2scan_head_with_r2scan_d3(co2):
+    """The multi-fidelity card must run the r²SCAN head (not the PBE one) and r²SCAN's D3 parameters."""
+    from helpers.relax.potentials.beyond_ani import make_sevennet_d3
+
+    def energy(calc) -> float:
+        atoms = co2.copy()
+        atoms.calc = calc
+        return atoms.get_potential_energy()
+
+    card = energy(get_potential("sevennet-mf0-r2scan-d3").calculator())
+    r2scan_alone = energy(make_sevennet_d3("7net-mf-0", modal="R2SCAN", dispersion=False))
+    pbe_alone = energy(make_sevennet_d3("7net-mf-0", modal="PBE", dispersion=False))
+    assert abs(r2scan_alone - pbe_alone) > 0.05  # the heads differ: the modal reaches the network
+    dispersion = card - r2scan_alone
+    assert -2.0 < dispersion < -0.05  # D3 binds CO2's 4 molecules by ~0.1-0.5 eV in all
+    pbe_d3 = energy(make_sevennet_d3("7net-mf-0", modal="R2SCAN", functional="pbe")) - r2scan_alone
+    assert abs(dispersion - pbe_d3) > 1e-3  # r²SCAN's D3(BJ) parameters, not PBE's

@@ -110,16 +110,35 @@ def with_pbe_d3(base: Calculator) -> Calculator:
     return with_dispersion(base, "pbe", "d3bj")
 
 
-def make_sevennet0_d3(dispersion: bool = True, model: str = "7net-0", **options: Any) -> Calculator:
-    """SevenNet-0 (weights inside the ``sevenn`` wheel) + PBE D3(BJ) from the ``dftd3`` package.
+def make_sevennet_d3(model: str, modal: str | None = None, functional: str = "pbe", dispersion: bool = True,
+                     **options: Any) -> Calculator:
+    """A SevenNet checkpoint shipped in the ``sevenn`` wheel (``modal``: the fidelity of a multi-fidelity
+    model) + D3(BJ) for ``functional`` (the level its head was trained on) from the ``dftd3`` package.
 
     SevenNet's own D3 calculator needs CUDA; simple-dftd3 gives the same damping on CPU.
-    ``dispersion=False`` gives SevenNet-0 alone (for comparison).
+    ``dispersion=False`` gives the network alone (for comparison).
     """
     from sevenn.calculator import SevenNetCalculator
 
-    calc = SevenNetCalculator(model, device="cpu", **options)
-    return with_pbe_d3(calc) if dispersion else calc
+    from helpers.relax.potentials.dispersion import with_dispersion
+
+    calc = SevenNetCalculator(model, device="cpu", modal=modal, **options)
+    return with_dispersion(calc, functional, "d3bj") if dispersion else calc
+
+
+def make_sevennet0_d3(dispersion: bool = True, model: str = "7net-0", **options: Any) -> Calculator:
+    """SevenNet-0 (weights inside the ``sevenn`` wheel) + PBE D3(BJ) from the ``dftd3`` package."""
+    return make_sevennet_d3(model, dispersion=dispersion, **options)
+
+
+def make_sevennet_l3i5_d3(dispersion: bool = True, **options: Any) -> Calculator:
+    """SevenNet-l3i5 (PBE/MPtrj, l_max 3, 5 interaction blocks; in the ``sevenn`` wheel) + PBE D3(BJ)."""
+    return make_sevennet_d3("7net-l3i5", dispersion=dispersion, **options)
+
+
+def make_sevennet_mf0_r2scan_d3(dispersion: bool = True, **options: Any) -> Calculator:
+    """SevenNet-MF-0 on its r²SCAN fidelity (modal ``"R2SCAN"``; in the ``sevenn`` wheel) + r²SCAN-D3(BJ)."""
+    return make_sevennet_d3("7net-mf-0", modal="R2SCAN", functional="r2scan", dispersion=dispersion, **options)
 
 
 def make_chgnet_d3(dispersion: bool = True, model_name: str = "0.3.0", **options: Any) -> Calculator:
@@ -279,6 +298,24 @@ POTENTIALS: list[Potential] = [
         licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
         packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)",
         answer_settings=d3_answer_settings()),
+    Potential(
+        "sevennet-l3i5-d3", make_sevennet_l3i5_d3, MPTRJ_ELEMENTS, 6,
+        "Park et al., J. Chem. Theory Comput. 20, 4857 (2024), doi:10.1021/acs.jctc.4c00190 (SevenNet-l3i5 "
+        "checkpoint of the sevenn package)" + _D3_PBE,
+        "SevenNet-l3i5 (SevenNet-0's larger sibling: l_max 3, 5 interaction blocks, PBE/MPtrj) + D3(BJ): "
+        "about 3x SevenNet-0's cost per call",
+        licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
+        packages=("sevenn", "e3nn", "dftd3"), cost="7 s/call at 70 atoms (0.1 s/atom), measured on a busy machine",
+        answer_settings=d3_answer_settings()),
+    Potential(
+        "sevennet-mf0-r2scan-d3", make_sevennet_mf0_r2scan_d3, MPTRJ_ELEMENTS, 6,
+        "Kim et al., J. Am. Chem. Soc. 147, 1042 (2025), doi:10.1021/jacs.4c14455 (SevenNet-MF-0); r2SCAN-D3(BJ): "
+        "Ehlert et al., J. Chem. Phys. 154, 061101 (2021), doi:10.1063/5.0041008, via simple-dftd3",
+        "SevenNet-MF-0, multi-fidelity (PBE/MPtrj + r2SCAN of the Materials Project), on its r2SCAN head "
+        "(modal 'R2SCAN') + r2SCAN-D3(BJ): a meta-GGA level with its own dispersion parameters",
+        licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
+        packages=("sevenn", "e3nn", "dftd3"), cost="2.4 s/call at 70 atoms (34 ms/atom), measured on a busy machine",
+        answer_settings=(*d3_answer_settings(), ("sevennet_modal", "R2SCAN"), ("d3_functional", "r2scan"))),
     Potential(
         "chgnet-d3", make_chgnet_d3, MPTRJ_ELEMENTS, 6,
         "Deng et al., Nat. Mach. Intell. 5, 1031 (2023), doi:10.1038/s42256-023-00716-3 (weights 0.3.0)" + _D3_PBE,
