@@ -21,7 +21,7 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from helpers.internals import capture_optimizer_state, restore_optimizer_state
-from helpers.relax.checkpoint import Checkpoint
+from helpers.relax.checkpoint import Checkpoint, structure_fingerprint
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
 
 #: the fused-atom check (a neighbour search, ~10 ms at 100 atoms) runs every this many steps
@@ -209,7 +209,8 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     atoms = prepare(atoms, calc, settings)
     cap = settings.max_steps(len(atoms))
     v0 = atoms.get_volume() if atoms.pbc.all() else None
-    saved = checkpoint.load() if checkpoint is not None else None
+    start_fingerprint = structure_fingerprint(atoms) if checkpoint is not None else None
+    saved = checkpoint.load(start=start_fingerprint) if checkpoint is not None else None
     earlier = saved or {"wall_time": 0.0, "cpu_time": 0.0, "force_calls": 0}
     start, cpu_start = time.perf_counter(), time.process_time()
     counts_calls = hasattr(calc, "n_calls")  # ours do; a plug-in's calculator may not (then None, not 0)
@@ -255,7 +256,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
                 checkpoint.save({
                     "nsteps": opt.nsteps, "positions": atoms.get_positions(), "cell": atoms.cell.array.copy(),
                     "optimizer": optimizer_state(), "e_initial": e_initial, "e_dispersion_initial": e_disp_initial,
-                    **spent()})
+                    **spent()}, start=start_fingerprint)
 
         opt.attach(guard, interval=1)
         if checkpoint is not None:
