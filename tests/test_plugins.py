@@ -59,6 +59,7 @@ ENTRY_POINTS = textwrap.dedent("""
     toy-file = toy_codani_plugin:file_potentials
     impostor = toy_codani_plugin:TAKEN
     broken = toy_codani_plugin:DOES_NOT_EXIST
+    exits = toy_codani_exit:POTENTIAL
     """)
 
 
@@ -68,6 +69,7 @@ def plugin_dir(tmp_path, monkeypatch):
     site = tmp_path / "site"
     site.mkdir()
     (site / "toy_codani_plugin.py").write_text(PLUGIN)
+    (site / "toy_codani_exit.py").write_text("import sys\nsys.exit(3)\n")  # a plugin that ends the process
     info = site / "toy_codani_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-codani-plugin\nVersion: 0.1\n")
@@ -82,6 +84,7 @@ def plugin_dir(tmp_path, monkeypatch):
     plugins._loaded.clear()
     plugins._loaded.update(loaded)
     sys.modules.pop("toy_codani_plugin", None)
+    sys.modules.pop("toy_codani_exit", None)
 
 
 def test_entry_point_potentials_load_lazily_and_broken_ones_are_reported(plugin_dir):
@@ -92,6 +95,7 @@ def test_entry_point_potentials_load_lazily_and_broken_ones_are_reported(plugin_
     messages = " | ".join(str(w.message) for w in caught)
     assert "'broken'" in messages and "failed to load" in messages and "toy-codani-plugin" in messages
     assert "'ani1x' is already registered" in messages
+    assert "'exits'" in messages and "SystemExit" in messages  # sys.exit at import: a warning, not the end
     assert REGISTRY["ani1x"].citation != "an impostor"  # built-ins win
     assert plugins.load_plugins() == []  # idempotent: nothing new, no second round of warnings
     assert {"toy-lj", "toy-file"} <= {r["name"] for r in potentials_table()}

@@ -11,7 +11,8 @@ Two forms, usable together:
    function returning either. After ``pip install`` of that package, ``python -m helpers.cli potentials``
    lists it and ``03_relax`` runs it by name. Entry points load lazily: on the first lookup of a name
    the registry does not know, or when the table of potentials is shown. A plugin that fails to load
-   or reuses a taken name is reported (warning) and left out; the built-in potentials always win.
+   in any way (an exception, even ``sys.exit``; only Ctrl-C stops the load) or reuses a taken name is
+   reported (warning) and left out; the built-in potentials always win.
 
 2. **Model files.** Potentials whose weights a user downloads (MACE-OFF ``.model``, newer AIMNet2 ``.pt``,
    ...) are declared with :func:`model_file_potential`: the calculator is built from a file looked for
@@ -75,7 +76,9 @@ def _register_entry_point(ep: EntryPoint) -> list[str]:
         where += f" from {dist}"
     try:
         potentials = _as_potentials(ep.load(), where)
-    except Exception as err:  # noqa: BLE001 - a broken plugin must not break the registry
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not break the registry
         warnings.warn(f"{where} failed to load: {type(err).__name__}: {err}", PluginWarning, stacklevel=3)
         return []
     names = []
