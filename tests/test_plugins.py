@@ -139,6 +139,42 @@ def test_model_file_missing_says_what_and_where_to_get_it(plugin_dir, tmp_path, 
         pot.calculator(model_file=str(tmp_path / "nowhere.json"))
 
 
+def test_a_model_file_potential_is_known_by_its_weights_content_not_their_path(plugin_dir, tmp_path, monkeypatch,
+                                                                              shared_data):
+    """Rows carry the file's sha256; other weights at the same path are not counted as done, the same weights
+    at another path are (issue 32, item 1)."""
+    import hashlib
+
+    monkeypatch.setenv(plugins.MODEL_DIR_ENV, str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    weights = tmp_path / "models" / "toy-lj.json"
+    weights.write_text(json.dumps({"sigma": 2.0, "epsilon": 0.005}))
+    atoms = ase.io.read(shared_data / "cod-sample" / "1010060.cif")
+    clean = str(tmp_path / "clean.db")
+    with connect(clean) as db:
+        db.write(atoms, structure_id="co2", V_exp=atoms.get_volume())
+    settings = RelaxSettings(potential="toy-file", fmax=0.05, max_steps_base=20, steps_per_atom=0)
+
+    def job(**options):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", plugins.PluginWarning)
+            return run_batch(clean, str(tmp_path / "out.db"), "toy-file", settings=settings, progress=False,
+                             n_threads=1, calculator_options=options or None)
+
+    first = job()
+    row = connect(first.out_db).get(structure_id="co2")
+    assert row.model_file_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert job().skipped_done == 1
+    copy = tmp_path / "copy-of-the-same-weights.json"
+    copy.write_bytes(weights.read_bytes())
+    assert job(model_file=str(copy)).skipped_done == 1  # the same weights elsewhere: done
+    weights.write_text(json.dumps({"sigma": 2.0, "epsilon": 0.02}))  # new weights, same path
+    second = job()
+    assert second.skipped_done == 0 and second.settings_hash != first.settings_hash
+    assert connect(second.out_db).count(settings_hash=second.settings_hash, model_file_sha256=hashlib.sha256(
+        weights.read_bytes()).hexdigest()) == 1
+
+
 def test_cli_lists_an_installed_plugin(plugin_dir):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), ROOT])}
     out = subprocess.run([sys.executable, "-W", "ignore", "-m", "helpers.cli", "potentials"], env=env, cwd=ROOT,

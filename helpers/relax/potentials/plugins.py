@@ -18,7 +18,8 @@ Two forms, usable together:
    ...) are declared with :func:`model_file_potential`: the calculator is built from a file looked for
    in ``calculator_options={"model_file": ...}``, then ``$CODANI_MODEL_DIR``, then ``data/models/`` of
    the project; when it is missing the error says which file, where it was looked for and where to
-   download it.
+   download it. The file's content hash (sha256), not its path, is part of the settings hash and is kept
+   on every row (``model_file_sha256``): rows of other weights never count as done.
 """
 
 from __future__ import annotations
@@ -140,8 +141,12 @@ def model_file_potential(name: str, load: Callable[..., Calculator], filename: s
             licence="ASL (academic)", packages=("mace-torch",))
     """
 
+    def locate(model_file: str | os.PathLike | None = None) -> Path:
+        return find_model_file(name, filename, url, model_file)
+
     def make(model_file: str | os.PathLike | None = None, **options: Any) -> Calculator:
-        return load(find_model_file(name, filename, url, model_file), **options)
+        return load(locate(model_file), **options)
 
     return Potential(name, make, frozenset(elements), steps_per_atom, citation, description, licence=licence,
-                     source=f"model file {filename} (download: {url})", cost=cost, packages=packages)
+                     source=f"model file {filename} (download: {url})", cost=cost, packages=packages,
+                     model_file=locate)
