@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from helpers.run.results import run_results
         from helpers.store.paths import project_root, resolve
+        from helpers.vocabulary import DATA_ENV
 
-        data_dir = args.data_dir or os.environ.get("CODANI_DATA") or str(project_root().parent / "shared" / "data")
+        data_dir = args.data_dir or os.environ.get(DATA_ENV) or str(project_root().parent / "shared" / "data")
         if not Path(data_dir).is_dir():
             parser.error(f"data folder {data_dir} not found: give --data-dir (the folder holding cod/, cod-sample/)")
         try:

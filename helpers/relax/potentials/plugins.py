@@ -33,10 +33,11 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from helpers import vocabulary
 from helpers.relax.potentials.registry import REGISTRY, Potential, register
 
 ENTRY_POINT_GROUP = "codani.potentials"
-MODEL_DIR_ENV = "CODANI_MODEL_DIR"
+MODEL_DIR_ENV = vocabulary.MODEL_DIR_ENV
 
 _loaded: set[str] = set()  # entry points already loaded (by "name = value")
 
