@@ -97,7 +97,7 @@ def run_one(potential: str, crystal: str, fmax: float, timing_calls: int, cap: i
     s_call = time_calls(pot.calculator(), atoms, timing_calls) if timing_calls else float("nan")
     checkpoint = None
     if checkpoint_dir is not None:
-        checkpoint = Checkpoint(Path(checkpoint_dir) / f"{potential}.{crystal}.checkpoint.pkl",
+        checkpoint = Checkpoint(Path(checkpoint_dir) / f"{potential}.{crystal}.checkpoint.npz",
                                 key=f"{potential} {crystal} {settings.hash()}")
     result = relax(atoms, calc, settings, checkpoint=checkpoint)
     if checkpoint is not None:

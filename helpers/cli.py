@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--docs-dir", default="docs", help="where results.md and figures/ go")
     res.add_argument("--potentials", default=None, help="comma-separated (default: every registered potential)")
     res.add_argument("--stages", default="fetch,filter,relax,analysis,report")
+    res.add_argument("--wait", action="store_true",
+                     help="another results run holds --work-dir: wait for it to end (default: say who, exit)")
     res.add_argument("--max-parallel", type=int, default=None, help="relax jobs at once (default: one per core)")
     res.add_argument("--max-atoms", default=None,
                      help="per-potential subset overrides, e.g. 'gfn-ff=48,ani1x-d3=100,chgnet-d3=none' "
@@ -126,17 +128,25 @@ def main(argv: list[str] | None = None) -> int:
 
         from helpers.run.results import run_results
         from helpers.store.paths import project_root, resolve
+        from helpers.vocabulary import DATA_ENV
 
-        data_dir = args.data_dir or os.environ.get("CODANI_DATA") or str(project_root().parent / "shared" / "data")
+        data_dir = args.data_dir or os.environ.get(DATA_ENV) or str(project_root().parent / "shared" / "data")
         if not Path(data_dir).is_dir():
             parser.error(f"data folder {data_dir} not found: give --data-dir (the folder holding cod/, cod-sample/)")
         try:
             limits = _max_atoms(args.max_atoms)
         except ValueError as err:
             parser.error(str(err))
-        result = run_results(data_dir, resolve(args.work_dir), resolve(args.docs_dir),
-                             potentials=args.potentials.split(",") if args.potentials else None,
-                             stages=args.stages.split(","), max_parallel=args.max_parallel, max_atoms=limits)
+        from helpers.run.lock import WorkDirBusy
+
+        try:
+            result = run_results(data_dir, resolve(args.work_dir), resolve(args.docs_dir),
+                                 potentials=args.potentials.split(",") if args.potentials else None,
+                                 stages=args.stages.split(","), max_parallel=args.max_parallel, max_atoms=limits,
+                                 wait=args.wait)
+        except WorkDirBusy as err:
+            print(f"results: {err}", file=sys.stderr)
+            return 3
         print(json.dumps(result, indent=2))
     elif args.command == "potentials":
         import pandas as pd

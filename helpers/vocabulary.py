@@ -59,6 +59,17 @@ def density_g_cm3(total_mass_amu: float, volume_a3: float) -> float | None:
 JOB_ENV: dict[str, str] = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
 #: torch threads of a relax job when its ``n_threads`` is None (set per Dask worker); unset: every core
 THREADS_ENV = "CODANI_THREADS"
+#: where a process finds its inputs and keeps its caches: the project's environment variables, one place.
+#: :data:`FORWARDED_ENV` lists them all; every job and Dask/SLURM/PBS worker gets them (set ones only)
+ANI_MODEL_DIR_ENV = "ANI_MODEL_DIR"  #: the NeuroChem ANI files (helpers.relax.potentials.ani)
+TORCHANI_DATA_ENV = "TORCHANI_DATA_DIR"  #: torchani's own data folder (downloaded weights)
+COD_SOURCE_ENV = "COD_SOURCE"  #: where 01_fetch reads CIFs (a URL or a folder)
+ROOT_ENV = "CODANI_ROOT"  #: the project folder relative paths resolve against
+MODEL_DIR_ENV = "CODANI_MODEL_DIR"  #: user-downloaded weights of model-file potentials (plugins)
+CACHE_ENV = "CODANI_CACHE"  #: converted model files (AIMNet2 members)
+DATA_ENV = "CODANI_DATA"  #: the shared data folder of ``make results``
+FORWARDED_ENV: tuple[str, ...] = (ANI_MODEL_DIR_ENV, TORCHANI_DATA_ENV, COD_SOURCE_ENV, ROOT_ENV, MODEL_DIR_ENV,
+                                  CACHE_ENV, DATA_ENV)
 #: the campaign run a relax job's kernel belongs to (set by ``helpers.run`` for the kernels it starts): a
 #: structure's in-flight death counts only within the run that saw it (``helpers.relax.inflight``)
 RUN_ENV = "CODANI_RUN_ID"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers.relax import engine, stage
-from helpers.relax.checkpoint import Checkpoint
+from helpers.relax.checkpoint import Checkpoint, CheckpointWarning, structure_fingerprint
 from helpers.relax.engine import RelaxSettings, relax
 from helpers.relax.inflight import InFlight
 from helpers.relax.potentials.registry import get_potential
@@ -50,7 +50,7 @@ def uninterrupted(crystal, model_dir):
 
 def test_a_stopped_relaxation_continues_exactly_where_it_stopped(crystal, uninterrupted, tmp_path):
     calc = get_potential("ani1x").calculator()
-    checkpoint = Checkpoint(tmp_path / "job.inflight.pkl", key="2007300 abc", every=0)
+    checkpoint = Checkpoint(tmp_path / "job.inflight.npz", key="2007300 abc", every=0)
     with pytest.raises(KeyboardInterrupt):
         relax(crystal, calc, SETTINGS, checkpoint=checkpoint, on_optimizer=stop_at(STOP_AT))
     saved = checkpoint.load()
@@ -68,15 +68,16 @@ def test_a_stopped_relaxation_continues_exactly_where_it_stopped(crystal, uninte
 
 
 def test_a_checkpoint_of_another_relaxation_is_ignored(crystal, tmp_path):
-    path = tmp_path / "job.inflight.pkl"
+    path = tmp_path / "job.inflight.npz"
     with pytest.raises(KeyboardInterrupt):
         relax(crystal, get_potential("ani1x").calculator(), SETTINGS,
               checkpoint=Checkpoint(path, key="2007300 abc", every=0), on_optimizer=stop_at(3))
     other = Checkpoint(path, key="2007300 another-settings-hash", every=0)
     assert other.load() is None
-    path.write_bytes(b"not a pickle")
-    assert Checkpoint(path, key="2007300 abc").load() is None
-    assert Checkpoint(tmp_path / "missing.pkl", key="x").load() is None
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(CheckpointWarning, match="unreadable"):
+        assert Checkpoint(path, key="2007300 abc").load() is None
+    assert Checkpoint(tmp_path / "missing.npz", key="x").load() is None
 
 
 def test_a_rerun_of_a_stopped_job_continues_its_crystal(small_clean_db, tmp_path, monkeypatch):
@@ -134,3 +135,70 @@ def test_a_job_killed_mid_relaxation_continues_on_rerun(small_clean_db, tmp_path
     assert row.resumed_at_step == stopped_at and row.steps == reference.steps == 60
     assert row.V_relaxed == pytest.approx(reference.V_relaxed, abs=1e-6)
     assert row.e_final == pytest.approx(reference.e_final, abs=1e-8)
+
+
+#: what issue 32 wrote into a checkpoint: a pickle that runs a shell command, one whose load raises TypeError
+#: (an unhashable dict key), and one announcing 2**62 bytes (OverflowError/MemoryError)
+def hostile_pickles(marker: Path) -> list[bytes]:
+    return [b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.",
+            b"\x80\x05}]\x94]\x94s.",
+            b"\x80\x05\x8e" + (2**62).to_bytes(8, "little") + b"abc."]
+
+
+@pytest.mark.parametrize("which", range(3))
+def test_a_hostile_or_corrupt_checkpoint_is_ignored_with_a_warning_and_runs_nothing(which, small_clean_db,
+                                                                                   tmp_path, model_dir):
+    """The file beside the job (old ``.pkl`` name and the new one) holds a hostile or corrupt pickle: the
+    job warns, relaxes the crystal afresh, records it and runs no code from the file; a rerun works too."""
+    pwned = tmp_path / "PWNED"
+    out = str(tmp_path / "relaxed_{potential}.db")
+    marker = InFlight.for_job(out, "ani1x", 0, 1)
+    settings = RelaxSettings(potential="ani1x", fmax=0.05, max_steps_base=3, steps_per_atom=0, strategy="study")
+    payload = hostile_pickles(pwned)[which]
+    for path in (marker.path.with_suffix(".pkl"), marker.path.with_suffix(".npz")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    for _ in range(2):
+        with pytest.warns(CheckpointWarning, match="unreadable"):
+            report = stage.run_batch(small_clean_db, out, "ani1x", settings=settings, limit=1, progress=False,
+                                     checkpoint_every=3600)
+        (row,) = report.rows
+        assert row["status"] == "step_cap" and row["steps"] == 3
+        assert not pwned.exists()
+        marker.path.with_suffix(".npz").write_bytes(payload)
+        dbmod.connect(report.out_db).delete([r.id for r in dbmod.connect(report.out_db).select()])
+
+
+def test_a_checkpoint_of_another_starting_structure_is_not_continued(crystal, tmp_path):
+    """Same id, same atom count, same settings, but the cell x1.15 (a corrected CIF): B starts afresh."""
+    path = tmp_path / "job.inflight.npz"
+    settings = RelaxSettings(potential="ani1x", fmax=0.05, max_steps_base=5, steps_per_atom=0, strategy="study")
+    a = Checkpoint(path, key="cod-2007300 H", every=0)
+    relax(crystal, get_potential("ani1x").calculator(), settings, checkpoint=a)
+    assert a.load()["nsteps"] == 5
+    b = crystal.copy()
+    b.set_cell(crystal.cell * 1.15, scale_atoms=True)
+    assert structure_fingerprint(b) != structure_fingerprint(crystal)
+    assert Checkpoint(path, key="cod-2007300 H").load(start=structure_fingerprint(b)) is None
+    fresh = relax(b, get_potential("ani1x").calculator(), settings, checkpoint=Checkpoint(path, key="cod-2007300 H"))
+    assert "resumed_at_step" not in fresh.extra and fresh.steps == 5
+
+
+def test_an_lbfgs_relaxation_continues_exactly_from_its_npz_checkpoint(crystal, tmp_path):
+    """LBFGS keeps lists of history vectors: they come back from the .npz (numbers only) and the resumed
+    relaxation lands where the uninterrupted one does."""
+    settings = RelaxSettings(potential="ani1x", max_steps_base=12, steps_per_atom=0, optimizer="LBFGS",
+                             strategy="study")
+    whole = relax(crystal, get_potential("ani1x").calculator(), settings)
+    checkpoint = Checkpoint(tmp_path / "lbfgs.npz", key="k", every=0)
+    with pytest.raises(KeyboardInterrupt):
+        relax(crystal, get_potential("ani1x").calculator(), settings, checkpoint=checkpoint,
+              on_optimizer=stop_at(5))
+    state = checkpoint.load(start=structure_fingerprint(crystal))["optimizer"]
+    assert isinstance(state[1], list) and all(isinstance(v, np.ndarray) for v in state[1])
+    with np.load(checkpoint.path, allow_pickle=False) as npz:
+        assert all(npz[name].dtype.kind in "biuf" for name in npz.files if name != "meta")
+    resumed = relax(crystal, get_potential("ani1x").calculator(), settings, checkpoint=checkpoint)
+    assert resumed.extra["resumed_at_step"] == 5 and resumed.steps == whole.steps == 12
+    np.testing.assert_allclose(resumed.atoms.positions, whole.atoms.positions, atol=1e-8)
+    np.testing.assert_allclose(resumed.atoms.cell.array, whole.atoms.cell.array, atol=1e-8)

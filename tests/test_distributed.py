@@ -148,3 +148,26 @@ def test_make_client_rejects_unknown_scheduler():
 
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_client("nonsense")
+
+
+def test_every_project_variable_reaches_the_workers(monkeypatch):
+    """Model-file potentials (CODANI_MODEL_DIR) and the AIMNet2 cache (CODANI_CACHE) on SLURM/PBS workers too:
+    one list of the project's variables, and no variable read in helpers/ that the list misses."""
+    import re
+    from pathlib import Path
+
+    from helpers.run.distributed import _worker_env
+    from helpers.vocabulary import FORWARDED_ENV, JOB_ENV, RUN_ENV, THREADS_ENV
+
+    for name in FORWARDED_ENV:
+        monkeypatch.setenv(name, f"/somewhere/{name.lower()}")
+    env = _worker_env(1)
+    assert {name: env.get(name) for name in FORWARDED_ENV} == {n: f"/somewhere/{n.lower()}" for n in FORWARDED_ENV}
+    assert {"CODANI_MODEL_DIR", "CODANI_CACHE"} <= set(env)
+
+    helpers = Path(__file__).resolve().parents[1] / "helpers"
+    source = "\n".join(p.read_text() for p in helpers.rglob("*.py"))
+    read = set(re.findall(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']""", source))
+    named = set(re.findall(r"""^\s*[A-Z_]*_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", source, re.M))
+    per_job = {THREADS_ENV, RUN_ENV, *JOB_ENV, "DISPLAY", "XDG_CACHE_HOME"}  # set per job, or not the project's
+    assert (read | named) - per_job <= set(FORWARDED_ENV)

@@ -30,7 +30,7 @@ CONTRACT = {
                     "converged_only": True, "alpha_v": 1.65e-4, "t_ref": 0.0, "threshold_pct": 20.0,
                     "temperature_edges": (150, 250), "structure": True, "matcher": False,
                     "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0,
-                    "settings_hashes": None},
+                    "settings_hashes": None, "max_atoms": None},
 }
 NOTEBOOKS = tuple(CONTRACT)
 

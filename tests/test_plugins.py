@@ -59,6 +59,7 @@ ENTRY_POINTS = textwrap.dedent("""
     toy-file = toy_codani_plugin:file_potentials
     impostor = toy_codani_plugin:TAKEN
     broken = toy_codani_plugin:DOES_NOT_EXIST
+    exits = toy_codani_exit:POTENTIAL
     """)
 
 
@@ -68,6 +69,7 @@ def plugin_dir(tmp_path, monkeypatch):
     site = tmp_path / "site"
     site.mkdir()
     (site / "toy_codani_plugin.py").write_text(PLUGIN)
+    (site / "toy_codani_exit.py").write_text("import sys\nsys.exit(3)\n")  # a plugin that ends the process
     info = site / "toy_codani_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-codani-plugin\nVersion: 0.1\n")
@@ -82,6 +84,7 @@ def plugin_dir(tmp_path, monkeypatch):
     plugins._loaded.clear()
     plugins._loaded.update(loaded)
     sys.modules.pop("toy_codani_plugin", None)
+    sys.modules.pop("toy_codani_exit", None)
 
 
 def test_entry_point_potentials_load_lazily_and_broken_ones_are_reported(plugin_dir):
@@ -92,6 +95,7 @@ def test_entry_point_potentials_load_lazily_and_broken_ones_are_reported(plugin_
     messages = " | ".join(str(w.message) for w in caught)
     assert "'broken'" in messages and "failed to load" in messages and "toy-codani-plugin" in messages
     assert "'ani1x' is already registered" in messages
+    assert "'exits'" in messages and "SystemExit" in messages  # sys.exit at import: a warning, not the end
     assert REGISTRY["ani1x"].citation != "an impostor"  # built-ins win
     assert plugins.load_plugins() == []  # idempotent: nothing new, no second round of warnings
     assert {"toy-lj", "toy-file"} <= {r["name"] for r in potentials_table()}
@@ -133,6 +137,42 @@ def test_model_file_missing_says_what_and_where_to_get_it(plugin_dir, tmp_path, 
     assert pot.calculator(model_file=str(other)).parameters.epsilon == 0.02
     with pytest.raises(plugins.ModelFileMissing, match="nowhere.json"):
         pot.calculator(model_file=str(tmp_path / "nowhere.json"))
+
+
+def test_a_model_file_potential_is_known_by_its_weights_content_not_their_path(plugin_dir, tmp_path, monkeypatch,
+                                                                              shared_data):
+    """Rows carry the file's sha256; other weights at the same path are not counted as done, the same weights
+    at another path are (issue 32, item 1)."""
+    import hashlib
+
+    monkeypatch.setenv(plugins.MODEL_DIR_ENV, str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    weights = tmp_path / "models" / "toy-lj.json"
+    weights.write_text(json.dumps({"sigma": 2.0, "epsilon": 0.005}))
+    atoms = ase.io.read(shared_data / "cod-sample" / "1010060.cif")
+    clean = str(tmp_path / "clean.db")
+    with connect(clean) as db:
+        db.write(atoms, structure_id="co2", V_exp=atoms.get_volume())
+    settings = RelaxSettings(potential="toy-file", fmax=0.05, max_steps_base=20, steps_per_atom=0)
+
+    def job(**options):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", plugins.PluginWarning)
+            return run_batch(clean, str(tmp_path / "out.db"), "toy-file", settings=settings, progress=False,
+                             n_threads=1, calculator_options=options or None)
+
+    first = job()
+    row = connect(first.out_db).get(structure_id="co2")
+    assert row.model_file_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert job().skipped_done == 1
+    copy = tmp_path / "copy-of-the-same-weights.json"
+    copy.write_bytes(weights.read_bytes())
+    assert job(model_file=str(copy)).skipped_done == 1  # the same weights elsewhere: done
+    weights.write_text(json.dumps({"sigma": 2.0, "epsilon": 0.02}))  # new weights, same path
+    second = job()
+    assert second.skipped_done == 0 and second.settings_hash != first.settings_hash
+    assert connect(second.out_db).count(settings_hash=second.settings_hash, model_file_sha256=hashlib.sha256(
+        weights.read_bytes()).hexdigest()) == 1
 
 
 def test_cli_lists_an_installed_plugin(plugin_dir):

@@ -105,20 +105,27 @@ def test_rows_made_with_other_settings_neither_count_nor_enter_the_report(campai
 
 @slow
 def test_the_analysis_reads_what_the_shards_hold(campaign):
-    """A relax run stopped before its merge: the analysis merges first, so the report counts its rows."""
+    """A relax run stopped before its merge: the analysis merges first, so the report counts its rows — of
+    the potential's subset only (a row of a structure outside it, e.g. from an earlier wider run, is left out)."""
     from helpers.run.results import settings_hashes
 
     root, plan, _ = campaign
     merged = plan.dbs["out_db"].format(potential="ani1x-d3")
     shard = merged.replace(".db", ".batch0000of0002.db")
+    database = dbmod.connect(merged)
+    own = database.get(structure_id="cod-1011063")  # 24 atoms: ani1x-d3's subset; moved into the shard
+    dbmod.connect(shard).write(own.toatoms(), key_value_pairs=own.key_value_pairs, data=own.get("data", {}))
+    del database[own.id]
     row = next(r for r in dbmod.connect(plan.dbs["out_db"].format(potential="ani1x")).select()
-               if r.structure_id == "cod-2000642")  # 36 atoms: not in ani1x-d3's subset, so not in its database
+               if r.structure_id == "cod-2000642")  # 36 atoms: not in ani1x-d3's subset (≤ 26)
     kvp = {**row.key_value_pairs, "potential": "ani1x-d3", "settings_hash": settings_hashes(plan)["ani1x-d3"]}
     dbmod.connect(shard).write(row.toatoms(), key_value_pairs=kvp)
     try:
         run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("analysis",))
         errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
-        assert sorted(errors[errors.potential == "ani1x-d3"].structure_id) == ["cod-1011063", "cod-2000642"]
+        assert sorted(errors[errors.potential == "ani1x-d3"].structure_id) == ["cod-1011063"]
+        left = pd.read_csv(root / "work" / "analysis" / "left_out.csv")
+        assert list(left.structure_id) == ["cod-2000642"] and "subset" in left.reason.iloc[0]
     finally:
         Path(shard).unlink()
         database = dbmod.connect(merged)

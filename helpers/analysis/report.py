@@ -458,26 +458,26 @@ def _common_section(errors: pd.DataFrame) -> list[str]:
 def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "docs",
                  extra: dict[str, Any] | None = None) -> Path:
     """Write ``docs_dir/results.md`` and its figures (``docs_dir/figures/``) from the analysis tables."""
+    require_complete_analysis(analysis_dir)
     tables = read_tables(analysis_dir)
     summary, errors = tables["summary"], tables["errors"]
     docs = Path(docs_dir)
     figures = docs / "figures"
-    if figures.is_dir():
-        shutil.rmtree(figures)  # only this run's figures
-    figures.mkdir(parents=True)
+    figures.mkdir(parents=True, exist_ok=True)  # may be a symlink; the files in it that are not ours stay
     copied = []
     for name in ("ci_volume.png", "ci_a1.png", "overlay_volume.png", "dv_vs_temperature.png", "status_counts.png",
                  *(f"hist_{p}_volume.png" for p in sorted(set(errors.get("potential", []))))):
         source = Path(analysis_dir) / name
         if source.is_file():
-            shutil.copy(source, figures / name)
+            _replace_file(figures / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
             copied.append(name)
     info = extra or {}
     clean_fraction = info.get("clean_fraction")
     potentials = sorted(set(errors.get("potential", [])))
-    pictures = {p: worst_picture(errors, p, figures / f"worst_{p}.png") for p in potentials}
-    for png in figures.glob("*.png"):
-        shrink_png(png)
+    pictures = {p: _replace_file(figures / f"worst_{p}.png", lambda tmp, p=p: worst_picture(errors, p, tmp))
+                for p in potentials}
+    for path in [figures / name for name in copied] + [path for path in pictures.values() if path]:
+        shrink_png(path)  # our own file, just put in place
     coverage = coverage_table(info["coverage"], plan.max_atoms) if info.get("coverage") else None
     out = [
         "# Results: ANI and other potentials against experimental COD crystals",
@@ -501,18 +501,18 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
           if info.get("stage_minutes") else []),
         "## The study's table beside ours",
         "", _markdown(study_comparison(summary)), "",
-        "![μ and median with 95 % CIs per potential](figures/ci_volume.png)", "",
+        *_figure_link("μ and median with 95 % CIs per potential", "ci_volume.png", copied),
         "## Every potential, ranked (ΔV, converged structures)",
         "", _markdown(ranking(summary, errors)), "",
         "Subsets: " + (", ".join(f"{display_name(p)} {subset_text(p, n)}" for p, n in plan.max_atoms.items() if n)
                        or "every potential relaxed every clean structure") + ".",
         "", *_common_section(errors),
-        "![ΔV histograms, all potentials](figures/overlay_volume.png)", "",
+        *_figure_link("ΔV histograms, all potentials", "overlay_volume.png", copied),
         "## Cell lengths, angles and density",
         "", _markdown(lattice_table(summary)), "",
         "## Before and after the temperature correction",
         "", _markdown(thermal_table(tables["thermal_summary"])), "",
-        "![ΔV against measurement temperature](figures/dv_vs_temperature.png)", "",
+        *_figure_link("ΔV against measurement temperature", "dv_vs_temperature.png", copied),
         "## All entries and one entry per compound",
         "", _markdown(compound_table(summary)), "",
         "## How the relaxations ended",
@@ -536,6 +536,40 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     path = docs / "results.md"
     path.write_text("\n".join(out))
     return path
+
+
+class IncompleteAnalysis(RuntimeError):
+    """The analysis folder has no completion marker: an analysis was interrupted or never ran there."""
+
+
+def require_complete_analysis(analysis_dir: str | Path) -> None:
+    """Refuse to report from an analysis that did not finish (its tables and figures may be missing or mixed)."""
+    from helpers.analysis.stage import ANALYSIS_COMPLETE
+
+    if not (Path(analysis_dir) / ANALYSIS_COMPLETE).is_file():
+        raise IncompleteAnalysis(f"{analysis_dir} holds no complete analysis ({ANALYSIS_COMPLETE} missing: "
+                                 "interrupted or never run); run the analysis stage again, then the report")
+
+
+def _replace_file(path: Path, write) -> Path | None:
+    """Write ``path`` through ``write(tmp)`` and rename it into place (a symlink at ``path`` is replaced, not
+    followed); the report's own files only. None, and ``path`` removed, when ``write`` made nothing."""
+    tmp = path.with_name(f".tmp-{path.name}")  # same suffix: writers pick the format from it
+    tmp.unlink(missing_ok=True)
+    try:
+        write(tmp)
+        if not tmp.is_file():
+            path.unlink(missing_ok=True)  # a stale figure of ours would otherwise stay beside a report without it
+            return None
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _figure_link(caption: str, name: str, copied: list[str]) -> list[str]:
+    """A figure's Markdown line, only when the figure is there."""
+    return [f"![{caption}](figures/{name})", ""] if name in copied else []
 
 
 def dataset_info(work_dir: str | Path, sources: Sequence[str]) -> dict[str, Any]:

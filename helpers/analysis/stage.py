@@ -14,6 +14,7 @@ reported next to them. Everything :func:`run_analysis` writes is described in it
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -180,7 +181,8 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
 
 def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str | Path | None = None, *,
                    structure: bool = False, symprec: float = 1e-2, matcher: bool = False,
-                   progress: bool = False, settings_hashes: Sequence[str] | None = None) -> pd.DataFrame:
+                   progress: bool = False, settings_hashes: Sequence[str] | None = None,
+                   max_atoms: dict[str, int | None] | None = None) -> pd.DataFrame:
     """One row per structure × potential (errors.csv layout) from relaxed databases.
 
     ``relaxed_dbs``: glob, path, PostgreSQL URL or a list of them. ``clean_db`` (optional)
@@ -195,7 +197,10 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     With ``clean_db``, only structures that are clean *now* count: a relaxed row whose structure a
     later 02_filter run rejected (or removed) is left out, and ``frame.attrs["left_out"]`` lists it
     with the reason. With ``settings_hashes`` (hashes printed by 03_relax, or prefixes of 7+ characters),
-    only rows made with those settings count; rows of earlier settings are left out the same way.
+    only rows made with those settings count; rows of earlier settings are left out the same way. With
+    ``max_atoms`` (potential -> largest structure, in the atoms the potential evaluates, as 03_relax's
+    ``max_atoms``; needs ``clean_db``), only the structures of each potential's subset count: a run on a
+    subset is not analysed with rows of structures outside it.
     """
     from tqdm.auto import tqdm
 
@@ -221,6 +226,12 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
                                            "this analysis keeps only settings_hashes " + ", ".join(keep)})
                 continue
             clean_row = clean.get(id=clean_ids[str(sid)]) if clean is not None else None
+            limit = (max_atoms or {}).get(row.get("potential"))
+            if limit is not None and clean_row is not None and _atoms_evaluated(row.get("potential"),
+                                                                                clean_row) > limit:
+                left_out.append({"structure_id": sid, "potential": row.get("potential"), "db": name,
+                                 "reason": f"outside this analysis's subset (≤ {limit} atoms)"})
+                continue
             try:
                 record = row_errors(row, clean_row, structure=structure, symprec=symprec, matcher=matcher)
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the analysis
@@ -235,6 +246,16 @@ def collect_errors(relaxed_dbs: str | Path | Iterable[str | Path], clean_db: str
     frame = _drop_duplicates(frame).reset_index(drop=True)
     frame.attrs["left_out"] = left_out  # records (a list: pandas compares attrs when combining frames)
     return frame
+
+
+def _atoms_evaluated(potential: str, clean_row) -> int:
+    """Atoms ``potential`` evaluates for this clean structure (the rule of 03_relax's ``max_atoms``)."""
+    from helpers.relax.potentials.registry import get_potential
+
+    try:
+        return get_potential(potential).atoms_evaluated(clean_row)
+    except KeyError:  # a potential no longer registered: its own cell
+        return clean_row.natoms
 
 
 def _hash_prefixes(settings_hashes: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -542,7 +563,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
                  symprec: float = 1e-2, matcher: bool = False, plots: bool = True,
                  progress: bool = False, one_per_compound: Any = compounds.DEFAULT_RULE,
                  n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
-                 settings_hashes: Sequence[str] | None = None) -> dict[str, Any]:
+                 settings_hashes: Sequence[str] | None = None,
+                 max_atoms: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
 
     Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
@@ -557,7 +579,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     None / "" / "None" disables): when clean rows carry ``compound_key``, summary.csv holds every
     statistic twice, ``entries`` = "all" and "one_per_compound". ``n_boot``/``boot_seed``: the
     bootstrap CIs. ``settings_hashes``: analyse only rows made with these settings (the rest are listed in
-    left_out.csv); None: every run, told apart by hash when a potential has several. Parameters may
+    left_out.csv); None: every run, told apart by hash when a potential has several. ``max_atoms``: each
+    potential's subset (:func:`collect_errors`). Parameters may
     arrive as strings (papermill's command line): they are coerced
     and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
     (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
@@ -572,7 +595,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         log.warning("structure checks need clean_db; skipped")
         structure = False
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
-                            progress=progress, settings_hashes=settings_hashes)
+                            progress=progress, settings_hashes=settings_hashes, max_atoms=max_atoms)
     return analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
                           threshold_pct=threshold_pct, temperature_edges=temperature_edges, alpha_v=alpha_v,
                           t_ref=t_ref, plots=plots, one_per_compound=one_per_compound, n_boot=n_boot,
@@ -627,14 +650,33 @@ def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only:
                 "edges": temperature_edges}
     results["figures"] = _write_figures(results, out, quantities, converged_only, **settings) if plots else []
     results["entries_note"] = compounds.entries_note(errors, rule)
+    (out / ANALYSIS_COMPLETE).write_text(json.dumps({"tables": sorted(p.name for p in files.values()),
+                                                     "figures": sorted(Path(f).name for f in results["figures"])}))
     return results
 
 
+#: written last by :func:`analyse_errors` (removed first): the report uses only an analysis that finished
+ANALYSIS_COMPLETE = "analysis_complete.json"
 #: what run_analysis writes into out_dir: removed first, so a rerun never leaves stale figures or tables
-OUTPUT_PATTERNS = tuple(f"{name}.csv" for name in (
+OUTPUT_PATTERNS = (ANALYSIS_COMPLETE,) + tuple(f"{name}.csv" for name in (
     "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
     "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out")) + (
     "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png")
+
+
+def land_analysis(partial: str | Path, out: str | Path) -> None:
+    """Move a finished analysis written to ``partial`` (a folder of its own) into ``out``: the completion
+    marker of ``out`` goes first and comes back last, so an analysis stopped half-way (before or during the
+    move) is never taken for a whole one; files of ``out`` that are not an analysis's outputs stay."""
+    partial, out = Path(partial), Path(out)
+    if not (partial / ANALYSIS_COMPLETE).is_file():
+        raise FileNotFoundError(f"{partial} holds no complete analysis ({ANALYSIS_COMPLETE} missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ANALYSIS_COMPLETE).unlink(missing_ok=True)
+    _remove_previous_outputs(out)
+    for path in sorted(partial.iterdir(), key=lambda p: p.name == ANALYSIS_COMPLETE):  # the marker last
+        path.replace(out / path.name)
+    partial.rmdir()
 
 
 def _remove_previous_outputs(out: Path) -> None:

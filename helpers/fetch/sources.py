@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from helpers.fetch.download import decode
+from helpers.vocabulary import COD_SOURCE_ENV
 
 COD_URL = "https://www.crystallography.net/cod/"
-SOURCE_ENV = "COD_SOURCE"
+SOURCE_ENV = COD_SOURCE_ENV
 COD_ID = re.compile(r"^\d{7}$")
 
 

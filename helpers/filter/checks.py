@@ -25,6 +25,7 @@ from ase import Atoms
 
 from helpers.fetch.cif import cif_number
 from helpers.fetch.formula import parse_formula
+from helpers.run.guard import TimeLimitExceeded
 from helpers.vocabulary import STUDY_ELEMENTS, STUDY_MIN_DISTANCE, density_g_cm3
 
 #: atoms closer than this (Å) are copies of one site, not bonded partners: no molecules are read from them
@@ -146,6 +147,8 @@ class Entry:
 
         try:
             blocks = [b for b in cif_blocks(self.cif) if b.has_structure()]
+        except TimeLimitExceeded:
+            raise  # the check that ran out of time says so; not a file without tags
         except Exception:  # noqa: BLE001 - a broken file is diagnosed by other checks
             return {}
         return dict(blocks[0].items()) if blocks else {}
@@ -155,8 +158,17 @@ class Entry:
 
     @cached_property
     def pymatgen(self) -> dict[str, Any]:
-        """pymatgen's reading of the CIF: structure (conventional cell) or the error, plus warnings."""
+        """pymatgen's reading of the CIF: structure (conventional cell) or the error, plus warnings.
+
+        A reading stopped by a check's CPU-time limit is not its result: the check that ran out of time says
+        so in its own reason, and each later check that needs the reading says, in its own reason, that it
+        did not finish there (not tried again: one pathological file costs one limit, not one per check).
+        """
         from pymatgen.io.cif import CifParser
+
+        if "pymatgen_ran_out" in self._cache:
+            raise TimeLimitExceeded(f"pymatgen's reading of this CIF ran out of time earlier "
+                                    f"({self._cache['pymatgen_ran_out']}); not tried again")
 
         out: dict[str, Any] = {"structure": None, "error": None, "warnings": [], "check": None, "tags": None}
         with warnings.catch_warnings(record=True) as caught:
@@ -172,6 +184,9 @@ class Entry:
                     raise ValueError("no structures parsed")
                 out["structure"] = structures[0]
                 out["check"] = parser.check(structures[0])
+            except TimeLimitExceeded as exc:
+                self._cache["pymatgen_ran_out"] = str(exc)
+                raise
             except Exception as exc:  # noqa: BLE001 - the failure is the finding
                 out["error"] = f"{type(exc).__name__}: {exc}"
         messages = []

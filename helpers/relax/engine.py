@@ -12,8 +12,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -21,7 +23,8 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from helpers.internals import capture_optimizer_state, restore_optimizer_state
-from helpers.relax.checkpoint import Checkpoint
+from helpers.relax.checkpoint import Checkpoint, structure_fingerprint
+from helpers.relax.potentials.registry import MODEL_FILE_HASH
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
 
 #: the fused-atom check (a neighbour search, ~10 ms at 100 atoms) runs every this many steps
@@ -82,12 +85,20 @@ class RelaxSettings:
             raise ValueError("steps_per_atom unresolved")
         return int(self.max_steps_base + self.steps_per_atom * natoms)
 
-    def hash(self) -> str:
-        """Short stable hash of the settings and the software versions that change results."""
+    def hash(self, calculator: Mapping[str, Any] | None = None) -> str:
+        """Short stable hash of the settings, the software versions that change results and ``calculator``:
+        the calculator options that change them (:meth:`~helpers.relax.potentials.registry.Potential.answer_options`;
+        a model file by its content hash). Without options the hash is the one of earlier versions."""
         fields = asdict(self)
         if fields["strategy"] == "study":  # hashes from before these fields existed stay valid
             del fields["strategy"], fields["draft"]
-        payload = json.dumps({**fields, "versions": versions(self.potential)}, sort_keys=True)
+        data = {**fields, "versions": versions(self.potential)}
+        options = dict(calculator or {})
+        if MODEL_FILE_HASH in options:  # another weights file: it replaces the default file's hash
+            data["versions"][MODEL_FILE_HASH] = options.pop(MODEL_FILE_HASH)
+        if options:  # only when given: every hash of default options stays what it was
+            data["calculator"] = options
+        payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -209,7 +220,8 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     atoms = prepare(atoms, calc, settings)
     cap = settings.max_steps(len(atoms))
     v0 = atoms.get_volume() if atoms.pbc.all() else None
-    saved = checkpoint.load() if checkpoint is not None else None
+    start_fingerprint = structure_fingerprint(atoms) if checkpoint is not None else None
+    saved = checkpoint.load(start=start_fingerprint) if checkpoint is not None else None
     earlier = saved or {"wall_time": 0.0, "cpu_time": 0.0, "force_calls": 0}
     start, cpu_start = time.perf_counter(), time.process_time()
     counts_calls = hasattr(calc, "n_calls")  # ours do; a plug-in's calculator may not (then None, not 0)
@@ -255,7 +267,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
                 checkpoint.save({
                     "nsteps": opt.nsteps, "positions": atoms.get_positions(), "cell": atoms.cell.array.copy(),
                     "optimizer": optimizer_state(), "e_initial": e_initial, "e_dispersion_initial": e_disp_initial,
-                    **spent()})
+                    **spent()}, start=start_fingerprint)
 
         opt.attach(guard, interval=1)
         if checkpoint is not None:

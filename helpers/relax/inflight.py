@@ -76,8 +76,9 @@ class InFlight:
 
     def checkpoint(self, structure_id: str, settings_hash: str, every: float = CHECKPOINT_EVERY) -> Checkpoint:
         """Where this job's relaxation of ``structure_id`` saves its progress: beside the mark
-        (``relaxed_x.batch0000of0002.inflight.pkl``), one file per job."""
-        return Checkpoint(self.path.with_suffix(".pkl"), key=f"{structure_id} {settings_hash}", every=every)
+        (``relaxed_x.batch0000of0002.inflight.npz``), one file per job (a ``.pkl`` of older versions
+        is never read)."""
+        return Checkpoint(self.path.with_suffix(".npz"), key=f"{structure_id} {settings_hash}", every=every)
 
 
 def crashed_message(potential: str, deaths: int) -> str:

@@ -148,7 +148,8 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     ids = batch_ids(clean, batch, n_batches, max_atoms, potential)[:limit]
     target = output_path(out_db, potential, batch, n_batches)
     out = dbmod.connect(target)
-    settings_hash = settings.hash()
+    options = pot.answer_options(calculator_options)  # what of calculator_options changes the answers
+    settings_hash = settings.hash(options)
     report = BatchReport(potential, batch, n_batches, target, settings_hash)
     done = finished_ids(out, settings_hash) | _finished_elsewhere(out_db, potential, target, settings_hash)
     todo = [sid for sid in ids if sid not in done]
@@ -157,7 +158,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
                disable=not progress)
 
     def record(row, atoms: Atoms, result: RelaxResult) -> None:
-        write_result(out, row, result, settings, settings_hash)
+        write_result(out, row, result, settings, settings_hash, options)
         report.rows.append(_summary_row(row.structure_id, len(atoms), result, row))
         bar.update()
         bar.set_postfix(Counter(r["status"] for r in report.rows))
@@ -284,8 +285,15 @@ def finished_ids(out: Database, settings_hash: str) -> set[str]:
 
 
 def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxSettings,
-                 settings_hash: str) -> int:
-    """Commit one relaxation (replacing an earlier attempt with the same settings)."""
+                 settings_hash: str, calculator: Mapping[str, Any] | None = None) -> int:
+    """Commit one relaxation (replacing an earlier attempt with the same settings); ``calculator``: the
+    options that changed the answer (:meth:`~helpers.relax.potentials.registry.Potential.answer_options`),
+    kept in the row's data. A model-file potential's row carries its weights' sha256 (``model_file_sha256``)."""
+    from helpers.relax.potentials.registry import MODEL_FILE_HASH
+
+    versions_now = versions(settings.potential)
+    calculator = dict(calculator or {})
+    model_hash = calculator.get(MODEL_FILE_HASH) or versions_now.get(MODEL_FILE_HASH)
     kvp = {key: clean_row.get(key) for key in REFERENCE_KEYS}
     kvp.update(
         potential=settings.potential, status=result.status, converged=result.converged,
@@ -299,9 +307,12 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         cell_filter=settings.cell_filter, strategy=settings.strategy,
         fmax_target=settings.fmax, V_relaxed=result.atoms.get_volume() if result.atoms.pbc.all() else None,
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
+        model_file_sha256=model_hash,
     )
     data = {"cell_exp": clean_row.data.get("cell_exp", clean_row.cell.tolist()),
-            "settings": settings.__dict__, "versions": versions(settings.potential), "message": result.message}
+            "settings": settings.__dict__, "versions": versions_now, "message": result.message}
+    if calculator:
+        data["calculator_options"] = calculator
     match = {"structure_id": clean_row.structure_id, "settings_hash": settings_hash}
     return dbmod.upsert(out, result.atoms, match, data=data, **dbmod.clean_kvp(kvp))
 

@@ -19,14 +19,14 @@ from helpers.run.notebooks import CampaignPlan, new_run_id, run_relax_job
 from helpers.store.db import connect, is_url
 from helpers.store.paths import resolve
 from helpers.store.shards import job_tag, output_path
-from helpers.vocabulary import JOB_ENV, THREADS_ENV
+from helpers.vocabulary import FORWARDED_ENV, JOB_ENV, THREADS_ENV
 
 JOBQUEUE_KINDS = ("slurm", "pbs")
 
 
 def _worker_env(threads_per_worker: int) -> dict[str, str]:
     env = {**JOB_ENV, "OMP_NUM_THREADS": str(threads_per_worker), THREADS_ENV: str(threads_per_worker)}
-    for key in ("ANI_MODEL_DIR", "TORCHANI_DATA_DIR", "COD_SOURCE", "CODANI_ROOT"):
+    for key in FORWARDED_ENV:  # every variable that says where a job's inputs are (model files, caches, ...)
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env

@@ -9,6 +9,7 @@ such values into what the parameter means or stops with a message naming the par
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -163,6 +164,19 @@ def database(value: Any) -> str:
 
 ELEMENTS = optional(sequence(element, "a list of element symbols"))
 
+
+def atom_limits(value: Any) -> dict[str, int | None]:
+    """04_analysis's ``max_atoms``: potential -> largest structure (atoms it evaluates), None for no limit."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise TypeError('a mapping such as {"gfn-ff": 60}') from None
+    if not isinstance(value, Mapping):
+        raise TypeError('a mapping such as {"gfn-ff": 60}')
+    limit = optional(integer(1))
+    return {text(name): limit(n) for name, n in value.items()}
+
 #: what each notebook parameter may be; tests/test_notebooks.py checks these match the notebooks
 SPECS: dict[str, dict[str, Coerce]] = {
     "01_fetch": {
@@ -194,6 +208,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "structure": boolean, "matcher": boolean, "one_per_compound": compound_rule, "n_boot": integer(0),
         "boot_seed": integer(0),
         "settings_hashes": optional(sequence(text, "a list of settings hashes")),
+        "max_atoms": optional(atom_limits),
     },
 }
 

@@ -11,6 +11,7 @@ an ETA for the whole campaign.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -84,11 +85,16 @@ def default_plan(data_dir: str | Path, work_dir: str | Path = "data/results",
 
 def relax_targets(plan: ResultsPlan) -> dict[str, int]:
     """Structures each potential will relax (clean, within its ``max_atoms``)."""
+    return {p: len(ids) for p, ids in target_ids(plan).items()}
+
+
+def target_ids(plan: ResultsPlan) -> dict[str, set[str]]:
+    """The structure ids each potential is to relax (clean, within its ``max_atoms``)."""
     from helpers.relax.stage import batch_ids
     from helpers.store import db as dbmod
 
     clean = dbmod.connect(plan.dbs["clean_db"], must_exist=True)
-    return {p: len(batch_ids(clean, 0, 1, plan.max_atoms.get(p), p)) for p in plan.potentials}
+    return {p: set(batch_ids(clean, 0, 1, plan.max_atoms.get(p), p)) for p in plan.potentials}
 
 
 def settings_hashes(plan: ResultsPlan) -> dict[str, str]:
@@ -101,6 +107,11 @@ def settings_hashes(plan: ResultsPlan) -> dict[str, str]:
 def relaxed_counts(plan: ResultsPlan) -> dict[str, int]:
     """Structures each potential has finished with this campaign's settings (in its database or its
     per-batch shards): the relax jobs' own rule, so rows made under other settings do not count."""
+    return {p: len(ids) for p, ids in relaxed_ids(plan).items()}
+
+
+def relaxed_ids(plan: ResultsPlan) -> dict[str, set[str]]:
+    """The structure ids of :func:`relaxed_counts`."""
     from helpers.relax.stage import finished_ids
     from helpers.store import db as dbmod
     from helpers.store.shards import result_files
@@ -114,15 +125,15 @@ def relaxed_counts(plan: ResultsPlan) -> dict[str, int]:
                 ids |= finished_ids(dbmod.connect(path, must_exist=True), hashes[p])
             except Exception:  # noqa: BLE001 - a shard being written: counted next time
                 pass
-        counts[p] = len(ids)
+        counts[p] = ids
     return counts
 
 
 def coverage(plan: ResultsPlan) -> dict[str, tuple[int, int]]:
-    """Per potential: (structures it is to relax, structures it has finished) — what the report
-    says did not finish."""
-    targets, done = relax_targets(plan), relaxed_counts(plan)
-    return {p: (targets[p], min(done[p], targets[p])) for p in plan.potentials}
+    """Per potential: (structures it is to relax, those of them it has finished) — what the report says did
+    not finish. Rows of structures outside the targets (an earlier, wider run) do not count."""
+    targets, done = target_ids(plan), relaxed_ids(plan)
+    return {p: (len(targets[p]), len(done[p] & targets[p])) for p in plan.potentials}
 
 
 #: one line per stage run of a campaign (appended, so resumed runs add up): the campaign's wall time
@@ -158,11 +169,12 @@ def run_relaxations(plan: ResultsPlan, log_dir: str | Path, max_parallel: int | 
 
     from helpers.relax.stage import merge_shards
 
-    targets = relax_targets(plan)
+    wanted = target_ids(plan)
+    targets = {p: len(ids) for p, ids in wanted.items()}
     total = sum(targets.values())
 
     def done() -> dict[str, int]:
-        return {p: min(n, targets[p]) for p, n in relaxed_counts(plan).items()}
+        return {p: len(ids & wanted[p]) for p, ids in relaxed_ids(plan).items()}
 
     which = ", ".join(plan.potentials) if len(plan.potentials) <= 2 else f"{len(plan.potentials)} potentials"
     bar = tqdm(total=total, initial=sum(done().values()), desc=f"relax ({which})", unit="crystal",
@@ -213,8 +225,17 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
             merge_shards(dbs["out_db"], p)
         relaxed = [dbs["out_db"].format(potential=p) for p in plan.potentials
                    if Path(dbs["out_db"].format(potential=p)).is_file()]
-        execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(analysis_dir),
-                                "settings_hashes": list(settings_hashes(plan).values())}, logs, progress=True)
+        from helpers.analysis.stage import land_analysis
+
+        # written apart and moved in whole when it finished: a stopped analysis never feeds the report
+        partial = analysis_dir.with_name(f"{analysis_dir.name}.partial")
+        if partial.is_dir():
+            shutil.rmtree(partial)  # our own scratch folder, left by a stopped analysis
+        execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(partial),
+                                "settings_hashes": list(settings_hashes(plan).values()),
+                                "max_atoms": {p: n for p, n in plan.max_atoms.items() if n is not None}},
+                logs, progress=True)
+        land_analysis(partial, analysis_dir)
     elif stage == "report":
         from helpers.analysis.report import dataset_info, write_report
 
@@ -233,8 +254,12 @@ STAGES = ("fetch", "filter", "relax", "analysis", "report")
 def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", docs_dir: str | Path = "docs",
                 potentials: Sequence[str] | None = None, stages: Sequence[str] = STAGES,
                 max_parallel: int | None = None, plan: ResultsPlan | None = None,
-                max_atoms: dict[str, int | None] | None = None) -> dict[str, Any]:
-    """The whole campaign (see the module docstring); returns where everything went."""
+                max_atoms: dict[str, int | None] | None = None, wait: bool = False) -> dict[str, Any]:
+    """The whole campaign (see the module docstring); returns where everything went. One run at a time per
+    work dir (:mod:`helpers.run.lock`): another one holding it is a :class:`~helpers.run.lock.WorkDirBusy`
+    naming it, or, with ``wait``, waited for."""
+    from helpers.run.lock import WorkDirLock
+
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
@@ -242,14 +267,15 @@ def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", doc
     logs = Path(plan.work_dir) / "executed"
     analysis_dir = Path(plan.work_dir) / "analysis"
     timings: dict[str, float] = {}
-    for stage in stages:
-        started = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        try:
-            _run_stage(stage, plan, logs, analysis_dir, docs_dir, max_parallel)
-        finally:  # an interrupted stage's time counts too: its finished relaxations are kept
-            timings[stage] = time.perf_counter() - started
-            log_stage_time(plan.work_dir, stage, plan.potentials, timings[stage])
-            print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
+    with WorkDirLock(plan.work_dir, wait=wait):
+        for stage in stages:
+            started = time.perf_counter()
+            print(f"== {stage}", flush=True)
+            try:
+                _run_stage(stage, plan, logs, analysis_dir, docs_dir, max_parallel)
+            finally:  # an interrupted stage's time counts too: its finished relaxations are kept
+                timings[stage] = time.perf_counter() - started
+                log_stage_time(plan.work_dir, stage, plan.potentials, timings[stage])
+                print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
     return {"work_dir": plan.work_dir, "analysis": str(analysis_dir), "docs": str(docs_dir), "minutes":
             {k: round(v / 60, 1) for k, v in timings.items()}}

@@ -14,8 +14,7 @@ import re
 from pathlib import Path
 
 from helpers.store.db import is_url
-
-ROOT_ENV = "CODANI_ROOT"
+from helpers.vocabulary import ROOT_ENV
 
 
 def project_root() -> Path:

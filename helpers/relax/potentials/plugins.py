@@ -11,13 +11,15 @@ Two forms, usable together:
    function returning either. After ``pip install`` of that package, ``python -m helpers.cli potentials``
    lists it and ``03_relax`` runs it by name. Entry points load lazily: on the first lookup of a name
    the registry does not know, or when the table of potentials is shown. A plugin that fails to load
-   or reuses a taken name is reported (warning) and left out; the built-in potentials always win.
+   in any way (an exception, even ``sys.exit``; only Ctrl-C stops the load) or reuses a taken name is
+   reported (warning) and left out; the built-in potentials always win.
 
 2. **Model files.** Potentials whose weights a user downloads (MACE-OFF ``.model``, newer AIMNet2 ``.pt``,
    ...) are declared with :func:`model_file_potential`: the calculator is built from a file looked for
    in ``calculator_options={"model_file": ...}``, then ``$CODANI_MODEL_DIR``, then ``data/models/`` of
    the project; when it is missing the error says which file, where it was looked for and where to
-   download it.
+   download it. The file's content hash (sha256), not its path, is part of the settings hash and is kept
+   on every row (``model_file_sha256``): rows of other weights never count as done.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from helpers import vocabulary
 from helpers.relax.potentials.registry import REGISTRY, Potential, register
 
 ENTRY_POINT_GROUP = "codani.potentials"
-MODEL_DIR_ENV = "CODANI_MODEL_DIR"
+MODEL_DIR_ENV = vocabulary.MODEL_DIR_ENV
 
 _loaded: set[str] = set()  # entry points already loaded (by "name = value")
 
@@ -75,7 +78,9 @@ def _register_entry_point(ep: EntryPoint) -> list[str]:
         where += f" from {dist}"
     try:
         potentials = _as_potentials(ep.load(), where)
-    except Exception as err:  # noqa: BLE001 - a broken plugin must not break the registry
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not break the registry
         warnings.warn(f"{where} failed to load: {type(err).__name__}: {err}", PluginWarning, stacklevel=3)
         return []
     names = []
@@ -137,8 +142,12 @@ def model_file_potential(name: str, load: Callable[..., Calculator], filename: s
             licence="ASL (academic)", packages=("mace-torch",))
     """
 
+    def locate(model_file: str | os.PathLike | None = None) -> Path:
+        return find_model_file(name, filename, url, model_file)
+
     def make(model_file: str | os.PathLike | None = None, **options: Any) -> Calculator:
-        return load(find_model_file(name, filename, url, model_file), **options)
+        return load(locate(model_file), **options)
 
     return Potential(name, make, frozenset(elements), steps_per_atom, citation, description, licence=licence,
-                     source=f"model file {filename} (download: {url})", cost=cost, packages=packages)
+                     source=f"model file {filename} (download: {url})", cost=cost, packages=packages,
+                     model_file=locate)

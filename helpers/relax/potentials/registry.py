@@ -11,9 +11,15 @@ the ``codani.potentials`` entry point group, loaded on first need
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator
@@ -46,6 +52,10 @@ class Potential:
     #: Γ-point-only codes (tblite) evaluate a crystal on the supercell whose perpendicular widths are all at
     #: least this (Å; :mod:`helpers.relax.potentials.supercell`); 0: the cell itself
     supercell_min_width: float = 0.0
+    #: a potential built from a user-downloaded weights file: ``model_file(given)`` is the file its calculator
+    #: loads (``given``: the ``model_file`` calculator option, or None for the default search path). The
+    #: file's content hash, never its path, is part of its settings hash and of its rows
+    model_file: Callable[[str | os.PathLike | None], Path] | None = None
 
     def atoms_evaluated(self, atoms) -> int:
         """Atoms in one evaluation of this crystal (``Atoms`` or a database row): its own, or its supercell's
@@ -80,11 +90,74 @@ class Potential:
         out.update(self.answer_settings)
         if self.supercell_min_width:  # the supercell changes a Γ-point code's answers: part of its hash
             out["gamma_point_supercell_min_width"] = f"{self.supercell_min_width:g} Å"
+        if self.model_file is not None:  # the weights are the model: their content, wherever the file is
+            out[MODEL_FILE_HASH] = self.model_file_hash()
+        return out
+
+    def model_file_hash(self, given: str | os.PathLike | None = None) -> str:
+        """sha256 of the weights file this potential loads (``given``, or the default one); ``"missing"``
+        when it cannot be found (no relaxation can run then); ``""`` for a potential without a model file."""
+        if self.model_file is None:
+            return ""
+        try:
+            path = Path(self.model_file(given))
+        except FileNotFoundError:
+            return "missing"
+        stat = path.stat()
+        return file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+    def answer_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The calculator ``options`` that change this potential's answers, for its settings hash: those
+        that differ from the calculator factory's defaults (so passing a default changes nothing), values as
+        JSON-able text; a ``model_file`` option becomes :data:`MODEL_FILE_HASH`, its content's sha256."""
+        try:
+            defaults = {name: p.default for name, p in inspect.signature(self.make_calculator).parameters.items()
+                        if p.default is not inspect.Parameter.empty}
+        except (TypeError, ValueError):
+            defaults = {}
+        out: dict[str, Any] = {}
+        for name, value in sorted((options or {}).items()):
+            if name == "model_file" and self.model_file is not None:
+                out[MODEL_FILE_HASH] = self.model_file_hash(value)
+            elif name not in defaults or not _same(value, defaults[name]):
+                out[name] = _jsonable(value)
         return out
 
     def missing_packages(self) -> list[str]:
         """Distributions of :attr:`packages` that are not installed (empty: usable)."""
         return [d for d, v in self.versions().items() if d in self.packages and v == "missing"]
+
+
+#: the key of a model file's content hash (sha256) in a settings hash and on a relaxed row
+MODEL_FILE_HASH = "model_file_sha256"
+
+
+@lru_cache(maxsize=64)
+def file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's content (cached per path, size and modification time: a weights file is read once)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fd:
+        for block in iter(lambda: fd.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Is a calculator option its default (8 and 8.0, (0,) and [0] are)?"""
+    return _jsonable(value) == _jsonable(default)
+
+
+def _jsonable(value: Any) -> Any:
+    """A calculator option as stable JSON: numbers, text, lists; anything else by its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
 
 
 def _ani_factory(model_name: str, dispersion: str | None = None) -> Callable[..., Calculator]:
