@@ -2,7 +2,8 @@
 
 The unit cell is drawn, and the atoms a check blamed are highlighted: close pairs as spheres joined
 by a distance label (a periodic image is added when the partner sits in a neighbouring cell),
-partially occupied sites, atoms that need hydrogens (with how many) and fragments that are not molecules
+bonds whose length contradicts their perceived order (joined like close pairs), partially occupied
+sites, atoms that need hydrogens (with how many) and fragments that are not molecules
 as spheres. Everything builds without a running kernel, so it is tested.
 """
 
@@ -42,7 +43,7 @@ def scene_for(atoms: Atoms, rejection: dict[str, Any], max_pairs: int = 10) -> S
     details = rejection.get("details") or {}
     atoms = atoms.copy()
     scene = Scene(atoms=atoms, note=rejection.get("reason", ""))
-    if rejection.get("check") == "close_contact":
+    if rejection.get("check") in ("close_contact", "bond_length_contradiction", "bond_length_outlier"):
         for pair in details.get("pairs", [])[:max_pairs]:
             i, j, shift = int(pair["i"]), int(pair["j"]), np.asarray(pair.get("shift", (0, 0, 0)))
             if i >= len(atoms) or j >= len(atoms):
@@ -153,7 +154,11 @@ def _info_html(row, rejection: dict[str, Any], scene: Scene) -> str:
 
     details = rejection.get("details") or {}
     extra = ""
-    if scene.pairs:
+    if scene.pairs and rejection.get("check", "").startswith("bond_length"):
+        d = [f"{p['labels'][0]}–{p['labels'][1]} {p['distance']:.3f} Å (order {p['order']:g}, expected "
+             f"{p['expected'][0] or '?'}–{p['expected'][1] or '?'} Å)" for p in details.get("pairs", [])[:5]]
+        extra = "<br>bonds against their perceived order (magenta): " + escape("; ".join(d))
+    elif scene.pairs:
         d = [f"{p['labels'][0]}–{p['labels'][1]} {p['distance']:.3f} Å" for p in details.get("pairs", [])[:5]]
         extra = "<br>closest pairs: " + escape("; ".join(d))
     elif rejection.get("check") == "hydrogen_missing" and details.get("h_needed"):
