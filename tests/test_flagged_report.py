@@ -56,4 +56,5 @@ def test_section_numbers_with_and_without(report):
     assert after == pytest.approx(np.median(rest), abs=0.006)
     assert row["n (left out)"] == f"{len(dv)} ({len(dv) - len(rest)})"
     up = dv.dV_pct > 10
-    assert row["tails that are listed"].startswith(f"{int((up & dv.structure_id.isin(listed)).sum())}/{int(up.sum())} up")
+    n_up_listed = int((up & dv.structure_id.isin(listed)).sum())
+    assert row["tails that are listed"].startswith(f"{n_up_listed}/{int(up.sum())} up")
