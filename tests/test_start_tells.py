@@ -28,8 +28,9 @@ def test_default_settings_hashes_are_unchanged(potential):
 def test_units_and_sign():
     from ase import units
 
-    tells = start_tells([[0, 0, 3.0], [4.0, 0, 0]], -np.array([1, 1, 1, 0, 0, 0]) * units.GPa)
-    assert tells == {"start_fmax": 4.0, "start_pressure": pytest.approx(1.0), "start_max_stress": pytest.approx(1.0)}
+    tells = start_tells([[0, 0, 3.0], [4.0, 0, 0]], -np.array([1, 1, 1, 0, 0, 0]) * units.GPa, [6, 1])
+    assert tells == {"start_fmax": 4.0, "start_fmax_heavy": 3.0, "start_pressure": pytest.approx(1.0),
+                     "start_max_stress": pytest.approx(1.0)}
 
 
 def test_one_at_a_time_engine_records_its_first_evaluation(cod_dir, model_dir):
@@ -50,12 +51,13 @@ def test_fast_path_records_them_and_backfill_writes_the_same(small_clean_db, tmp
     run_batch(small_clean_db, out, settings=settings, progress=False, n_threads=1)
     rows = list(dbmod.connect(out).select())
     assert {r.force_calls for r in rows} == {5}  # as before the start tells existed
-    recorded = {r.structure_id: (r.start_fmax, r.start_pressure, r.start_max_stress) for r in rows}
+    keys = ["start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress"]
+    recorded = {r.structure_id: [r[k] for k in keys] for r in rows}
+    assert all(0 < v[1] <= v[0] for v in recorded.values())  # heavy atoms: a subset of all atoms
     db = dbmod.connect(out)
     for r in rows:  # rows written before the start tells existed
-        db.update(r.id, delete_keys=["start_fmax", "start_pressure", "start_max_stress"])
+        db.update(r.id, delete_keys=keys)
     assert backfill_start_tells(out, small_clean_db) == len(rows)
     for r in dbmod.connect(out).select():
-        assert (r.start_fmax, r.start_pressure, r.start_max_stress) == pytest.approx(recorded[r.structure_id],
-                                                                                       rel=1e-6, abs=1e-9)
+        assert [r[k] for k in keys] == pytest.approx(recorded[r.structure_id], rel=1e-6, abs=1e-9)
     assert backfill_start_tells(out, small_clean_db) == 0  # nothing left to fill

@@ -12,7 +12,8 @@ A crystal is listed (``consensus_outliers.csv``) for any of these reasons, each 
 - ``filter_flagged``: 02_filter flagged its clean row for a reason in ``filter_flags`` (default: a bond
   outside the range of its perceived order, :mod:`helpers.filter.bond_lengths`);
 - ``start_extreme``: every potential with start tells (at least ``min_start_potentials``) found it
-  among its ``start_quantile`` largest start forces (``start_fmax``, :mod:`helpers.relax.start_tells`).
+  among its largest start forces (rank ≥ ``start_quantile``; ``start_fmax_heavy``, the largest force on a
+  non-H atom, where recorded, else ``start_fmax``; :mod:`helpers.relax.start_tells`).
   Ranks, not eV/Å: X-ray C–H bonds alone give ANI start forces of several eV/Å, and potentials differ.
 
 :func:`with_and_without` then gives every headline number (per potential n, median, μ and σ of the
@@ -64,7 +65,10 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
     frame["potential"] = frame.get("potential", frame.get("potential_name"))
     converged = frame["converged"].map(_truthy).fillna(False).astype(bool) if "converged" in frame else True
     frame["_dv"] = pd.to_numeric(frame.get("dV_pct"), errors="coerce").where(converged)
+    # heavy-atom start forces where recorded (X-ray H positions dominate the all-atom ones), else all atoms
     start = pd.to_numeric(frame.get("start_fmax", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    if "start_fmax_heavy" in frame:
+        start = pd.to_numeric(frame["start_fmax_heavy"], errors="coerce").fillna(start)
     # the share of the potential's own start forces at or below this one (1.0: its largest)
     frame["_start_rank"] = start.groupby(frame["potential"]).rank(pct=True, method="max").where(start.notna())
     frame["_start"] = start

@@ -69,7 +69,7 @@ ERROR_COLUMNS = [
     "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time", "cpu_time",
     # issue 36: how far from equilibrium the potential found the experimental structure, and the filter's
     # doubts about the entry (flags of its clean row, comma-separated)
-    "start_fmax", "start_pressure", "start_max_stress", "filter_flags",
+    "start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress", "filter_flags",
 ]
 
 
@@ -129,7 +129,8 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),
         "r_factor": compounds.r_factor_of(kvp) if compounds.r_factor_of(kvp) is not None
         else compounds.r_factor_of(clean_row),
-        "start_fmax": kvp.get("start_fmax"), "start_pressure": kvp.get("start_pressure"),
+        "start_fmax": kvp.get("start_fmax"), "start_fmax_heavy": kvp.get("start_fmax_heavy"),
+        "start_pressure": kvp.get("start_pressure"),
         "start_max_stress": kvp.get("start_max_stress"),
         "filter_flags": ",".join(sorted(k[len("flag_"):] for k, v in (clean_row.key_value_pairs if clean_row
                                  else kvp).items() if k.startswith("flag_") and v)),

@@ -263,7 +263,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
             # the optimizer's first evaluation is at the experimental geometry: its forces and stress are
             # the start tells (helpers.relax.start_tells), read from the results, no extra model call
             if not saved and not tells and opt.nsteps == 0:
-                tells.update(start_tells.from_results(getattr(atoms.calc, "results", None)))
+                tells.update(start_tells.from_results(getattr(atoms.calc, "results", None), atoms.numbers))
 
         opt.attach(record_start, interval=1)
         opt.attach(guard, interval=1)

@@ -221,7 +221,7 @@ class _Slot:
             if self.e_initial is None:
                 self.e_initial = float(results["energy"])
                 self.e_dispersion_initial = self.e_dispersion
-                self.tells = start_tells.from_results(results)
+                self.tells = start_tells.from_results(results, self.atoms.numbers)
                 if not math.isfinite(self.e_initial):
                     raise Exploded(f"initial energy is {self.e_initial}")
             else:  # after a step, as relax()'s per-step guard; the pass measured the closest pair

@@ -284,7 +284,7 @@ def finished_ids(out: Database, settings_hash: str) -> set[str]:
 
 
 #: forces/stress at the experimental geometry (helpers.relax.start_tells), from the engines' first evaluation
-START_TELLS = ("start_fmax", "start_pressure", "start_max_stress")
+START_TELLS = ("start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress")
 
 
 def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxSettings,

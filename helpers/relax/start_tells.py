@@ -19,17 +19,25 @@ import numpy as np
 from ase import units
 
 #: the keys written into relaxed rows
-KEYS = ("start_fmax", "start_pressure", "start_max_stress")
+KEYS = ("start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress")
 
 
-def start_tells(forces: Any, stress: Any) -> dict[str, float]:
+def start_tells(forces: Any, stress: Any, numbers: Any = None) -> dict[str, float]:
     """``start_fmax`` (eV/Å) from the atomic forces, ``start_pressure`` and ``start_max_stress`` (GPa) from
-    the stress (Voigt 6 or 3x3, eV/Å^3, ASE's sign: positive = tensile); missing parts are left out."""
+    the stress (Voigt 6 or 3x3, eV/Å^3, ASE's sign: positive = tensile); missing parts are left out.
+
+    With the atomic ``numbers``, also ``start_fmax_heavy``: the largest force on a non-H atom. X-ray
+    X–H bonds are 0.1-0.2 Å short, which alone gives start forces of several eV/Å on the H atoms;
+    forces on the heavy atoms tell more about the CIF's heavy-atom geometry.
+    """
     out: dict[str, float] = {}
     if forces is not None:
         f = np.asarray(forces, dtype=float).reshape(-1, 3)
         if len(f) and np.isfinite(f).all():
-            out["start_fmax"] = float(np.sqrt((f**2).sum(axis=1).max()))
+            norms = np.sqrt((f**2).sum(axis=1))
+            out["start_fmax"] = float(norms.max())
+            if numbers is not None and len(numbers) == len(f) and (np.asarray(numbers) > 1).any():
+                out["start_fmax_heavy"] = float(norms[np.asarray(numbers) > 1].max())
     if stress is not None:
         s = np.asarray(stress, dtype=float)
         if s.shape == (3, 3):
@@ -40,11 +48,11 @@ def start_tells(forces: Any, stress: Any) -> dict[str, float]:
     return out
 
 
-def from_results(results: dict[str, Any] | None) -> dict[str, float]:
+def from_results(results: dict[str, Any] | None, numbers: Any = None) -> dict[str, float]:
     """The start tells from a calculator's ``results`` at the experimental geometry ({} when absent)."""
     if not results:
         return {}
-    return start_tells(results.get("forces"), results.get("stress"))
+    return start_tells(results.get("forces"), results.get("stress"), numbers)
 
 
 def evaluate_start(atoms, calc) -> dict[str, float]:
@@ -56,7 +64,7 @@ def evaluate_start(atoms, calc) -> dict[str, float]:
         stress = atoms.get_stress()
     except Exception:  # noqa: BLE001 - a calculator without stress: forces only
         stress = None
-    return start_tells(forces, stress)
+    return start_tells(forces, stress, atoms.numbers)
 
 
 def backfill_start_tells(relaxed_db: str, clean_db: str, potential: str | None = None,
