@@ -123,7 +123,8 @@ class RejectViewer:
             self.reason.value = check  # re-enters show() once through the observer
             return self.scene
         row = self.db.get(id=ids[index])
-        rejection = next(r for r in row.data["rejections"] if r["check"] == check)
+        findings = row.data.get("rejections", []) + row.data.get("flags", [])
+        rejection = next(r for r in findings if r["check"] == check)
         atoms = display_atoms(row, rejection)
         self.scene = scene_for(atoms, rejection)
         self.current = {"structure_id": row.structure_id, "check": check, "index": index,
@@ -139,13 +140,24 @@ def display_atoms(row, rejection: dict[str, Any]) -> Atoms:
     return row.toatoms()
 
 
+#: flags whose findings carry atoms to draw (their rows keep ``data["flags"]``)
+FLAGS_WITH_DETAILS = ("bond_length_outlier",)
+
+
 def rejects_by_check(db) -> dict[str, list[int]]:
-    """Check name -> row ids of the structures that failed it (a structure appears under each)."""
+    """Check name -> row ids of the structures that failed it (a structure appears under each).
+
+    On a clean database (rows without ``checks``) the flags with details (``data["flags"]``, e.g.
+    ``bond_length_outlier``) count instead, so ``RejectViewer(clean_db)`` steps through the flagged entries.
+    """
     out: dict[str, list[int]] = {}
     for row in db.select(columns=["id", "key_value_pairs"], sort="id"):
-        for name in str(row.get("checks", "")).split(","):
-            if name:
-                out.setdefault(name, []).append(row.id)
+        names = [n for n in str(row.get("checks", "")).split(",") if n]
+        if row.get("checks") is None:
+            names += [k[len("flag_"):] for k, v in row.key_value_pairs.items()
+                      if k.startswith("flag_") and v is True and k[len("flag_"):] in FLAGS_WITH_DETAILS]
+        for name in names:
+            out.setdefault(name, []).append(row.id)
     return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
 
 
