@@ -202,3 +202,20 @@ def test_a_failed_campaign_job_keeps_the_others_work_and_names_itself(small_clea
     assert "batch 0" not in str(failure.value)
     rows = list(dbmod.connect(out_db.format(potential="ani1x")).select())
     assert len(rows) == 2 and {r.status for r in rows} == {"converged"}  # batch 0's half, merged
+
+
+@slow
+def test_the_report_tests_the_cif_error_explanation(campaign):
+    """Issue 36 end to end: every relaxed row carries its start tells, the report has its section, and
+    results.json its ``flagged`` ids per reason (none of these three clean crystals is listed)."""
+    import json
+
+    root, plan, out = campaign
+    errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
+    assert errors.start_fmax.notna().all() and (errors.start_fmax > 0).all()
+    assert errors.start_fmax_heavy.notna().all() and errors.start_pressure.notna().all()
+    markdown = (root / "docs" / "results.md").read_text()
+    assert "## CIF error or potential error?" in markdown
+    flagged = json.loads((root / "docs" / "results.json").read_text())["flagged"]
+    assert set(flagged["reasons"]) == {"volume_consensus", "chemistry_changed", "filter_flagged", "start_extreme"}
+    assert (root / "work" / "analysis" / "consensus_outliers.csv").is_file()

@@ -86,3 +86,16 @@ def test_atoms_short_of_hydrogens_and_fragments_are_highlighted(tmp_path, cod_di
     fragments = viewer.current["rejection"]["details"]["fragments"]
     assert viewer.scene.spheres == sorted(i for f in fragments for i in f["atoms"])
     assert "isolated C atom" in viewer.info.value
+
+
+def test_flagged_clean_entry_shows_its_bonds(tmp_path, shared_data):
+    """Solid CO2 (COD 1010060, clean, flagged bond_length_outlier: C=O 1.05 Å): RejectViewer(clean_db) joins the
+    C and O of a flagged bond like a close pair and names the bond, its order and the expected range."""
+    fetch(source=str(shared_data / "cod-sample"), raw_db=str(tmp_path / "raw.db"), cod_ids=[1010060], progress=False)
+    run_filter(tmp_path / "raw.db", tmp_path / "clean.db", tmp_path / "rejects.db", progress=False)
+    viewer = RejectViewer(str(tmp_path / "clean.db"))
+    assert dict(viewer.reason.options) == {"bond_length_outlier (1)": "bond_length_outlier"}
+    i, j = viewer.scene.pairs[0]
+    assert sorted(viewer.scene.atoms[[i, j]].get_chemical_symbols()) == ["C", "O"]
+    assert viewer.scene.atoms.get_distance(i, j) == pytest.approx(1.053, abs=0.01)  # the bonded image is drawn
+    assert "C1–O1 1.053 Å (order 2" in viewer.info.value and "1.23–1.43 Å" in viewer.info.value

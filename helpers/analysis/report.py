@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 
 #: COD entries made only of C, H, N and O (the study's count) — what the cost is projected to
@@ -531,6 +532,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         out += [f"### {display_name(potential)}", "", _markdown(worst(errors, potential)), ""]
         if pictures.get(potential):
             out += [f"![worst {potential}](figures/worst_{potential}.png)", ""]
+    out += flagged_section(analysis_dir, docs)  # issue 36: CIF error or potential error?
     out += ["## Discussion", "", discussion(summary, errors, tables["paired_volume"], tables["thermal_summary"]), "",
             CAVEATS, ""]
     path = docs / "results.md"

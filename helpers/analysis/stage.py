@@ -25,7 +25,7 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers.analysis import compounds
+from helpers.analysis import compounds, consensus
 from helpers.analysis.distributions import median_mad
 from helpers.analysis.quantities import (
     BASE_QUANTITIES,
@@ -68,6 +68,9 @@ ERROR_COLUMNS = [
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
     "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time", "cpu_time",
+    # issue 36: how far from equilibrium the potential found the experimental structure, and the filter's
+    # doubts about the entry (flags of its clean row, comma-separated)
+    "start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress", "filter_flags",
 ]
 
 
@@ -127,6 +130,11 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),
         "r_factor": compounds.r_factor_of(kvp) if compounds.r_factor_of(kvp) is not None
         else compounds.r_factor_of(clean_row),
+        "start_fmax": kvp.get("start_fmax"), "start_fmax_heavy": kvp.get("start_fmax_heavy"),
+        "start_pressure": kvp.get("start_pressure"),
+        "start_max_stress": kvp.get("start_max_stress"),
+        "filter_flags": ",".join(sorted(k[len("flag_"):] for k, v in (clean_row.key_value_pairs if clean_row
+                                 else kvp).items() if k.startswith("flag_") and v)),
     }
     notes = []
     relaxed = row.toatoms()
@@ -637,6 +645,7 @@ def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only:
         "paired_a1": paired_differences(errors, "a1", converged_only, **boot),
         "structure_summary": structure_summary(errors, converged_only),
         "left_out": left_out,
+        **consensus.consensus_tables(errors, converged_only),  # issue 36: CIF error or potential error
     }
     assert {f"{name}.csv" for name in results} <= set(OUTPUT_PATTERNS), "a new table must be in OUTPUT_PATTERNS"
     files = {}
@@ -660,7 +669,8 @@ ANALYSIS_COMPLETE = "analysis_complete.json"
 #: what run_analysis writes into out_dir: removed first, so a rerun never leaves stale figures or tables
 OUTPUT_PATTERNS = (ANALYSIS_COMPLETE,) + tuple(f"{name}.csv" for name in (
     "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
-    "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out")) + (
+    "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out",
+    "consensus_outliers", "consensus_effect")) + (
     "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png")
 
 

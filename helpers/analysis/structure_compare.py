@@ -203,6 +203,18 @@ def bonds(atoms: Atoms, mult: float = BOND_MULT) -> set[tuple[int, int]]:
     return {(int(a), int(b)) for a, b in zip(i, j) if a < b}
 
 
+def bond_changes(atoms: Atoms, broken: set[tuple[int, int]], formed: set[tuple[int, int]]) -> str:
+    """Which bonds a relaxation broke and formed, by element pair: ``"broken O-O x2; formed N-O x2"``
+    ("" when the bond graph is unchanged): the chemistry changed, a candidate CIF error (issue 36)."""
+    symbols = atoms.get_chemical_symbols()
+    parts = []
+    for what, pairs in (("broken", broken), ("formed", formed)):
+        kinds = Counter("-".join(sorted((symbols[i], symbols[j]))) for i, j in pairs)
+        if kinds:
+            parts.append(f"{what} " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
+    return "; ".join(parts)
+
+
 def molecules(atoms: Atoms, pairs: set[tuple[int, int]]) -> Counter:
     """Multiset of molecular formulas (connected components of the bond graph)."""
     from scipy.sparse import coo_matrix
@@ -282,14 +294,15 @@ def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None 
         out["bonds_broken"] = len(b_exp - b_rel)
         out["bonds_formed"] = len(b_rel - b_exp)
         out["bonds_intact"] = b_exp == b_rel
+        out["bond_changes"] = bond_changes(exp, b_exp - b_rel, b_rel - b_exp)
         disp = displacements(exp, relaxed, transform)
         heavy = disp[exp.numbers > 1]
         out["rmsd_A"] = float(np.sqrt(np.mean(disp**2)))
         out["rmsd_heavy_A"] = float(np.sqrt(np.mean(heavy**2))) if heavy.size else None
         out["max_disp_A"] = float(disp.max())
     else:
-        out.update(bonds_broken=None, bonds_formed=None, bonds_intact=None, rmsd_A=None, rmsd_heavy_A=None,
-                   max_disp_A=None)
+        out.update(bonds_broken=None, bonds_formed=None, bonds_intact=None, bond_changes=None, rmsd_A=None,
+                   rmsd_heavy_A=None, max_disp_A=None)
     out["matcher_rms"] = matcher_rms(exp, relaxed) if matcher else None
     return out
 
@@ -297,4 +310,4 @@ def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None 
 STRUCTURE_COLUMNS = ["sg_exp", "sg_exp_symbol", "sg_relaxed", "sg_relaxed_symbol", "sg_survived",
                      "same_atom_order", "n_molecules_exp", "n_molecules_relaxed", "molecules_same",
                      "bonds_broken", "bonds_formed", "bonds_intact", "rmsd_A", "rmsd_heavy_A", "max_disp_A",
-                     "matcher_rms"]
+                     "matcher_rms", "bond_changes"]

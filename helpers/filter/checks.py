@@ -53,6 +53,8 @@ class Thresholds:
     high_pressure_kpa: float = 1000.0  # above this the measurement is flagged high-pressure
     flags_reject: bool = False  # treat flags (high pressure, no temperature) as rejections
     max_pairs: int = 25  # close pairs stored per structure (the count is always complete)
+    bond_flag_tolerance: float = 0.10  # Å outside the range of a bond's perceived order: flagged (bond_lengths)
+    bond_reject_tolerance: float = 0.20  # Å outside that range: rejected (docs/filter.md gives the evidence)
     check_time_limit: float | None = 60.0  # CPU s per check and entry (helpers.run.guard); None: unlimited
 
     @classmethod
@@ -721,6 +723,55 @@ def flag_radical(entry: Entry, t: Thresholds) -> Finding | None:
                      {"molecules": dict(kinds), "atoms": sorted(i for m in radicals for i in m.indices)[:200]})
 
 
+def bond_length_verdicts(entry: Entry, t: Thresholds) -> list:
+    """Bonds outside the range of their perceived order by more than the flag tolerance (computed once)."""
+    if "bond_lengths" not in entry._cache:
+        chemistry = entry.chemistry(t) if t.structural_hydrogens else None
+        atoms, _ = entry.geometry
+        if chemistry is None or atoms is None:
+            entry._cache["bond_lengths"] = []
+        else:
+            from helpers.filter.bond_lengths import bond_outliers
+
+            entry._cache["bond_lengths"] = bond_outliers(atoms, chemistry, t.bond_flag_tolerance)
+    return entry._cache["bond_lengths"]
+
+
+def _bond_finding(entry: Entry, t: Thresholds, name: str, verdicts: list, what: str) -> Finding | None:
+    if not verdicts:
+        return None
+    from helpers.filter.bond_lengths import SOURCE, describe
+
+    labels = [[entry.label(v.i), entry.label(v.j)] for v in verdicts]
+    # symmetry copies of one bond of the asymmetric unit are named once (same labels, same length)
+    distinct: dict[tuple, tuple] = {}
+    for v, lab in zip(verdicts, labels):
+        distinct.setdefault((tuple(sorted(lab)), round(v.length, 3)), (v, lab))
+    unique = list(distinct.values())
+    shown = "; ".join(describe(v, lab) for v, lab in unique[:3])
+    more = f" (+{len(unique) - 3} more)" if len(unique) > 3 else ""
+    pairs = [v.as_dict(lab) for v, lab in list(zip(verdicts, labels))[: t.max_pairs]]
+    return Finding(name, f"{len(unique)} bond(s) {what}: {shown}{more}",
+                   {"n_bonds": len(verdicts), "n_distinct": len(unique), "max_excess": round(verdicts[0].excess, 3),
+                    "pairs": pairs, "distinct": [v.as_dict(lab) for v, lab in unique[: t.max_pairs]],
+                    "atoms": sorted({x for v in verdicts for x in (v.i, v.j)})[:200], "source": SOURCE,
+                    "tolerance": t.bond_reject_tolerance if name == "bond_length_contradiction"
+                    else t.bond_flag_tolerance})
+
+
+def check_bond_lengths(entry: Entry, t: Thresholds) -> Finding | None:
+    """A bond far outside every length its perceived order allows: coordinates and chemistry contradict."""
+    verdicts = [v for v in bond_length_verdicts(entry, t) if v.excess > t.bond_reject_tolerance]
+    return _bond_finding(entry, t, "bond_length_contradiction", verdicts,
+                         f"more than {t.bond_reject_tolerance:g} Å outside the range of their perceived order")
+
+
+def flag_bond_lengths(entry: Entry, t: Thresholds) -> Finding | None:
+    """A bond outside the range of its perceived order (beyond the flag tolerance): a possible CIF error."""
+    return _bond_finding(entry, t, "bond_length_outlier", bond_length_verdicts(entry, t),
+                         f"more than {t.bond_flag_tolerance:g} Å outside the range of their perceived order")
+
+
 def flag_charge_imbalance(entry: Entry, t: Thresholds) -> Finding | None:
     """The molecules add up to a positive net charge per cell (an anion missing, or extra H)."""
     chemistry = entry.chemistry(t) if t.structural_hydrogens else None
@@ -766,10 +817,12 @@ CHECKS: list[Check] = [
     Check("composition_mismatch", check_composition),
     Check("cell_volume_mismatch", check_cell_volume),
     Check("implausible_density", check_density),
+    Check("bond_length_contradiction", check_bond_lengths),
     Check("duplicate_entry", check_not_a_copy),
     Check("high_pressure", flag_high_pressure, kind="flag"),
     Check("no_temperature", flag_no_temperature, kind="flag"),
     Check("hydrogen_checks_disagree", flag_hydrogen_disagreement, kind="flag"),
     Check("radical", flag_radical, kind="flag"),
     Check("charge_imbalance", flag_charge_imbalance, kind="flag"),
+    Check("bond_length_outlier", flag_bond_lengths, kind="flag"),
 ]

@@ -210,7 +210,10 @@ def _output_row(row, atoms: Atoms, result: FilterResult) -> tuple[str, dict[str,
     base = {**row.key_value_pairs, "raw_id": row.id, **flags, **result.kvp}
     if result.passed:
         cell_kvp, cell = reference_cell(atoms)
-        return "clean", {**base, **cell_kvp}, {**row.data, **result.data, "cell_exp": cell}
+        data = {**row.data, **result.data, "cell_exp": cell}
+        if result.flags:  # what the flags found (atoms, lengths), for the analysis and the viewer
+            data["flags"] = [f.as_dict() for f in result.flags]
+        return "clean", {**base, **cell_kvp}, data
     kvp = {**base, "checks": ",".join(result.checks), "reason": result.rejections[0].reason,
            "n_failures": len(result.rejections)}
     data = {**row.data, **result.data, "rejections": [r.as_dict() for r in result.rejections],

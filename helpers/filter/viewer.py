@@ -2,7 +2,8 @@
 
 The unit cell is drawn, and the atoms a check blamed are highlighted: close pairs as spheres joined
 by a distance label (a periodic image is added when the partner sits in a neighbouring cell),
-partially occupied sites, atoms that need hydrogens (with how many) and fragments that are not molecules
+bonds whose length contradicts their perceived order (joined like close pairs), partially occupied
+sites, atoms that need hydrogens (with how many) and fragments that are not molecules
 as spheres. Everything builds without a running kernel, so it is tested.
 """
 
@@ -42,7 +43,7 @@ def scene_for(atoms: Atoms, rejection: dict[str, Any], max_pairs: int = 10) -> S
     details = rejection.get("details") or {}
     atoms = atoms.copy()
     scene = Scene(atoms=atoms, note=rejection.get("reason", ""))
-    if rejection.get("check") == "close_contact":
+    if rejection.get("check") in ("close_contact", "bond_length_contradiction", "bond_length_outlier"):
         for pair in details.get("pairs", [])[:max_pairs]:
             i, j, shift = int(pair["i"]), int(pair["j"]), np.asarray(pair.get("shift", (0, 0, 0)))
             if i >= len(atoms) or j >= len(atoms):
@@ -122,7 +123,8 @@ class RejectViewer:
             self.reason.value = check  # re-enters show() once through the observer
             return self.scene
         row = self.db.get(id=ids[index])
-        rejection = next(r for r in row.data["rejections"] if r["check"] == check)
+        findings = row.data.get("rejections", []) + row.data.get("flags", [])
+        rejection = next(r for r in findings if r["check"] == check)
         atoms = display_atoms(row, rejection)
         self.scene = scene_for(atoms, rejection)
         self.current = {"structure_id": row.structure_id, "check": check, "index": index,
@@ -138,13 +140,24 @@ def display_atoms(row, rejection: dict[str, Any]) -> Atoms:
     return row.toatoms()
 
 
+#: flags whose findings carry atoms to draw (their rows keep ``data["flags"]``)
+FLAGS_WITH_DETAILS = ("bond_length_outlier",)
+
+
 def rejects_by_check(db) -> dict[str, list[int]]:
-    """Check name -> row ids of the structures that failed it (a structure appears under each)."""
+    """Check name -> row ids of the structures that failed it (a structure appears under each).
+
+    On a clean database (rows without ``checks``) the flags with details (``data["flags"]``, e.g.
+    ``bond_length_outlier``) count instead, so ``RejectViewer(clean_db)`` steps through the flagged entries.
+    """
     out: dict[str, list[int]] = {}
     for row in db.select(columns=["id", "key_value_pairs"], sort="id"):
-        for name in str(row.get("checks", "")).split(","):
-            if name:
-                out.setdefault(name, []).append(row.id)
+        names = [n for n in str(row.get("checks", "")).split(",") if n]
+        if row.get("checks") is None:
+            names += [k[len("flag_"):] for k, v in row.key_value_pairs.items()
+                      if k.startswith("flag_") and v is True and k[len("flag_"):] in FLAGS_WITH_DETAILS]
+        for name in names:
+            out.setdefault(name, []).append(row.id)
     return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
 
 
@@ -153,7 +166,11 @@ def _info_html(row, rejection: dict[str, Any], scene: Scene) -> str:
 
     details = rejection.get("details") or {}
     extra = ""
-    if scene.pairs:
+    if scene.pairs and rejection.get("check", "").startswith("bond_length"):
+        d = [f"{p['labels'][0]}–{p['labels'][1]} {p['distance']:.3f} Å (order {p['order']:g}, expected "
+             f"{p['expected'][0] or '?'}–{p['expected'][1] or '?'} Å)" for p in details.get("pairs", [])[:5]]
+        extra = "<br>bonds against their perceived order (magenta): " + escape("; ".join(d))
+    elif scene.pairs:
         d = [f"{p['labels'][0]}–{p['labels'][1]} {p['distance']:.3f} Å" for p in details.get("pairs", [])[:5]]
         extra = "<br>closest pairs: " + escape("; ".join(d))
     elif rejection.get("check") == "hydrogen_missing" and details.get("h_needed"):

@@ -23,6 +23,7 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from helpers.internals import capture_optimizer_state, restore_optimizer_state
+from helpers.relax import start_tells
 from helpers.relax.checkpoint import Checkpoint, structure_fingerprint
 from helpers.relax.potentials.registry import MODEL_FILE_HASH
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
@@ -235,6 +236,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
                 "force_calls": earlier["force_calls"] + getattr(calc, "n_calls", 0) - calls_before}
 
     e_initial = e_disp_initial = None
+    tells: dict = dict(saved.get("start_tells") or {}) if saved else {}
     opt = target = None
     status, message = Status.error, ""
     converged = False
@@ -267,8 +269,15 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
                 checkpoint.save({
                     "nsteps": opt.nsteps, "positions": atoms.get_positions(), "cell": atoms.cell.array.copy(),
                     "optimizer": optimizer_state(), "e_initial": e_initial, "e_dispersion_initial": e_disp_initial,
-                    **spent()}, start=start_fingerprint)
+                    "start_tells": dict(tells), **spent()}, start=start_fingerprint)
 
+        def record_start() -> None:
+            # the optimizer's first evaluation is at the experimental geometry: its forces and stress are
+            # the start tells (helpers.relax.start_tells), read from the results, no extra model call
+            if not saved and not tells and opt.nsteps == 0:
+                tells.update(start_tells.from_results(getattr(atoms.calc, "results", None), atoms.numbers))
+
+        opt.attach(record_start, interval=1)
         opt.attach(guard, interval=1)
         if checkpoint is not None:
             opt.attach(save_progress, interval=1)
@@ -288,7 +297,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     e_final = final.calc.results.get("energy") if final.calc else None
     total = spent()
     extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final),
-             "cpu_time": total["cpu_time"], "resumed_at_step": saved["nsteps"] if saved else None}
+             "cpu_time": total["cpu_time"], "resumed_at_step": saved["nsteps"] if saved else None, **tells}
     return RelaxResult(
         atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,

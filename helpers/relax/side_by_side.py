@@ -34,6 +34,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
 from helpers.internals import bfgs_method_class, set_cell_filter_algebra
+from helpers.relax import start_tells
 from helpers.relax.engine import (
     Exploded,
     RelaxResult,
@@ -178,6 +179,8 @@ class _Slot:
     #: the D3 part (eV) of the first and of the latest energy, when the evaluator adds one
     e_dispersion_initial: float | None = None
     e_dispersion: float | None = None
+    #: forces and stress at the experimental geometry (the first evaluation, always exact float64)
+    tells: dict = field(default_factory=dict)
     status: str | None = None
     message: str = ""
     #: seconds of this process spent on this crystal: its share (by atoms) of every pass it was in,
@@ -218,6 +221,7 @@ class _Slot:
             if self.e_initial is None:
                 self.e_initial = float(results["energy"])
                 self.e_dispersion_initial = self.e_dispersion
+                self.tells = start_tells.from_results(results, self.atoms.numbers)
                 if not math.isfinite(self.e_initial):
                     raise Exploded(f"initial energy is {self.e_initial}")
             else:  # after a step, as relax()'s per-step guard; the pass measured the closest pair
@@ -264,6 +268,7 @@ class _Slot:
             e_final=final.calc.results.get("energy") if final.calc else None, fmax_final=fmax_final,
             wall_time=time.perf_counter() - self.start, force_calls=self.calls, message=self.message,
             extra={"side_by_side": True, "draft_calls": self.draft_calls, "cost_time": self.cost, "cpu_time": self.cpu,
+                   **self.tells,
                    **({"e_dispersion_initial": self.e_dispersion_initial, "e_dispersion": self.e_dispersion}
                       if self.e_dispersion is not None and has_results else {})},
         )

@@ -284,6 +284,10 @@ def finished_ids(out: Database, settings_hash: str) -> set[str]:
             if row.get("status") in FINAL_STATUSES}
 
 
+#: forces/stress at the experimental geometry (helpers.relax.start_tells), from the engines' first evaluation
+START_TELLS = ("start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress")
+
+
 def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxSettings,
                  settings_hash: str, calculator: Mapping[str, Any] | None = None) -> int:
     """Commit one relaxation (replacing an earlier attempt with the same settings); ``calculator``: the
@@ -308,6 +312,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         fmax_target=settings.fmax, V_relaxed=result.atoms.get_volume() if result.atoms.pbc.all() else None,
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
         model_file_sha256=model_hash,
+        **{k: result.extra.get(k) for k in START_TELLS},
     )
     data = {"cell_exp": clean_row.data.get("cell_exp", clean_row.cell.tolist()),
             "settings": settings.__dict__, "versions": versions_now, "message": result.message}

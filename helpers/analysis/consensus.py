@@ -1,0 +1,171 @@
+"""CIF error or potential error? Crystals whose evidence points at the entry, not at one potential.
+
+A crystal is listed (``consensus_outliers.csv``) for any of these reasons, each with its evidence:
+
+- ``volume_consensus``: most potentials that relaxed it to convergence (at least ``agree_fraction`` of
+  them, and at least ``min_potentials``) change its volume by more than ``threshold_pct`` in the same
+  direction. Potentials with different physics agreeing on a large change says the experimental
+  structure (or its CIF) is not what the potentials' common chemistry expects;
+- ``chemistry_changed``: at least ``chemistry_fraction`` of the potentials that relaxed it broke or
+  formed covalent bonds (``bonds_intact`` False; ``bond_changes`` names them): the molecule of the CIF
+  is not a minimum of their chemistry (a mislabelled atom, an impossible bond length);
+- ``filter_flagged``: 02_filter flagged its clean row for a reason in ``filter_flags`` (default: a bond
+  outside the range of its perceived order, :mod:`helpers.filter.bond_lengths`);
+- ``start_extreme``: every potential with start tells (at least ``min_start_potentials``) found it
+  among its largest start forces (rank ≥ ``start_quantile``; ``start_fmax_heavy``, the largest force on a
+  non-H atom, where recorded, else ``start_fmax``; :mod:`helpers.relax.start_tells`).
+  Ranks, not eV/Å: X-ray C–H bonds alone give ANI start forces of several eV/Å, and potentials differ.
+
+:func:`with_and_without` then gives every headline number (per potential n, median, μ and σ of the
+study's Gaussian fit, skewness, fraction beyond ±10 %) for all entries, without the listed ones, and
+without each reason's, so a reader sees how much of each tail is the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+REASONS = ("volume_consensus", "chemistry_changed", "filter_flagged", "start_extreme")
+THRESHOLD_PCT = 10.0
+AGREE_FRACTION = 2 / 3
+MIN_POTENTIALS = 3
+CHEMISTRY_FRACTION = 0.5
+FILTER_FLAGS = ("bond_length_outlier",)
+START_QUANTILE = 0.9
+MIN_START_POTENTIALS = 2
+#: the asymmetry measure of the report: fraction of ΔV beyond ± this (%)
+TAIL_PCT = 10.0
+
+OUTLIER_COLUMNS = ["structure_id", "reasons", "n_potentials", "n_converged", "n_far_up", "n_far_down",
+                   "median_dV_pct", "dV_by_potential", "n_bonds_changed", "bond_changes", "filter_flags",
+                   "start_fmax_min", "start_rank_min", "start_fmax_by_potential"]
+
+
+def _truthy(value) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    return bool(value)
+
+
+def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD_PCT,
+                       agree_fraction: float = AGREE_FRACTION, min_potentials: int = MIN_POTENTIALS,
+                       chemistry_fraction: float = CHEMISTRY_FRACTION, filter_flags: Sequence[str] = FILTER_FLAGS,
+                       start_quantile: float = START_QUANTILE,
+                       min_start_potentials: int = MIN_START_POTENTIALS) -> pd.DataFrame:
+    """One row per listed crystal (:data:`OUTLIER_COLUMNS`), ``reasons`` comma-separated in :data:`REASONS` order."""
+    if errors.empty or "structure_id" not in errors:
+        return pd.DataFrame(columns=OUTLIER_COLUMNS)
+    frame = errors.copy()
+    frame["potential"] = frame.get("potential", frame.get("potential_name"))
+    converged = frame["converged"].map(_truthy).fillna(False).astype(bool) if "converged" in frame else True
+    frame["_dv"] = pd.to_numeric(frame.get("dV_pct"), errors="coerce").where(converged)
+    # heavy-atom start forces where recorded (X-ray H positions dominate the all-atom ones), else all atoms
+    start = pd.to_numeric(frame.get("start_fmax", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    if "start_fmax_heavy" in frame:
+        start = pd.to_numeric(frame["start_fmax_heavy"], errors="coerce").fillna(start)
+    # the share of the potential's own start forces at or below this one (1.0: its largest)
+    frame["_start_rank"] = start.groupby(frame["potential"]).rank(pct=True, method="max").where(start.notna())
+    frame["_start"] = start
+    wanted = set(filter_flags)
+    rows = []
+    for sid, group in frame.groupby("structure_id", sort=True):
+        dv = group.dropna(subset=["_dv"])
+        up, down = int((dv["_dv"] > threshold_pct).sum()), int((dv["_dv"] < -threshold_pct).sum())
+        n_conv = len(dv)
+        reasons = []
+        if n_conv >= min_potentials and max(up, down) >= max(min_potentials, math.ceil(agree_fraction * n_conv - 1e-9)):
+            reasons.append("volume_consensus")
+        intact = group.get("bonds_intact", pd.Series(dtype=object)).map(_truthy)
+        known = intact.dropna()
+        changed = group.loc[known.index[~known.astype(bool)]] if len(known) else group.iloc[0:0]
+        if len(known) and len(changed) >= max(1, math.ceil(chemistry_fraction * len(known) - 1e-9)):
+            reasons.append("chemistry_changed")
+        flags = sorted({f for text in group.get("filter_flags", pd.Series(dtype=object)).dropna().astype(str)
+                        for f in text.split(",") if f})
+        if wanted & set(flags):
+            reasons.append("filter_flagged")
+        ranked = group.dropna(subset=["_start_rank"])
+        if len(ranked) >= min_start_potentials and (ranked["_start_rank"] >= start_quantile).all():
+            reasons.append("start_extreme")
+        if not reasons:
+            continue
+        rows.append({
+            "structure_id": sid, "reasons": ",".join(reasons), "n_potentials": int(group["potential"].nunique()),
+            "n_converged": n_conv, "n_far_up": up, "n_far_down": down,
+            "median_dV_pct": float(dv["_dv"].median()) if n_conv else np.nan,
+            "dV_by_potential": "; ".join(f"{p} {v:+.1f}" for p, v in zip(dv["potential"], dv["_dv"])),
+            "n_bonds_changed": len(changed),
+            "bond_changes": "; ".join(f"{p}: {c}" for p, c in zip(changed["potential"],
+                                                                   changed.get("bond_changes", [""] * len(changed)))),
+            "filter_flags": ",".join(flags),
+            "start_fmax_min": float(ranked["_start"].min()) if len(ranked) else np.nan,
+            "start_rank_min": float(ranked["_start_rank"].min()) if len(ranked) else np.nan,
+            "start_fmax_by_potential": "; ".join(f"{p} {v:.2f}" for p, v in zip(ranked["potential"], ranked["_start"])),
+        })
+    return pd.DataFrame(rows, columns=OUTLIER_COLUMNS)
+
+
+def ids_by_reason(outliers: pd.DataFrame) -> dict[str, list[str]]:
+    """Listed structure ids per reason (every reason present, possibly empty), for results.json."""
+    out: dict[str, list[str]] = {r: [] for r in REASONS}
+    for sid, reasons in zip(outliers.get("structure_id", []), outliers.get("reasons", [])):
+        for r in str(reasons).split(","):
+            if r in out:
+                out[r].append(str(sid))
+    return {r: sorted(ids) for r, ids in out.items()}
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    from scipy import stats
+
+    from helpers.analysis.distributions import fit_gaussian
+
+    values = values[np.isfinite(values)]
+    n = len(values)
+    nan = float("nan")
+    fit = fit_gaussian(values)
+    return {"n": n, "median": float(np.median(values)) if n else nan, "mu": fit.mu, "sigma": fit.sigma,
+            "mean": float(values.mean()) if n else nan, "sd": float(values.std(ddof=1)) if n > 1 else nan,
+            "skewness": float(stats.skew(values, bias=False)) if n > 2 else nan,
+            "frac_above": float(np.mean(values > TAIL_PCT)) if n else nan,
+            "frac_below": float(np.mean(values < -TAIL_PCT)) if n else nan}
+
+
+def with_and_without(errors: pd.DataFrame, outliers: pd.DataFrame, converged_only: bool = True) -> pd.DataFrame:
+    """ΔV statistics per potential for ``all`` entries, ``without_listed`` and ``without_<reason>``.
+
+    Columns: potential, subset, n, n_left_out, median, mu, sigma (the study's Gaussian fit), mean, sd,
+    skewness, frac_above / frac_below (share of ΔV beyond ±:data:`TAIL_PCT` %).
+    """
+    if errors.empty:
+        return pd.DataFrame()
+    frame = errors.copy()
+    frame["potential"] = frame.get("potential", frame.get("potential_name"))
+    if converged_only and "converged" in frame:
+        frame = frame[frame["converged"].map(_truthy).fillna(False).astype(bool)]
+    by_reason = ids_by_reason(outliers)
+    subsets = {"all": set(), "without_listed": set(outliers.get("structure_id", pd.Series(dtype=str)).astype(str))}
+    subsets.update({f"without_{r}": set(ids) for r, ids in by_reason.items()})
+    rows = []
+    for potential, group in frame.groupby("potential", sort=True):
+        ids = group["structure_id"].astype(str)
+        for subset, drop in subsets.items():
+            keep = ~ids.isin(drop)
+            values = pd.to_numeric(group.loc[keep, "dV_pct"], errors="coerce").to_numpy(dtype=float)
+            rows.append({"potential": potential, "subset": subset, "n_left_out": int((~keep).sum()),
+                         **_stats(values)})
+    columns = ["potential", "subset", "n", "n_left_out", "median", "mu", "sigma", "mean", "sd", "skewness",
+               "frac_above", "frac_below"]
+    return pd.DataFrame(rows)[columns]
+
+
+def consensus_tables(errors: pd.DataFrame, converged_only: bool = True, **options) -> dict[str, pd.DataFrame]:
+    """``consensus_outliers`` and ``consensus_effect`` (the analysis stage writes both as CSV)."""
+    listed = consensus_outliers(errors, **options)
+    return {"consensus_outliers": listed, "consensus_effect": with_and_without(errors, listed, converged_only)}

@@ -1,0 +1,63 @@
+"""The start tells (forces and stress at the experimental geometry): recorded with no extra model call,
+the relaxations and settings hashes unchanged, and back-filled for rows computed before."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+
+from helpers.relax.engine import RelaxSettings, relax
+from helpers.relax.potentials.registry import get_potential
+from helpers.relax.stage import job_settings, run_batch
+from helpers.relax.start_tells import backfill_start_tells, evaluate_start, start_tells
+from helpers.store import db as dbmod
+
+#: today's settings hashes (a campaign's rows carry them): adding the start tells must not move them
+PINNED = {"ani1x": "64cb540d83bd336b", "ani2x-d3": "f2c1b9d8917da710", "gfn-ff": "8416ae1929b25009",
+          "sevennet0-d3": "8966ba21587df8b6"}
+
+
+@pytest.mark.parametrize("potential", sorted(PINNED))
+def test_default_settings_hashes_are_unchanged(potential):
+    assert job_settings(potential, {}).hash() == PINNED[potential]
+    steps = get_potential(potential).steps_per_atom
+    assert RelaxSettings(potential=potential).resolved(steps).hash() == PINNED[potential]
+
+
+def test_units_and_sign():
+    from ase import units
+
+    tells = start_tells([[0, 0, 3.0], [4.0, 0, 0]], -np.array([1, 1, 1, 0, 0, 0]) * units.GPa, [6, 1])
+    assert tells == {"start_fmax": 4.0, "start_fmax_heavy": 3.0, "start_pressure": pytest.approx(1.0),
+                     "start_max_stress": pytest.approx(1.0)}
+
+
+def test_one_at_a_time_engine_records_its_first_evaluation(cod_dir, model_dir):
+    atoms = ase.io.read(cod_dir / "1011063.cif")
+    expected = evaluate_start(atoms, get_potential("ani1x").calculator())
+    calc = get_potential("ani1x").calculator()
+    result = relax(atoms, calc, RelaxSettings(strategy="study", max_steps_base=2, steps_per_atom=0))
+    assert result.status == "step_cap"
+    assert result.force_calls == calc.n_calls == 3  # start + 2 steps: nothing extra
+    for key in expected:
+        assert result.extra[key] == pytest.approx(expected[key], rel=1e-9)
+    assert expected["start_fmax"] > 0.1 and abs(expected["start_pressure"]) > 0.01
+
+
+def test_fast_path_records_them_and_backfill_writes_the_same(small_clean_db, tmp_path, model_dir):
+    out = str(tmp_path / "relaxed.db")
+    settings = RelaxSettings(max_steps_base=3, steps_per_atom=0)
+    run_batch(small_clean_db, out, settings=settings, progress=False, n_threads=1)
+    rows = list(dbmod.connect(out).select())
+    assert {r.force_calls for r in rows} == {5}  # as before the start tells existed
+    keys = ["start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress"]
+    recorded = {r.structure_id: [r[k] for k in keys] for r in rows}
+    assert all(0 < v[1] <= v[0] for v in recorded.values())  # heavy atoms: a subset of all atoms
+    db = dbmod.connect(out)
+    for r in rows:  # rows written before the start tells existed
+        db.update(r.id, delete_keys=keys)
+    assert backfill_start_tells(out, small_clean_db) == len(rows)
+    for r in dbmod.connect(out).select():
+        assert [r[k] for k in keys] == pytest.approx(recorded[r.structure_id], rel=1e-6, abs=1e-9)
+    assert backfill_start_tells(out, small_clean_db) == 0  # nothing left to fill
