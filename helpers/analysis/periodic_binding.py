@@ -108,3 +108,17 @@ def cluster_embedding(atoms: Atoms, make: CalculatorFactory, radius: float = 9.0
         bounds = np.cumsum([0] + [len(p) for p in parts])
         q = np.array([charges[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
     return Binding((e_all - e_rest - e_one) / 2, len(parts), q)
+
+
+def cluster_pair_sum(atoms: Atoms, make: CalculatorFactory, radius: float = 9.0) -> float:
+    """Half the sum of the central molecule's dimer interactions with each molecule of the same cluster (eV).
+
+    Equal to :func:`cluster_embedding` for a pairwise-additive potential; the difference is the many-body part.
+    """
+    parts, central = cluster(atoms, radius)
+    e_alone = [_energy(p, make)[0] for p in parts]
+    total = 0.0
+    for k, part in enumerate(parts):
+        if k != central:
+            total += _energy(_merge([parts[central], part]), make)[0] - e_alone[central] - e_alone[k]
+    return total / 2
