@@ -245,8 +245,8 @@ def make_aimnet2(members: tuple[int, ...] = (0,), coulomb: str = "dsf", coulomb_
     ensemble (4x the cost). Long-range Coulomb: damped shifted force (``dsf``), what aimnet itself
     switches to for periodic cells, set explicitly (``ewald`` is the exact periodic alternative; ``simple``,
     all pairs, is the original network's choice for molecules).
-    Expect failure on molecular crystals: the network puts spurious net charges on molecules that
-    sit in a crystal (aspirin: +42 % volume, still expanding), a known upstream limitation.
+    Expect failure on molecular crystals (aspirin +42 % volume, naphthalene +57-69 %): a many-body error of the
+    network, not of the Coulomb set-up or of charges moving between molecules (docs/aimnet2.md).
     """
     from aimnet.calculators import AIMNet2Calculator
     from aimnet.calculators.aimnet2ase import AIMNet2ASE
