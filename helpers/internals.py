@@ -174,3 +174,49 @@ def aimnet_convert_v1_member(member: Any, config: str, output: str) -> None:
     core.cutoff = float(core.aev.rc_s)
     with mock.patch.object(torch.jit, "load", lambda *a, **k: core):
         load_v1_model("in-memory", config, output_path=output, verbose=False)
+
+
+def aimnet_charges_per_fragment(model: Any) -> None:
+    """Make an AIMNet2 model's charge equilibration (NQE) conserve the charge of each fragment, not of the whole
+    structure: afterwards ``model.codani_fragments = (index, charges)`` (atom -> fragment as a long tensor;
+    each fragment's total charge) applies to every call until set back to None (the model's own behaviour).
+
+    AIMNet2 redistributes the charge deficit ``Q - sum(q)`` over the atoms of each *system* (``mol_idx``); a
+    whole crystal cell is one system, so charge may flow between molecules. ``mol_idx`` cannot simply be set
+    per molecule: it also separates systems for the neighbour lists (no interaction between molecules).
+    The model's private ``_update_q`` (which calls ``ops.nse`` with ``data``) is wrapped: during the call
+    ``data``'s ``mol_idx``/``_num_mol``/``charge`` name the fragments, then the originals return. Works on
+    the packed layout (one structure, the padding atom last; what aimnet uses on CPU).
+    """
+    import types
+
+    import torch
+
+    original = getattr(type(model), "_update_q", None)
+    if original is None:
+        raise AttributeError(f"aimnet {version('aimnet')}: {type(model).__name__} has no _update_q "
+                             f"(written for aimnet {WRITTEN_FOR['aimnet']}); see helpers/internals.py")
+
+    def _update_q(self, data, x, delta_q=True):
+        fragments = getattr(self, "codani_fragments", None)
+        if fragments is None:
+            return original(self, data, x, delta_q)
+        index, charges = fragments
+        mol_idx = data["mol_idx"]
+        if int(data["_nb_mode"]) != 1 or mol_idx.shape[0] != index.shape[0] + 1 or int(mol_idx.max()) != 0:
+            raise ValueError("per-fragment charges need one structure on aimnet's packed layout "
+                             f"({index.shape[0]} atoms + padding; got mol_idx of {mol_idx.shape[0]})")
+        saved = {k: data[k] for k in ("mol_idx", "_num_mol", "charge")}
+        data["mol_idx"] = torch.cat([index, index[-1:]]).to(mol_idx.device, mol_idx.dtype)
+        data["_num_mol"] = torch.tensor(int(charges.shape[0]))
+        data["charge"] = charges.to(saved["charge"].device, saved["charge"].dtype).reshape(-1, 1)
+        try:
+            return original(self, data, x, delta_q)
+        finally:
+            delta = data.get("_delta_Q")
+            data.update(saved)
+            if delta is not None:  # a training-loss term, per fragment here: keep it per structure
+                data["_delta_Q"] = delta.sum(0, keepdim=True)
+
+    model.codani_fragments = None
+    model._update_q = types.MethodType(_update_q, model)

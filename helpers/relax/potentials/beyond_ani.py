@@ -246,8 +246,8 @@ def make_aimnet2(members: tuple[int, ...] = (0,), coulomb: str = "dsf", coulomb_
     ensemble (4x the cost). Long-range Coulomb: damped shifted force (``dsf``), what aimnet itself
     switches to for periodic cells, set explicitly (``ewald`` is the exact periodic alternative; ``simple``,
     all pairs, is the original network's choice for molecules).
-    Expect failure on molecular crystals: the network puts spurious net charges on molecules that
-    sit in a crystal (aspirin: +42 % volume, still expanding), a known upstream limitation.
+    Expect failure on molecular crystals (aspirin +42 % volume, naphthalene +57-69 %): a many-body error of the
+    network, not of the Coulomb set-up or of charges moving between molecules (docs/aimnet2.md).
     """
     from aimnet.calculators import AIMNet2Calculator
     from aimnet.calculators.aimnet2ase import AIMNet2ASE
@@ -260,6 +260,58 @@ def make_aimnet2(members: tuple[int, ...] = (0,), coulomb: str = "dsf", coulomb_
     # also for one member: AIMNet2ASE computes only what ASE asks for, so a BFGS step on a cell filter cost
     # two passes (forces, then stress); EnsembleMean asks for energy, forces and stress in one
     return EnsembleMean(calcs)
+
+
+def molecule_index(atoms) -> tuple[np.ndarray, int]:
+    """Atom -> molecule (the filter's connected components of the periodic bond graph), and the number of them."""
+    from helpers.filter.molecules import find_molecules
+
+    index = np.empty(len(atoms), dtype=np.int64)
+    molecules = find_molecules(atoms)
+    for k, mol in enumerate(molecules):
+        index[mol.indices] = k
+    return index, len(molecules)
+
+
+class NeutralMolecules(Calculator):
+    """One AIMNet2 member (an ``AIMNet2ASE``) whose charge equilibration keeps every molecule neutral.
+
+    AIMNet2 conserves the total charge of the whole cell, so charge may flow between molecules; here each
+    molecule (perceived at every call, as the filter does) is its own charge-conserving fragment
+    (:func:`helpers.internals.aimnet_charges_per_fragment`). Energy, forces and stress stay exact derivatives:
+    the constraint is part of the network's own forward pass.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "charges"]
+
+    def __init__(self, member: Calculator, **kwargs: Any) -> None:
+        from helpers.internals import aimnet_charges_per_fragment
+
+        super().__init__(**kwargs)
+        self.member = member
+        self.model = member.base_calc.model
+        aimnet_charges_per_fragment(self.model)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import torch
+
+        super().calculate(atoms, properties, system_changes)
+        index, n_molecules = molecule_index(self.atoms)
+        self.model.codani_fragments = (torch.as_tensor(index), torch.zeros(n_molecules))
+        try:
+            self.member.reset()
+            self.member.calculate(self.atoms, list(properties), all_changes)
+        finally:
+            self.model.codani_fragments = None
+        self.results = dict(self.member.results)
+
+
+def make_aimnet2_molq(members: tuple[int, ...] = (0,), coulomb: str = "dsf", coulomb_cutoff: float = 15.0
+                      ) -> Calculator:
+    """AIMNet2 wB97M-D3 as :func:`make_aimnet2`, with every molecule of the cell kept neutral
+    (:class:`NeutralMolecules`; ions of a salt are made neutral too: use it on neutral molecular crystals)."""
+    base = make_aimnet2(members=members, coulomb=coulomb, coulomb_cutoff=coulomb_cutoff)
+    return EnsembleMean([NeutralMolecules(calc) for calc in base.members])
 
 
 # --- the registry entries --------------------------------------------------------------------------------------
