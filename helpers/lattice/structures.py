@@ -28,10 +28,14 @@ DIN_FILES = {"x23": "x23/x23.din", "ice13": "ice13/ice.din"}
 
 
 def reference_dir() -> Path:
-    """The shared lattice-energy data (``../shared/reference/lattice-energy`` beside the project)."""
+    """The shared lattice-energy data: ``$CODANI_SHARED/reference/lattice-energy``, by default
+    ``../shared/reference/lattice-energy`` beside the project."""
+    import os
+
     from helpers.store.paths import project_root
 
-    return project_root().parent / "shared" / "reference" / "lattice-energy"
+    shared = os.environ.get("CODANI_SHARED") or project_root().parent / "shared"
+    return Path(shared) / "reference" / "lattice-energy"
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,23 @@ def read_molecule(path: str | Path) -> Atoms:
     if path.name.endswith(".scf.in"):
         atoms = read_qe_input(path)
     else:
-        from ase.io import read
-
-        atoms = read(path, format="aims")
+        atoms = read_aims_geometry(path)
     return Atoms(atoms.get_chemical_symbols(), positions=atoms.positions - atoms.positions.mean(axis=0))
+
+
+def read_aims_geometry(path: str | Path) -> Atoms:
+    """Atoms of an FHI-aims ``geometry.in`` holding ``atom x y z symbol`` lines (Å) only (ASE's ``aims`` reader
+    is moving to a plugin; a lattice vector or fractional atom is refused here)."""
+    symbols, positions = [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        words = line.split("#")[0].split()
+        if not words:
+            continue
+        if words[0] != "atom" or len(words) != 5:
+            raise ValueError(f"{path}: only 'atom x y z symbol' lines are read here, found {line.strip()!r}")
+        positions.append([float(x) for x in words[1:4]])
+        symbols.append(words[4])
+    return Atoms(symbols, positions=positions)
 
 
 _NUMBER = r"[-+0-9.eEdD]+"
