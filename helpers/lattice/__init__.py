@@ -22,5 +22,5 @@ from helpers.lattice.structures import (
 
 __all__ = ["BENCHMARKS", "EV_TO_KJMOL", "KCAL_TO_KJ", "BenchmarkEntry", "DinEntry", "DinError", "Identity",
            "LatticeReference", "LatticeSettings", "benchmark_entries", "ev_to_kjmol", "kcal_to_kj", "lattice_energy",
-           "lattice_references", "lattice_table", "read_aims_geometry", "read_crystal", "read_din", "read_molecule", "read_qe_input",
-           "reference_dir", "run_lattice_energy", "same_molecule"]
+           "lattice_references", "lattice_table", "read_aims_geometry", "read_crystal", "read_din", "read_molecule",
+           "read_qe_input", "reference_dir", "run_lattice_energy", "same_molecule"]
