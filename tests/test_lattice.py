@@ -163,3 +163,31 @@ def test_ani1x_lattice_energies_of_two_small_crystals_end_to_end(tmp_path, latti
                                n_threads=1, progress=False, reference_dir=lattice_ref).set_index("crystal")
     assert {(r.system, r.kind): r.mtime for r in db.select()} == before  # nothing recomputed
     assert again.E_latt_kJmol.tolist() == table.E_latt_kJmol.tolist()
+
+
+def _row(potential, benchmark, crystal, e_latt, ref, status="converged", dv=np.nan, geometry="relaxed"):
+    return {"potential": potential, "benchmark": benchmark, "crystal": crystal, "E_latt_kJmol": e_latt,
+            "ref_kJmol": ref, "error_kJmol": e_latt - ref, "E_latt_fixed_kJmol": e_latt - 1,
+            "error_fixed_kJmol": e_latt - 1 - ref, "status": status, "dV_exp_pct": dv, "geometry": geometry}
+
+
+def test_summary_counts_failures_and_ranks_ice_polymorphs():
+    """MAE over crystals with both energies (the step-capped one with its last energy); the exploded one is
+    in n and listed, not in the MAE; ρ = 1 when the ice ordering is DMC's even with an offset."""
+    import pandas as pd
+
+    from helpers.lattice.report import potential_summary
+
+    rows = [_row("p", "x23", "a", 10.0, 12.0, dv=-2.0), _row("p", "x23", "b", 30.0, 26.0, dv=4.0),
+            _row("p", "x23", "c", 20.0, 21.0, status="crystal step_cap"),
+            _row("p", "x23", "d", np.nan, 30.0, status="crystal exploded")]
+    rows += [_row("p", "ice13", f"ice_{k}", 50.0 + k, 58.0 + k) for k in range(4)]
+    summary = potential_summary(pd.DataFrame(rows), n_boot=200).iloc[0]
+    assert summary.x23_n == 4 and summary.x23_n_in_mae == 3 and summary.x23_n_converged == 2
+    assert summary.x23_mae == pytest.approx((2 + 4 + 1) / 3) and summary.x23_mse == pytest.approx((-2 + 4 - 1) / 3)
+    assert summary.x23_worst == "b" and summary.x23_worst_error == pytest.approx(4.0)
+    assert summary.x23_mae_ci_low <= summary.x23_mae <= summary.x23_mae_ci_high
+    assert summary.x23_dV_mean_pct == pytest.approx(1.0) and summary.x23_dV_mae_pct == pytest.approx(3.0)
+    assert summary.ice13_mae == pytest.approx(8.0) and summary.ice13_mse == pytest.approx(-8.0)
+    assert summary.ice13_spearman == pytest.approx(1.0) and summary.ice13_mae_relative == pytest.approx(0.0)
+    assert summary.not_converged == "c: crystal step_cap; d: crystal exploded"

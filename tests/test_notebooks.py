@@ -1,4 +1,4 @@
-"""The four notebooks: the parameter contract, no committed outputs, and a real end-to-end run."""
+"""The five notebooks: the parameter contract, no committed outputs, and a real end-to-end run."""
 
 import ast
 import json
@@ -31,6 +31,10 @@ CONTRACT = {
                     "temperature_edges": (150, 250), "structure": True, "matcher": False,
                     "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0,
                     "settings_hashes": None},
+    "05_lattice_energy": {"potential": "ani1x", "benchmarks": ["x23", "ice13"], "out_db": "data/lattice_{potential}.db",
+                          "out_csv": "data/lattice_{potential}.csv", "fmax": 0.0005, "max_steps_base": 300,
+                          "steps_per_atom": None, "geometry": "relaxed", "crystals": None, "start_db": None,
+                          "max_wall_time": None, "n_threads": None, "reference_dir": None},
 }
 NOTEBOOKS = tuple(CONTRACT)
 

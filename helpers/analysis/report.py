@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
+from helpers.lattice.report import lattice_energy_section
 
 #: COD entries made only of C, H, N and O (the study's count) — what the cost is projected to
 COD_CHNO_ENTRIES = 42_748
@@ -533,6 +534,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
             out += [f"![worst {potential}](figures/worst_{potential}.png)", ""]
     out += ["## Discussion", "", discussion(summary, errors, tables["paired_volume"], tables["thermal_summary"]), "",
             CAVEATS, ""]
+    out += lattice_energy_section(docs, ranking(summary, errors))  # empty without docs/lattice_energy.csv
     path = docs / "results.md"
     path.write_text("\n".join(out))
     return path

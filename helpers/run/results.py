@@ -215,6 +215,10 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
                    if Path(dbs["out_db"].format(potential=p)).is_file()]
         execute("04_analysis", {"relaxed_dbs": relaxed, "clean_db": dbs["clean_db"], "out_dir": str(analysis_dir),
                                 "settings_hashes": list(settings_hashes(plan).values())}, logs, progress=True)
+    elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
+        from helpers.lattice.campaign import run_lattice_stage
+
+        run_lattice_stage(list(plan.potentials), plan.work_dir, logs, docs_dir, max_parallel)
     elif stage == "report":
         from helpers.analysis.report import dataset_info, write_report
 
@@ -227,7 +231,7 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
 
 
 #: the campaign's stages, in order
-STAGES = ("fetch", "filter", "relax", "analysis", "report")
+STAGES = ("fetch", "filter", "relax", "analysis", "lattice", "report")
 
 
 def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", docs_dir: str | Path = "docs",
