@@ -191,3 +191,14 @@ def test_summary_counts_failures_and_ranks_ice_polymorphs():
     assert summary.ice13_mae == pytest.approx(8.0) and summary.ice13_mse == pytest.approx(-8.0)
     assert summary.ice13_spearman == pytest.approx(1.0) and summary.ice13_mae_relative == pytest.approx(0.0)
     assert summary.not_converged == "c: crystal step_cap; d: crystal exploded"
+
+
+def test_the_results_stage_runs_every_potential_and_gfn2_at_the_fixed_geometry(tmp_path):
+    from helpers.lattice.campaign import lattice_jobs
+    from helpers.run.results import STAGES
+
+    assert STAGES.index("lattice") < STAGES.index("report")  # the report reads docs/lattice_energy.csv
+    jobs = {j["potential"]: j for j in lattice_jobs(["ani1x", "gfn2-xtb"], tmp_path)}
+    assert jobs["ani1x"]["geometry"] == "relaxed" and jobs["gfn2-xtb"]["geometry"] == "fixed"
+    assert jobs["ani1x"]["out_csv"] == str(tmp_path / "lattice" / "lattice_ani1x.csv")
+    assert all(j["n_threads"] == 1 for j in jobs.values())
