@@ -20,22 +20,23 @@ from helpers.lattice.report import CSV_NAME, combine_tables
 LATTICE_GEOMETRY: dict[str, str] = {"gfn2-xtb": "fixed"}
 
 
-def lattice_jobs(potentials: list[str], work_dir: str | Path, geometry: dict[str, str] | None = None
+def lattice_jobs(potentials: list[str], work_dir: str | Path, parameters: dict[str, Any] | None = None
                  ) -> list[dict[str, Any]]:
-    """The 05_lattice_energy parameters of each potential (databases and CSVs under ``work_dir/lattice``)."""
+    """The 05_lattice_energy parameters of each potential (databases and CSVs under ``work_dir/lattice``);
+    ``parameters`` are added to every job (e.g. ``crystals`` and ``fmax`` for a trial)."""
     folder = Path(work_dir) / "lattice"
-    chosen = {**LATTICE_GEOMETRY, **(geometry or {})}
     return [{"potential": p, "out_db": str(folder / f"lattice_{p}.db"), "out_csv": str(folder / f"lattice_{p}.csv"),
-             "geometry": chosen.get(p, "relaxed"), "n_threads": 1} for p in potentials]
+             "geometry": LATTICE_GEOMETRY.get(p, "relaxed"), "n_threads": 1, **(parameters or {})}
+            for p in potentials]
 
 
 def run_lattice_stage(potentials: list[str], work_dir: str | Path, log_dir: str | Path, docs_dir: str | Path,
-                      max_parallel: int | None = None) -> Path:
+                      max_parallel: int | None = None, parameters: dict[str, Any] | None = None) -> Path:
     """Run every potential's lattice-energy notebook and write ``docs_dir/lattice_energy.csv``; a potential
     whose notebook fails is reported and left out of the table (its finished rows stay for the next run)."""
     from helpers.run.notebooks import execute
 
-    jobs = lattice_jobs(potentials, work_dir)
+    jobs = lattice_jobs(potentials, work_dir, parameters)
 
     def one(job: dict[str, Any]) -> str | None:
         try:

@@ -46,6 +46,8 @@ class ResultsPlan:
     max_atoms: dict[str, int | None] = field(default_factory=dict)
     n_batches: int = 0  # 0: one job per core per potential
     relax_parameters: dict[str, Any] = field(default_factory=dict)
+    #: extra 05_lattice_energy parameters of the ``lattice`` stage (e.g. ``crystals``, ``fmax`` for a trial)
+    lattice_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dbs(self) -> dict[str, str]:
@@ -218,7 +220,7 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
     elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
         from helpers.lattice.campaign import run_lattice_stage
 
-        run_lattice_stage(list(plan.potentials), plan.work_dir, logs, docs_dir, max_parallel)
+        run_lattice_stage(list(plan.potentials), plan.work_dir, logs, docs_dir, max_parallel, plan.lattice_parameters)
     elif stage == "report":
         from helpers.analysis.report import dataset_info, write_report
 
