@@ -111,8 +111,8 @@ def parity_figure(table: pd.DataFrame, path: str | Path | None = None):
             if capped.any():
                 ax.scatter(ok.loc[capped, "ref_kJmol"], ok.loc[capped, "E_latt_kJmol"], s=40, facecolors="none",
                            edgecolors="k", linewidths=0.8)
-        ref = part["ref_kJmol"]
-        lo, hi = float(ref.min()) * 0.8, float(ref.max()) * 1.2
+        both = pd.concat([part["ref_kJmol"], _with_energy(part)["E_latt_kJmol"]])  # the diagonal spans every point
+        lo, hi = float(both.min()) - 5, float(both.max()) + 5
         line = np.array([lo, hi])
         ax.plot(line, line, "k-", lw=0.8)
         if benchmark == "x23":
