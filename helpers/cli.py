@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--work-dir", default="data/results", help="databases, executed notebooks, analysis")
     res.add_argument("--docs-dir", default="docs", help="where results.md and figures/ go")
     res.add_argument("--potentials", default=None, help="comma-separated (default: every registered potential)")
-    res.add_argument("--stages", default="fetch,filter,relax,analysis,report")
+    res.add_argument("--stages", default="fetch,filter,relax,analysis,lattice,report")
     res.add_argument("--wait", action="store_true",
                      help="another results run holds --work-dir: wait for it to end (default: say who, exit)")
     res.add_argument("--max-parallel", type=int, default=None, help="relax jobs at once (default: one per core)")

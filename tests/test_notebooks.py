@@ -1,4 +1,4 @@
-"""The four notebooks: the parameter contract, no committed outputs, and a real end-to-end run."""
+"""The five notebooks: the parameter contract, no committed outputs, and a real end-to-end run."""
 
 import ast
 import json
@@ -31,6 +31,10 @@ CONTRACT = {
                     "temperature_edges": (150, 250), "structure": True, "matcher": False,
                     "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0,
                     "settings_hashes": None, "max_atoms": None},
+    "05_lattice_energy": {"potential": "ani1x", "benchmarks": ["x23", "ice13"], "out_db": "data/lattice_{potential}.db",
+                          "out_csv": "data/lattice_{potential}.csv", "fmax": 0.0005, "max_steps_base": 300,
+                          "steps_per_atom": None, "geometry": "relaxed", "crystals": None, "start_db": None,
+                          "max_wall_time": None, "n_threads": None, "reference_dir": None},
 }
 NOTEBOOKS = tuple(CONTRACT)
 
@@ -213,3 +217,32 @@ def test_03_relax_builds_its_settings_as_the_campaign_hashes_them():
     params = dict(CONTRACT["03_relax"], potential="ani1ccx", fmax=0.01, optimizer="FIRE", draft=None)
     notebook_settings = RelaxSettings(**{k: params[k] for k in passed}).resolved(10)
     assert job_settings("ani1ccx", params).hash() == notebook_settings.hash()
+
+
+@pytest.mark.slow
+def test_lattice_energy_notebook_runs_from_command_line_strings_into_the_report_section(tmp_path, model_dir):
+    """05_lattice_energy as `papermill -p` passes it (strings), then the report section over its table."""
+    import json
+
+    from helpers.lattice.report import CSV_NAME, lattice_energy_section
+    from helpers.run.notebooks import execute
+
+    csv = tmp_path / "lattice_{potential}.csv"
+    execute("05_lattice_energy", {"potential": "ani1x", "benchmarks": "x23", "crystals": "co2", "fmax": "0.01",
+                                  "out_db": str(tmp_path / "lattice_{potential}.db"), "out_csv": str(csv),
+                                  "n_threads": "1", "start_db": "None"}, tmp_path)
+    table = pd.read_csv(str(csv).format(potential="ani1x"))
+    assert table[["benchmark", "crystal", "potential", "Z", "status"]].values.tolist() == \
+        [["x23", "co2", "ani1x", 4, "converged"]]
+    for column in ("E_latt_kJmol", "ref_kJmol", "error_kJmol", "V_relaxed", "V_exp", "E_latt_kcalmol",
+                   "E_latt_fixed_kJmol", "molecule_status", "crystal_status"):
+        assert column in table.columns
+    assert np.isfinite(table.loc[0, ["E_latt_kJmol", "V_relaxed", "V_exp"]].astype(float)).all()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    table.to_csv(docs / CSV_NAME, index=False)
+    lines = "\n".join(lattice_energy_section(docs, n_boot=100))
+    assert "## Lattice energies: X23 and ICE13" in lines and "ANI-1x" in lines and "~4 kJ/mol" in lines
+    assert (docs / "figures" / "lattice_energy.png").is_file()
+    saved = json.loads((docs / "results.json").read_text())["lattice_energy"]["potentials"]["ani1x"]
+    assert saved["x23_n"] == 1 and saved["x23_mae"] == pytest.approx(abs(table.loc[0, "error_kJmol"]))

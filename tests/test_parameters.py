@@ -64,3 +64,14 @@ def test_every_notebook_default_passes_unchanged():
         values = checked(notebook, defaults)
         for name, default in defaults.items():
             assert values[name] == (tuple(default) if isinstance(values[name], tuple) else default), (notebook, name)
+
+
+def test_05_lattice_energy_takes_command_line_strings():
+    values = checked("05_lattice_energy", {"benchmarks": "x23", "crystals": "co2,ammonia", "geometry": "fixed",
+                                           "fmax": "0.01", "start_db": "None", "n_threads": "1"})
+    assert values == {"benchmarks": ["x23"], "crystals": ["co2", "ammonia"], "geometry": "fixed", "fmax": 0.01,
+                      "start_db": None, "n_threads": 1}
+    assert checked("05_lattice_energy", {"benchmarks": "['x23', 'ice13']"})["benchmarks"] == ["x23", "ice13"]
+    for bad in ({"benchmarks": "x24"}, {"geometry": "relax"}, {"fmax": "0"}):
+        with pytest.raises(ParameterError, match=next(iter(bad))):
+            checked("05_lattice_energy", bad)

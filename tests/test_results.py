@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def campaign(tmp_path_factory, cod_dir, model_dir):
     (root / "data" / "cod" / "9999999.cif").write_text("data_broken\n_cell_length_a 5\nnot a cif at all\n")
     plan = ResultsPlan(sources=[str(root / "data" / "cod"), str(root / "data" / "cod-sample")],
                        work_dir=str(root / "work"), potentials=["ani1x", "ani1x-d3"],
-                       max_atoms={"ani1x-d3": 26}, n_batches=1, relax_parameters={"fmax": 0.05})
+                       max_atoms={"ani1x-d3": 26}, n_batches=1, relax_parameters={"fmax": 0.05},
+                       lattice_parameters={"benchmarks": ["x23"], "crystals": ["co2"], "fmax": 0.05})
     out = run_results(root / "data", docs_dir=root / "docs", plan=plan)
     return root, plan, out
 
@@ -53,7 +55,7 @@ def campaign(tmp_path_factory, cod_dir, model_dir):
 @slow
 def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     root, plan, out = campaign
-    assert set(out["minutes"]) == {"fetch", "filter", "relax", "analysis", "report"}
+    assert set(out["minutes"]) == {"fetch", "filter", "relax", "analysis", "lattice", "report"}
     assert coverage(plan) == {"ani1x": (3, 3), "ani1x-d3": (1, 1)}  # the subset rule: only the 24-atom cell
     markdown = (root / "docs" / "results.md").read_text()
     ran = section_table(markdown, "## What was run").set_index("potential")
@@ -66,6 +68,19 @@ def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     assert d3.e_dispersion < 0 and d3.dV_pct < plain.dV_pct  # D3 binds: the cell comes out smaller
     assert (root / "docs" / "figures" / "ci_volume.png").is_file()
     assert "3 CIF files" in markdown or "4 CIF files" in markdown
+
+
+@slow
+def test_the_lattice_stage_writes_its_table_and_report_section(campaign):
+    root, plan, _ = campaign
+    table = pd.read_csv(root / "docs" / "lattice_energy.csv")
+    assert sorted(table.potential) == ["ani1x", "ani1x-d3"] and set(table.crystal) == {"co2"}
+    assert set(table.status) == {"converged"} and table.E_latt_kJmol.notna().all()
+    markdown = (root / "docs" / "results.md").read_text()
+    assert "## Lattice energies: X23 and ICE13" in markdown and "figures/lattice_energy.png" in markdown
+    assert (root / "docs" / "figures" / "lattice_energy.png").is_file()
+    assert set(json.loads((root / "docs" / "results.json").read_text())["lattice_energy"]["potentials"]) == \
+        {"ani1x", "ani1x-d3"}
 
 
 @slow

@@ -21,6 +21,7 @@ import pandas as pd
 
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
+from helpers.lattice.report import lattice_energy_section
 
 #: COD entries made only of C, H, N and O (the study's count) — what the cost is projected to
 COD_CHNO_ENTRIES = 42_748
@@ -535,6 +536,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     out += flagged_section(analysis_dir, docs)  # issue 36: CIF error or potential error?
     out += ["## Discussion", "", discussion(summary, errors, tables["paired_volume"], tables["thermal_summary"]), "",
             CAVEATS, ""]
+    out += lattice_energy_section(docs, ranking(summary, errors))  # empty without docs/lattice_energy.csv
     path = docs / "results.md"
     path.write_text("\n".join(out))
     return path

@@ -142,6 +142,10 @@ def potential_name(value: Any) -> str:
     from helpers.relax.potentials.registry import REGISTRY
 
     name = text(value).strip()
+    if name not in REGISTRY:  # a plug-in's potential registers when the entry points load
+        from helpers.relax.potentials.plugins import load_plugins
+
+        load_plugins()
     if name not in REGISTRY:
         raise TypeError(f"a registered potential ({', '.join(sorted(REGISTRY))})")
     return name
@@ -209,6 +213,14 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "boot_seed": integer(0),
         "settings_hashes": optional(sequence(text, "a list of settings hashes")),
         "max_atoms": optional(atom_limits),
+    },
+    "05_lattice_energy": {
+        "potential": potential_name, "benchmarks": sequence(choice("x23", "ice13"), "a list of x23, ice13"),
+        "out_db": database, "out_csv": optional(text), "fmax": number(0.0, strict=True),
+        "max_steps_base": integer(0), "steps_per_atom": optional(integer(0)), "geometry": choice("relaxed", "fixed"),
+        "crystals": optional(sequence(text, "a list of crystal names of the .din files")),
+        "start_db": optional(database), "max_wall_time": optional(number(0.0, strict=True)),
+        "n_threads": optional(integer(1)), "reference_dir": optional(text),
     },
 }
 

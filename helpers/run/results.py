@@ -47,6 +47,8 @@ class ResultsPlan:
     max_atoms: dict[str, int | None] = field(default_factory=dict)
     n_batches: int = 0  # 0: one job per core per potential
     relax_parameters: dict[str, Any] = field(default_factory=dict)
+    #: extra 05_lattice_energy parameters of the ``lattice`` stage (e.g. ``crystals``, ``fmax`` for a trial)
+    lattice_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dbs(self) -> dict[str, str]:
@@ -236,6 +238,10 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
                                 "max_atoms": {p: n for p, n in plan.max_atoms.items() if n is not None}},
                 logs, progress=True)
         land_analysis(partial, analysis_dir)
+    elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
+        from helpers.lattice.campaign import run_lattice_stage
+
+        run_lattice_stage(list(plan.potentials), plan.work_dir, logs, docs_dir, max_parallel, plan.lattice_parameters)
     elif stage == "report":
         from helpers.analysis.report import dataset_info, write_report
 
@@ -248,7 +254,7 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
 
 
 #: the campaign's stages, in order
-STAGES = ("fetch", "filter", "relax", "analysis", "report")
+STAGES = ("fetch", "filter", "relax", "analysis", "lattice", "report")
 
 
 def run_results(data_dir: str | Path, work_dir: str | Path = "data/results", docs_dir: str | Path = "docs",
