@@ -16,19 +16,7 @@ from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test
 ERRORS = Path(__file__).parent / "data" / "results_errors.csv"
 
 
-def with_sources(errors: pd.DataFrame) -> pd.DataFrame:
-    """The fixed errors table with the clean rows' sources: 34 unaltered entries, 5 COD test inputs, 1 ice."""
-    out = errors.copy()
-    ids = sorted(set(out.structure_id))
-    altered, ice = ids[-6:-1], ids[-1]
-    out["source"] = ["/d/cod/" + s[4:] + ".cif" if s in altered or s == ice else "/d/cod-sample/" + s[4:] + ".cif"
-                     for s in out.structure_id]
-    out.loc[out.structure_id == ice, "compound_key"] = sample_sets.WATER_INCHIKEY
-    out["cif_formula"] = np.where(out.structure_id == ice, "H2 O", "C6 H6")
-    return out
-
-
-def test_sample_sets_from_the_cif_path_and_the_compound():
+def test_sample_sets_from_the_cif_path_and_the_compound(sourced_errors):
     assert sample_sets.sample_set("/work/shared/data/cod-sample/2000000.cif") == "science"
     assert sample_sets.sample_set("/work/shared/data/cod/1000001.cif") == "altered"
     assert sample_sets.sample_set("/work/shared/data/cod/1011063.cif", None, "H2 O") == "ice"
@@ -36,7 +24,7 @@ def test_sample_sets_from_the_cif_path_and_the_compound():
     assert sample_sets.sample_set("/x/cod/2228759.cif", "A.B." + sample_sets.WATER_INCHIKEY, "C22 H40 N10 O8") \
         == "altered"  # a hydrate is not ice
     assert sample_sets.sample_set(None) == "unknown source"
-    errors = with_sources(pd.read_csv(ERRORS))
+    errors = sourced_errors
     ids = sample_sets.set_ids(errors)
     assert (len(ids["science"]), len(ids["altered"]), len(ids["ice"])) == (34, 5, 1)
     assert set(sample_sets.science(errors).structure_id) == set(ids["science"])
@@ -88,10 +76,10 @@ def test_refitting_bootstrap_is_wider_than_fixed_bins():
     assert record["sigma_refit_ci_high"] - record["sigma_refit_ci_low"] > 0
 
 
-def test_ranking_scores_failures_and_recomputes_by_hand():
+def test_ranking_scores_failures_and_recomputes_by_hand(sourced_errors):
     from helpers.analysis.ranking import T_ASSUMED, dv_zero_kelvin, rank_potentials
 
-    errors = sample_sets.science(with_sources(pd.read_csv(ERRORS)))
+    errors = sample_sets.science(sourced_errors).copy()
     errors.loc[errors.index[:3], "temperature"] = np.nan  # three entries without a temperature: kept
     small = errors[(errors.potential == "ani1x")].head(4).assign(potential="gfn2-xtb")
     aimnet = errors[errors.potential == "ani1x"].assign(potential="aimnet2")

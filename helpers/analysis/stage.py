@@ -631,6 +631,9 @@ def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only:
         chosen = compounds.one_per_compound(errors, rule)
         summary = pd.concat([summary, summarize(chosen, converged_only, quantities, entries="one_per_compound",
                                                 **boot)], ignore_index=True)
+        crystals = compounds.one_per_polymorph(errors, rule)
+        summary = pd.concat([summary, summarize(crystals, converged_only, quantities, entries="one_per_polymorph",
+                                                **boot)], ignore_index=True)
     thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"), **boot)
     thermal["assumption"] = thermal_assumption(alpha_v, t_ref)
     results: dict[str, Any] = {
