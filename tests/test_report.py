@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -217,3 +218,97 @@ def test_cost_is_cpu_time_where_rows_record_it():
     table = cost_table(errors, 1.0).set_index("potential")
     assert table.loc["ANI-1x", "clock"] == "CPU (2), wall (1)" and table.loc["ANI-2x", "clock"] == "CPU"
     assert table.loc["ANI-1x", "median s/crystal"] == "8.0" and table.loc["ANI-2x", "total core-hours"] == "0.00"
+
+
+def test_verdict_first_then_the_sample_by_source(report):
+    errors, markdown, root = report
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Verdict", "## The sample", "## What was run"]
+    assert headings[-2:] == ["## Glossary", "## Appendix"]
+    sample = section_table(markdown, "## The sample").set_index("set")
+    assert (sample.loc["science", "structures"], sample.loc["altered", "structures"],
+            sample.loc["ice", "structures"]) == ("34", "5", "1")
+    sets = json.loads((root / "docs" / "results.json").read_text())["sets"]["ids"]
+    assert sets["science"] == sorted(set(science(errors).structure_id)) and len(sets["altered"]) == 5
+    apart = section_table(markdown, "## Reported apart: the COD tool suite's test inputs and ice")
+    assert set(apart["set"]) == {"altered", "ice"}
+    ice = errors[errors.source.str.contains("/cod/") & (errors.cif_formula == "H2 O") & (errors.potential == "ani1x")]
+    row = apart[(apart["set"] == "ice") & (apart.potential == "ANI-1x")].iloc[0]
+    assert float(row["median ΔV [%]"]) == pytest.approx(ice.dV_pct.median(), abs=0.006)
+
+
+def test_ranking_counts_failures_and_results_json_has_them(report):
+    from helpers.analysis.ranking import dv_zero_kelvin
+
+    errors, markdown, root = report
+    table = section_table(markdown, "## Ranking on shared structures (primary: against the 0 K-extrapolated "
+                                    "experiment)").set_index("potential")
+    potentials = json.loads((root / "docs" / "results.json").read_text())["potentials"]
+    for potential, name in (("ani1x", "ANI-1x"), ("ani1ccx", "ANI-1ccx"), ("ani2x", "ANI-2x")):
+        rows = science(errors)[lambda f: f.potential == potential]  # noqa: B023
+        failed = rows.status != "converged"
+        dv0 = dv_zero_kelvin(rows.dV_pct, rows.temperature)
+        score = np.where(failed, np.inf, np.abs(dv0))
+        record = potentials[potential]
+        assert record["failure_rate"] == pytest.approx(failed.mean())
+        assert record["within_5pct"] == pytest.approx((score < 5).mean())
+        assert record["within_10pct"] == pytest.approx((score < 10).mean())
+        assert record["metric"] == pytest.approx(np.median(score))
+        assert table.loc[name, "failure rate"] == f"{100 * failed.mean():.0f} %"
+        assert table.loc[name, "median |ΔV₀| [%] (95 % CI)"].startswith(f"{np.median(score):.2f} [")
+    best = min(potentials, key=lambda p: potentials[p]["metric"])
+    verdict = markdown.split("## Verdict", 1)[1].split("## ", 1)[0]
+    name = potentials[best]["display_name"]
+    assert f"**{name} comes first" in verdict or f"Trust {name}" in verdict
+    assert "α_V = (1.65 ± 0.51)·10⁻⁴ K⁻¹" in verdict and "Bond" in verdict
+    pairs = section_table(markdown, next(line for line in markdown.splitlines() if line.startswith("Every pair (")))
+    assert len(pairs) == 3 and all(v.startswith(("cannot tell", "ANI")) for v in pairs.verdict)
+
+
+def test_the_shift_sentence_follows_its_own_rows(report):
+    from helpers.analysis.exact_stats import median_ci_exact
+    from helpers.analysis.quantities import STUDY_RESULT
+
+    errors, markdown, _ = report
+    section = markdown.split("## Temperature and size", 1)[1].split("\n## ", 1)[0]
+    study = STUDY_RESULT.query("quantity == 'volume'").set_index("potential")["mu_study"]
+    for potential, name in (("ani1x", "ANI-1x"), ("ani1ccx", "ANI-1ccx")):
+        dv = converged_dv(errors, potential)
+        low, high, _ = median_ci_exact(dv)
+        line = next(x for x in section.splitlines() if x.startswith(f"- {name}:"))
+        if low <= study[potential] <= high:
+            assert "there is no shift to explain" in line
+        else:
+            assert "unexplained" in line or "depends on that factor" in line
+
+
+def test_shift_sentence_calls_an_untested_shift_unexplained():
+    from helpers.analysis.report_sections import shift_sentence
+
+    rows = pd.DataFrame([("all", "all", 60, -4.0, -5.0, -3.0), ("temperature", "T < 150 K", 30, -4.5, -6.0, -3.0),
+                         ("temperature", "T ≥ 250 K", 30, -3.5, -5.0, -2.0),
+                         ("size", "< 50 atoms", 12, -3.0, -4.0, 4.0)],
+                        columns=["kind", "stratum", "n", "median", "ci_low", "ci_high"])
+    assert "unexplained" in shift_sentence(rows.iloc[:3], 3.0, "ani1x")
+    assert "depends on that factor" in shift_sentence(rows, 3.0, "ani1x")  # < 50 atoms reaches 3.0
+    assert "no shift to explain" in shift_sentence(rows, -4.0, "ani1x")
+
+
+def test_glossary_explains_the_jargon(report):
+    _, markdown, _ = report
+    glossary = markdown.split("## Glossary", 1)[1].split("\n## ", 1)[0]
+    for term in ("fast path", "settings hash", "step cap", "Holm correction", "polymorph"):
+        assert f"**{term}" in glossary
+
+
+def test_polymorphs_are_kept_apart_redeterminations_merged():
+    from helpers.analysis.compounds import one_per_polymorph, polymorph_keys
+
+    rows = pd.DataFrame({"structure_id": ["a", "b", "c", "d"], "compound_key": ["K", "K", "K", "K"],
+                         "spacegroup_number": [14, 14, 14, 2], "natoms": [40, 40, 80, 40],
+                         "V_exp": [400.0, 412.0, 880.0, 400.0], "temperature": [100.0, 300.0, 100.0, 100.0],
+                         "r_factor": [0.05, 0.03, 0.04, 0.06], "potential": "ani1x"})
+    keys = polymorph_keys(rows)
+    # a and b: same packing (0 K volume per atom 9.84 vs 9.81 Å³); c: 10.8 Å³, another polymorph; d: other group
+    assert keys["a"] == keys["b"] and len({keys["a"], keys["c"], keys["d"]}) == 3
+    assert sorted(one_per_polymorph(rows).structure_id) == ["b", "c", "d"]  # b: the lower R factor

@@ -63,7 +63,7 @@ def read_tables(analysis_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The analysis CSVs the report is made of."""
     folder = Path(analysis_dir)
     names = ("summary", "errors", "status_counts", "thermal_summary", "paired_volume", "structure_summary",
-             "left_out")
+             "left_out", "sets_summary")
     tables = {}
     for name in names:
         path = folder / f"{name}.csv"
