@@ -301,6 +301,12 @@ def test_glossary_explains_the_jargon(report):
         assert f"**{term}" in glossary
 
 
+def test_small_multiples_and_the_ranking_figure_are_shown(report):
+    _, markdown, root = report
+    for name in ("hist_grid_volume.png", "ranking_ci.png"):
+        assert f"(figures/{name})" in markdown and (root / "docs" / "figures" / name).stat().st_size > 2000
+
+
 def test_polymorphs_are_kept_apart_redeterminations_merged():
     from helpers.analysis.compounds import one_per_polymorph, polymorph_keys
 

@@ -24,6 +24,7 @@ from helpers.analysis.report_sections import (
     ReportInputs,
     apart_section,
     glossary_section,
+    histogram_section_lines,
     ranking_section,
     sample_section,
     temperature_section,
@@ -521,9 +522,7 @@ def study_section(inputs: ReportInputs) -> list[str]:
              "μ and σ: the study's Gaussian fit to the histogram (or the normal MLE where the histogram cannot "
              "support one: `fit`); '95 % CI' keeps the bins fixed, 'CI, bins refitted' resamples the whole "
              "procedure (window, bins, bounds) and is the honest one. The science sample only.", ""]
-    hists = [f"![ΔV histogram and Gaussian, {display_name(p)}](figures/hist_{p}_volume.png)"
-             for p in STUDY_POTENTIALS if (inputs.figures / f"hist_{p}_volume.png").is_file()]
-    return lines + ([*hists, ""] if hists else [])
+    return lines + histogram_section_lines(inputs)
 
 
 def duplicates_section(inputs: ReportInputs) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.analysis import sample_sets
+from helpers.analysis import report_figures, sample_sets
 from helpers.analysis.exact_stats import median_ci_exact
 from helpers.analysis.quantities import STUDY_RESULT, display_name
 from helpers.analysis.ranking import (
@@ -123,7 +123,9 @@ def verdict_text(ranking: dict[str, Any]) -> str:
             continue
         other = pair.potential_b if pair.potential_a == best["potential"] else pair.potential_a
         (beaten if pair.verdict.startswith(f"{name} closer") else tied).append(display_name(other))
-    if beaten and not tied and not contenders:
+    if len(ranked) == 1:
+        lead = f"**Only {name} is ranked so far: there is nothing to compare it with yet.**"
+    elif beaten and not tied and not contenders:
         lead = f"**Trust {name} for molecular-crystal geometry among the potentials ranked here.**"
     elif contenders or tied:
         lead = (f"**{name} comes first, but the data cannot single it out: "
@@ -218,6 +220,22 @@ def _rank_rows(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _figure(path: Path | None, caption: str) -> list[str]:
+    """Markdown lines showing a figure the report drew into its figures folder (shrunk), or none."""
+    if path is None:
+        return []
+    from helpers.analysis.report import shrink_png  # here: report imports this module
+
+    shrink_png(path)
+    return [f"![{caption}](figures/{path.name})", ""]
+
+
+def histogram_section_lines(inputs: ReportInputs) -> list[str]:
+    """The per-potential histograms with their Gaussians as small multiples (science sample, converged)."""
+    return _figure(report_figures.histogram_grid(inputs.science, inputs.figures / "hist_grid_volume.png"),
+                   "ΔV histogram and the study's Gaussian fit, one panel per potential")
+
+
 def publish_ranking(inputs: ReportInputs) -> None:
     """``results.json`` sections ``potentials`` and ``paired`` from the ranking."""
     table, pairs = inputs.ranking["table"], inputs.ranking["pairs"]
@@ -243,6 +261,8 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
     if table.empty:
         return ["## Ranking on shared structures", "", "_(no data)_", ""]
     publish_ranking(inputs)
+    figure = _figure(report_figures.ranking_intervals(table, inputs.figures / "ranking_ci.png"),
+                     "Ranking metric with 95 % CIs, n per potential")
     lines = ["## Ranking on shared structures (primary: against the 0 K-extrapolated experiment)", "",
              f"{len(inputs.ranking['shared'])} science structures attempted by every ranked potential "
              f"({inputs.ranking['n_unknown_t']} of them without a measurement temperature, kept: "
@@ -251,7 +271,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
              "estimator: median and MAD in every column); CIs: paired bootstrap over structures with α_V redrawn "
              f"per structure. Potentials with fewer than {MIN_RANKED} structures are listed, not ranked. "
              "Beside it the uncorrected view (the study's, against the cell as measured).", "",
-             _markdown(_rank_rows(table)), ""]
+             _markdown(_rank_rows(table)), "", *figure]
     if len(pairs):
         rows = [{"A": display_name(r.potential_a), "B": display_name(r.potential_b), "n": int(r.n),
                  "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",
