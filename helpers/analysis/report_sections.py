@@ -173,8 +173,8 @@ def sample_section(inputs: ReportInputs) -> list[str]:
                   "test inputs and ice are reported apart (section *Reported apart*); `results.json` → `sets` "
                   "lists the ids of each set.", ""]
     else:
-        lines += ["The relaxed rows record no source CIF path, so the unaltered entries cannot be told from the "
-                  "test inputs: every table below uses every clean entry.", ""]
+        lines += ["No relaxed row is an unaltered COD entry of `cod-sample/` (or no row records its source CIF "
+                  "path), so there is no science sample to separate: every table below uses every clean entry.", ""]
     return lines
 
 

@@ -11,8 +11,8 @@ alone) is not a molecular organic crystal of the kind the study measures. Every 
 - ``ice``: the compound is water alone (InChIKey or formula), whatever the folder;
 - ``unknown source``: the row carries no ``source`` (an errors table from before it was recorded).
 
-When no row carries a source, the split cannot be made and every row stays in the science tables
-(:func:`science` returns all of them); the report says so.
+When no row is of the science sample (no row carries a source, or a run on ``cod/`` alone), the split
+cannot be made and every row stays in the tables (:func:`science` returns all of them); the report says so.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def add_sample_set(errors: pd.DataFrame) -> pd.DataFrame:
 
 
 def labelled(errors: pd.DataFrame) -> bool:
-    """True when some row knows its source (the split can be made)."""
-    return "sample_set" in errors and (errors["sample_set"] != UNKNOWN).any()
+    """True when the split can be made: some row is of the science sample. Rows from ``cod/`` alone (a
+    filter test run) have no science sample, and every table then uses every row, as before the split."""
+    return "sample_set" in errors and (errors["sample_set"] == SCIENCE).any()
 
 
 def science(errors: pd.DataFrame) -> pd.DataFrame:
