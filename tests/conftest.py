@@ -62,3 +62,22 @@ def subset_dir(tmp_path, cod_dir, ids):
     for i in ids:
         (root / f"{i}.cif").symlink_to(cod_dir / f"{i}.cif")
     return root
+
+
+@pytest.fixture(scope="session")
+def sourced_errors():
+    """The fixed errors table of tests/data/results_errors.csv with the clean rows' sources (issue 34): 34
+    unaltered COD entries (`cod-sample/`), 5 COD tool-suite test inputs (`cod/`) and 1 ice entry."""
+    import numpy as np
+    import pandas as pd
+
+    from helpers.analysis.sample_sets import WATER_INCHIKEY
+
+    out = pd.read_csv(Path(__file__).parent / "data" / "results_errors.csv")
+    ids = sorted(set(out.structure_id))
+    altered, ice = ids[-6:-1], ids[-1]
+    out["source"] = ["/d/cod/" + s[4:] + ".cif" if s in altered or s == ice else "/d/cod-sample/" + s[4:] + ".cif"
+                     for s in out.structure_id]
+    out.loc[out.structure_id == ice, "compound_key"] = WATER_INCHIKEY
+    out["cif_formula"] = np.where(out.structure_id == ice, "H2 O", "C6 H6")
+    return out

@@ -387,7 +387,7 @@ def test_one_entry_per_compound_lowest_r_factor_then_temperature(tmp_path, benze
         == "AAAA-X.BBBB-Y"
     assert errors.set_index(["structure_id", "potential"]).loc[("cod-1000002", "ani1ccx"), "r_factor"] == 0.03
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index(["entries", "potential", "quantity"])
-    assert set(summary.index.get_level_values("entries")) == {"all", "one_per_compound"}
+    assert set(summary.index.get_level_values("entries")) == {"all", "one_per_compound", "one_per_polymorph"}
     for potential in ("ani1x", "ani1ccx"):
         everything = summary.loc[("all", potential, "volume")]
         assert everything.n == 5

@@ -111,3 +111,51 @@ def entries_note(errors: pd.DataFrame, rule: Any) -> str:
     n_compounds = len(choose(errors, keys))
     return (f"summary.csv: entries = 'all' ({n_structures} structures) and 'one_per_compound' ({n_compounds} "
             f"compounds; representative: lowest {' then lowest '.join(keys)}, missing values last).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Polymorphs: one compound, different crystals
+
+#: two entries of one compound and space group are the same crystal when their 0 K volumes per atom agree
+#: within this fraction (redeterminations agree within ~1 %; polymorphs of one space group differ by 2–10 %)
+POLYMORPH_TOL = 0.03
+
+
+def polymorph_keys(errors: pd.DataFrame, tol: float = POLYMORPH_TOL, alpha_v: float | None = None) -> pd.Series:
+    """structure_id -> "<compound_key>|sg<number>|p<k>": the crystal (compound *and* packing) of each entry.
+
+    Within one compound key and space group (when known), entries whose experimental volume per atom,
+    extrapolated to 0 K with ``alpha_v`` (default: :data:`helpers.vocabulary.THERMAL_EXPANSION_V`; a
+    measurement without a temperature is used as measured), agrees within ``tol`` of its neighbour are one
+    crystal (single linkage on the sorted volumes); another space group or packing density is another
+    polymorph. Rows without a compound key are crystals of their own."""
+    from helpers.vocabulary import THERMAL_EXPANSION_V
+
+    alpha = THERMAL_EXPANSION_V if alpha_v is None else alpha_v
+    frame = errors.drop_duplicates("structure_id").set_index("structure_id")
+    compound = frame.get("compound_key", pd.Series(None, index=frame.index)).fillna("").astype(str)
+    compound = compound.where(compound != "", "structure:" + frame.index.astype(str))
+    group = pd.to_numeric(frame.get("spacegroup_number", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    temperature = pd.to_numeric(frame.get("temperature"), errors="coerce").fillna(0.0)
+    per_atom = pd.to_numeric(frame.get("V_exp"), errors="coerce") / pd.to_numeric(frame.get("natoms"), errors="coerce")
+    volume = per_atom / (1 + alpha * temperature)
+    keys = {}
+    for (name, sg), members in pd.DataFrame({"c": compound, "sg": group.fillna(-1), "v": volume}).groupby(["c", "sg"]):
+        members = members.sort_values("v", na_position="last")
+        label, previous = 0, None
+        for sid, v in members["v"].items():
+            if previous is not None and not (np.isfinite(v) and np.isfinite(previous) and v <= previous * (1 + tol)):
+                label += 1
+            keys[sid] = f"{name}|sg{int(sg) if sg >= 0 else '?'}|p{label}"
+            previous = v
+    return pd.Series(keys, name="polymorph_key").reindex(frame.index)
+
+
+def one_per_polymorph(errors: pd.DataFrame, rule: Any = DEFAULT_RULE, tol: float = POLYMORPH_TOL) -> pd.DataFrame:
+    """The rows of ``errors`` of one chosen entry per crystal (compound and polymorph), by ``rule``."""
+    keys = parse_rule(rule)
+    if keys is None or not has_compound_keys(errors):
+        return errors
+    relabelled = errors.assign(compound_key=errors["structure_id"].map(polymorph_keys(errors, tol)))
+    chosen = set(choose(relabelled, keys)["structure_id"])
+    return errors[errors["structure_id"].isin(chosen)]

@@ -21,6 +21,16 @@ import pandas as pd
 
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
+from helpers.analysis.report_sections import (
+    ReportInputs,
+    apart_section,
+    glossary_section,
+    histogram_section_lines,
+    ranking_section,
+    sample_section,
+    temperature_section,
+    verdict_section,
+)
 from helpers.lattice.report import lattice_energy_section
 
 #: COD entries made only of C, H, N and O (the study's count) — what the cost is projected to
@@ -56,7 +66,7 @@ def read_tables(analysis_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The analysis CSVs the report is made of."""
     folder = Path(analysis_dir)
     names = ("summary", "errors", "status_counts", "thermal_summary", "paired_volume", "structure_summary",
-             "left_out")
+             "left_out", "sets_summary")
     tables = {}
     for name in names:
         path = folder / f"{name}.csv"
@@ -105,7 +115,9 @@ def study_comparison(summary: pd.DataFrame) -> pd.DataFrame:
                 "quantity": f"{QUANTITIES[quantity].label} [%]", "potential": display_name(potential),
                 "study μ": _num(study.mu_study, 1), "study σ": _num(study.sigma_study, 1),
                 "μ": _num(row.get("mu")), "μ 95 % CI": _ci(row, "mu"),
+                "μ CI, bins refitted": _ci(row, "mu_refit"),
                 "σ": _num(row.get("sigma")), "σ 95 % CI": _ci(row, "sigma"),
+                "σ CI, bins refitted": _ci(row, "sigma_refit"),
                 "median": _num(row.get("median")), "MAD": _num(row.get("mad")),
                 "n": int(row["n"]) if "n" in row and not pd.isna(row["n"]) else 0,
                 "fit": str(row.get("fit_method", "–")),
@@ -183,7 +195,7 @@ def lattice_table(summary: pd.DataFrame) -> pd.DataFrame:
         for quantity in ("alpha", "beta", "gamma"):
             ours = _rows(summary, quantity)
             row = ours.loc[potential] if potential in ours.index else pd.Series(dtype=object)
-            record[f"{QUANTITIES[quantity].label} changed / median [°]"] = \
+            record[f"{QUANTITIES[quantity].label}: fraction changed / median of changed [°]"] = \
                 f"{_num(row.get('fraction_changed'))} / {_num(row.get('median_changed'))}"
         rows.append(record)
     return pd.DataFrame(rows)
@@ -207,11 +219,12 @@ def thermal_table(thermal: pd.DataFrame) -> pd.DataFrame:
 def compound_table(summary: pd.DataFrame) -> pd.DataFrame:
     """ΔV over every entry (the study's way) and over one entry per compound."""
     rows = []
-    for entries in ("all", "one_per_compound"):
+    for entries in ("all", "one_per_compound", "one_per_polymorph"):
         for potential, row in _rows(summary, "volume", entries).iterrows():
             rows.append({"entries": entries, "potential": display_name(potential), "n": int(row["n"]),
                          "μ [%]": _num(row["mu"]), "σ [%]": _num(row["sigma"]), "median [%]": _num(row["median"]),
-                         "median 95 % CI": _ci(row, "median"), "MAD [%]": _num(row["mad"])})
+                         "median 95 % CI": _ci(row, "median"), "MAD [%]": _num(row["mad"]),
+                         "median CI": str(row.get("median_ci_method", "percentile bootstrap"))})
     return pd.DataFrame(rows)
 
 
@@ -350,8 +363,10 @@ def worst_picture(errors: pd.DataFrame, potential: str, path: Path, k: int = WOR
 
 
 def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame | None = None,
-               thermal: pd.DataFrame | None = None) -> str:
-    """Plain-words comparison with the study, each statement computed from the tables."""
+               thermal: pd.DataFrame | None = None, pairs: pd.DataFrame | None = None) -> str:
+    """Plain-words comparison with the study, each statement computed from the tables. ``pairs``: the ranking's
+    Holm-corrected sign tests (:func:`helpers.analysis.ranking.paired_verdicts`); ANI-1ccx against ANI-1x is
+    told from them when given (the test and its interval about one quantity), else from ``paired``."""
     lines = []
     for quantity in ("volume", "a1"):
         ours = _rows(summary, quantity)
@@ -378,11 +393,21 @@ def discussion(summary: pd.DataFrame, errors: pd.DataFrame, paired: pd.DataFrame
         lines.append(
             "- Both study potentials against the study: μ(ΔV) is shifted by "
             + " and ".join(f"{v:+.1f} points ({display_name(p)})" for p, v in shifts.items())
-            + (". A shift shared by both networks points to what they were given — the sample, its measurement "
-               "temperatures, its duplicates — more than to either model; the two potentials' difference is "
-               "compared on the same structures below." if same_sign else
+            + (". Both shifted the same way; whether measurement temperature or crystal size accounts for it is "
+               "tested in *Temperature and size* above, and the duplicates' effect is in *Duplicates*: no cause is "
+               "claimed here beyond what those rows show." if same_sign else
                ". The shifts have opposite signs: the sample alone does not explain the difference."))
-    if paired is not None and len(paired):
+    pair = pd.DataFrame()
+    if pairs is not None and len(pairs):
+        pair = pairs[(pairs["potential_a"] == "ani1ccx") & (pairs["potential_b"] == "ani1x")]
+    if len(pair):
+        row = pair.iloc[0]
+        lines.append(
+            f"- ANI-1ccx against ANI-1x on the same {int(row['n'])} shared structures (failures as ∞): ANI-1ccx closer "
+            f"on {int(row['a_closer'])}, ANI-1x on {int(row['b_closer'])}; median |ΔV₀| difference "
+            f"{_num(row['median_d'])} points (exact 95 % CI [{_num(row['median_d_ci_low'])}, "
+            f"{_num(row['median_d_ci_high'])}]), sign test Holm-adjusted over all pairs: {row['verdict']}.")
+    elif paired is not None and len(paired):
         pair = paired[(paired.get("potential_a") == "ani1ccx") & (paired.get("potential_b") == "ani1x")]
         if len(pair):
             row = pair.iloc[0]
@@ -457,12 +482,122 @@ def _common_section(errors: pd.DataFrame) -> list[str]:
     return [heading + ":", "", _markdown(table), ""]
 
 
+def header_section(inputs: ReportInputs) -> list[str]:
+    """Title and what was run, with which settings and estimators."""
+    info, plan = inputs.info, inputs.plan
+    return [
+        "# Results: ANI and other potentials against experimental COD crystals",
+        "",
+        f"Generated by `make results` on {date.today().isoformat()} ({platform.node()}, "
+        f"{info.get('cores', '?')} cores). Sources: {', '.join(f'`{Path(s).name}/`' for s in plan.sources)} "
+        f"of the shared real COD data ({info.get('n_files', '?')} CIF files, {info.get('n_raw', '?')} entries, "
+        f"{info.get('n_clean', '?')} clean after 02_filter). Settings: the study's (BFGS, atoms + cell, "
+        "fmax = 5·10⁻⁴ eV/Å, cap 300 + x·n_atoms), the fast path with its exact float64 finish. "
+        "Every number below is read from this run's analysis tables (`errors.csv`, `summary.csv`, "
+        "`sets_summary.csv`, `status_counts.csv`, `thermal_summary.csv`). The primary estimator is the median "
+        "(spread: MAD); medians of fewer than 30 values get exact order-statistic 95 % CIs, larger ones seeded "
+        "bootstrap CIs. The study's Gaussian fit (μ, σ) is kept as the study's view, with a bootstrap that refits "
+        "window and bins too. Terms are explained in the glossary.",
+        "",
+    ]
+
+
+def run_section(inputs: ReportInputs) -> list[str]:
+    """What each potential was to relax and finished, what was left out, how long it took."""
+    info, tables = inputs.info, inputs.tables
+    coverage = coverage_table(info["coverage"], inputs.plan.max_atoms) if info.get("coverage") else None
+    return [
+        *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage), ""]
+          if coverage is not None else []),
+        *([left_out_sentence(tables["left_out"]), ""] if not tables["left_out"].empty else []),
+        *(["Campaign wall time on this machine (every run added: resumed relaxations, each regeneration of the "
+           "analysis and report): "
+           + ", ".join(f"{stage} {minutes / 60:.1f} h" if minutes >= 60 else f"{stage} {minutes:.1f} min"
+                       for stage, minutes in info["stage_minutes"].items()) + ".", ""]
+          if info.get("stage_minutes") else []),
+    ]
+
+
+def study_section(inputs: ReportInputs) -> list[str]:
+    """The study's table beside ours (the study's view: its Gaussian fit), with the per-potential histograms."""
+    lines = ["## The study's table beside ours", "", _markdown(study_comparison(inputs.tables["summary"])), "",
+             "μ and σ: the study's Gaussian fit to the histogram (or the normal MLE where the histogram cannot "
+             "support one: `fit`); '95 % CI' keeps the bins fixed, 'CI, bins refitted' resamples the whole "
+             "procedure (window, bins, bounds) and is the honest one. The science sample only.", ""]
+    return lines + histogram_section_lines(inputs)
+
+
+def duplicates_section(inputs: ReportInputs) -> list[str]:
+    """ΔV over every entry, one per compound and one per polymorph (compound and packing)."""
+    return ["## Duplicates: all entries, one per compound, one per polymorph", "",
+            _markdown(compound_table(inputs.tables["summary"])), "",
+            "One per polymorph: entries of one compound (InChIKeys) are the same crystal when they share the "
+            "space group and their volume per atom, extrapolated to 0 K, agrees within 3 %; polymorphs (other "
+            "packings) stay apart. Representative: lowest R factor, then lowest temperature.", ""]
+
+
+def discussion_section(inputs: ReportInputs) -> list[str]:
+    tables = inputs.tables
+    return ["## Discussion", "",
+            discussion(tables["summary"], inputs.science, tables["paired_volume"], tables["thermal_summary"],
+                       pairs=inputs.ranking["pairs"]), ""]
+
+
+def flagged_report_section(inputs: ReportInputs) -> list[str]:
+    """Issue 36's section: how much of each tail is entries whose CIF is in doubt (consensus outliers)."""
+    return flagged_section(inputs.extra["analysis_dir"], inputs.docs)
+
+
+def lattice_section(inputs: ReportInputs) -> list[str]:
+    """Issue 30's section: lattice energies beside the volumes, the best on COD volumes named from the ranking."""
+    table = inputs.ranking["table"]
+    ranked = table[table["ranked"].astype(bool)].sort_values("rank") if len(table) else table
+    return lattice_energy_section(inputs.docs, ranked if len(ranked) else None)
+
+
+def appendix_section(inputs: ReportInputs) -> list[str]:
+    """Details: per-potential tables on each potential's own converged structures, lattice, temperature,
+    status, cost, the worst structures, the caveats."""
+    tables, plan, science = inputs.tables, inputs.plan, inputs.science
+    summary, errors = tables["summary"], inputs.errors
+    out = [
+        "## Appendix", "",
+        "### Each potential on its own converged structures (not a ranking: different populations)", "",
+        _markdown(ranking(summary, science)), "",
+        "Subsets: " + (", ".join(f"{display_name(p)} {subset_text(p, n)}" for p, n in plan.max_atoms.items() if n)
+                       or "every potential relaxed every clean structure") + ".",
+        "", *_common_section(science),
+        *_figure_link("μ and median with 95 % CIs per potential", "ci_volume.png", inputs.extra.get("copied", [])),
+        *_figure_link("ΔV histograms, all potentials", "overlay_volume.png", inputs.extra.get("copied", [])),
+        "### Cell lengths, angles and density", "", _markdown(lattice_table(summary)), "",
+        "### Before and after the temperature correction (α_V fixed, entries with a temperature)", "",
+        _markdown(thermal_table(tables["thermal_summary"])), "",
+        *_figure_link("ΔV against measurement temperature", "dv_vs_temperature.png", inputs.extra.get("copied", [])),
+        "### How the relaxations ended", "", _markdown(status_table(tables["status_counts"])), "",
+        "### Cost on this machine", "",
+        _markdown(cost_table(errors, inputs.extra.get("clean_fraction"), plan.max_atoms,
+                             inputs.info.get("coverage"))), "",
+        f"Projection: {COD_CHNO_ENTRIES:,} C/H/N/O COD entries × the clean fraction of this sample "
+        f"({_num(inputs.extra.get('clean_fraction')) if inputs.extra.get('clean_fraction') else '–'}) × the mean "
+        "cost per crystal, one core each. `clock`: CPU = the crystal's CPU time (core-seconds, its share of every "
+        "side-by-side pass), the same on a busy or an idle machine; wall = its wall-clock share, recorded before "
+        "CPU time was, which counts higher when other work shared the cores.",
+        "",
+        "### The ten worst structures per potential (every sample set)", "",
+    ]
+    for potential in inputs.extra.get("potentials", []):
+        out += [f"#### {display_name(potential)}", "", _markdown(worst(errors, potential)), ""]
+        if inputs.extra.get("pictures", {}).get(potential):
+            out += [f"![worst {potential}](figures/worst_{potential}.png)", ""]
+    return out + ["### Caveats", "", CAVEATS, ""]
+
+
 def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "docs",
                  extra: dict[str, Any] | None = None) -> Path:
     """Write ``docs_dir/results.md`` and its figures (``docs_dir/figures/``) from the analysis tables."""
     require_complete_analysis(analysis_dir)
     tables = read_tables(analysis_dir)
-    summary, errors = tables["summary"], tables["errors"]
+    errors = tables["errors"]
     docs = Path(docs_dir)
     figures = docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)  # may be a symlink; the files in it that are not ours stay
@@ -480,63 +615,27 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
                 for p in potentials}
     for path in [figures / name for name in copied] + [path for path in pictures.values() if path]:
         shrink_png(path)  # our own file, just put in place
-    coverage = coverage_table(info["coverage"], plan.max_atoms) if info.get("coverage") else None
-    out = [
-        "# Results: ANI and other potentials against experimental COD crystals",
-        "",
-        f"Generated by `make results` on {date.today().isoformat()} ({platform.node()}, "
-        f"{info.get('cores', '?')} cores). Sources: {', '.join(f'`{Path(s).name}/`' for s in plan.sources)} "
-        f"of the shared real COD data ({info.get('n_files', '?')} CIF files, {info.get('n_raw', '?')} entries, "
-        f"{info.get('n_clean', '?')} clean after 02_filter). Settings: the study's (BFGS, atoms + cell, "
-        "fmax = 5·10⁻⁴ eV/Å, cap 300 + x·n_atoms), the fast path with its exact float64 finish. "
-        "Every number below is read from this run's `summary.csv`, `errors.csv`, `status_counts.csv` and "
-        "`thermal_summary.csv`; μ and σ are the study's Gaussian fit to the histogram where the histogram "
-        "supports one (else the normal MLE, named in the `fit` column); CIs are 95 % seeded bootstrap intervals.",
-        "",
-        *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage), ""]
-          if coverage is not None else []),
-        *([left_out_sentence(tables["left_out"]), ""] if not tables["left_out"].empty else []),
-        *(["Campaign wall time on this machine (every run added: resumed relaxations, each regeneration of the "
-           "analysis and report): "
-           + ", ".join(f"{stage} {minutes / 60:.1f} h" if minutes >= 60 else f"{stage} {minutes:.1f} min"
-                       for stage, minutes in info["stage_minutes"].items()) + ".", ""]
-          if info.get("stage_minutes") else []),
-        "## The study's table beside ours",
-        "", _markdown(study_comparison(summary)), "",
-        *_figure_link("μ and median with 95 % CIs per potential", "ci_volume.png", copied),
-        "## Every potential, ranked (ΔV, converged structures)",
-        "", _markdown(ranking(summary, errors)), "",
-        "Subsets: " + (", ".join(f"{display_name(p)} {subset_text(p, n)}" for p, n in plan.max_atoms.items() if n)
-                       or "every potential relaxed every clean structure") + ".",
-        "", *_common_section(errors),
-        *_figure_link("ΔV histograms, all potentials", "overlay_volume.png", copied),
-        "## Cell lengths, angles and density",
-        "", _markdown(lattice_table(summary)), "",
-        "## Before and after the temperature correction",
-        "", _markdown(thermal_table(tables["thermal_summary"])), "",
-        *_figure_link("ΔV against measurement temperature", "dv_vs_temperature.png", copied),
-        "## All entries and one entry per compound",
-        "", _markdown(compound_table(summary)), "",
-        "## How the relaxations ended",
-        "", _markdown(status_table(tables["status_counts"])), "",
-        "## Cost on this machine",
-        "", _markdown(cost_table(errors, clean_fraction, plan.max_atoms, info.get("coverage"))), "",
-        f"Projection: {COD_CHNO_ENTRIES:,} C/H/N/O COD entries × the clean fraction of this sample "
-        f"({_num(clean_fraction) if clean_fraction else '–'}) × the mean cost per crystal, one core each. "
-        "`clock`: CPU = the crystal's CPU time (core-seconds, its share of every side-by-side pass), the same "
-        "on a busy or an idle machine; wall = its wall-clock share, recorded before CPU time was, which counts "
-        "higher when other work shared the cores.",
-        "",
-        "## The ten worst structures per potential", "",
+    inputs = ReportInputs(tables=tables, plan=plan, info=info, docs=docs, figures=figures,
+                          extra={"pictures": pictures, "clean_fraction": clean_fraction, "potentials": potentials,
+                                  "copied": copied, "analysis_dir": Path(analysis_dir)})
+    # the report, section by section; a new section is one function (inputs -> markdown lines) and one line here
+    sections = [
+        header_section,
+        verdict_section,
+        sample_section,
+        run_section,
+        study_section,
+        ranking_section,
+        temperature_section,
+        duplicates_section,
+        apart_section,
+        discussion_section,
+        flagged_report_section,  # issue 36: CIF error or potential error?
+        lattice_section,  # issue 30: X23 / ICE13 lattice energies (empty without docs/lattice_energy.csv)
+        glossary_section,
+        appendix_section,
     ]
-    for potential in potentials:
-        out += [f"### {display_name(potential)}", "", _markdown(worst(errors, potential)), ""]
-        if pictures.get(potential):
-            out += [f"![worst {potential}](figures/worst_{potential}.png)", ""]
-    out += flagged_section(analysis_dir, docs)  # issue 36: CIF error or potential error?
-    out += ["## Discussion", "", discussion(summary, errors, tables["paired_volume"], tables["thermal_summary"]), "",
-            CAVEATS, ""]
-    out += lattice_energy_section(docs, ranking(summary, errors))  # empty without docs/lattice_energy.csv
+    out = [line for section in sections for line in section(inputs)]
     path = docs / "results.md"
     path.write_text("\n".join(out))
     return path

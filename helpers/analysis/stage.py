@@ -25,7 +25,7 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers.analysis import compounds, consensus
+from helpers.analysis import compounds, consensus, sample_sets
 from helpers.analysis.distributions import median_mad
 from helpers.analysis.quantities import (
     BASE_QUANTITIES,
@@ -42,8 +42,11 @@ from helpers.analysis.uncertainty import (
     BOOT_SEED,
     CHANGED_COLUMNS,
     CI_COLUMNS,
+    MEDIAN_CI_COLUMNS,
     N_BOOT,
+    N_REFIT,
     PAIRED_COLUMNS,
+    REFIT_COLUMNS,
     describe,
     paired_stats,
 )
@@ -67,7 +70,7 @@ ERROR_COLUMNS = [
     "gamma_exp", "gamma_relaxed", "dgamma_deg", "density_exp", "density_relaxed", "ddensity_pct",
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
-    "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time", "cpu_time",
+    "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time", "cpu_time", "source", "cif_formula",
     # issue 36: how far from equilibrium the potential found the experimental structure, and the filter's
     # doubts about the entry (flags of its clean row, comma-separated)
     "start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress", "filter_flags",
@@ -135,6 +138,9 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "start_max_stress": kvp.get("start_max_stress"),
         "filter_flags": ",".join(sorted(k[len("flag_"):] for k, v in (clean_row.key_value_pairs if clean_row
                                  else kvp).items() if k.startswith("flag_") and v)),
+        # which sample the entry belongs to (helpers.analysis.sample_sets): the CIF path and the formula
+        "source": kvp.get("source") or (clean_row.get("source") if clean_row else None),
+        "cif_formula": kvp.get("cif_formula") or (clean_row.get("cif_formula") if clean_row else None),
     }
     notes = []
     relaxed = row.toatoms()
@@ -319,7 +325,7 @@ def _select(errors: pd.DataFrame, converged_only: bool) -> pd.DataFrame:
 
 def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Sequence[str] = BASE_QUANTITIES,
               by: Sequence[str] = ("potential",), *, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-              entries: str = "all") -> pd.DataFrame:
+              entries: str = "all", n_refit: int = 0, refit: Sequence[str] = ("volume", "a1")) -> pd.DataFrame:
     """summary.csv: one row per potential × quantity with n, mu, sigma (Gaussian fit), median, MAD, CIs.
 
     mu/sigma come from :func:`helpers.analysis.distributions.fit_gaussian` (bounded least squares on the
@@ -328,7 +334,10 @@ def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Seq
     sit beside them. ``<stat>_ci_low/high``: seeded 95 % percentile-bootstrap intervals
     (:mod:`helpers.analysis.uncertainty`). Angles are not fitted: ``fraction_changed`` and the median/MAD
     of the changed ones instead. ``entries`` labels the row set ("all", "one_per_compound").
-    Units: percent, degrees for angles.
+    Below 30 values the median's CI is the exact order-statistic interval (``median_ci_method``,
+    ``median_ci_coverage``). ``n_refit`` > 0: the quantities in ``refit`` also get ``mu_refit_ci_*`` /
+    ``sigma_refit_ci_*``, a bootstrap that refits window, bins and bounds per resample (the study's view with
+    its whole procedure's uncertainty). Units: percent, degrees for angles.
     """
     rows = []
     data = _select(errors, converged_only)
@@ -340,12 +349,14 @@ def summarize(errors: pd.DataFrame, converged_only: bool = True, quantities: Seq
             if quantity.column not in group:
                 continue
             record = describe(_values(group, quantity).to_numpy(), unit=quantity.unit,
-                              symmetric=quantity.symmetric, n_boot=n_boot, seed=seed)
+                              symmetric=quantity.symmetric, n_boot=n_boot, seed=seed,
+                              n_refit=n_refit if name in refit else 0)
             rows.append({**dict(zip(by, key)), "quantity": name, "unit": quantity.unit, **record,
                          "entries": entries})
     columns = [*by, "quantity", "unit", "n", "mu", "sigma", "median", "mad", "sigma_mad", "mu_mle",
                "sigma_mle", "fit_method", "n_outside_fit", *CI_COLUMNS, "ci_level", "n_boot", "boot_seed",
-               "fit_bins", "fit_chi2_ndf", "fit_max_residual", *CHANGED_COLUMNS, "entries"]
+               "fit_bins", "fit_chi2_ndf", "fit_max_residual", *CHANGED_COLUMNS, "entries", *MEDIAN_CI_COLUMNS,
+               *REFIT_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -519,6 +530,20 @@ def paired_differences(errors: pd.DataFrame, quantity: str = "volume", converged
     return pd.DataFrame(rows, columns=columns)
 
 
+def sets_summary(errors: pd.DataFrame, converged_only: bool = True, *, n_boot: int = N_BOOT,
+                 seed: int = BOOT_SEED) -> pd.DataFrame:
+    """ΔV per sample set × potential (science, altered test inputs, ice): the sets the science tables leave
+    out, reported apart; ``attempted`` and ``failed`` count every relaxation of the set."""
+    if errors.empty:
+        return pd.DataFrame(columns=["sample_set", "potential", "attempted", "failed"])
+    labelled = errors if "sample_set" in errors else sample_sets.add_sample_set(errors)
+    summary = summarize(labelled, converged_only, ("volume",), by=("sample_set", "potential"), n_boot=n_boot,
+                        seed=seed)
+    tried = labelled.groupby(["sample_set", "potential"]).agg(
+        attempted=("structure_id", "size"), failed=("status", lambda s: int((s != "converged").sum())))
+    return tried.reset_index().merge(summary, on=["sample_set", "potential"], how="left")
+
+
 def structure_summary(errors: pd.DataFrame, converged_only: bool = True) -> pd.DataFrame:
     """Per potential: fraction of space groups kept, of molecules intact, median displacement."""
     data = _select(errors, converged_only)
@@ -614,9 +639,13 @@ def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only:
                    quantities: Sequence[str] = BASE_QUANTITIES, threshold_pct: float = OUTLIER_THRESHOLD_PCT,
                    temperature_edges: Sequence[float] = TEMPERATURE_EDGES, alpha_v: float = THERMAL_EXPANSION_V,
                    t_ref: float = T_REF, plots: bool = True, one_per_compound: Any = compounds.DEFAULT_RULE,
-                   n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
+                   n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED, n_refit: int = N_REFIT) -> dict[str, Any]:
     """Every table and figure of :func:`run_analysis` from an errors table alone (e.g. a saved
-    ``errors.csv``): what the report and its tests regenerate numbers from."""
+    ``errors.csv``): what the report and its tests regenerate numbers from.
+
+    errors.csv keeps every row with its ``sample_set`` (:mod:`helpers.analysis.sample_sets`); every other
+    table is computed on the science sample only (all rows when no row records its source), and
+    ``sets_summary.csv`` gives ΔV per potential for each set apart (science, altered test inputs, ice)."""
     rule = compounds.parse_rule(one_per_compound)
     n_boot, boot_seed = _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
     out = Path(out_dir)
@@ -624,17 +653,23 @@ def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only:
     left_out = pd.DataFrame(errors.attrs.pop("left_out", []), columns=["structure_id", "potential", "db", "reason"])
     errors = thermal_corrected(errors, alpha_v, t_ref)
     errors = add_temperature_band(errors, temperature_edges)
+    everything = sample_sets.add_sample_set(errors)
+    errors = sample_sets.science(everything)  # every table below: the science sample
     counts = status_counts(errors)
     boot = {"n_boot": n_boot, "seed": boot_seed}
-    summary = summarize(errors, converged_only, quantities, **boot)
+    summary = summarize(errors, converged_only, quantities, **boot, n_refit=_as_int(n_refit, "n_refit", 0))
     if rule is not None and compounds.has_compound_keys(errors):
         chosen = compounds.one_per_compound(errors, rule)
         summary = pd.concat([summary, summarize(chosen, converged_only, quantities, entries="one_per_compound",
                                                 **boot)], ignore_index=True)
+        crystals = compounds.one_per_polymorph(errors, rule)
+        summary = pd.concat([summary, summarize(crystals, converged_only, quantities, entries="one_per_polymorph",
+                                                **boot)], ignore_index=True)
     thermal = summarize(errors, converged_only, ("volume", "volume_thermal", "a1", "a1_thermal"), **boot)
     thermal["assumption"] = thermal_assumption(alpha_v, t_ref)
     results: dict[str, Any] = {
-        "errors": errors, "summary": summary, "status_counts": counts,
+        "errors": everything, "summary": summary, "status_counts": counts,
+        "sets_summary": sets_summary(everything, converged_only, **boot),
         "study_table": study_table(summary, counts=counts),
         "study_table_wide": study_table(summary, quantities=quantities, wide=True),
         "outliers": outliers(errors, threshold_pct, converged_only=converged_only),
@@ -670,7 +705,7 @@ ANALYSIS_COMPLETE = "analysis_complete.json"
 OUTPUT_PATTERNS = (ANALYSIS_COMPLETE,) + tuple(f"{name}.csv" for name in (
     "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
     "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out",
-    "consensus_outliers", "consensus_effect")) + (
+    "consensus_outliers", "consensus_effect", "sets_summary")) + (
     "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png")
 
 
@@ -711,7 +746,7 @@ def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str]
                    threshold_pct: float, alpha_v: float, t_ref: float, edges: Sequence[float]) -> list[Path]:
     from helpers.analysis import plots
 
-    errors = results["errors"]
+    errors = sample_sets.science(results["errors"])
     data = _select(errors, converged_only)
     figures = []
     summary = results["summary"]

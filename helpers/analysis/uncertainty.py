@@ -29,6 +29,7 @@ import numpy as np
 from scipy import special
 
 from helpers.analysis.distributions import GaussianFit, fit_gaussian, median_mad
+from helpers.analysis.exact_stats import EXACT_BELOW, median_ci_exact
 
 #: |Δ| at or below this counts as "unchanged" (per unit): angles fixed by symmetry come back
 #: within ~1e-4° of the experiment after a tight relaxation
@@ -39,6 +40,12 @@ BOOT_SEED = 0
 CI_STATS = ("mu", "sigma", "median", "mad")
 CI_COLUMNS = [f"{s}_ci_{end}" for s in CI_STATS for end in ("low", "high")]
 CHANGED_COLUMNS = ["n_changed", "fraction_changed", "median_changed", "mad_changed"]
+#: the study's view with its whole procedure resampled (window, bins, bounds refitted per resample)
+REFIT_COLUMNS = ["mu_refit_ci_low", "mu_refit_ci_high", "sigma_refit_ci_low", "sigma_refit_ci_high", "n_refit"]
+#: how the median's CI was made, and its coverage (exact intervals cover at least the level)
+MEDIAN_CI_COLUMNS = ["median_ci_method", "median_ci_coverage"]
+#: resamples of the refitting bootstrap (each is a full fit_gaussian: ~10–30 ms)
+N_REFIT = 200
 #: values per chunk of bootstrap resamples (memory: 8 bytes each)
 _CHUNK = 2_000_000
 
@@ -163,8 +170,38 @@ def _bootstrap_histogram_fit(values: np.ndarray, fit: GaussianFit, n_boot: int,
     return params[:, 1], params[:, 2]
 
 
+def refit_bootstrap(values, n_refit: int = N_REFIT, seed: int = BOOT_SEED, level: float = CI_LEVEL) -> dict[str, Any]:
+    """CIs of the study's μ and σ with the *whole* fit resampled: each resample of the values gets its own
+    window, bins and bounds (:func:`fit_gaussian` from scratch), so the interval includes the uncertainty
+    the fixed-bins bootstrap of :func:`bootstrap` leaves out. NaN below 10 values or ``n_refit`` < 10."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    out: dict[str, Any] = {**dict.fromkeys(REFIT_COLUMNS[:-1], float("nan")), "n_refit": 0}
+    if values.size < 10 or n_refit < 10:
+        return out
+    rng = np.random.default_rng(seed)
+    fits = [fit_gaussian(values[rng.integers(0, values.size, values.size)]) for _ in range(n_refit)]
+    out["mu_refit_ci_low"], out["mu_refit_ci_high"] = _interval(np.array([f.mu for f in fits]), level)
+    out["sigma_refit_ci_low"], out["sigma_refit_ci_high"] = _interval(np.array([f.sigma for f in fits]), level)
+    out["n_refit"] = n_refit
+    return out
+
+
+def median_interval(values, bootstrap_ci: tuple[float, float], level: float = CI_LEVEL) -> dict[str, Any]:
+    """The median's CI: exact order statistics below :data:`EXACT_BELOW` values, else the bootstrap's."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < EXACT_BELOW:
+        low, high, coverage = median_ci_exact(values, level)
+        return {"median_ci_low": low, "median_ci_high": high, "median_ci_coverage": coverage,
+                "median_ci_method": f"exact order statistics (n = {values.size} < {EXACT_BELOW})"
+                if np.isfinite(coverage) else f"none: n = {values.size} too small for a {level:.0%} interval"}
+    return {"median_ci_low": bootstrap_ci[0], "median_ci_high": bootstrap_ci[1], "median_ci_coverage": level,
+            "median_ci_method": "percentile bootstrap"}
+
+
 def describe(values, *, unit: str = "%", symmetric: bool = False, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-             level: float = CI_LEVEL) -> dict[str, Any]:
+             level: float = CI_LEVEL, n_refit: int = 0) -> dict[str, Any]:
     """One summary.csv record: the bounded fit, robust numbers, CIs and (spikes) the changed fraction.
 
     ``symmetric`` (angles): never fitted; μ = σ = NaN, ``fit_method`` says why, and
@@ -189,6 +226,9 @@ def describe(values, *, unit: str = "%", symmetric: bool = False, n_boot: int = 
         fit = GaussianFit(fit.n, float("nan"), float("nan"), float("nan"), record["fit_method"], fit.median,
                           fit.mad, fit.mu_mle, fit.sigma_mle, fit.n_outside, fit.edges)
     record.update(bootstrap(values, fit, n_boot, seed, level))
+    record.update(median_interval(values, (record["median_ci_low"], record["median_ci_high"]), level))
+    record.update(refit_bootstrap(values, n_refit, seed, level) if n_refit and not symmetric and not spike
+                  else {**dict.fromkeys(REFIT_COLUMNS[:-1], float("nan")), "n_refit": 0})
     record.update(ci_level=level, n_boot=n_boot, boot_seed=seed)
     return record
 

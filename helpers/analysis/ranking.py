@@ -1,0 +1,214 @@
+"""The ranking a referee accepts: same structures, failures scored, uncertainty on metric and rank.
+
+- **Same structures.** Potentials are compared on the structures *every ranked potential attempted*
+  (not the ones each converged: that would throw out the hardest cases). A potential that attempted
+  fewer than :data:`MIN_RANKED` structures is listed, not ranked; when the shared set is smaller than
+  that, the potential with the fewest attempts is set aside, then the next.
+- **Failures are failures.** A relaxation that did not converge (step cap, explosion, error) scores
+  |ΔV| = ∞: it counts against ``within_5pct`` / ``within_10pct``, raises ``failure_rate``, and pushes
+  the ranking metric — the median |ΔV| over the shared structures with failures as ∞ — up.
+  ``bias`` (median ΔV) and ``spread`` (MAD) describe the converged ones; the one primary estimator
+  pair is median/MAD in every row.
+- **Temperature (the primary comparison).** A relaxation is at 0 K; the experiment at T. The primary
+  ΔV compares with the cell extrapolated to 0 K, ΔV₀ = ((1 + ΔV/100)(1 + α_V T) − 1)·100, with
+  α_V = :data:`helpers.vocabulary.THERMAL_EXPANSION_V` and its spread over organic crystals,
+  σ(α_V) = :data:`ALPHA_V_SD` (A. D. Bond, *Acta Cryst.* B77, 357–364 (2021): 6201 CSD structures,
+  normal fit 161 ± 51 p.p.m. K⁻¹). Entries without a temperature are kept (the same set before and after):
+  they are assumed at room temperature, :data:`T_ASSUMED` K, and drawn from :data:`T_UNKNOWN_RANGE` in the
+  bootstrap. The uncorrected ΔV is the second view, beside it.
+- **Uncertainty.** A paired bootstrap over the shared structures (every potential resampled on the same
+  structures), with α_V drawn per structure from the spread and the unknown temperatures redrawn, gives
+  95 % CIs of each metric and of each rank.
+- **Pairs.** Every pair of ranked potentials: d = |ΔV₀,A| − |ΔV₀,B| per shared structure (∞ when only A
+  failed, tie when both did), the exact sign test of median d = 0 and the exact order-statistic CI of
+  median d (the test's own interval: one quantity), p-values Holm-adjusted over all pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test
+from helpers.analysis.quantities import display_name
+from helpers.analysis.uncertainty import BOOT_SEED, CI_LEVEL, N_BOOT
+from helpers.vocabulary import THERMAL_EXPANSION_V
+
+MIN_RANKED = 10
+ALPHA_V_SD = 0.51e-4  # 1/K, spread of organic-crystal volumetric expansivities (Bond 2021)
+ALPHA_V_SOURCE = "A. D. Bond, Acta Cryst. B77, 357–364 (2021): 161 ± 51 p.p.m. K⁻¹ over 6201 CSD structures"
+T_ASSUMED = 293.0  # K, an entry without a temperature: most likely measured at room temperature
+T_UNKNOWN_RANGE = (90.0, 300.0)  # K, where the bootstrap draws an unknown temperature from
+#: potentials not fit for molecular crystals, flagged wherever they appear
+UNFIT = {"aimnet2": "trained on molecules, not periodic crystals: unfit for crystals until the coverage issue "
+                    "says otherwise (README)"}
+
+
+def dv_zero_kelvin(dv_pct, temperature, alpha_v=THERMAL_EXPANSION_V):
+    """ΔV against the experimental cell extrapolated to 0 K (percent), from ΔV against the cell at T."""
+    return ((1 + np.asarray(dv_pct, dtype=float) / 100) * (1 + np.asarray(alpha_v) * np.asarray(temperature))
+            - 1) * 100
+
+
+def _is_unfit(potential: str) -> str:
+    base = str(potential).split("[")[0].lower()
+    return next((why for key, why in UNFIT.items() if base.startswith(key)), "")
+
+
+def shared_set(errors: pd.DataFrame, min_ranked: int = MIN_RANKED) -> tuple[list[str], list[str], dict[str, str]]:
+    """(ranked potentials, shared structure ids, {potential: why not ranked}) from every attempt in ``errors``."""
+    attempted = {p: set(g["structure_id"]) for p, g in errors.groupby("potential")}
+    not_ranked = {p: f"{len(s)} structures attempted (< {min_ranked})" for p, s in attempted.items()
+                  if len(s) < min_ranked}
+    ranked = {p: s for p, s in attempted.items() if p not in not_ranked}
+    shared = set.intersection(*ranked.values()) if ranked else set()
+    while len(shared) < min_ranked and len(ranked) > 2:
+        fewest = min(ranked, key=lambda p: (len(ranked[p]), p))
+        not_ranked[fewest] = (f"shares too few structures with the others ({len(ranked.pop(fewest))} attempted; "
+                              f"< {min_ranked} in common)")
+        shared = set.intersection(*ranked.values())
+    if len(shared) < min_ranked:
+        not_ranked.update({p: f"only {len(shared)} structures shared (< {min_ranked})" for p in ranked})
+        ranked = {}
+    return sorted(ranked), sorted(shared), not_ranked
+
+
+def _matrices(errors: pd.DataFrame, potentials: list[str], ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ΔV at T with NaN for failures, failed flags) as structures × potentials, and the temperatures (NaN unknown)."""
+    rows = errors[errors["potential"].isin(potentials) & errors["structure_id"].isin(ids)].copy()
+    rows["dv"] = pd.to_numeric(rows["dV_pct"], errors="coerce")
+    rows["failed"] = (rows["status"] != "converged") | rows["dv"].isna()
+    dv = rows.pivot_table(index="structure_id", columns="potential", values="dv", aggfunc="first", dropna=False)
+    failed = rows.pivot_table(index="structure_id", columns="potential", values="failed", aggfunc="first")
+    dv, failed = dv.reindex(index=ids, columns=potentials), failed.reindex(index=ids, columns=potentials)
+    temperature = pd.to_numeric(rows.groupby("structure_id")["temperature"].first(), errors="coerce").reindex(ids)
+    failed_arr = failed.fillna(True).to_numpy(dtype=bool)
+    values = np.where(failed_arr, np.nan, dv.to_numpy(dtype=float))
+    return values, failed_arr, temperature.to_numpy(dtype=float)
+
+
+def _scores(dv: np.ndarray) -> np.ndarray:
+    """|ΔV| with failures (NaN) as ∞."""
+    return np.where(np.isnan(dv), np.inf, np.abs(dv))
+
+
+def _metric(scores: np.ndarray, axis: int = 0) -> np.ndarray:
+    return np.median(scores, axis=axis)
+
+
+def per_potential(dv: np.ndarray) -> dict[str, np.ndarray]:
+    """Per column: failure_rate, within_5pct, within_10pct (failures count as outside), bias, spread, metric."""
+    scores = _scores(dv)
+    with np.errstate(all="ignore"):
+        bias = np.nanmedian(dv, axis=0) if dv.size else np.array([])
+        spread = np.nanmedian(np.abs(dv - bias), axis=0) if dv.size else np.array([])
+    return {"failure_rate": np.isnan(dv).mean(axis=0), "within_5pct": (scores < 5).mean(axis=0),
+            "within_10pct": (scores < 10).mean(axis=0), "bias": bias, "spread": spread,
+            "metric": _metric(scores)}
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    tail = (1 - level) / 2 * 100
+    return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+
+
+def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = CI_LEVEL,
+                    alpha_v: float = THERMAL_EXPANSION_V, alpha_v_sd: float = ALPHA_V_SD,
+                    min_ranked: int = MIN_RANKED) -> dict[str, Any]:
+    """The ranking (see the module docstring) of the potentials in ``errors`` (every attempt, one sample set).
+
+    Returns ``table`` (one row per potential: ranked ones first by the 0 K metric, then the listed ones),
+    ``pairs`` (every pair of ranked potentials), ``shared`` (the structure ids) and ``n_unknown_t``."""
+    potentials, ids, not_ranked = shared_set(errors, min_ranked)
+    rows: list[dict[str, Any]] = []
+    pairs = pd.DataFrame()
+    n_unknown = 0
+    if potentials:
+        dv_t, failed, temperature = _matrices(errors, potentials, ids)
+        n_unknown = int(np.isnan(temperature).sum())
+        t_point = np.where(np.isnan(temperature), T_ASSUMED, temperature)
+        dv_0 = dv_zero_kelvin(dv_t, t_point[:, None], alpha_v)
+        point0, point_t = per_potential(dv_0), per_potential(dv_t)
+        rng = np.random.default_rng(seed)
+        n = len(ids)
+        boot0, boot_t, ranks = [], [], []
+        for _ in range(max(n_boot, 0)):
+            pick = rng.integers(0, n, n)
+            alpha = np.clip(rng.normal(alpha_v, alpha_v_sd, n), 0, None)
+            t_draw = np.where(np.isnan(temperature[pick]), rng.uniform(*T_UNKNOWN_RANGE, n), temperature[pick])
+            metric0 = _metric(_scores(dv_zero_kelvin(dv_t[pick], t_draw[:, None], alpha[:, None])))
+            boot0.append(metric0)
+            boot_t.append(_metric(_scores(dv_t[pick])))
+            ranks.append(rankdata(metric0, method="min"))
+        have_boot = n_boot >= 10
+        if have_boot:
+            low0, high0 = _interval(np.array(boot0), level)
+            low_t, high_t = _interval(np.array(boot_t), level)
+            rank_low, rank_high = _interval(np.array(ranks, dtype=float), level)
+        point_rank = rankdata(point0["metric"], method="min")
+        for j, p in enumerate(potentials):
+            rows.append({
+                "potential": p, "ranked": True, "rank": int(point_rank[j]),
+                "rank_ci_low": float(rank_low[j]) if have_boot else np.nan,
+                "rank_ci_high": float(rank_high[j]) if have_boot else np.nan,
+                "n_shared": n, "n_converged": int((~failed[:, j]).sum()),
+                **{f"{k}": float(v[j]) for k, v in point0.items()},
+                "metric_ci_low": float(low0[j]) if have_boot else np.nan,
+                "metric_ci_high": float(high0[j]) if have_boot else np.nan,
+                "metric_uncorrected": float(point_t["metric"][j]), "bias_uncorrected": float(point_t["bias"][j]),
+                "within_5pct_uncorrected": float(point_t["within_5pct"][j]),
+                "metric_uncorrected_ci_low": float(low_t[j]) if have_boot else np.nan,
+                "metric_uncorrected_ci_high": float(high_t[j]) if have_boot else np.nan,
+                "note": _is_unfit(p)})
+        pairs = paired_verdicts(dv_0, potentials, level)
+    for p, why in sorted(not_ranked.items()):
+        own = errors[errors["potential"] == p]
+        own_ids = sorted(set(own["structure_id"]))
+        dv_t, _, temperature = _matrices(errors, [p], own_ids)
+        dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
+        stats0 = per_potential(dv_0)
+        rows.append({"potential": p, "ranked": False, "rank": np.nan, "n_shared": 0,
+                     "n_attempted": len(own_ids), "n_converged": int((~np.isnan(dv_t[:, 0])).sum()),
+                     **{k: float(v[0]) for k, v in stats0.items()},
+                     "metric_uncorrected": float(per_potential(dv_t)["metric"][0]),
+                     "note": "; ".join(x for x in (f"not ranked: {why}", _is_unfit(p)) if x)})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(["ranked", "rank", "potential"], ascending=[False, True, True],
+                                  na_position="last").reset_index(drop=True)
+    return {"table": table, "pairs": pairs, "shared": ids, "n_unknown_t": n_unknown}
+
+
+def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEVEL,
+                    alpha: float = 0.05) -> pd.DataFrame:
+    """Every pair on the shared structures: median of d = |Δ_A| − |Δ_B| (failures ∞, both failed: tie),
+    its exact CI, the exact sign test and its Holm-adjusted p-value, and the verdict."""
+    scores = _scores(dv)
+    rows = []
+    for (i, a), (j, b) in itertools.combinations(enumerate(potentials), 2):
+        both_failed = np.isinf(scores[:, i]) & np.isinf(scores[:, j])
+        with np.errstate(invalid="ignore"):
+            d = np.where(both_failed, 0.0, scores[:, i] - scores[:, j])
+        p, negative, nonzero = sign_test(d)
+        low, high, coverage = median_ci_exact(d, level)
+        rows.append({"potential_a": a, "potential_b": b, "n": len(d), "a_closer": negative,
+                     "b_closer": nonzero - negative, "ties": len(d) - nonzero, "median_d": float(np.median(d)),
+                     "median_d_ci_low": low, "median_d_ci_high": high, "ci_coverage": coverage, "sign_p": p})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["holm_p"] = holm(table["sign_p"].to_numpy())
+
+    def verdict(row) -> str:
+        a, b = display_name(row.potential_a), display_name(row.potential_b)
+        if not row.holm_p < alpha:
+            return f"cannot tell (Holm-adjusted p = {row.holm_p:.2g})"
+        closer = a if row.a_closer > row.b_closer else b
+        return f"{closer} closer (Holm-adjusted p = {row.holm_p:.2g})"
+
+    table["verdict"] = table.apply(verdict, axis=1)
+    return table

@@ -1,0 +1,88 @@
+"""The report's own figures: small multiples, one colour per potential, n on every panel and interval.
+
+- :func:`histogram_grid`: one panel per potential, its ΔV histogram (the study's bins and window) with the
+  Gaussian the study's procedure fits to it — the study's figure type, shown for every potential at once.
+- :func:`ranking_intervals`: the ranking metric with its 95 % CI per ranked potential, n beside each.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from helpers.analysis.distributions import fit_gaussian  # noqa: E402
+from helpers.analysis.quantities import display_name  # noqa: E402
+
+
+def colours(potentials) -> dict[str, tuple]:
+    """One distinct colour per potential (tab20 holds 20; sorted names, so a potential keeps its colour)."""
+    cmap = plt.get_cmap("tab20")
+    return {p: cmap(k % 20) for k, p in enumerate(sorted(potentials))}
+
+
+def histogram_grid(errors: pd.DataFrame, path: str | Path, column: str = "dV_pct") -> Path | None:
+    """Small multiples: each potential's converged ΔV histogram with its fitted Gaussian, n in the title."""
+    data = errors[errors["status"] == "converged"] if "status" in errors else errors
+    groups = {p: pd.to_numeric(g[column], errors="coerce").dropna().to_numpy() for p, g in data.groupby("potential")}
+    groups = {p: v for p, v in groups.items() if v.size}
+    if not groups:
+        return None
+    colour = colours(groups)
+    cols = min(4, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False, sharex=True)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (potential, values) in zip(axes.flat, sorted(groups.items())):
+        ax.axis("on")
+        fit = fit_gaussian(values)
+        edges = fit.edges if len(fit.edges) > 1 else np.linspace(values.min() - 0.5, values.max() + 0.5, 6)
+        inside = values[(values >= edges[0]) & (values <= edges[-1])]
+        ax.hist(inside, bins=edges, density=True, color=colour[potential], alpha=0.75)
+        if np.isfinite(fit.mu) and np.isfinite(fit.sigma) and fit.sigma > 0:
+            x = np.linspace(edges[0], edges[-1], 200)
+            ax.plot(x, fit.pdf(x), color="black", lw=1.2, label=f"μ {fit.mu:.1f}, σ {fit.sigma:.1f}")
+            ax.legend(fontsize=6, frameon=False)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_title(f"{display_name(potential)} (n = {values.size})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("ΔV = (V_relaxed − V_exp)/V_exp [%]", fontsize=7)
+    return _save(fig, path)
+
+
+def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
+    """The ranking metric (median |ΔV₀|, failures as ∞) with its 95 % CI per ranked potential, n beside it."""
+    ranked = table[table["ranked"]] if len(table) else table
+    if ranked.empty:
+        return None
+    colour = colours(table["potential"])
+    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(ranked) + 1.0))
+    for k, row in enumerate(ranked.itertuples()):
+        y = len(ranked) - 1 - k
+        finite = np.isfinite([row.metric, row.metric_ci_low, row.metric_ci_high])
+        high = row.metric_ci_high if finite[2] else ax.get_xlim()[1]
+        if finite[0]:
+            ax.errorbar(row.metric, y, xerr=[[row.metric - row.metric_ci_low if finite[1] else 0],
+                                             [high - row.metric]], fmt="o", color=colour[row.potential], capsize=3)
+        ax.text(1.01, y, f"n = {int(row.n_shared)}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+    ax.set_yticks(range(len(ranked)), [display_name(p) for p in ranked["potential"]][::-1], fontsize=8)
+    ax.set_xlabel("median |ΔV₀| [%], failures as ∞ (95 % CI)", fontsize=8)
+    ax.set_xlim(left=0)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
