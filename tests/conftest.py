@@ -81,3 +81,15 @@ def sourced_errors():
     out.loc[out.structure_id == ice, "compound_key"] = WATER_INCHIKEY
     out["cif_formula"] = np.where(out.structure_id == ice, "H2 O", "C6 H6")
     return out
+
+
+@pytest.fixture(scope="session")
+def co2(shared_data):
+    """Dry ice, COD 1010060 (12 atoms): the smallest real clean crystal of the sample."""
+    import warnings
+
+    import ase.io
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ase.io.read(shared_data / "cod-sample" / "1010060.cif")

@@ -28,9 +28,6 @@ def _read(path) -> Atoms:
         return ase.io.read(path)
 
 
-@pytest.fixture(scope="module")
-def co2(shared_data) -> Atoms:
-    return _read(shared_data / "cod-sample" / "1010060.cif")
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,6 @@ def read_crystal(path) -> Atoms:
         return ase.io.read(path)
 
 
-@pytest.fixture(scope="module")
-def co2(shared_data) -> Atoms:
-    return read_crystal(shared_data / "cod-sample" / "1010060.cif")
 
 
 def by_speed(names):

@@ -34,11 +34,11 @@ from helpers.analysis.uncertainty import describe, normal_quantiles  # noqa: E40
 from helpers.vocabulary import T_REF, TEMPERATURE_EDGES, THERMAL_EXPANSION_V  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, dpi: int = 120) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

@@ -23,6 +23,7 @@ from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.report_sections import (
     ReportInputs,
+    _markdown,
     apart_section,
     glossary_section,
     histogram_section_lines,
@@ -92,15 +93,6 @@ def _rows(summary: pd.DataFrame, quantity: str, entries: str = "all") -> pd.Data
         return summary
     chosen = summary[(summary["quantity"] == quantity) & (summary.get("entries", "all") == entries)]
     return chosen.set_index("potential")
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    """A markdown table; ``|`` inside cells (Δ|a1|) escaped so the table keeps its columns."""
-    if not len(frame):
-        return "_(no data)_"
-    escape = lambda value: value.replace("|", "\\|") if isinstance(value, str) else value  # noqa: E731
-    frame = frame.rename(columns=escape).apply(lambda column: column.map(escape))
-    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def study_comparison(summary: pd.DataFrame) -> pd.DataFrame:

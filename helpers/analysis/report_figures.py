@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from helpers.analysis.distributions import fit_gaussian  # noqa: E402
+from helpers.analysis.plots import _save  # noqa: E402
 from helpers.analysis.quantities import display_name  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def histogram_grid(errors: pd.DataFrame, path: str | Path, column: str = "dV_pct
         ax.tick_params(labelsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("ΔV = (V_relaxed − V_exp)/V_exp [%]", fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, dpi=90)
 
 
 def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
@@ -76,13 +77,6 @@ def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
     ax.set_yticks(range(len(ranked)), [display_name(p) for p in ranked["potential"]][::-1], fontsize=8)
     ax.set_xlabel("median |ΔV₀| [%], failures as ∞ (95 % CI)", fontsize=8)
     ax.set_xlim(left=0)
-    return _save(fig, path)
+    return _save(fig, path, dpi=90)
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

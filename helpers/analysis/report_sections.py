@@ -86,6 +86,7 @@ def _pct(value: Any) -> str:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
+    """A markdown table; ``|`` inside cells (Δ|a1|) escaped so the table keeps its columns."""
     if not len(frame):
         return "_(no data)_"
     escape = lambda value: value.replace("|", "\\|") if isinstance(value, str) else value  # noqa: E731
