@@ -11,6 +11,8 @@ change; seconds depend on the machine's load.
 Measured on a busy 2-core machine (CHGNet + D3, ANI-2x seed, fmax 5e-4 eV/Å), floor 5 eV/Å²: COD 2002929
 438 -> 201 steps, 4501703 464 -> 162, 2007511 198 -> 108, the same minimum (|ΔV| <= 0.004 %, ΔE <= 0.001
 meV/atom); a floor of 1-2 eV/Å² led twice to another minimum (ΔV -1.0 % and -1.5 %).
+The seed itself: :mod:`helpers.relax.hessian_seed` (``RelaxSettings(hessian_seed=...)``, 03_relax's
+``hessian_seed``).
 Usage: ``.venv/bin/python benchmarks/hessian_seed.py --potential chgnet-d3 --cheap ani2x 2002929 4501703``.
 """
 
@@ -30,47 +32,6 @@ SHARED = Path(os.environ.get("CODANI_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("ANI_MODEL_DIR", str(SHARED / "models" / "ani-neurochem"))
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-
-def filter_hessian(atoms, calc, step: float = 1e-3) -> np.ndarray:
-    """Central finite-difference Hessian of ``calc`` in FrechetCellFilter coordinates (symmetrised)."""
-    from ase.filters import FrechetCellFilter
-
-    work = atoms.copy()
-    work.calc = calc
-    target = FrechetCellFilter(work)
-    x0 = target.get_positions().ravel().copy()
-    hessian = np.zeros((x0.size, x0.size))
-    for i in range(x0.size):
-        gradients = []
-        for sign in (1, -1):
-            x = x0.copy()
-            x[i] += sign * step
-            target.set_positions(x.reshape(-1, 3))
-            gradients.append(-target.get_forces().ravel())
-        hessian[:, i] = (gradients[0] - gradients[1]) / (2 * step)
-    return 0.5 * (hessian + hessian.T)
-
-
-def clipped(hessian: np.ndarray, floor: float) -> np.ndarray:
-    """``hessian`` with every eigenvalue raised to at least ``floor`` (positive definite, bounded steps)."""
-    values, vectors = np.linalg.eigh(hessian)
-    return (vectors * np.clip(values, floor, None)) @ vectors.T
-
-
-def relax(atoms, calc, fmax: float, cap: int, h0: np.ndarray | None = None) -> tuple[int, bool, float, float]:
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS
-
-    work = atoms.copy()
-    work.calc = calc
-    opt = BFGS(FrechetCellFilter(work), logfile=None)
-    if h0 is not None:
-        opt.H0 = h0  # BFGS builds its first Hessian from H0 at its first step
-    converged = opt.run(fmax=fmax, steps=cap)
-    return opt.nsteps, bool(converged), work.get_volume(), work.get_potential_energy() / len(work)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,23 +45,29 @@ def main() -> None:
     import ase.io
     import torch
 
+    from helpers.relax.engine import RelaxSettings, relax
     from helpers.relax.potentials.registry import get_potential
 
     torch.set_num_threads(1)
-    expensive, cheap = get_potential(args.potential), get_potential(args.cheap)
+    expensive = get_potential(args.potential)
+    plain = RelaxSettings(potential=args.potential, fmax=args.fmax, strategy="study").resolved(
+        expensive.steps_per_atom)
+    seeded = RelaxSettings(potential=args.potential, fmax=args.fmax, strategy="study", hessian_seed=args.cheap,
+                           hessian_seed_floor=args.floor).resolved(expensive.steps_per_atom)
     for cod_id in args.ids:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             atoms = ase.io.read(SHARED / "data" / "cod-sample" / f"{cod_id}.cif")
-        cap = 300 + expensive.steps_per_atom * len(atoms)
-        started = time.perf_counter()
-        seed = clipped(filter_hessian(atoms, cheap.calculator()), args.floor)
-        seed_s = time.perf_counter() - started
-        base = relax(atoms, expensive.calculator(), args.fmax, cap)
-        seeded = relax(atoms, expensive.calculator(), args.fmax, cap, seed)
-        print(f"{cod_id} ({len(atoms)} atoms): default {base[0]} steps (converged {base[1]}), seeded {seeded[0]} "
-              f"(converged {seeded[1]}); dV {100 * (seeded[2] - base[2]) / base[2]:+.3f} %, "
-              f"dE {1000 * (seeded[3] - base[3]):+.4f} meV/atom; seed Hessian {seed_s:.0f} s", flush=True)
+        runs = []
+        for settings in (plain, seeded):
+            started = time.perf_counter()
+            result = relax(atoms, expensive.calculator(), settings)
+            runs.append((result, time.perf_counter() - started))
+        (base, base_s), (seed, seed_s) = runs
+        print(f"{cod_id} ({len(atoms)} atoms): default {base.steps} steps {base.status} {base_s:.0f} s, seeded "
+              f"{seed.steps} steps {seed.status} {seed_s:.0f} s (seed Hessian included); dV "
+              f"{100 * (seed.atoms.get_volume() / base.atoms.get_volume() - 1):+.3f} %, dE "
+              f"{1000 * (seed.e_final - base.e_final) / len(atoms):+.4f} meV/atom", flush=True)
 
 
 if __name__ == "__main__":

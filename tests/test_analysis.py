@@ -440,9 +440,9 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
                                    structure=False, n_boot=500, boot_seed=3)
     errors = pd.read_csv(tmp_path / "analysis" / "errors.csv")
     summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
-    # the filter stores compound keys: every statistic also over one entry per compound (4 distinct compounds
-    # here, so the same numbers)
-    assert set(summary.entries) == {"all", "one_per_compound"}
+    # the filter stores compound keys: every statistic also over one entry per compound and per polymorph (4
+    # distinct compounds here, so the same numbers)
+    assert set(summary.entries) == {"all", "one_per_compound", "one_per_polymorph"}
     per_compound = summary[summary.entries == "one_per_compound"].set_index(["potential", "quantity"])
     summary = summary[summary.entries == "all"].set_index(["potential", "quantity"])
     assert (per_compound.n == summary.n).all()
@@ -465,11 +465,18 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
         assert row.fit_method.startswith("norm.fit") and "< 50" in row.fit_method
         assert row.mu == pytest.approx(window.mean()) and row.sigma == pytest.approx(window.std())
         assert x.min() <= row.mu <= x.max()
-        # the seeded bootstrap of the median, by hand
-        rng = np.random.default_rng(3)
-        medians = np.median(x[rng.integers(0, len(x), size=(500, len(x)))], axis=1)
-        low, high = np.percentile(medians, [2.5, 97.5])
-        assert row.median_ci_low == pytest.approx(low) and row.median_ci_high == pytest.approx(high)
+        # below 30 values the median's CI is the exact order-statistic interval, by hand: the widest k with
+        # P(k <= Binomial(n, 1/2) <= n - k) >= 95 % gives (x_(k), x_(n-k+1)); none exists for n < 6
+        xs = np.sort(x)
+        ks = [k for k in range(1, len(x) // 2 + 1)
+              if stats.binom.cdf(len(x) - k, len(x), 0.5) - stats.binom.cdf(k - 1, len(x), 0.5) >= 0.95]
+        if ks:
+            k = max(ks)
+            assert row.median_ci_method.startswith("exact order statistics")
+            assert row.median_ci_low == pytest.approx(xs[k - 1]) and row.median_ci_high == pytest.approx(xs[-k])
+        else:  # said, not faked
+            assert row.median_ci_method.startswith("none: n = ")
+            assert np.isnan(row.median_ci_low) and np.isnan(row.median_ci_high)
         assert row.mu_ci_low <= row.mu <= row.mu_ci_high
     # the angles: fraction that changed by more than 0.01°, no Gaussian
     for potential in ("ani1x", "ani1ccx"):

@@ -59,6 +59,11 @@ class RelaxSettings:
     #: strategy "fast" only: dtype of the draft copy of the model that moves crystals until its
     #: forces pass fmax, before the exact float64 model finishes (None: exact forces throughout)
     draft: str | None = "float32"
+    #: a cheap registered potential whose Hessian at the start seeds BFGS (:mod:`helpers.relax.hessian_seed`;
+    #: one crystal at a time); None: ASE's default start (70 eV/Å² · I), the study's
+    hessian_seed: str | None = None
+    #: smallest eigenvalue (eV/Å²) of the seed Hessian
+    hessian_seed_floor: float = 5.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -71,6 +76,10 @@ class RelaxSettings:
             raise ValueError("fmax must be positive")
         if self.draft not in DRAFTS:
             raise ValueError(f"unknown draft {self.draft!r}; choose from {DRAFTS}")
+        if self.hessian_seed is not None and self.optimizer != "BFGS":
+            raise ValueError(f"hessian_seed seeds BFGS's Hessian; optimizer {self.optimizer!r} keeps none")
+        if not self.hessian_seed_floor > 0:
+            raise ValueError("hessian_seed_floor must be positive")
 
     def resolved(self, default_steps_per_atom: int) -> RelaxSettings:
         """Fill ``steps_per_atom`` from the potential's default (the study's x)."""
@@ -93,6 +102,8 @@ class RelaxSettings:
         fields = asdict(self)
         if fields["strategy"] == "study":  # hashes from before these fields existed stay valid
             del fields["strategy"], fields["draft"]
+        if fields["hessian_seed"] is None:  # unseeded: the hash of every earlier version
+            del fields["hessian_seed"], fields["hessian_seed_floor"]
         data = {**fields, "versions": versions(self.potential)}
         options = dict(calculator or {})
         if MODEL_FILE_HASH in options:  # another weights file: it replaces the default file's hash
@@ -251,6 +262,15 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         target = wrap_cell(atoms, settings)  # the cell filter's reference is the experimental cell
         opt = make_optimizer(settings.optimizer, target, logfile=logfile,
                              trajectory=str(trajectory) if trajectory else None, append_trajectory=bool(saved))
+        if settings.hessian_seed is not None and not saved:  # a resumed BFGS has its own Hessian back
+            from helpers.relax.hessian_seed import seed_hessian
+            from helpers.relax.potentials.registry import get_potential
+
+            seed = get_potential(settings.hessian_seed)
+            if seed.uncovered(atoms.get_chemical_symbols()):
+                raise ValueError(f"hessian_seed {seed.name!r} does not cover "
+                                 f"{', '.join(sorted(seed.uncovered(atoms.get_chemical_symbols())))}")
+            opt.H0 = seed_hessian(atoms, settings, seed.calculator())
         if checkpoint is not None:
             optimizer_state = capture_optimizer_state(opt)
             if saved:

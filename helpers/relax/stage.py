@@ -227,7 +227,7 @@ def runs_side_by_side(calc, settings: RelaxSettings, trajectory_dir: str | None 
     if isinstance(calc, DispersionCorrectedCalculator):
         calc = calc.base
     return (isinstance(calc, OnePassANICalculator) and settings.optimizer in LOCKSTEP_OPTIMIZERS
-            and not trajectory_dir)
+            and not trajectory_dir and settings.hessian_seed is None)  # a seeded BFGS: one at a time
 
 
 def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, settings: RelaxSettings,

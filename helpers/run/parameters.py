@@ -202,7 +202,8 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "cell_filter": choice("frechet", "fixed"), "fix_symmetry": boolean, "hydrostatic": boolean,
         "max_wall_time": optional(number(0.0, strict=True)), "trajectory_dir": optional(text),
         "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),
-        "checkpoint_every": number(0.0),
+        "checkpoint_every": number(0.0), "hessian_seed": optional(potential_name),
+        "hessian_seed_floor": number(0.0, strict=True),
     },
     "04_analysis": {
         "relaxed_dbs": lambda v: v if isinstance(v, (list, tuple)) and v else text(v),
