@@ -68,8 +68,9 @@ ROOT_ENV = "CODANI_ROOT"  #: the project folder relative paths resolve against
 MODEL_DIR_ENV = "CODANI_MODEL_DIR"  #: user-downloaded weights of model-file potentials (plugins)
 CACHE_ENV = "CODANI_CACHE"  #: converted model files (AIMNet2 members)
 DATA_ENV = "CODANI_DATA"  #: the shared data folder of ``make results``
+SHARED_ENV = "CODANI_SHARED"  #: the shared folder (lattice-energy references; default ../shared beside the repo)
 FORWARDED_ENV: tuple[str, ...] = (ANI_MODEL_DIR_ENV, TORCHANI_DATA_ENV, COD_SOURCE_ENV, ROOT_ENV, MODEL_DIR_ENV,
-                                  CACHE_ENV, DATA_ENV)
+                                  CACHE_ENV, DATA_ENV, SHARED_ENV)
 #: the campaign run a relax job's kernel belongs to (set by ``helpers.run`` for the kernels it starts): a
 #: structure's in-flight death counts only within the run that saw it (``helpers.relax.inflight``)
 RUN_ENV = "CODANI_RUN_ID"

@@ -22,6 +22,7 @@ from ase import Atoms
 from ase.units import Bohr
 
 from helpers.lattice.din import LatticeReference, lattice_references, read_din
+from helpers.vocabulary import SHARED_ENV
 
 BENCHMARKS = ("x23", "ice13")
 DIN_FILES = {"x23": "x23/x23.din", "ice13": "ice13/ice.din"}
@@ -34,7 +35,7 @@ def reference_dir() -> Path:
 
     from helpers.store.paths import project_root
 
-    shared = os.environ.get("CODANI_SHARED") or project_root().parent / "shared"
+    shared = os.environ.get(SHARED_ENV) or project_root().parent / "shared"
     return Path(shared) / "reference" / "lattice-energy"
 
 
