@@ -267,9 +267,9 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
             from helpers.relax.potentials.registry import get_potential
 
             seed = get_potential(settings.hessian_seed)
-            if seed.uncovered(atoms.get_chemical_symbols()):
-                raise ValueError(f"hessian_seed {seed.name!r} does not cover "
-                                 f"{', '.join(sorted(seed.uncovered(atoms.get_chemical_symbols())))}")
+            uncovered = seed.uncovered(atoms.get_chemical_symbols())
+            if uncovered:
+                raise ValueError(f"hessian_seed {seed.name!r} does not cover {', '.join(sorted(uncovered))}")
             opt.H0 = seed_hessian(atoms, settings, seed.calculator())
         if checkpoint is not None:
             optimizer_state = capture_optimizer_state(opt)
