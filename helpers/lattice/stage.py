@@ -62,12 +62,14 @@ class LatticeSettings:
             raise ValueError(f"unknown geometry {self.geometry!r}; choose from {GEOMETRIES}")
 
     def crystal(self) -> RelaxSettings:
-        """The study's relaxation (atoms + cell, one crystal at a time, exact forces throughout)."""
+        """The study's relaxation (atoms + cell, one crystal at a time, exact forces throughout; BFGS seeded as the
+        potential's card says, :mod:`helpers.relax.hessian_seed`)."""
         from helpers.relax.potentials.registry import get_potential
 
+        potential = get_potential(self.potential)
         return RelaxSettings(potential=self.potential, fmax=self.fmax, max_steps_base=self.max_steps_base,
-                             steps_per_atom=self.steps_per_atom, strategy="study", draft=None
-                             ).resolved(get_potential(self.potential).steps_per_atom)
+                             steps_per_atom=self.steps_per_atom, strategy="study", draft=None,
+                             hessian_seed=potential.hessian_seed).resolved(potential.steps_per_atom)
 
     def molecule(self) -> RelaxSettings:
         """The same relaxation without a cell to move."""

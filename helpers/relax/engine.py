@@ -248,6 +248,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
 
     e_initial = e_disp_initial = None
     tells: dict = dict(saved.get("start_tells") or {}) if saved else {}
+    seeding: dict = {}
     opt = target = None
     status, message = Status.error, ""
     converged = False
@@ -263,14 +264,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         opt = make_optimizer(settings.optimizer, target, logfile=logfile,
                              trajectory=str(trajectory) if trajectory else None, append_trajectory=bool(saved))
         if settings.hessian_seed is not None and not saved:  # a resumed BFGS has its own Hessian back
-            from helpers.relax.hessian_seed import seed_hessian
-            from helpers.relax.potentials.registry import get_potential
-
-            seed = get_potential(settings.hessian_seed)
-            uncovered = seed.uncovered(atoms.get_chemical_symbols())
-            if uncovered:
-                raise ValueError(f"hessian_seed {seed.name!r} does not cover {', '.join(sorted(uncovered))}")
-            opt.H0 = seed_hessian(atoms, settings, seed.calculator())
+            seeding = _seed(opt, atoms, settings)
         if checkpoint is not None:
             optimizer_state = capture_optimizer_state(opt)
             if saved:
@@ -317,7 +311,8 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
     e_final = final.calc.results.get("energy") if final.calc else None
     total = spent()
     extra = {"e_dispersion_initial": e_disp_initial, "e_dispersion": dispersion_energy(calc, e_final),
-             "cpu_time": total["cpu_time"], "resumed_at_step": saved["nsteps"] if saved else None, **tells}
+             "cpu_time": total["cpu_time"], "resumed_at_step": saved["nsteps"] if saved else None, **tells,
+             **seeding}
     return RelaxResult(
         atoms=final, status=status, converged=converged and status == Status.converged, steps=steps,
         max_steps=cap, e_initial=e_initial, e_final=e_final,
@@ -325,6 +320,22 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         wall_time=total["wall_time"], force_calls=int(total["force_calls"]) if counts_calls else None, message=message,
         extra={k: v for k, v in extra.items() if v is not None},
     )
+
+
+def _seed(opt, atoms: Atoms, settings: RelaxSettings) -> dict:
+    """Give BFGS the seed potential's Hessian as H0 (:mod:`helpers.relax.hessian_seed`): the row's
+    ``hessian_seeded`` (1, or 0 when the seed potential does not cover the crystal's elements: ASE's start)
+    and ``hessian_seed_time`` (s)."""
+    from helpers.relax.hessian_seed import seed_hessian, side_by_side_evaluator
+    from helpers.relax.potentials.registry import get_potential
+
+    seed = get_potential(settings.hessian_seed)
+    if seed.uncovered(atoms.get_chemical_symbols()):
+        return {"hessian_seeded": 0}
+    started = time.perf_counter()
+    evaluate = side_by_side_evaluator(seed.name) if atoms.pbc.all() else None
+    opt.H0 = seed_hessian(atoms, settings, calculator=None if evaluate else seed.calculator(), evaluate=evaluate)
+    return {"hessian_seeded": 1, "hessian_seed_time": round(time.perf_counter() - started, 3)}
 
 
 def _continue_from(saved: dict, atoms: Atoms, opt) -> None:

@@ -117,11 +117,29 @@ def configure_threads(n_threads: int | None = None) -> int:
     return n
 
 
+#: 03_relax's ``hessian_seed`` value that turns a potential's default seed off (the study's BFGS start)
+NO_HESSIAN_SEED = "off"
+
+
+def hessian_seed_for(potential: str, requested: str | None = None, optimizer: str = "BFGS") -> str | None:
+    """The seed potential a 03_relax job uses: ``requested`` when given (``"off"``: none), else the
+    potential's card default (``Potential.hessian_seed``: ANI-2x for SevenNet and CHGNet, none for ANI),
+    which applies to BFGS only (the optimizer that keeps a Hessian)."""
+    if requested == NO_HESSIAN_SEED:
+        return None
+    if requested is not None:
+        return requested
+    return get_potential(potential).hessian_seed if optimizer == "BFGS" else None
+
+
 def job_settings(potential: str, parameters: Mapping[str, Any] | None = None) -> RelaxSettings:
     """The settings a 03_relax job with these notebook ``parameters`` relaxes with (steps_per_atom
-    resolved from the potential): whose hash marks its finished rows. Other parameters are ignored."""
+    resolved from the potential, the Hessian seed from :func:`hessian_seed_for`): whose hash marks its
+    finished rows. Other parameters are ignored."""
     names = {f.name for f in fields(RelaxSettings)} - {"potential"}
     chosen = {k: v for k, v in (parameters or {}).items() if k in names}
+    chosen["hessian_seed"] = hessian_seed_for(potential, chosen.get("hessian_seed"),
+                                              chosen.get("optimizer", "BFGS"))
     return RelaxSettings(potential=potential, **chosen).resolved(get_potential(potential).steps_per_atom)
 
 
@@ -140,7 +158,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     from tqdm.auto import tqdm
 
     pot = get_potential(potential)
-    settings = (settings or RelaxSettings(potential=potential)).resolved(pot.steps_per_atom)
+    settings = (settings or job_settings(potential)).resolved(pot.steps_per_atom)
     if settings.potential != potential:
         raise ValueError(f"settings are for {settings.potential!r}, batch is for {potential!r}")
     configure_threads(n_threads)
@@ -313,6 +331,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         message=result.message[:500] or None, clean_id=clean_row.id, host=os.uname().nodename,
         model_file_sha256=model_hash,
         **{k: result.extra.get(k) for k in START_TELLS},
+        hessian_seeded=result.extra.get("hessian_seeded"), hessian_seed_time=result.extra.get("hessian_seed_time"),
     )
     data = {"cell_exp": clean_row.data.get("cell_exp", clean_row.cell.tolist()),
             "settings": settings.__dict__, "versions": versions_now, "message": result.message}

@@ -138,6 +138,14 @@ def _then(first: Coerce, second: Callable[[Any], Any]) -> Coerce:
     return lambda value: second(first(value))
 
 
+def _or_off(inner: Coerce) -> Coerce:
+    """``"off"`` kept as it is (a default switched off), anything else through ``inner``."""
+    def coerce(value: Any) -> Any:
+        return "off" if isinstance(value, str) and value.strip().lower() == "off" else inner(value)
+    coerce.__name__ = f"{getattr(inner, '__name__', 'value')}_or_off"
+    return coerce
+
+
 def potential_name(value: Any) -> str:
     from helpers.relax.potentials.registry import REGISTRY
 
@@ -202,7 +210,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "cell_filter": choice("frechet", "fixed"), "fix_symmetry": boolean, "hydrostatic": boolean,
         "max_wall_time": optional(number(0.0, strict=True)), "trajectory_dir": optional(text),
         "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),
-        "checkpoint_every": number(0.0), "hessian_seed": optional(potential_name),
+        "checkpoint_every": number(0.0), "hessian_seed": optional(_or_off(potential_name)),
         "hessian_seed_floor": number(0.0, strict=True),
     },
     "04_analysis": {

@@ -57,6 +57,9 @@ def _limit_openmp() -> None:
 #: tblite works at the Γ point only: a crystal is evaluated on the supercell whose perpendicular widths are
 #: all at least this (Å), i.e. on the equivalent Γ-centred k-point mesh (helpers.relax.potentials.supercell)
 XTB_MIN_WIDTH = 8.0
+#: the graph potentials' BFGS starts from ANI-2x's Hessian (helpers.relax.hessian_seed): a second or more per
+#: step, and the seed halves the steps to the same minimum (benchmarks/hessian_seed.py, relax_throughput.py)
+HESSIAN_SEED = "ani2x"
 
 
 def _tblite_factory(method: str):
@@ -350,7 +353,8 @@ POTENTIALS: list[Potential] = [
         "on aspirin (-1.5 %) but the cell is distorted (a +4 %, b -4.5 %)",
         licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
         packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)",
-        answer_settings=d3_answer_settings()),
+        answer_settings=d3_answer_settings(),
+        hessian_seed=HESSIAN_SEED),
     Potential(
         "sevennet-l3i5-d3", make_sevennet_l3i5_d3, MPTRJ_ELEMENTS, 6,
         "Park et al., J. Chem. Theory Comput. 20, 4857 (2024), doi:10.1021/acs.jctc.4c00190 (SevenNet-l3i5 "
@@ -359,7 +363,8 @@ POTENTIALS: list[Potential] = [
         "about 3x SevenNet-0's cost per call",
         licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
         packages=("sevenn", "e3nn", "dftd3"), cost="7 s/call at 70 atoms (0.1 s/atom), measured on a busy machine",
-        answer_settings=d3_answer_settings()),
+        answer_settings=d3_answer_settings(),
+        hessian_seed=HESSIAN_SEED),
     Potential(
         "sevennet-mf0-r2scan-d3", make_sevennet_mf0_r2scan_d3, MPTRJ_ELEMENTS, 6,
         "Kim et al., J. Am. Chem. Soc. 147, 1042 (2025), doi:10.1021/jacs.4c14455 (SevenNet-MF-0); r2SCAN-D3(BJ): "
@@ -368,14 +373,16 @@ POTENTIALS: list[Potential] = [
         "(modal 'R2SCAN') + r2SCAN-D3(BJ): a meta-GGA level with its own dispersion parameters",
         licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
         packages=("sevenn", "e3nn", "dftd3"), cost="2.4 s/call at 70 atoms (34 ms/atom), measured on a busy machine",
-        answer_settings=(*d3_answer_settings(), ("sevennet_modal", "R2SCAN"), ("d3_functional", "r2scan"))),
+        answer_settings=(*d3_answer_settings(), ("sevennet_modal", "R2SCAN"), ("d3_functional", "r2scan")),
+        hessian_seed=HESSIAN_SEED),
     Potential(
         "chgnet-d3", make_chgnet_d3, MPTRJ_ELEMENTS, 6,
         "Deng et al., Nat. Mach. Intell. 5, 1031 (2023), doi:10.1038/s42256-023-00716-3 (weights 0.3.0)" + _D3_PBE,
         "CHGNet 0.3.0 (universal graph MLIP, PBE/MPtrj, float32) + D3(BJ): aspirin -6.7 % (+10.8 % without D3)",
         licence="BSD-3-Clause-like 'Modified BSD' (chgnet, weights in the wheel)" + _D3_LICENCE,
         source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (12-15 ms/atom)",
-        answer_settings=d3_answer_settings()),
+        answer_settings=d3_answer_settings(),
+        hessian_seed=HESSIAN_SEED),
     Potential(
         "aimnet2", make_aimnet2, AIMNET2_ELEMENTS, 6,
         "Anstine, Zubatyuk & Isayev, Chem. Sci. 16, 10228 (2025), doi:10.1039/D4SC08572H",

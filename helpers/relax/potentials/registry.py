@@ -56,6 +56,9 @@ class Potential:
     #: loads (``given``: the ``model_file`` calculator option, or None for the default search path). The
     #: file's content hash, never its path, is part of its settings hash and of its rows
     model_file: Callable[[str | os.PathLike | None], Path] | None = None
+    #: a cheap registered potential whose Hessian seeds this one's BFGS by default in 03_relax and the
+    #: campaigns (:mod:`helpers.relax.hessian_seed`; fewer steps to the same minimum); None: ASE's start
+    hessian_seed: str | None = None
 
     def atoms_evaluated(self, atoms) -> int:
         """Atoms in one evaluation of this crystal (``Atoms`` or a database row): its own, or its supercell's
