@@ -16,6 +16,8 @@ Prints per crystal: study wall time, force calls, steps, final fmax, relaxed vol
 and all crystals in one pass); the fast path's time split (model / neighbour lists / optimizer) and
 both paths' totals. Ends with ``speedup: <r>x, max |dV fast - dV seed|: <p>%``.
 Usage: ``.venv/bin/python benchmarks/relax_throughput.py [--quick | --big] [--csv out.csv]``.
+A potential other than a plain ANI model (``--potential sevennet0-d3``, ``chgnet-d3``, ...) relaxes one crystal at
+a time: its comparison is :mod:`one_at_a_time_throughput` (today's path vs seeded BFGS on every core).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CODANI_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("ANI_MODEL_DIR", str(SHARED / "models" / "ani-neurochem"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -186,6 +189,15 @@ def main() -> None:
                         help="dtype of the fast path's draft model, or 'none' for exact forces throughout")
     parser.add_argument("--csv", default="relax_throughput.csv")
     args = parser.parse_args()
+    from helpers.relax.potentials.ani import ANI_MODELS
+
+    if args.potential not in ANI_MODELS:  # one crystal at a time (SevenNet, CHGNet, ...): its own comparison
+        import one_at_a_time_throughput as one
+
+        ids = (tuple(int(i) for i in args.ids.split(",")) if args.ids else
+               one.QUICK_IDS if args.quick else one.DEFAULT_IDS + (one.BIG_IDS if args.big else ()))
+        one.run(args.potential, ids, args.workers, args.csv, SHARED)
+        return
     ids = (tuple(int(i) for i in args.ids.split(",")) if args.ids else
            QUICK_IDS if args.quick else DEFAULT_IDS + (BIG_IDS if args.big else ()))
     import torch

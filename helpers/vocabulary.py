@@ -56,7 +56,12 @@ def density_g_cm3(total_mass_amu: float, volume_a3: float) -> float | None:
 # --- processes --------------------------------------------------------------------------------------------
 #: environment of every worker process and notebook job: one BLAS thread each (numpy and torch fighting
 #: over the cores made a 192-atom relaxation 3x slower), no torchani extension warnings
-JOB_ENV: dict[str, str] = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1"}
+#: glibc's malloc keeps 32 MiB blocks in its heap and 256 MiB of freed memory before trimming: with its defaults
+#: 15-20 % of a SevenNet call was page faults from freshly mapped tensors (issue 35, lever b;
+#: benchmarks/relax_throughput.py --potential sevennet0-d3); other C libraries ignore the variable
+JOB_ENV: dict[str, str] = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHANI_NO_WARN_EXTENSIONS": "1",
+                           "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:"
+                                             "glibc.malloc.trim_threshold=268435456:glibc.malloc.top_pad=67108864"}
 #: torch threads of a relax job when its ``n_threads`` is None (set per Dask worker); unset: every core
 THREADS_ENV = "CODANI_THREADS"
 #: where a process finds its inputs and keeps its caches: the project's environment variables, one place.
