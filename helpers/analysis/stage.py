@@ -25,7 +25,7 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers.analysis import compounds, consensus, sample_sets
+from helpers.analysis import compounds, consensus, sample_sets, start_backfill
 from helpers.analysis.distributions import median_mad
 from helpers.analysis.quantities import (
     BASE_QUANTITIES,
@@ -597,7 +597,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
                  progress: bool = False, one_per_compound: Any = compounds.DEFAULT_RULE,
                  n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
                  settings_hashes: Sequence[str] | None = None,
-                 max_atoms: dict[str, int | None] | None = None) -> dict[str, Any]:
+                 max_atoms: dict[str, int | None] | None = None, backfill_start_tells: Any = True) -> dict[str, Any]:
     """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
 
     Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
@@ -613,20 +613,30 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     statistic twice, ``entries`` = "all" and "one_per_compound". ``n_boot``/``boot_seed``: the
     bootstrap CIs. ``settings_hashes``: analyse only rows made with these settings (the rest are listed in
     left_out.csv); None: every run, told apart by hash when a potential has several. ``max_atoms``: each
-    potential's subset (:func:`collect_errors`). Parameters may
+    potential's subset (:func:`collect_errors`). ``backfill_start_tells`` (with ``clean_db``): first give the rows
+    this analysis uses that lack the start tells one model call each (:mod:`helpers.analysis.start_backfill`,
+    written into the relaxed databases; False: off). Parameters may
     arrive as strings (papermill's command line): they are coerced
     and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
     (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
     """
     compounds.parse_rule(one_per_compound)  # bad parameters fail before any work
     _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
-    _hash_prefixes(settings_hashes)
+    keep = _hash_prefixes(settings_hashes)
+    from helpers.run.parameters import boolean
+
+    try:
+        backfill = boolean(backfill_start_tells)
+    except TypeError:
+        raise ValueError(f"backfill_start_tells must be true or false, got {backfill_start_tells!r}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(out)
     if structure and clean_db is None:
         log.warning("structure checks need clean_db; skipped")
         structure = False
+    if backfill and clean_db is not None:  # issue 36: rows relaxed before the start tells were recorded
+        start_backfill.backfill_for_analysis(resolve_many(relaxed_dbs), clean_db, keep, progress=True)
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
                             progress=progress, settings_hashes=settings_hashes, max_atoms=max_atoms)
     return analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
