@@ -203,13 +203,64 @@ def bonds(atoms: Atoms, mult: float = BOND_MULT) -> set[tuple[int, int]]:
     return {(int(a), int(b)) for a, b in zip(i, j) if a < b}
 
 
-def bond_changes(atoms: Atoms, broken: set[tuple[int, int]], formed: set[tuple[int, int]]) -> str:
+#: a bond with its image: (i, j, shift of j) — atom j of the cell ``shift`` (integers, in cell vectors) away
+Bond = tuple[int, int, tuple[int, int, int]]
+
+
+def _one_way(i: int, j: int, shift) -> Bond:
+    """The bond i–j(shift) written once: i < j, or for an atom bonded to its own image the shift that
+    comes first (each bond is found from both ends, as j–i(−shift))."""
+    shift = tuple(int(v) for v in shift)
+    if i > j or (i == j and shift < tuple(-v for v in shift)):
+        return j, i, tuple(-v for v in shift)
+    return i, j, shift
+
+
+def bonds_with_images(atoms: Atoms, mult: float = BOND_MULT, images: np.ndarray | None = None,
+                      basis: np.ndarray | None = None) -> set[Bond]:
+    """Covalent bonds with the periodic image they reach (the criterion of :func:`bonds`).
+
+    Atom i bonds to atom j of the cell ``shift`` away. Two copies of one pair through different images (a
+    chain along a short axis) are two bonds, and an atom bonded to its own image is one: the pair set of
+    :func:`bonds` merges or drops them, and so hides a break there. To compare two structures, write the
+    shifts in one setting: ``basis`` (integer matrix, e.g. the inverse of :func:`match_setting`'s
+    transform) takes them to it, and ``images`` (per atom, integers: the cell each atom has moved to,
+    :func:`image_shifts`) removes what wrapping atoms back into the cell changed.
+    """
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return set()
+    radii = mult * covalent_radii[atoms.numbers]
+    i, j, shifts = neighbor_list("ijS", atoms, radii.tolist(), self_interaction=False)
+    shifts = np.rint(shifts @ basis).astype(int) if basis is not None else shifts
+    if images is not None:
+        shifts = shifts + images[j] - images[i]
+    return {_one_way(int(a), int(b), s) for a, b, s in zip(i, j, shifts)}
+
+
+def image_shifts(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> np.ndarray:
+    """Per atom, the whole cells (experimental setting) between its relaxed and experimental positions, the
+    crystal's overall drift removed: what wrapping (or unwrapping) the atoms across a cell edge added."""
+    transform = np.eye(3) if transform is None else transform
+    frac_rel = relaxed.positions @ np.linalg.inv(transform @ np.asarray(relaxed.cell))
+    frac_exp = exp.positions @ np.linalg.inv(np.asarray(exp.cell))
+    delta = frac_rel - frac_exp
+    wrapped = delta - np.rint(delta)
+    heavy = exp.numbers > 1
+    drift = wrapped[heavy].mean(axis=0) if heavy.any() else wrapped.mean(axis=0)
+    return np.rint(delta - drift).astype(int)
+
+
+def bond_changes(atoms: Atoms, broken, formed) -> str:
     """Which bonds a relaxation broke and formed, by element pair: ``"broken O-O x2; formed N-O x2"``
-    ("" when the bond graph is unchanged): the chemistry changed, a candidate CIF error (issue 36)."""
+    ("" when the bond graph is unchanged): the chemistry changed, a candidate CIF error (issue 36).
+    ``broken``/``formed``: pairs (i, j) or bonds with their image (i, j, shift)."""
     symbols = atoms.get_chemical_symbols()
     parts = []
     for what, pairs in (("broken", broken), ("formed", formed)):
-        kinds = Counter("-".join(sorted((symbols[i], symbols[j]))) for i, j in pairs)
+        kinds = Counter("-".join(sorted((symbols[p[0]], symbols[p[1]]))) for p in pairs)
         if kinds:
             parts.append(f"{what} " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
     return "; ".join(parts)
@@ -291,10 +342,15 @@ def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None 
     out["n_molecules_relaxed"] = sum(mol_rel.values())
     out["molecules_same"] = mol_exp == mol_rel
     if same_atoms:
-        out["bonds_broken"] = len(b_exp - b_rel)
-        out["bonds_formed"] = len(b_rel - b_exp)
-        out["bonds_intact"] = b_exp == b_rel
-        out["bond_changes"] = bond_changes(exp, b_exp - b_rel, b_rel - b_exp)
+        # bonds with the image they reach, in the experimental setting, wrapping undone: a molecule across
+        # a cell edge is the same molecule, a bond to another image is another bond
+        t = np.eye(3) if transform is None else np.asarray(transform, dtype=float)
+        i_exp = bonds_with_images(exp)
+        i_rel = bonds_with_images(relaxed, images=image_shifts(exp, relaxed, t), basis=np.linalg.inv(t))
+        out["bonds_broken"] = len(i_exp - i_rel)
+        out["bonds_formed"] = len(i_rel - i_exp)
+        out["bonds_intact"] = i_exp == i_rel
+        out["bond_changes"] = bond_changes(exp, sorted(i_exp - i_rel), sorted(i_rel - i_exp))
         disp = displacements(exp, relaxed, transform)
         heavy = disp[exp.numbers > 1]
         out["rmsd_A"] = float(np.sqrt(np.mean(disp**2)))
