@@ -559,8 +559,6 @@ def appendix_section(inputs: ReportInputs) -> list[str]:
         "Subsets: " + (", ".join(f"{display_name(p)} {subset_text(p, n)}" for p, n in plan.max_atoms.items() if n)
                        or "every potential relaxed every clean structure") + ".",
         "", *_common_section(science),
-        *_figure_link("μ and median with 95 % CIs per potential", "ci_volume.png", inputs.extra.get("copied", [])),
-        *_figure_link("ΔV histograms, all potentials", "overlay_volume.png", inputs.extra.get("copied", [])),
         "### Cell lengths, angles and density", "", _markdown(lattice_table(summary)), "",
         "### Before and after the temperature correction (α_V fixed, entries with a temperature)", "",
         _markdown(thermal_table(tables["thermal_summary"])), "",
@@ -594,8 +592,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     figures = docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)  # may be a symlink; the files in it that are not ours stay
     copied = []
-    for name in ("ci_volume.png", "ci_a1.png", "overlay_volume.png", "dv_vs_temperature.png", "status_counts.png",
-                 *(f"hist_{p}_volume.png" for p in sorted(set(errors.get("potential", []))))):
+    for name in ("dv_vs_temperature.png",):  # the analysis's figures the report shows (it draws the others)
         source = Path(analysis_dir) / name
         if source.is_file():
             _replace_file(figures / name, lambda tmp, source=source: shutil.copyfile(source, tmp))

@@ -605,8 +605,8 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     layout, with status counts), study_table_wide.csv, status_counts.csv, outliers.csv,
     outlier_fractions.csv, temperature_bands.csv, thermal_summary.csv, paired_volume.csv,
     paired_a1.csv, structure_summary.csv; figures hist_<potential>_<quantity>.png,
-    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png,
-    ci_<quantity>.png (μ and median with their 95 % CIs per potential).
+    hist_grid_<quantity>.png (every potential's histogram and Gaussian, small multiples), dv_vs_temperature.png,
+    paired_<a>_vs_<b>.png, status_counts.png, median_ci_<quantity>.png (median and its 95 % CI per potential).
 
     ``one_per_compound`` (rule of :mod:`helpers.analysis.compounds`, default "r_factor,temperature";
     None / "" / "None" disables): when clean rows carry ``compound_key``, summary.csv holds every
@@ -716,7 +716,8 @@ OUTPUT_PATTERNS = (ANALYSIS_COMPLETE,) + tuple(f"{name}.csv" for name in (
     "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
     "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out",
     "consensus_outliers", "consensus_effect", "sets_summary")) + (
-    "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png")
+    "hist_*.png", "median_ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png",
+    "overlay_*.png", "ci_*.png")  # the last two: figures of earlier versions, removed from an old out_dir
 
 
 def land_analysis(partial: str | Path, out: str | Path) -> None:
@@ -754,7 +755,7 @@ def _as_int(value: Any, name: str, minimum: int) -> int:
 
 def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str], converged_only: bool, *,
                    threshold_pct: float, alpha_v: float, t_ref: float, edges: Sequence[float]) -> list[Path]:
-    from helpers.analysis import plots
+    from helpers.analysis import plots, report_figures
 
     errors = sample_sets.science(results["errors"])
     data = _select(errors, converged_only)
@@ -770,12 +771,14 @@ def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str]
             record = summary.loc[(potential, name)] if (potential, name) in summary.index else None
             figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct,
                                                     record=record))
-    for name in quantities:
-        if not QUANTITIES[name].symmetric and name in summary.index.get_level_values("quantity"):
-            figures.append(plots.ci_summary(results["summary"], out / f"ci_{name}.png", name))
-    for name in quantities:
-        if not data.empty and data[QUANTITIES[name].column].notna().any():
-            figures.append(plots.overlay(data, out / f"overlay_{name}.png", quantity=name))
+    for name in quantities:  # the report's small multiples: one colour per potential, n on every panel
+        q = QUANTITIES[name]
+        if not q.symmetric and name in summary.index.get_level_values("quantity"):
+            figures.append(report_figures.median_intervals(results["summary"], out / f"median_ci_{name}.png", name))
+        if not data.empty and data[q.column].notna().any():
+            figures.append(report_figures.histogram_grid(data, out / f"hist_grid_{name}.png", q.column,
+                                                         f"{q.label} [{q.unit}]"))
+    figures = [f for f in figures if f is not None]
     if not data.empty and pd.to_numeric(data["temperature"], errors="coerce").notna().any():
         figures.append(plots.dv_vs_temperature(data, out / "dv_vs_temperature.png", alpha_v, t_ref, edges))
     wide = paired_table(errors, "volume", converged_only)
