@@ -21,6 +21,7 @@ import pandas as pd
 
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
+from helpers.analysis.ranking_targets import science_targets
 from helpers.analysis.report_sections import (
     ReportInputs,
     _markdown,
@@ -606,7 +607,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         shrink_png(path)  # our own file, just put in place
     inputs = ReportInputs(tables=tables, plan=plan, info=info, docs=docs, figures=figures,
                           extra={"pictures": pictures, "clean_fraction": clean_fraction, "potentials": potentials,
-                                  "copied": copied, "analysis_dir": Path(analysis_dir)})
+                                  "copied": copied, "analysis_dir": Path(analysis_dir),
+                                  "targets": science_targets(plan)})  # what "partial" means in the ranking
     # the report, section by section; a new section is one function (inputs -> markdown lines) and one line here
     sections = [
         header_section,
