@@ -32,5 +32,10 @@ def science_targets(plan: Any) -> dict[str, set[str]] | None:
             for row in clean.select("structure_id", columns=["id", "key_value_pairs"])}
     labelled = sample_sets.SCIENCE in sets.values()
     wanted = {sid for sid, s in sets.items() if s == sample_sets.SCIENCE or not labelled}
-    return {p: {sid for sid in batch_ids(clean, 0, 1, plan.max_atoms.get(p), p) if sid in wanted}
-            for p in plan.potentials}
+    out = {}
+    for p in plan.potentials:
+        try:
+            out[p] = {sid for sid in batch_ids(clean, 0, 1, plan.max_atoms.get(p), p) if sid in wanted}
+        except KeyError:  # a potential not registered here (a plug-in not installed): its targets unknown
+            continue
+    return out
