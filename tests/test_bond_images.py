@@ -42,6 +42,24 @@ def test_a_molecule_across_the_cell_edge_is_the_same_molecule(co2):
     assert out["bond_changes"] == ""
 
 
+def test_a_molecule_moved_or_turned_as_a_whole_keeps_its_bonds(co2):
+    """Shifts are compared pair by pair: a molecule slid by 0.4 of a cell and turned by 90° about its carbon
+    (one O crossing the cell edge, the other not) is the same molecule, bond for bond. (Per-atom image counts,
+    with the crystal's drift removed, would call one of its C=O bonds broken and another formed.)"""
+    from helpers.filter.molecules import find_molecules
+
+    molecules = find_molecules(co2)
+    assert len(molecules) == 4 and all(m.formula == "CO2" for m in molecules)
+    moved = co2.copy()
+    turned = molecules[0]
+    centre = turned.positions[turned.symbols.index("C")]
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    moved.positions[turned.indices] = (turned.positions - centre) @ rotation.T + centre + 0.4 * co2.cell.array[0]
+    moved.wrap()
+    out = compare_structures(co2, moved, matcher=False)
+    assert (out["bonds_intact"], out["bonds_broken"], out["bonds_formed"], out["bond_changes"]) == (True, 0, 0, "")
+
+
 def test_a_bond_stretched_across_the_cell_edge_is_reported(co2):
     bond = _across_the_edge(co2)[0]
     broken = _stretch(co2, bond, 0.8)  # C=O 1.16 Å -> 1.96 Å, beyond 1.2 x (r_C + r_O) = 1.70 Å

@@ -216,16 +216,18 @@ def _one_way(i: int, j: int, shift) -> Bond:
     return i, j, shift
 
 
-def bonds_with_images(atoms: Atoms, mult: float = BOND_MULT, images: np.ndarray | None = None,
-                      basis: np.ndarray | None = None) -> set[Bond]:
+def bonds_with_images(atoms: Atoms, mult: float = BOND_MULT, basis: np.ndarray | None = None,
+                      reference: tuple[np.ndarray, np.ndarray] | None = None) -> set[Bond]:
     """Covalent bonds with the periodic image they reach (the criterion of :func:`bonds`).
 
     Atom i bonds to atom j of the cell ``shift`` away. Two copies of one pair through different images (a
     chain along a short axis) are two bonds, and an atom bonded to its own image is one: the pair set of
     :func:`bonds` merges or drops them, and so hides a break there. To compare two structures, write the
     shifts in one setting: ``basis`` (integer matrix, e.g. the inverse of :func:`match_setting`'s
-    transform) takes them to it, and ``images`` (per atom, integers: the cell each atom has moved to,
-    :func:`image_shifts`) removes what wrapping atoms back into the cell changed.
+    transform) takes them to it, and ``reference`` = (fractional positions of these atoms, of the reference
+    structure's), both in that setting (:func:`fractional_pair`), writes each bond as the image it is in the
+    reference: the shift that keeps the bond's vector i -> j closest to the reference's. Pair by pair, so
+    neither atoms wrapped back into the cell nor a molecule moved or turned as a whole change a shift.
     """
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
@@ -235,22 +237,18 @@ def bonds_with_images(atoms: Atoms, mult: float = BOND_MULT, images: np.ndarray 
     radii = mult * covalent_radii[atoms.numbers]
     i, j, shifts = neighbor_list("ijS", atoms, radii.tolist(), self_interaction=False)
     shifts = np.rint(shifts @ basis).astype(int) if basis is not None else shifts
-    if images is not None:
-        shifts = shifts + images[j] - images[i]
+    if reference is not None:
+        now, then = reference
+        shifts = shifts + np.rint((now[j] - now[i]) - (then[j] - then[i])).astype(int)
     return {_one_way(int(a), int(b), s) for a, b, s in zip(i, j, shifts)}
 
 
-def image_shifts(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> np.ndarray:
-    """Per atom, the whole cells (experimental setting) between its relaxed and experimental positions, the
-    crystal's overall drift removed: what wrapping (or unwrapping) the atoms across a cell edge added."""
+def fractional_pair(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional positions of the relaxed and the experimental atoms, both in the experimental setting
+    (``transform`` @ relaxed cell, :func:`match_setting`): the ``reference`` of :func:`bonds_with_images`."""
     transform = np.eye(3) if transform is None else transform
     frac_rel = relaxed.positions @ np.linalg.inv(transform @ np.asarray(relaxed.cell))
-    frac_exp = exp.positions @ np.linalg.inv(np.asarray(exp.cell))
-    delta = frac_rel - frac_exp
-    wrapped = delta - np.rint(delta)
-    heavy = exp.numbers > 1
-    drift = wrapped[heavy].mean(axis=0) if heavy.any() else wrapped.mean(axis=0)
-    return np.rint(delta - drift).astype(int)
+    return frac_rel, exp.positions @ np.linalg.inv(np.asarray(exp.cell))
 
 
 def bond_changes(atoms: Atoms, broken, formed) -> str:
@@ -346,7 +344,7 @@ def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None 
         # a cell edge is the same molecule, a bond to another image is another bond
         t = np.eye(3) if transform is None else np.asarray(transform, dtype=float)
         i_exp = bonds_with_images(exp)
-        i_rel = bonds_with_images(relaxed, images=image_shifts(exp, relaxed, t), basis=np.linalg.inv(t))
+        i_rel = bonds_with_images(relaxed, basis=np.linalg.inv(t), reference=fractional_pair(exp, relaxed, t))
         out["bonds_broken"] = len(i_exp - i_rel)
         out["bonds_formed"] = len(i_rel - i_exp)
         out["bonds_intact"] = i_exp == i_rel
