@@ -243,7 +243,7 @@ def publish_ranking(inputs: ReportInputs) -> None:
     table, pairs = inputs.ranking["table"], inputs.ranking["pairs"]
     keys = ("ranked", "rank", "rank_ci_low", "rank_ci_high", "n_shared", "n_converged", "failure_rate",
             "within_5pct", "within_10pct", "bias", "spread", "metric", "metric_ci_low", "metric_ci_high",
-            "metric_uncorrected", "note")
+            "metric_uncorrected", "note", "n_attempted", "n_targets", "n_not_reached")
     payload = {r["potential"]: {k: r.get(k) for k in keys} | {"display_name": display_name(r["potential"])}
                for r in table.to_dict("records")}
     for value in payload.values():  # infinite metrics (more than half failed) as the string JSON can hold
