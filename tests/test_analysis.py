@@ -299,7 +299,7 @@ def test_run_analysis_writes_every_table_and_figure(dbs, tmp_path):
     required = ["structure_id", "potential", "natoms", "V_exp", "V_relaxed", "dV_pct", "a1_exp", "a1_relaxed",
                 "da1_pct", "converged", "steps"]
     assert set(required) <= set(errors.columns) and len(errors) == 6
-    for name in ("hist_ani1x_volume.png", "hist_ani1ccx_a1.png", "overlay_volume.png",
+    for name in ("hist_ani1x_volume.png", "hist_ani1ccx_a1.png", "hist_grid_volume.png", "median_ci_a1.png",
                  "dv_vs_temperature.png", "status_counts.png", "paired_ani1ccx_vs_ani1x.png"):
         assert (out / name).stat().st_size > 5000, name
     assert all(p.stat().st_size > 0 for p in result["figures"])
@@ -502,7 +502,7 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
         assert paired.wilcoxon_abs_p == pytest.approx(stats.wilcoxon(absdiff).pvalue)
     else:
         assert paired.verdict.startswith(f"cannot tell: {len(wide)} common structures")
-    for name in ("hist_ani1x_volume.png", "ci_volume.png", "hist_ani1ccx_alpha.png"):
+    for name in ("hist_ani1x_volume.png", "hist_grid_volume.png", "hist_ani1ccx_alpha.png"):
         assert (tmp_path / "analysis" / name).stat().st_size > 10_000
     assert result["entries_note"].startswith("summary.csv: entries = 'all' (4 structures) and 'one_per_compound' "
                                              "(4 compounds")

@@ -30,7 +30,7 @@ CONTRACT = {
                     "converged_only": True, "alpha_v": 1.65e-4, "t_ref": 0.0, "threshold_pct": 20.0,
                     "temperature_edges": (150, 250), "structure": True, "matcher": False,
                     "one_per_compound": "r_factor,temperature", "n_boot": 2000, "boot_seed": 0,
-                    "settings_hashes": None, "max_atoms": None},
+                    "settings_hashes": None, "max_atoms": None, "backfill_start_tells": True},
     "05_lattice_energy": {"potential": "ani1x", "benchmarks": ["x23", "ice13"], "out_db": "data/lattice_{potential}.db",
                           "out_csv": "data/lattice_{potential}.csv", "fmax": 0.0005, "max_steps_base": 300,
                           "steps_per_atom": None, "geometry": "relaxed", "crystals": None, "start_db": None,

@@ -49,9 +49,11 @@ def test_histogram_copes_with_few_or_equal_values(tmp_path):
     assert plots.histogram_with_fit([2.0], tmp_path / "h2.png", "alpha").stat().st_size > 0
 
 
-def test_overlay_temperature_paired_and_status_figures(tmp_path, synthetic_errors):
+def test_grid_temperature_paired_and_status_figures(tmp_path, synthetic_errors):
+    from helpers.analysis import report_figures
+
     data = synthetic_errors[analysis.converged_mask(synthetic_errors)]
-    paths = [plots.overlay(data, tmp_path / "overlay_volume.png", "volume"),
+    paths = [report_figures.histogram_grid(data, tmp_path / "hist_grid_volume.png"),
              plots.dv_vs_temperature(data, tmp_path / "dv_vs_temperature.png", alpha_v=1.65e-4),
              plots.paired_scatter(analysis.paired_table(synthetic_errors), "ani1ccx", "ani1x",
                                   tmp_path / "paired.png"),
@@ -82,4 +84,6 @@ def test_histogram_has_a_qq_panel_and_ci_figure(tmp_path, synthetic_errors):
     angles = np.concatenate([np.zeros(40), np.random.default_rng(0).normal(0, 0.3, 10)])
     assert plots.histogram_with_fit(angles, tmp_path / "a.png", "alpha", "ani1x").stat().st_size > 10_000
     summary = analysis.summarize(synthetic_errors, quantities=("volume",), n_boot=200)
-    assert plots.ci_summary(summary, tmp_path / "ci.png", "volume").stat().st_size > 10_000
+    from helpers.analysis.report_figures import median_intervals
+
+    assert median_intervals(summary, tmp_path / "ci.png", "volume").stat().st_size > 5000

@@ -127,3 +127,45 @@ def test_ranking_scores_failures_and_recomputes_by_hand(sourced_errors):
     by_hand = np.minimum(1, np.maximum.accumulate([(len(ordered) - k) * q for k, q in enumerate(ordered)]))
     assert row.holm_p == pytest.approx(by_hand[ordered.index(row.sign_p)])
     assert row.verdict.startswith("cannot tell") == (not row.holm_p < 0.05)
+
+
+@pytest.mark.slow
+def test_a_partial_potential_is_named_and_its_failures_still_count(small_clean_db, tmp_path, model_dir):
+    """Real rows: ANI-1x relaxed all four small crystals; ANI-1ccx, still running, reached three of its four
+    and stopped each at a 3-step cap. The shared set is what both attempted (3), the partial potential is
+    named with the target it has not reached, and its step-capped attempts count as failures (∞)."""
+    from helpers.analysis.ranking import T_ASSUMED, dv_zero_kelvin, partial_sentence, rank_potentials
+    from helpers.analysis.ranking_targets import science_targets
+    from helpers.analysis.stage import collect_errors
+    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.stage import run_batch
+
+    out = str(tmp_path / "relaxed_{potential}.db")
+    run_batch(small_clean_db, out.format(potential="ani1x"), "ani1x", progress=False, n_threads=1,
+              settings=RelaxSettings(potential="ani1x", fmax=0.05, max_steps_base=150, steps_per_atom=0))
+    run_batch(small_clean_db, out.format(potential="ani1ccx"), "ani1ccx", progress=False, n_threads=1, limit=3,
+              settings=RelaxSettings(potential="ani1ccx", fmax=0.05, max_steps_base=3, steps_per_atom=0))
+    errors = collect_errors([out.format(potential=p) for p in ("ani1x", "ani1ccx")], small_clean_db)
+    plan = type("Plan", (), {"dbs": {"clean_db": small_clean_db}, "max_atoms": {}, "potentials": ["ani1x", "ani1ccx"]})
+    targets = science_targets(plan)
+    assert {p: len(ids) for p, ids in targets.items()} == {"ani1x": 4, "ani1ccx": 4}  # no source: every clean one
+
+    result = rank_potentials(errors, n_boot=50, min_ranked=2, targets=targets)
+    table = result["table"].set_index("potential")
+    attempted = set(errors[errors.potential == "ani1ccx"].structure_id)
+    assert len(attempted) == 3 and sorted(result["shared"]) == sorted(attempted)  # what both attempted
+    assert result["partial"] == {"ani1ccx": (1, 4)} and result["n_shared_complete"] == 4
+    assert (table.loc["ani1ccx", "n_not_reached"], table.loc["ani1x", "n_not_reached"]) == (1, 0)
+    assert table.loc["ani1ccx", "n_targets"] == 4 and table.loc["ani1ccx", "n_attempted"] == 3
+    assert table.loc["ani1ccx", "failure_rate"] == 1.0 and np.isinf(table.loc["ani1ccx", "metric"])
+    rows = errors[errors.potential == "ani1x"].set_index("structure_id").loc[result["shared"]]
+    dv0 = np.where(rows.status == "converged", dv_zero_kelvin(rows.dV_pct, rows.temperature.astype(float)
+                                                              .fillna(T_ASSUMED)), np.nan)
+    assert table.loc["ani1x", "metric"] == pytest.approx(np.median(np.where(np.isnan(dv0), np.inf, np.abs(dv0))))
+    sentence = partial_sentence(result)
+    assert "ANI-1ccx has not reached 1 of its 4 target structures" in sentence
+    assert "3 structures" in sentence and "it would hold 4" in sentence
+    # the same rows without targets: the same numbers, nothing called partial
+    plain = rank_potentials(errors, n_boot=50, min_ranked=2)
+    assert plain["partial"] == {} and partial_sentence(plain) == ""
+    pd.testing.assert_series_equal(plain["table"]["metric"], result["table"]["metric"])

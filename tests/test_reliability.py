@@ -39,10 +39,10 @@ def test_the_report_replaces_only_its_own_figures(analysis, tmp_path):
     figures = tmp_path / "docs" / "figures"
     figures.mkdir(parents=True)
     mine = figures / "mine.png"
-    shutil.copy(analysis / "ci_volume.png", mine)
+    shutil.copy(analysis / "median_ci_volume.png", mine)
     other = figures / "hist_gfn2-xtb_volume.png"  # a potential this run did not include
     other.write_bytes(b"committed figure of another campaign")
-    stale = figures / "ci_volume.png"
+    stale = figures / "dv_vs_temperature.png"
     stale.write_bytes(b"last run's")
     before = mine.read_bytes()
     write_report(analysis, PLAN, tmp_path / "docs")
@@ -104,7 +104,7 @@ def test_an_interrupted_analysis_leaves_the_last_whole_one_in_place(analysis, tm
     monkeypatch.setattr(results, "execute", finished)
     run_results(tmp_path, docs_dir=tmp_path / "docs", plan=_plan(work), stages=("analysis",))
     assert (work / "analysis" / ANALYSIS_COMPLETE).is_file() and not (work / "analysis.partial").exists()
-    assert not (work / "analysis" / "ci_volume.png").exists()  # the last run's figures do not outlive it
+    assert not (work / "analysis" / "median_ci_volume.png").exists()  # the last run's figures do not outlive it
     assert (work / "analysis" / "notes.txt").read_text() == "the user's"
 
 

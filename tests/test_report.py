@@ -106,8 +106,10 @@ def test_status_counts_worst_structures_and_cost(report):
     projected = float(cost.loc["ANI-1x", "projected core-hours, all C/H/N/O COD"].replace(",", ""))
     assert projected == pytest.approx(COD_CHNO_ENTRIES * 0.8 * ani1x.mean() / 3600, abs=1)
     assert cost.loc["ANI-1x", "clock"] == "wall"  # the fixed errors.csv predates cpu_time
-    for name in ("ci_volume.png", "overlay_volume.png", "hist_ani1x_volume.png"):
-        assert (root / "docs" / "figures" / name).stat().st_size > 5000
+    for name in ("ranking_ci.png", "hist_grid_volume.png"):  # the report's own figures (shrunk PNGs)
+        assert (root / "docs" / "figures" / name).stat().st_size > 2000 and f"figures/{name}" in markdown
+    for name in ("ci_volume.png", "overlay_volume.png", "hist_ani1x_volume.png"):  # the old ones: neither
+        assert not (root / "docs" / "figures" / name).exists() and f"figures/{name}" not in markdown
 
 
 def test_all_entries_and_one_per_compound(report):

@@ -71,7 +71,8 @@ def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     d3 = errors[errors.potential == "ani1x-d3"].iloc[0]
     plain = errors[(errors.potential == "ani1x") & (errors.structure_id == d3.structure_id)].iloc[0]
     assert d3.e_dispersion < 0 and d3.dV_pct < plain.dV_pct  # D3 binds: the cell comes out smaller
-    assert (root / "docs" / "figures" / "ci_volume.png").is_file()
+    assert (root / "docs" / "figures" / "hist_grid_volume.png").is_file()  # 3 shared structures: no ranking figure
+    assert not (root / "docs" / "figures" / "ci_volume.png").exists()
     assert "3 CIF files" in markdown or "4 CIF files" in markdown
 
 

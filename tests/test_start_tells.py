@@ -61,3 +61,48 @@ def test_fast_path_records_them_and_backfill_writes_the_same(small_clean_db, tmp
     for r in dbmod.connect(out).select():
         assert [r[k] for k in keys] == pytest.approx(recorded[r.structure_id], rel=1e-6, abs=1e-9)
     assert backfill_start_tells(out, small_clean_db) == 0  # nothing left to fill
+
+
+def test_analysis_backfills_rows_without_start_tells(small_clean_db, tmp_path, model_dir):
+    """04_analysis gives rows relaxed before the start tells one model call each (resumable, a row's failure
+    recorded on it, not raised), and leaves them alone when switched off."""
+    import shutil
+
+    import pandas as pd
+
+    from helpers.analysis.stage import run_analysis
+    from helpers.relax.start_tells import ERROR_KEY, KEYS, fill_start_tells
+
+    out, clean = str(tmp_path / "relaxed.db"), str(tmp_path / "clean.db")
+    shutil.copy(small_clean_db, clean)
+    run_batch(clean, out, settings=RelaxSettings(max_steps_base=2, steps_per_atom=0), progress=False, n_threads=1)
+    db = dbmod.connect(out)
+    rows = list(db.select())
+    recorded = {r.structure_id: r.start_fmax for r in rows}
+    for r in rows:  # as written before the start tells existed
+        db.update(r.id, delete_keys=list(KEYS))
+    # one clean structure now holds silicon, which ANI-1x does not know: its model call raises
+    broken = rows[0].structure_id
+    cdb = dbmod.connect(clean)
+    crow = cdb.get(structure_id=broken)
+    atoms = crow.toatoms()
+    atoms.numbers[atoms.numbers == 1] = 14
+    cdb.write(atoms, key_value_pairs=crow.key_value_pairs, data=crow.data, id=crow.id)
+
+    off = run_analysis(out, clean, tmp_path / "off", structure=False, plots=False, n_boot=0,
+                       backfill_start_tells="false")
+    assert off["errors"]["start_fmax"].isna().all()
+    assert all(r.get("start_fmax") is None and r.get(ERROR_KEY) is None for r in dbmod.connect(out).select())
+
+    result = run_analysis(out, clean, tmp_path / "on", structure=False, plots=False, n_boot=0)
+    errors = pd.read_csv(tmp_path / "on" / "errors.csv").set_index("structure_id")
+    assert result["errors"]["start_fmax"].notna().sum() == len(rows) - 1
+    for sid, value in recorded.items():
+        if sid != broken:
+            assert errors.loc[sid, "start_fmax"] == pytest.approx(value, rel=1e-6)
+    assert np.isnan(errors.loc[broken, "start_fmax"])
+    failed = dbmod.connect(out).get(structure_id=broken)
+    assert failed.get("start_fmax") is None and failed[ERROR_KEY].startswith("ValueError")  # torchani's words
+    # resumable: nothing left to call; a failure is tried again only when asked
+    assert fill_start_tells(out, clean) == {"filled": 0, "failed": 0, "no_clean_row": 0, "unavailable": 0}
+    assert fill_start_tells(out, clean, retry_failed=True)["failed"] == 1

@@ -162,7 +162,7 @@ def with_and_without(errors: pd.DataFrame, outliers: pd.DataFrame, converged_onl
                          **_stats(values)})
     columns = ["potential", "subset", "n", "n_left_out", "median", "mu", "sigma", "mean", "sd", "skewness",
                "frac_above", "frac_below"]
-    return pd.DataFrame(rows)[columns]
+    return pd.DataFrame(rows, columns=columns)  # no converged row: the columns, empty
 
 
 def consensus_tables(errors: pd.DataFrame, converged_only: bool = True, **options) -> dict[str, pd.DataFrame]:

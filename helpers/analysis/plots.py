@@ -1,4 +1,4 @@
-"""Figures of notebook 04: error histograms with their Gaussian fit, overlays, ΔV against temperature.
+"""Figures of notebook 04: error histograms with their Gaussian fit, ΔV against temperature, paired scatter.
 
 Every function saves one PNG and returns its path (the figure is closed, so batch runs do not
 pile up memory; show it in a notebook with ``IPython.display.Image(path)``). Without a display
@@ -22,10 +22,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from helpers.analysis.distributions import fit_gaussian, histogram_range  # noqa: E402
+from helpers.analysis.distributions import fit_gaussian  # noqa: E402
 from helpers.analysis.quantities import (  # noqa: E402
     QUANTITIES,
-    STUDY_RESULT,
     display_name,
     thermal_assumption,
     thermal_corrected,
@@ -118,67 +117,6 @@ def _qq_panel(ax, values: np.ndarray, mu: float, sigma: float, median: float, si
     ax.set_ylabel(f"{q.label} [{q.unit}]")
     ax.set_title("normal Q–Q plot")
     ax.legend(fontsize=7)
-
-
-def ci_summary(summary: pd.DataFrame, path: str | Path, quantity: str = "volume") -> Path:
-    """μ and median per potential with their 95 % bootstrap CIs as error bars (and the study's μ)."""
-
-    rows = summary[summary["quantity"] == quantity].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8.0, 0.4 * max(len(rows), 2) + 1.6))
-    labels = []
-    for k, row in rows.iterrows():
-        entries = row.get("entries", "all")
-        labels.append(display_name(row["potential"]) + ("" if entries == "all" else f" ({entries})"))
-        for stat, offset, color, marker in (("mu", 0.12, "C3", "o"), ("median", -0.12, "k", "s")):
-            value = row[stat]
-            if not np.isfinite(value):
-                continue
-            err = np.array([[value - row[f"{stat}_ci_low"]], [row[f"{stat}_ci_high"] - value]])
-            ax.errorbar(value, k + offset, xerr=np.where(np.isfinite(err), err, 0), fmt=marker, color=color,
-                        capsize=3, label={"mu": "μ (fit) ± 95 % CI", "median": "median ± 95 % CI"}[stat]
-                        if k == 0 else None)
-        study = STUDY_RESULT[(STUDY_RESULT.quantity == quantity) & (STUDY_RESULT.potential == row["potential"])]
-        if len(study):
-            ax.plot(study["mu_study"].iloc[0], k, "x", color="C2", ms=8,
-                    label="study's μ" if "study's μ" not in ax.get_legend_handles_labels()[1] else None)
-    ax.set_yticks(range(len(rows)), labels)
-    ax.axvline(0, color="grey", lw=0.8)
-    q = QUANTITIES[quantity]
-    ax.set_xlabel(f"{q.label} [{q.unit}]")
-    ax.set_title(f"{q.label}: μ and median, 95 % bootstrap CIs", fontsize=10)
-    if len(rows):  # beside the axes, never over a row
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-    return _save(fig, path)
-
-
-def overlay(errors: pd.DataFrame, path: str | Path, quantity: str = "volume") -> Path:
-    """All potentials' histograms of one error on shared bins, each with its fitted Gaussian."""
-    column = QUANTITIES[quantity].column
-    data = errors[["potential", column]].copy()
-    data[column] = pd.to_numeric(data[column], errors="coerce")
-    data = data.dropna()
-    lo, hi = histogram_range(data[column].to_numpy()) if len(data) else (-1.0, 1.0)
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    bins = np.linspace(lo, hi, 61)
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
-    x = np.linspace(lo, hi, 400)
-    for k, (potential, group) in enumerate(data.groupby("potential")):
-        values = group[column].to_numpy()
-        fit = fit_gaussian(values)
-        shown = values[(values >= lo) & (values <= hi)]
-        color = f"C{k % 10}"
-        ax.hist(shown, bins=bins, density=True, histtype="step", color=color, lw=1.2)
-        # the fit is normalised to the values inside its own range; rescale to those shown here
-        in_fit = np.sum((values >= fit.edges[0]) & (values <= fit.edges[-1])) if fit.n else 0
-        curve = fit.pdf(x) * in_fit / max(len(shown), 1) if fit.sigma > 0 else np.full_like(x, np.nan)
-        numbers = f"μ = {fit.mu:.2f}, σ = {fit.sigma:.2f}" if np.isfinite(fit.mu) else "not fitted (spike)"
-        ax.plot(x, curve, color=color, lw=2, label=f"{display_name(potential)}: {numbers} (n = {fit.n})")
-    ax.set_xlabel(_axis_label(quantity))
-    ax.set_ylabel("density")
-    ax.set_title(f"{QUANTITIES[quantity].label}: all potentials")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def dv_vs_temperature(errors: pd.DataFrame, path: str | Path, alpha_v: float = THERMAL_EXPANSION_V,

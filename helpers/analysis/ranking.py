@@ -3,7 +3,11 @@
 - **Same structures.** Potentials are compared on the structures *every ranked potential attempted*
   (not the ones each converged: that would throw out the hardest cases). A potential that attempted
   fewer than :data:`MIN_RANKED` structures is listed, not ranked; when the shared set is smaller than
-  that, the potential with the fewest attempts is set aside, then the next.
+  that, the potential with the fewest attempts is set aside, then the next. A potential still running
+  (or stopped) has attempted only part of its targets and so limits the shared set: given the targets
+  (the structures each potential is to relax), every row says how many it has not reached, and
+  :func:`partial_sentence` says which potentials are partial and how large the shared set would be
+  without them — the set is never shrunk in silence.
 - **Failures are failures.** A relaxation that did not converge (step cap, explosion, error) scores
   |ΔV| = ∞: it counts against ``within_5pct`` / ``within_10pct``, raises ``failure_rate``, and pushes
   the ranking metric — the median |ΔV| over the shared structures with failures as ∞ — up.
@@ -27,6 +31,8 @@
 from __future__ import annotations
 
 import itertools
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -103,7 +109,8 @@ def _metric(scores: np.ndarray, axis: int = 0) -> np.ndarray:
 def per_potential(dv: np.ndarray) -> dict[str, np.ndarray]:
     """Per column: failure_rate, within_5pct, within_10pct (failures count as outside), bias, spread, metric."""
     scores = _scores(dv)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column of failures only: NaN bias, as meant
         bias = np.nanmedian(dv, axis=0) if dv.size else np.array([])
         spread = np.nanmedian(np.abs(dv - bias), axis=0) if dv.size else np.array([])
     return {"failure_rate": np.isnan(dv).mean(axis=0), "within_5pct": (scores < 5).mean(axis=0),
@@ -116,14 +123,59 @@ def _interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray
     return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
 
 
+def _base(potential: str) -> str:
+    """The registered name of a run label (``name[hash7]`` when a potential ran with several settings)."""
+    return str(potential).split("[")[0]
+
+
+def reach(errors: pd.DataFrame, targets: Mapping[str, Iterable[str]] | None) -> dict[str, dict[str, int]]:
+    """Per potential of ``errors``: ``n_attempted``, and with ``targets`` (potential -> the structure ids it is
+    to relax, in the sample of ``errors``; run labels ``name[hash7]`` use their name's) ``n_targets`` and
+    ``n_not_reached`` (targets it has no row for yet)."""
+    out = {}
+    for p, group in errors.groupby("potential"):
+        attempted = set(group["structure_id"].astype(str))
+        row = {"n_attempted": len(attempted)}
+        wanted = (targets or {}).get(p, (targets or {}).get(_base(p)))
+        if wanted is not None:
+            wanted = {str(i) for i in wanted}
+            row.update(n_targets=len(wanted), n_not_reached=len(wanted - attempted))
+        out[p] = row
+    return out
+
+
+def partial_sentence(result: dict[str, Any]) -> str:
+    """Which potentials have not reached all their targets, by how many, and what that does to the shared
+    set ("" when every potential reached every target, or the targets are unknown)."""
+    partial = result.get("partial") or {}
+    if not partial:
+        return ""
+    named = ", ".join(f"{display_name(p)} has not reached {n} of its {m} target structures"
+                      for p, (n, m) in sorted(partial.items()))
+    ranked = [p for p in partial if p in set(result["table"].loc[result["table"]["ranked"].astype(bool), "potential"])]
+    effect = (f"The shared set holds only what every ranked potential attempted: {len(result['shared'])} structures"
+              + (f"; without the partial ones ({', '.join(display_name(p) for p in sorted(ranked))}) it would "
+                 f"hold {result['n_shared_complete']}" if ranked and result.get("n_shared_complete") is not None
+                 else "") + ".")
+    return f"Partial (still running or stopped): {named}. {effect}"
+
+
 def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = CI_LEVEL,
                     alpha_v: float = THERMAL_EXPANSION_V, alpha_v_sd: float = ALPHA_V_SD,
-                    min_ranked: int = MIN_RANKED) -> dict[str, Any]:
+                    min_ranked: int = MIN_RANKED, targets: Mapping[str, Iterable[str]] | None = None) -> dict[str, Any]:
     """The ranking (see the module docstring) of the potentials in ``errors`` (every attempt, one sample set).
 
-    Returns ``table`` (one row per potential: ranked ones first by the 0 K metric, then the listed ones),
-    ``pairs`` (every pair of ranked potentials), ``shared`` (the structure ids) and ``n_unknown_t``."""
+    ``targets`` (optional): potential -> the structure ids it is to relax (in this sample); every row then
+    says ``n_targets`` and ``n_not_reached``. Returns ``table`` (one row per potential: ranked ones first by
+    the 0 K metric, then the listed ones), ``pairs`` (every pair of ranked potentials), ``shared`` (the
+    structure ids), ``n_unknown_t``, ``partial`` (potential -> (targets not reached, targets)) and
+    ``n_shared_complete`` (the shared set of the ranked potentials that are not partial)."""
     potentials, ids, not_ranked = shared_set(errors, min_ranked)
+    reached = reach(errors, targets)
+    partial = {p: (r["n_not_reached"], r["n_targets"]) for p, r in reached.items() if r.get("n_not_reached")}
+    complete = [p for p in potentials if p not in partial]
+    attempted = {p: set(g["structure_id"]) for p, g in errors.groupby("potential")}
+    n_shared_complete = len(set.intersection(*(attempted[p] for p in complete))) if complete else None
     rows: list[dict[str, Any]] = []
     pairs = pd.DataFrame()
     n_unknown = 0
@@ -163,7 +215,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
                 "within_5pct_uncorrected": float(point_t["within_5pct"][j]),
                 "metric_uncorrected_ci_low": float(low_t[j]) if have_boot else np.nan,
                 "metric_uncorrected_ci_high": float(high_t[j]) if have_boot else np.nan,
-                "note": _is_unfit(p)})
+                "note": _is_unfit(p), **reached[p]})
         pairs = paired_verdicts(dv_0, potentials, level)
     for p, why in sorted(not_ranked.items()):
         own = errors[errors["potential"] == p]
@@ -171,7 +223,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
         dv_t, _, temperature = _matrices(errors, [p], own_ids)
         dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
         stats0 = per_potential(dv_0)
-        rows.append({"potential": p, "ranked": False, "rank": np.nan, "n_shared": 0,
+        rows.append({"potential": p, "ranked": False, "rank": np.nan, "n_shared": 0, **reached[p],
                      "n_attempted": len(own_ids), "n_converged": int((~np.isnan(dv_t[:, 0])).sum()),
                      **{k: float(v[0]) for k, v in stats0.items()},
                      "metric_uncorrected": float(per_potential(dv_t)["metric"][0]),
@@ -180,7 +232,8 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
     if len(table):
         table = table.sort_values(["ranked", "rank", "potential"], ascending=[False, True, True],
                                   na_position="last").reset_index(drop=True)
-    return {"table": table, "pairs": pairs, "shared": ids, "n_unknown_t": n_unknown}
+    return {"table": table, "pairs": pairs, "shared": ids, "n_unknown_t": n_unknown, "partial": partial,
+            "n_shared_complete": n_shared_complete}
 
 
 def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEVEL,

@@ -21,6 +21,7 @@ import pandas as pd
 
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
+from helpers.analysis.ranking_targets import science_targets
 from helpers.analysis.report_sections import (
     ReportInputs,
     _markdown,
@@ -559,8 +560,6 @@ def appendix_section(inputs: ReportInputs) -> list[str]:
         "Subsets: " + (", ".join(f"{display_name(p)} {subset_text(p, n)}" for p, n in plan.max_atoms.items() if n)
                        or "every potential relaxed every clean structure") + ".",
         "", *_common_section(science),
-        *_figure_link("μ and median with 95 % CIs per potential", "ci_volume.png", inputs.extra.get("copied", [])),
-        *_figure_link("ΔV histograms, all potentials", "overlay_volume.png", inputs.extra.get("copied", [])),
         "### Cell lengths, angles and density", "", _markdown(lattice_table(summary)), "",
         "### Before and after the temperature correction (α_V fixed, entries with a temperature)", "",
         _markdown(thermal_table(tables["thermal_summary"])), "",
@@ -594,8 +593,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     figures = docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)  # may be a symlink; the files in it that are not ours stay
     copied = []
-    for name in ("ci_volume.png", "ci_a1.png", "overlay_volume.png", "dv_vs_temperature.png", "status_counts.png",
-                 *(f"hist_{p}_volume.png" for p in sorted(set(errors.get("potential", []))))):
+    for name in ("dv_vs_temperature.png",):  # the analysis's figures the report shows (it draws the others)
         source = Path(analysis_dir) / name
         if source.is_file():
             _replace_file(figures / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
@@ -609,7 +607,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         shrink_png(path)  # our own file, just put in place
     inputs = ReportInputs(tables=tables, plan=plan, info=info, docs=docs, figures=figures,
                           extra={"pictures": pictures, "clean_fraction": clean_fraction, "potentials": potentials,
-                                  "copied": copied, "analysis_dir": Path(analysis_dir)})
+                                  "copied": copied, "analysis_dir": Path(analysis_dir),
+                                  "targets": science_targets(plan)})  # what "partial" means in the ranking
     # the report, section by section; a new section is one function (inputs -> markdown lines) and one line here
     sections = [
         header_section,

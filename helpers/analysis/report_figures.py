@@ -3,6 +3,8 @@
 - :func:`histogram_grid`: one panel per potential, its ΔV histogram (the study's bins and window) with the
   Gaussian the study's procedure fits to it — the study's figure type, shown for every potential at once.
 - :func:`ranking_intervals`: the ranking metric with its 95 % CI per ranked potential, n beside each.
+- :func:`median_intervals`: 04_analysis's per-quantity view, each potential's median with its 95 % CI, n beside
+  it (the entries the study counts: every entry; one row per potential).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ def colours(potentials) -> dict[str, tuple]:
     return {p: cmap(k % 20) for k, p in enumerate(sorted(potentials))}
 
 
-def histogram_grid(errors: pd.DataFrame, path: str | Path, column: str = "dV_pct") -> Path | None:
-    """Small multiples: each potential's converged ΔV histogram with its fitted Gaussian, n in the title."""
+def histogram_grid(errors: pd.DataFrame, path: str | Path, column: str = "dV_pct",
+                   xlabel: str = "ΔV = (V_relaxed − V_exp)/V_exp [%]") -> Path | None:
+    """Small multiples: each potential's converged histogram of ``column`` (ΔV) with its fitted Gaussian, n in
+    the title."""
     data = errors[errors["status"] == "converged"] if "status" in errors else errors
     groups = {p: pd.to_numeric(g[column], errors="coerce").dropna().to_numpy() for p, g in data.groupby("potential")}
     groups = {p: v for p, v in groups.items() if v.size}
@@ -55,7 +59,7 @@ def histogram_grid(errors: pd.DataFrame, path: str | Path, column: str = "dV_pct
         ax.set_title(f"{display_name(potential)} (n = {values.size})", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes[-1]:
-        ax.set_xlabel("ΔV = (V_relaxed − V_exp)/V_exp [%]", fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
     return _save(fig, path, dpi=90)
 
 
@@ -80,3 +84,28 @@ def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
     return _save(fig, path, dpi=90)
 
 
+
+
+def median_intervals(summary: pd.DataFrame, path: str | Path, quantity: str = "volume") -> Path | None:
+    """Each potential's median of ``quantity`` with its 95 % CI (summary.csv, entries "all"), n beside it."""
+    from helpers.analysis.quantities import QUANTITIES
+
+    rows = summary[summary["quantity"] == quantity]
+    if "entries" in rows:
+        rows = rows[rows["entries"] == "all"]
+    rows = rows[np.isfinite(pd.to_numeric(rows["median"], errors="coerce"))].sort_values("potential")
+    if rows.empty:
+        return None
+    colour = colours(rows["potential"])
+    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(rows) + 1.0))
+    for k, row in enumerate(rows.itertuples()):
+        y = len(rows) - 1 - k
+        low, high = row.median_ci_low, row.median_ci_high
+        err = [[row.median - low if np.isfinite(low) else 0], [high - row.median if np.isfinite(high) else 0]]
+        ax.errorbar(row.median, y, xerr=err, fmt="o", color=colour[row.potential], capsize=3)
+        ax.text(1.01, y, f"n = {int(row.n)}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [display_name(p) for p in rows["potential"]][::-1], fontsize=8)
+    ax.axvline(0, color="grey", lw=0.6)
+    q = QUANTITIES[quantity]
+    ax.set_xlabel(f"median {q.label} [{q.unit}] (95 % CI)", fontsize=8)
+    return _save(fig, path, dpi=90)

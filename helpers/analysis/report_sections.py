@@ -28,6 +28,7 @@ from helpers.analysis.ranking import (
     MIN_RANKED,
     T_ASSUMED,
     T_UNKNOWN_RANGE,
+    partial_sentence,
     rank_potentials,
 )
 from helpers.analysis.results_json import update_results_json
@@ -68,7 +69,7 @@ class ReportInputs:
         """:func:`helpers.analysis.ranking.rank_potentials` of the science sample."""
         if self.science.empty or "potential" not in self.science:
             return {"table": pd.DataFrame(), "pairs": pd.DataFrame(), "shared": [], "n_unknown_t": 0}
-        return rank_potentials(self.science, n_boot=self.n_boot, seed=self.seed)
+        return rank_potentials(self.science, n_boot=self.n_boot, seed=self.seed, targets=self.extra.get("targets"))
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -242,7 +243,7 @@ def publish_ranking(inputs: ReportInputs) -> None:
     table, pairs = inputs.ranking["table"], inputs.ranking["pairs"]
     keys = ("ranked", "rank", "rank_ci_low", "rank_ci_high", "n_shared", "n_converged", "failure_rate",
             "within_5pct", "within_10pct", "bias", "spread", "metric", "metric_ci_low", "metric_ci_high",
-            "metric_uncorrected", "note")
+            "metric_uncorrected", "note", "n_attempted", "n_targets", "n_not_reached")
     payload = {r["potential"]: {k: r.get(k) for k in keys} | {"display_name": display_name(r["potential"])}
                for r in table.to_dict("records")}
     for value in payload.values():  # infinite metrics (more than half failed) as the string JSON can hold
@@ -253,7 +254,8 @@ def publish_ranking(inputs: ReportInputs) -> None:
     update_results_json(inputs.docs, "ranking", {
         "metric": "median |ΔV| against the 0 K-extrapolated cell, failures scored as ∞, on the shared science "
                   "structures", "assumption": assumption_text(), "shared_ids": inputs.ranking["shared"],
-        "n_unknown_temperature": inputs.ranking["n_unknown_t"]})
+        "n_unknown_temperature": inputs.ranking["n_unknown_t"],
+        "partial": {p: {"not_reached": n, "targets": m} for p, (n, m) in inputs.ranking.get("partial", {}).items()}})
     update_results_json(inputs.docs, "paired", pairs.to_dict("records") if len(pairs) else [])
 
 
@@ -264,6 +266,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
     publish_ranking(inputs)
     figure = _figure(report_figures.ranking_intervals(table, inputs.figures / "ranking_ci.png"),
                      "Ranking metric with 95 % CIs, n per potential")
+    partial = partial_sentence(inputs.ranking)  # potentials still running: how far the shared set is cut
     lines = ["## Ranking on shared structures (primary: against the 0 K-extrapolated experiment)", "",
              f"{len(inputs.ranking['shared'])} science structures attempted by every ranked potential "
              f"({inputs.ranking['n_unknown_t']} of them without a measurement temperature, kept: "
@@ -272,7 +275,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
              "estimator: median and MAD in every column); CIs: paired bootstrap over structures with α_V redrawn "
              f"per structure. Potentials with fewer than {MIN_RANKED} structures are listed, not ranked. "
              "Beside it the uncorrected view (the study's, against the cell as measured).", "",
-             _markdown(_rank_rows(table)), "", *figure]
+             _markdown(_rank_rows(table)), "", *([partial, ""] if partial else []), *figure]
     if len(pairs):
         rows = [{"A": display_name(r.potential_a), "B": display_name(r.potential_b), "n": int(r.n),
                  "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",

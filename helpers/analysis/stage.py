@@ -25,7 +25,7 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers.analysis import compounds, consensus, sample_sets
+from helpers.analysis import compounds, consensus, sample_sets, start_backfill
 from helpers.analysis.distributions import median_mad
 from helpers.analysis.quantities import (
     BASE_QUANTITIES,
@@ -597,7 +597,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
                  progress: bool = False, one_per_compound: Any = compounds.DEFAULT_RULE,
                  n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
                  settings_hashes: Sequence[str] | None = None,
-                 max_atoms: dict[str, int | None] | None = None) -> dict[str, Any]:
+                 max_atoms: dict[str, int | None] | None = None, backfill_start_tells: Any = True) -> dict[str, Any]:
     """Notebook 04 in one call: collect errors, compute every table, write CSVs and figures.
 
     Writes to ``out_dir``: errors.csv (one row per structure × potential, with the thermal
@@ -605,28 +605,38 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     layout, with status counts), study_table_wide.csv, status_counts.csv, outliers.csv,
     outlier_fractions.csv, temperature_bands.csv, thermal_summary.csv, paired_volume.csv,
     paired_a1.csv, structure_summary.csv; figures hist_<potential>_<quantity>.png,
-    overlay_<quantity>.png, dv_vs_temperature.png, paired_<a>_vs_<b>.png, status_counts.png,
-    ci_<quantity>.png (μ and median with their 95 % CIs per potential).
+    hist_grid_<quantity>.png (every potential's histogram and Gaussian, small multiples), dv_vs_temperature.png,
+    paired_<a>_vs_<b>.png, status_counts.png, median_ci_<quantity>.png (median and its 95 % CI per potential).
 
     ``one_per_compound`` (rule of :mod:`helpers.analysis.compounds`, default "r_factor,temperature";
     None / "" / "None" disables): when clean rows carry ``compound_key``, summary.csv holds every
     statistic twice, ``entries`` = "all" and "one_per_compound". ``n_boot``/``boot_seed``: the
     bootstrap CIs. ``settings_hashes``: analyse only rows made with these settings (the rest are listed in
     left_out.csv); None: every run, told apart by hash when a potential has several. ``max_atoms``: each
-    potential's subset (:func:`collect_errors`). Parameters may
+    potential's subset (:func:`collect_errors`). ``backfill_start_tells`` (with ``clean_db``): first give the rows
+    this analysis uses that lack the start tells one model call each (:mod:`helpers.analysis.start_backfill`,
+    written into the relaxed databases; False: off). Parameters may
     arrive as strings (papermill's command line): they are coerced
     and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
     (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
     """
     compounds.parse_rule(one_per_compound)  # bad parameters fail before any work
     _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
-    _hash_prefixes(settings_hashes)
+    keep = _hash_prefixes(settings_hashes)
+    from helpers.run.parameters import boolean
+
+    try:
+        backfill = boolean(backfill_start_tells)
+    except TypeError:
+        raise ValueError(f"backfill_start_tells must be true or false, got {backfill_start_tells!r}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(out)
     if structure and clean_db is None:
         log.warning("structure checks need clean_db; skipped")
         structure = False
+    if backfill and clean_db is not None:  # issue 36: rows relaxed before the start tells were recorded
+        start_backfill.backfill_for_analysis(resolve_many(relaxed_dbs), clean_db, keep, progress=True)
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
                             progress=progress, settings_hashes=settings_hashes, max_atoms=max_atoms)
     return analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
@@ -706,7 +716,8 @@ OUTPUT_PATTERNS = (ANALYSIS_COMPLETE,) + tuple(f"{name}.csv" for name in (
     "errors", "summary", "status_counts", "study_table", "study_table_wide", "outliers", "outlier_fractions",
     "temperature_bands", "thermal_summary", "paired_volume", "paired_a1", "structure_summary", "left_out",
     "consensus_outliers", "consensus_effect", "sets_summary")) + (
-    "hist_*.png", "overlay_*.png", "ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png")
+    "hist_*.png", "median_ci_*.png", "paired_*.png", "dv_vs_temperature.png", "status_counts.png",
+    "overlay_*.png", "ci_*.png")  # the last two: figures of earlier versions, removed from an old out_dir
 
 
 def land_analysis(partial: str | Path, out: str | Path) -> None:
@@ -744,7 +755,7 @@ def _as_int(value: Any, name: str, minimum: int) -> int:
 
 def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str], converged_only: bool, *,
                    threshold_pct: float, alpha_v: float, t_ref: float, edges: Sequence[float]) -> list[Path]:
-    from helpers.analysis import plots
+    from helpers.analysis import plots, report_figures
 
     errors = sample_sets.science(results["errors"])
     data = _select(errors, converged_only)
@@ -760,12 +771,14 @@ def _write_figures(results: dict[str, Any], out: Path, quantities: Sequence[str]
             record = summary.loc[(potential, name)] if (potential, name) in summary.index else None
             figures.append(plots.histogram_with_fit(values.to_numpy(), path, name, potential, threshold_pct,
                                                     record=record))
-    for name in quantities:
-        if not QUANTITIES[name].symmetric and name in summary.index.get_level_values("quantity"):
-            figures.append(plots.ci_summary(results["summary"], out / f"ci_{name}.png", name))
-    for name in quantities:
-        if not data.empty and data[QUANTITIES[name].column].notna().any():
-            figures.append(plots.overlay(data, out / f"overlay_{name}.png", quantity=name))
+    for name in quantities:  # the report's small multiples: one colour per potential, n on every panel
+        q = QUANTITIES[name]
+        if not q.symmetric and name in summary.index.get_level_values("quantity"):
+            figures.append(report_figures.median_intervals(results["summary"], out / f"median_ci_{name}.png", name))
+        if not data.empty and data[q.column].notna().any():
+            figures.append(report_figures.histogram_grid(data, out / f"hist_grid_{name}.png", q.column,
+                                                         f"{q.label} [{q.unit}]"))
+    figures = [f for f in figures if f is not None]
     if not data.empty and pd.to_numeric(data["temperature"], errors="coerce").notna().any():
         figures.append(plots.dv_vs_temperature(data, out / "dv_vs_temperature.png", alpha_v, t_ref, edges))
     wide = paired_table(errors, "volume", converged_only)

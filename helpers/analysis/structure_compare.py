@@ -203,13 +203,62 @@ def bonds(atoms: Atoms, mult: float = BOND_MULT) -> set[tuple[int, int]]:
     return {(int(a), int(b)) for a, b in zip(i, j) if a < b}
 
 
-def bond_changes(atoms: Atoms, broken: set[tuple[int, int]], formed: set[tuple[int, int]]) -> str:
+#: a bond with its image: (i, j, shift of j) — atom j of the cell ``shift`` (integers, in cell vectors) away
+Bond = tuple[int, int, tuple[int, int, int]]
+
+
+def _one_way(i: int, j: int, shift) -> Bond:
+    """The bond i–j(shift) written once: i < j, or for an atom bonded to its own image the shift that
+    comes first (each bond is found from both ends, as j–i(−shift))."""
+    shift = tuple(int(v) for v in shift)
+    if i > j or (i == j and shift < tuple(-v for v in shift)):
+        return j, i, tuple(-v for v in shift)
+    return i, j, shift
+
+
+def bonds_with_images(atoms: Atoms, mult: float = BOND_MULT, basis: np.ndarray | None = None,
+                      reference: tuple[np.ndarray, np.ndarray] | None = None) -> set[Bond]:
+    """Covalent bonds with the periodic image they reach (the criterion of :func:`bonds`).
+
+    Atom i bonds to atom j of the cell ``shift`` away. Two copies of one pair through different images (a
+    chain along a short axis) are two bonds, and an atom bonded to its own image is one: the pair set of
+    :func:`bonds` merges or drops them, and so hides a break there. To compare two structures, write the
+    shifts in one setting: ``basis`` (integer matrix, e.g. the inverse of :func:`match_setting`'s
+    transform) takes them to it, and ``reference`` = (fractional positions of these atoms, of the reference
+    structure's), both in that setting (:func:`fractional_pair`), writes each bond as the image it is in the
+    reference: the shift that keeps the bond's vector i -> j closest to the reference's. Pair by pair, so
+    neither atoms wrapped back into the cell nor a molecule moved or turned as a whole change a shift.
+    """
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return set()
+    radii = mult * covalent_radii[atoms.numbers]
+    i, j, shifts = neighbor_list("ijS", atoms, radii.tolist(), self_interaction=False)
+    shifts = np.rint(shifts @ basis).astype(int) if basis is not None else shifts
+    if reference is not None:
+        now, then = reference
+        shifts = shifts + np.rint((now[j] - now[i]) - (then[j] - then[i])).astype(int)
+    return {_one_way(int(a), int(b), s) for a, b, s in zip(i, j, shifts)}
+
+
+def fractional_pair(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional positions of the relaxed and the experimental atoms, both in the experimental setting
+    (``transform`` @ relaxed cell, :func:`match_setting`): the ``reference`` of :func:`bonds_with_images`."""
+    transform = np.eye(3) if transform is None else transform
+    frac_rel = relaxed.positions @ np.linalg.inv(transform @ np.asarray(relaxed.cell))
+    return frac_rel, exp.positions @ np.linalg.inv(np.asarray(exp.cell))
+
+
+def bond_changes(atoms: Atoms, broken, formed) -> str:
     """Which bonds a relaxation broke and formed, by element pair: ``"broken O-O x2; formed N-O x2"``
-    ("" when the bond graph is unchanged): the chemistry changed, a candidate CIF error (issue 36)."""
+    ("" when the bond graph is unchanged): the chemistry changed, a candidate CIF error (issue 36).
+    ``broken``/``formed``: pairs (i, j) or bonds with their image (i, j, shift)."""
     symbols = atoms.get_chemical_symbols()
     parts = []
     for what, pairs in (("broken", broken), ("formed", formed)):
-        kinds = Counter("-".join(sorted((symbols[i], symbols[j]))) for i, j in pairs)
+        kinds = Counter("-".join(sorted((symbols[p[0]], symbols[p[1]]))) for p in pairs)
         if kinds:
             parts.append(f"{what} " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
     return "; ".join(parts)
@@ -291,10 +340,15 @@ def compare_structures(exp: Atoms, relaxed: Atoms, transform: np.ndarray | None 
     out["n_molecules_relaxed"] = sum(mol_rel.values())
     out["molecules_same"] = mol_exp == mol_rel
     if same_atoms:
-        out["bonds_broken"] = len(b_exp - b_rel)
-        out["bonds_formed"] = len(b_rel - b_exp)
-        out["bonds_intact"] = b_exp == b_rel
-        out["bond_changes"] = bond_changes(exp, b_exp - b_rel, b_rel - b_exp)
+        # bonds with the image they reach, in the experimental setting, wrapping undone: a molecule across
+        # a cell edge is the same molecule, a bond to another image is another bond
+        t = np.eye(3) if transform is None else np.asarray(transform, dtype=float)
+        i_exp = bonds_with_images(exp)
+        i_rel = bonds_with_images(relaxed, basis=np.linalg.inv(t), reference=fractional_pair(exp, relaxed, t))
+        out["bonds_broken"] = len(i_exp - i_rel)
+        out["bonds_formed"] = len(i_rel - i_exp)
+        out["bonds_intact"] = i_exp == i_rel
+        out["bond_changes"] = bond_changes(exp, sorted(i_exp - i_rel), sorted(i_rel - i_exp))
         disp = displacements(exp, relaxed, transform)
         heavy = disp[exp.numbers > 1]
         out["rmsd_A"] = float(np.sqrt(np.mean(disp**2)))

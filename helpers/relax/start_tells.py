@@ -13,10 +13,16 @@ and writes the keys into the relaxed database.
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase import units
+
+log = logging.getLogger(__name__)
 
 #: the keys written into relaxed rows
 KEYS = ("start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress")
@@ -67,37 +73,93 @@ def evaluate_start(atoms, calc) -> dict[str, float]:
     return start_tells(forces, stress, atoms.numbers)
 
 
+#: a row whose back-fill failed records why here (and is not tried again unless asked): a failure is
+#: the row's, it does not stop the others
+ERROR_KEY = "start_tells_error"
+
+
 def backfill_start_tells(relaxed_db: str, clean_db: str, potential: str | None = None,
                          calculator_options: dict | None = None, limit: int | None = None,
-                         progress: bool = False) -> int:
+                         progress: bool = False, **options: Any) -> int:
     """Write the start tells into rows of ``relaxed_db`` that lack ``start_fmax``; returns how many.
 
-    The potential (each row's ``potential``, or ``potential``) is evaluated once on the clean
-    database's structure of the row's ``structure_id``; skipped/crashed rows (never started) are left.
-    Only key-value pairs are added: atoms, settings hashes and every other key stay as they are.
+    :func:`fill_start_tells` with its counts reduced to the rows filled (``options``: its keywords)."""
+    return fill_start_tells(relaxed_db, clean_db, potential, calculator_options, limit, progress, **options)["filled"]
+
+
+def _calculator_options(row, given: dict | None) -> tuple[dict, str | None]:
+    """The options the row's relaxation made its calculator with (its data's ``calculator_options``, which
+    hold only those that change the answers), or why they cannot be made again."""
+    from helpers.relax.potentials.registry import MODEL_FILE_HASH
+
+    recorded = dict((row.data or {}).get("calculator_options") or {})
+    if MODEL_FILE_HASH in recorded:
+        return {}, "relaxed with a model file of its own (only its sha256 is recorded): not back-filled"
+    return {**recorded, **(given or {})}, None
+
+
+def fill_start_tells(relaxed_db: str, clean_db: str, potential: str | None = None,
+                     calculator_options: dict | None = None, limit: int | None = None, progress: bool = False, *,
+                     keep: Callable[[Any], bool] | None = None, retry_failed: bool = False) -> dict[str, int]:
+    """Write the start tells into rows of ``relaxed_db`` that lack ``start_fmax``: one model call each.
+
+    The potential (each row's ``potential``, or ``potential``) is evaluated once on the clean database's
+    structure of the row's ``structure_id``, with the calculator options its relaxation recorded;
+    skipped/crashed rows (never started) are left. Only key-value pairs are added: atoms, settings hashes and
+    every other key stay as they are. Resumable: each row is written as soon as it is done.
+
+    A row that fails (the model raises, no finite forces, options that cannot be made again) gets
+    :data:`ERROR_KEY` and is not tried again unless ``retry_failed``; a potential whose calculator cannot be
+    made here (package missing) is logged and its rows left for a later run. ``keep(row)``: only rows it
+    accepts (e.g. the rows an analysis uses). Returns counts: ``filled``, ``failed``, ``no_clean_row``,
+    ``unavailable`` (rows of potentials without a calculator here).
     """
+    from tqdm.auto import tqdm
+
     from helpers.relax.potentials.registry import get_potential
     from helpers.store import db as dbmod
 
     out = dbmod.connect(relaxed_db, must_exist=True)
     clean = dbmod.connect(clean_db, must_exist=True)
-    todo = [(row.id, row.structure_id, row.get("potential")) for row in out.select()
+    clean_ids = dbmod.ids_with(clean, "structure_id")
+    todo = [row for row in out.select()
             if row.get("start_fmax") is None and row.get("e_initial") is not None
-            and (potential is None or row.get("potential") == potential)][:limit]
-    calcs: dict[str, Any] = {}
-    done = 0
-    for row_id, sid, pot in todo:
-        name = pot or potential
-        if name not in calcs:
-            calcs[name] = get_potential(name).calculator(**(calculator_options or {}))
-        try:
-            exp = clean.get(structure_id=sid)
-        except KeyError:
+            and (retry_failed or row.get(ERROR_KEY) is None)
+            and (potential is None or row.get("potential") == potential) and (keep is None or keep(row))][:limit]
+    counts = {"filled": 0, "failed": 0, "no_clean_row": 0, "unavailable": 0}
+    calcs: dict[tuple[str, str], Any] = {}
+    bar = tqdm(todo, desc=f"start tells {Path(str(relaxed_db)).name}", unit="row", disable=not (progress and todo))
+    for row in bar:
+        name = row.get("potential") or potential
+        sid = str(row.get("structure_id"))
+        if sid not in clean_ids:
+            counts["no_clean_row"] += 1
             continue
-        tells = evaluate_start(exp.toatoms(), calcs[name])
-        if tells:
-            out.update(row_id, **tells)
-            done += 1
-        if progress:
-            print(f"{sid} {name}: {tells}")
-    return done
+        options, why_not = _calculator_options(row, calculator_options)
+        tells: dict[str, float] = {}
+        if why_not is None:
+            key = (name, json.dumps(options, sort_keys=True, default=str))
+            if key not in calcs:
+                try:
+                    calcs[key] = get_potential(name).calculator(**options)
+                except Exception as exc:  # noqa: BLE001 - this machine cannot make it: later runs may
+                    log.warning("start tells: no %s calculator here (%s: %s); its rows are left for a later run",
+                                name, type(exc).__name__, exc)
+                    calcs[key] = None
+            if calcs[key] is None:
+                counts["unavailable"] += 1
+                continue
+            try:
+                tells = evaluate_start(clean.get(id=clean_ids[sid]).toatoms(), calcs[key])
+                why_not = None if "start_fmax" in tells else "no finite forces at the experimental geometry"
+            except Exception as exc:  # noqa: BLE001 - one row's failure is recorded, not raised
+                why_not = f"{type(exc).__name__}: {exc}"
+        if why_not is None:
+            out.update(row.id, **tells)
+            counts["filled"] += 1
+        else:
+            out.update(row.id, **{ERROR_KEY: why_not[:300]})
+            counts["failed"] += 1
+        bar.set_postfix(counts)
+    bar.close()
+    return counts

@@ -221,7 +221,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "structure": boolean, "matcher": boolean, "one_per_compound": compound_rule, "n_boot": integer(0),
         "boot_seed": integer(0),
         "settings_hashes": optional(sequence(text, "a list of settings hashes")),
-        "max_atoms": optional(atom_limits),
+        "max_atoms": optional(atom_limits), "backfill_start_tells": boolean,
     },
     "05_lattice_energy": {
         "potential": potential_name, "benchmarks": sequence(choice("x23", "ice13"), "a list of x23, ice13"),
