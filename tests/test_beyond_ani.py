@@ -210,7 +210,7 @@ def test_aimnet2_conversion_reproduces_the_original_network():
     under PBC), which moves the ethanol energy by 7 meV."""
     from ase.build import molecule
 
-    from helpers.relax.potentials.beyond_ani import aimnet2_weights_path
+    from helpers.relax.potentials.factories import aimnet2_weights_path
 
     ensemble = torch.jit.load(str(aimnet2_weights_path()), map_location="cpu")
     original = next(m for _, m in ensemble.models.named_children())  # member 0
@@ -223,9 +223,11 @@ def test_aimnet2_conversion_reproduces_the_original_network():
 
 
 def test_a_missing_package_is_named_before_anything_runs():
+    """A plugin's potential (no family, so no extra) names the distributions to install; built-ins name their
+    extra (tests/test_potential_cards.py)."""
     from dataclasses import replace
 
-    pot = replace(REGISTRY["gfn-ff"], name="gfn-ff-elsewhere", packages=("gfnff", "no-such-codani-dist"))
+    pot = replace(REGISTRY["gfn-ff"], name="gfn-ff-elsewhere", packages=("gfnff", "no-such-codani-dist"), family="")
     assert pot.missing_packages() == ["no-such-codani-dist"]
     with pytest.raises(ImportError, match="pip install torch==2.13.0 no-such-codani-dist"):
         pot.calculator()
@@ -233,7 +235,7 @@ def test_a_missing_package_is_named_before_anything_runs():
 
 def test_sevennet_mf0_evaluates_its_r2scan_head_with_r2scan_d3(co2):
     """The multi-fidelity card must run the r²SCAN head (not the PBE one) and r²SCAN's D3 parameters."""
-    from helpers.relax.potentials.beyond_ani import make_sevennet_d3
+    from helpers.relax.potentials.factories import make_sevennet_d3
 
     def energy(calc) -> float:
         atoms = co2.copy()
