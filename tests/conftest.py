@@ -93,3 +93,18 @@ def co2(shared_data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ase.io.read(shared_data / "cod-sample" / "1010060.cif")
+
+
+@pytest.fixture
+def require_potential():
+    """``require_potential(name)``: the registered potential, or the test is skipped with the command that
+    installs its family (``pip install 'codani[<extra>]'``) when one of its packages is missing."""
+    from helpers.relax.potentials.registry import get_potential
+
+    def require(name: str):
+        potential = get_potential(name)
+        if potential.missing_packages():
+            pytest.skip(potential.install_hint())
+        return potential
+
+    return require

@@ -29,7 +29,7 @@ from helpers.relax.potentials.factories import FACTORIES
 from helpers.relax.potentials.plugins import ENTRY_POINT_GROUP, PluginWarning, entry_point_potentials
 
 __all__ = ["FAMILY_EXTRAS", "MODEL_FILE_HASH", "REGISTRY", "Potential", "file_sha256", "get_potential",
-           "load_plugins", "potentials_table", "register"]
+           "elements_text", "load_plugins", "potentials_table", "register"]
 
 REGISTRY: dict[str, Potential] = {}
 
@@ -80,7 +80,7 @@ def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
     return names
 
 
-def _elements_text(elements: frozenset[str]) -> str:
+def elements_text(elements: frozenset[str]) -> str:
     """Short text for an element set: the list when short, a count and a range when long."""
     from ase.data import atomic_numbers
 
@@ -98,7 +98,7 @@ def potentials_table(plugins: bool = True) -> list[dict[str, str]]:
     if plugins:
         load_plugins()
     return [{"name": p.name, "description": p.description, "source": p.source, "licence": p.licence,
-             "cost": p.cost, "elements": _elements_text(p.elements), "steps_per_atom": str(p.steps_per_atom),
+             "cost": p.cost, "elements": elements_text(p.elements), "steps_per_atom": str(p.steps_per_atom),
              "installed": "no: " + p.install_command() if p.missing_packages() else "yes",
              "citation": p.citation} for p in REGISTRY.values()]
 
