@@ -87,7 +87,7 @@ def check_float64(potential: Potential, calc: Calculator, atoms: Atoms) -> None:
 
 
 def check_forces(potential: Potential, calc: Calculator, atoms: Atoms, step: float = 1e-3, rtol: float = 1e-4,
-                 atol: float = 1e-4, indices: tuple[int, ...] = (0, -1)) -> float:
+                 atol: float = 1e-4, indices: tuple[int, ...] = (-1,)) -> float:
     """Forces on atoms ``indices`` against central differences of the energy; the largest deviation."""
     probe = atoms.copy()
     probe.calc = calc
@@ -102,8 +102,9 @@ def check_forces(potential: Potential, calc: Calculator, atoms: Atoms, step: flo
             fd = -(_energy(calc, plus) - _energy(calc, minus)) / (2 * step)
             worst = max(worst, abs(forces[a, k] - fd))
             if abs(forces[a, k] - fd) > tolerance:
-                raise ContractError(f"{potential.name}: force on atom {a} axis {k} is {forces[a, k]:.6g} eV/Å, "
-                                    f"the energy's finite difference {fd:.6g} (tolerance {tolerance:.2g})")
+                raise ContractError(f"{potential.name}: force on atom {a % len(atoms)} axis {k} is "
+                                    f"{forces[a, k]:.6g} eV/Å, the energy's finite difference {fd:.6g} "
+                                    f"(tolerance {tolerance:.2g})")
     return worst
 
 

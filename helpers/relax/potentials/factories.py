@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from helpers.internals import aimnet_charges_per_fragment, aimnet_convert_v1_member, gfnff_topology_per_structure
+from helpers.relax.potentials.dispersion import with_dispersion, with_model_dispersion
+from helpers.relax.potentials.supercell import SupercellCalculator
 from helpers.vocabulary import CACHE_ENV
 
 # --- ANI: torchani (+ D3) --------------------------------------------------------------------------------------
@@ -44,8 +47,6 @@ def ani_factory(model_name: str, dispersion: str | None = None) -> Callable[...,
         calc = OnePassANICalculator(model)
         if dispersion is None:
             return calc
-        from helpers.relax.potentials.dispersion import with_model_dispersion
-
         return with_model_dispersion(calc, model_name)
 
     return make
@@ -79,8 +80,6 @@ def tblite_factory(method: str):
         (0: the bare cell at Γ, as tblite alone does); ``options`` go to ``TBLite``."""
         from tblite.ase import TBLite
 
-        from helpers.relax.potentials.supercell import SupercellCalculator
-
         _limit_openmp()
         calc = TBLite(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
                       max_iterations=max_iterations, verbosity=verbosity, **options)
@@ -110,8 +109,6 @@ def _topology_per_structure_gfnff() -> type:
     so keying the topology to that object keeps it fixed during a relaxation, as in xtb, and fresh for the
     next crystal. The override of a private gfnff method lives in :mod:`helpers.internals`.
     """
-    from helpers.internals import gfnff_topology_per_structure
-
     return gfnff_topology_per_structure()
 
 
@@ -119,8 +116,6 @@ def _topology_per_structure_gfnff() -> type:
 
 def with_pbe_d3(base: Calculator) -> Calculator:
     """``base`` + simple-dftd3's PBE D3(BJ), periodic, converged lattice sum (see :mod:`.dispersion`)."""
-    from helpers.relax.potentials.dispersion import with_dispersion
-
     return with_dispersion(base, "pbe", "d3bj")
 
 
@@ -133,8 +128,6 @@ def make_sevennet_d3(model: str, modal: str | None = None, functional: str = "pb
     ``dispersion=False`` gives the network alone (for comparison).
     """
     from sevenn.calculator import SevenNetCalculator
-
-    from helpers.relax.potentials.dispersion import with_dispersion
 
     calc = SevenNetCalculator(model, device="cpu", modal=modal, **options)
     return with_dispersion(calc, functional, "d3bj") if dispersion else calc
@@ -205,8 +198,6 @@ def convert_aimnet2_member(member: int, source: Path | None = None) -> Path:
 
     import torch
     from aimnet.models import __file__ as models_init
-
-    from helpers.internals import aimnet_convert_v1_member
 
     source = source or aimnet2_weights_path()
     digest = hashlib.sha256(f"{source.stat().st_size}:{source.name}:{version('aimnet')}".encode()).hexdigest()[:12]
@@ -298,8 +289,6 @@ class NeutralMolecules(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "charges"]
 
     def __init__(self, member: Calculator, **kwargs: Any) -> None:
-        from helpers.internals import aimnet_charges_per_fragment
-
         super().__init__(**kwargs)
         self.member = member
         self.model = member.base_calc.model
