@@ -38,6 +38,12 @@ def test_every_card_follows_the_schema_and_is_what_the_registry_holds(path):
     assert potential.elements == expand_elements(card["elements"]) >= {"C", "H", "N", "O"}
     assert (potential.citation, potential.licence, potential.cost) == (card["citation"], card["licence"], card["cost"])
     assert potential.family == card["family"] and "hessian_seed" not in card  # set by its own branch (issue 33)
+    data = potential.card()  # the card back from the potential: the same data
+    check_card(data, card["name"], built_in=False)
+    assert data == {**{k: v for k, v in card.items() if k not in ("factory", "factory_options")},
+                    "elements": data["elements"], "packages": card.get("packages", []),
+                    "answer_settings": card.get("answer_settings", {})}
+    assert frozenset(data["elements"]) == potential.elements
 
 
 def test_the_registry_is_the_cards_in_their_order():
@@ -126,3 +132,20 @@ def test_a_missing_family_names_its_extra(monkeypatch, require_potential):
     with pytest.raises(pytest.skip.Exception, match=r"pip install 'codani\[xtb\]'"):
         require_potential("gfn2-xtb")
     assert require_potential("ani1x") is REGISTRY["ani1x"]
+
+
+def test_a_model_file_plugin_gives_the_same_card(tmp_path):
+    """Entry-point and model-file potentials describe themselves with the same card (no factory, no family)."""
+    from ase.calculators.lj import LennardJones
+
+    from helpers.relax.potentials.plugins import model_file_potential
+
+    pot = model_file_potential("toy-file", lambda path, **kw: LennardJones(**kw), "toy.model", "https://example.org",
+                               elements=["H", "C", "N", "O"], steps_per_atom=6, citation="none", licence="MIT",
+                               cost="cheap", packages=("ase",))
+    card = pot.card()
+    check_card(card, "toy-file", FACTORIES, built_in=False)
+    assert card["family"] == "" and card["source"].startswith("model file toy.model") and card["packages"] == ["ase"]
+    with pytest.raises(CardError, match="missing required key 'factory'"):
+        check_card(card, "toy-file", FACTORIES)  # a built-in card must name its factory
+

@@ -65,6 +65,21 @@ class Potential:
     #: the family of a built-in potential (:data:`FAMILY_EXTRAS`); "" for a plugin's
     family: str = ""
 
+    def card(self) -> dict[str, Any]:
+        """This potential's card data (every :data:`CARD_SCHEMA` key but the factory, elements listed one by one):
+        what a built-in's TOML file holds, and the same for an entry point's or a model file's potential (their
+        ``family`` is ""), checkable with ``check_card(card, where, built_in=False)``."""
+        out: dict[str, Any] = {
+            "name": self.name, "family": self.family, "description": self.description, "citation": self.citation,
+            "licence": self.licence, "source": self.source,
+            "elements": sorted(self.elements, key=lambda e: atomic_numbers[e]), "steps_per_atom": self.steps_per_atom,
+            "cost": self.cost, "packages": list(self.packages), "answer_settings": dict(self.answer_settings)}
+        if self.supercell_min_width:
+            out["supercell_min_width"] = self.supercell_min_width
+        if getattr(self, "hessian_seed", None):
+            out["hessian_seed"] = self.hessian_seed
+        return out
+
     def atoms_evaluated(self, atoms) -> int:
         """Atoms in one evaluation of this crystal (``Atoms`` or a database row): its own, or its supercell's
         for a Γ-point code — what a relaxation's cost grows with, and what ``max_atoms`` subsets bound."""
@@ -220,25 +235,27 @@ def expand_elements(entries: list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def check_card(card: Mapping[str, Any], where: str, factories: Mapping[str, Callable] | None = None) -> None:
+def check_card(card: Mapping[str, Any], where: str, factories: Mapping[str, Callable] | None = None, *,
+               built_in: bool = True) -> None:
     """Raise :class:`CardError` (with ``where`` and the key) unless ``card`` follows :data:`CARD_SCHEMA`.
 
-    ``factories``: the known factory names (unchecked when None).
+    ``factories``: the known factory names (unchecked when None). ``built_in=False``: the card of a plugin's
+    potential (:meth:`Potential.card`), which has no factory name and may have no family.
     """
     unknown = sorted(set(card) - set(CARD_SCHEMA))
     if unknown:
         raise CardError(f"{where}: unknown key(s) {', '.join(unknown)}; a card holds only {', '.join(CARD_SCHEMA)}")
     for key, (kind, required, what) in CARD_SCHEMA.items():
         if key not in card:
-            if required:
+            if required and (built_in or key != "factory"):
                 raise CardError(f"{where}: missing required key {key!r} ({what})")
             continue
         value = card[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise CardError(f"{where}: {key!r} must be {getattr(kind, '__name__', kind)}, not {value!r}")
-    if card["family"] not in FAMILY_EXTRAS:
+    if card["family"] not in FAMILY_EXTRAS and (built_in or card["family"]):
         raise CardError(f"{where}: unknown family {card['family']!r}; known: {', '.join(FAMILY_EXTRAS)}")
-    if factories is not None and card["factory"] not in factories:
+    if factories is not None and built_in and card["factory"] not in factories:
         raise CardError(f"{where}: unknown factory {card['factory']!r}; known: {', '.join(sorted(factories))}")
     if card["steps_per_atom"] <= 0:
         raise CardError(f"{where}: steps_per_atom must be positive")
