@@ -25,6 +25,8 @@ from helpers.relax.potentials.docs_table import markdown_table, with_table
 from helpers.relax.potentials.factories import FACTORIES
 from helpers.relax.potentials.registry import REGISTRY, built_in_potential, get_potential
 
+pytest_plugins = ["pytester"]  # the skip of a missing family is checked in a pytest run of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = sorted(CARDS_DIR.glob("*.toml"))
 
@@ -148,4 +150,25 @@ def test_a_model_file_plugin_gives_the_same_card(tmp_path):
     assert card["family"] == "" and card["source"].startswith("model file toy.model") and card["packages"] == ["ase"]
     with pytest.raises(CardError, match="missing required key 'factory'"):
         check_card(card, "toy-file", FACTORIES)  # a built-in card must name its factory
+
+
+def test_a_test_that_builds_a_missing_family_is_skipped_not_failed(pytester):
+    """The conftest hook: PackageMissing raised inside a test becomes a skip carrying its install command."""
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_needs_xtb="""
+        import importlib.metadata
+        from helpers.relax.potentials.registry import get_potential
+
+        def test_gfn2(monkeypatch):
+            real = importlib.metadata.version
+            def version(dist):
+                if dist == "tblite":
+                    raise importlib.metadata.PackageNotFoundError(dist)
+                return real(dist)
+            monkeypatch.setattr(importlib.metadata, "version", version)
+            get_potential("gfn2-xtb").calculator()
+    """)
+    result = pytester.runpytest_inprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*pip install 'codani[[]xtb[]]'*"])
 

@@ -34,6 +34,10 @@ FAMILY_EXTRAS: dict[str, str | None] = {"ani": None, "xtb": "xtb", "gfnff": "gfn
                                         "chgnet": "chgnet", "aimnet2": "aimnet2"}
 
 
+class PackageMissing(ImportError):
+    """A potential's package is not installed; the message names the command that installs it."""
+
+
 @dataclass(frozen=True)
 class Potential:
     """What the relax stage needs to know about one potential."""
@@ -94,7 +98,7 @@ class Potential:
         """A new calculator; a clear ImportError naming what to install when a declared package is missing."""
         missing = self.missing_packages()
         if missing:
-            raise ImportError(self.install_hint(missing))
+            raise PackageMissing(self.install_hint(missing))
         return self.make_calculator(**kwargs)
 
     def install_command(self, missing: list[str] | None = None) -> str:
