@@ -115,6 +115,7 @@ def test_pyproject_has_one_extra_per_family_holding_its_packages():
         assert extra is None or f"codani[{','.join(e for e in FAMILY_EXTRAS.values() if e)}]" in extras["all"]
     assert not any(d.startswith(("tblite", "gfnff", "sevenn", "chgnet", "aimnet")) for d in project["dependencies"])
     assert "all,dev,postgres" in (ROOT / "Makefile").read_text()
+    assert "-e .[all]" in (ROOT / "environment.yml").read_text()
 
 
 def test_a_missing_family_names_its_extra(monkeypatch, require_potential):
