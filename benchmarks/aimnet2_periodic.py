@@ -42,7 +42,7 @@ COLUMNS = ["crystal", "setup", "atoms", "Z", "q_mol_max", "E_int", "E_cluster", 
 
 def setups() -> dict:
     """name -> factories (cell, isolated molecule, non-periodic cluster or None) and whether to relax."""
-    from helpers.relax.potentials.beyond_ani import make_aimnet2, make_aimnet2_molq
+    from helpers.relax.potentials.factories import make_aimnet2, make_aimnet2_molq
     from helpers.relax.potentials.registry import get_potential
 
     def aimnet(members=(0,), **kw):
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_pairs(crystals: list[str]) -> None:
     """Half the central molecule's embedding in a 9 Å cluster vs half the sum of its dimer interactions (eV)."""
     from helpers.analysis.periodic_binding import cluster_embedding, cluster_pair_sum
-    from helpers.relax.potentials.beyond_ani import make_aimnet2
+    from helpers.relax.potentials.factories import make_aimnet2
     from helpers.relax.potentials.registry import get_potential
 
     models = {"aimnet2": lambda: make_aimnet2(coulomb="simple"), "ani2x": lambda: get_potential("ani2x").calculator()}

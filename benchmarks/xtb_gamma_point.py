@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.units import GPa  # noqa: E402
 
-from helpers.relax.potentials.beyond_ani import XTB_MIN_WIDTH  # noqa: E402
+from helpers.relax.potentials.factories import XTB_MIN_WIDTH  # noqa: E402
 from helpers.relax.potentials.registry import get_potential  # noqa: E402
 from helpers.relax.potentials.supercell import supercell_repeats  # noqa: E402
 

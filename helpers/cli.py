@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out-db", default="data/relaxed_{potential}.db")
     merge.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
 
-    sub.add_parser("potentials", help="list the registered potentials (built in and from entry points): source, "
-                   "licence, cost, step cap x, elements, what, citation")
+    pots = sub.add_parser("potentials", help="list the registered potentials (built in and from entry points): "
+                          "source, licence, cost, step cap x, elements, what, citation")
+    pots.add_argument("--markdown", action="store_true", help="print the built-in cards' table of docs/potentials.md")
+    pots.add_argument("--update-docs", metavar="FILE", default=None,
+                      help="rewrite the generated potentials table in FILE (docs/potentials.md)")
 
     res = sub.add_parser("results", help="fetch -> filter -> relax (every potential) -> analysis -> docs/results.md")
     res.add_argument("--data-dir", default=None,
@@ -148,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results: {err}", file=sys.stderr)
             return 3
         print(json.dumps(result, indent=2))
+    elif args.command == "potentials" and (args.markdown or args.update_docs):
+        from helpers.relax.potentials.docs_table import markdown_table, update_docs
+
+        if args.update_docs:
+            print(f"{args.update_docs}: {'updated' if update_docs(args.update_docs) else 'already up to date'}")
+        else:
+            print(markdown_table())
     elif args.command == "potentials":
         import pandas as pd
 

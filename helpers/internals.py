@@ -127,7 +127,7 @@ def ngl_component_ids(view: Any) -> list[str]:
 def gfnff_topology_per_structure() -> type:
     """gfnff's ASE calculator (``gfnff.ase_calculator.GFNFF``) that sets up its bond topology again for every
     new Atoms object, overriding its private ``_needs_reinit`` (which rebuilds only when the atomic numbers,
-    PBC or parameters change). Why: see ``helpers.relax.potentials.beyond_ani``."""
+    PBC or parameters change). Why: see ``helpers.relax.potentials.factories``."""
     import weakref
 
     from ase.calculators.calculator import all_changes

@@ -42,7 +42,7 @@ def _charges(calc) -> np.ndarray:
 def test_neutral_molecules_keeps_every_molecule_neutral_where_aimnet2_moves_charge(naphthalene):
     """A 7-molecule naphthalene cluster cut from the crystal: plain AIMNet2 moves ~0.1 e onto the central
     molecule; with the per-molecule constraint every molecule sums to zero and the total stays zero."""
-    from helpers.relax.potentials.beyond_ani import make_aimnet2, make_aimnet2_molq
+    from helpers.relax.potentials.factories import make_aimnet2, make_aimnet2_molq
 
     parts, _ = cluster(naphthalene, 6.0)
     whole = parts[0].copy()
@@ -65,7 +65,7 @@ def test_neutral_molecules_keeps_every_molecule_neutral_where_aimnet2_moves_char
 def test_neutral_molecules_changes_nothing_for_one_molecule(naphthalene):
     """One molecule alone: the constraint is the model's own (total charge 0), energies agree to float32."""
     from helpers.filter.molecules import find_molecules
-    from helpers.relax.potentials.beyond_ani import make_aimnet2, make_aimnet2_molq
+    from helpers.relax.potentials.factories import make_aimnet2, make_aimnet2_molq
 
     mol = find_molecules(naphthalene)[0]
     a, b = Atoms(mol.symbols, mol.positions), Atoms(mol.symbols, mol.positions)
@@ -77,7 +77,7 @@ def test_neutral_molecules_changes_nothing_for_one_molecule(naphthalene):
 def test_neutral_molecules_stress_matches_finite_differences_and_molecules_stay_neutral(co2):
     """CO2 (4 molecules, rattled so that they differ): analytic stress vs central differences under strain, and
     the per-molecule charges sum to zero, while plain AIMNet2 moves up to 0.09 e between the rattled molecules."""
-    from helpers.relax.potentials.beyond_ani import make_aimnet2, make_aimnet2_molq
+    from helpers.relax.potentials.factories import make_aimnet2, make_aimnet2_molq
 
     calc = make_aimnet2_molq()
     atoms = co2.copy()
@@ -113,7 +113,7 @@ def test_aimnet2_binds_a_molecule_in_a_cluster_as_badly_as_in_the_crystal(naphth
     """The finding of docs/aimnet2.md on naphthalene: the periodic cell and a non-periodic 9 Å cluster give the
     same repulsive interaction per molecule (measured +0.71 and +0.72 eV), with zero molecular charges in the
     cell (all molecules are symmetry-equivalent); ANI-2x binds both (measured about -0.5 eV without D3)."""
-    from helpers.relax.potentials.beyond_ani import make_aimnet2
+    from helpers.relax.potentials.factories import make_aimnet2
     from helpers.relax.potentials.registry import get_potential
 
     aimnet = crystal_binding(naphthalene, make_aimnet2, lambda: make_aimnet2(coulomb="simple"))

@@ -142,7 +142,7 @@ def test_aimnet_loader_and_old_ensemble_layout_still_fit():
     import torch
     from aimnet.models.utils import load_v1_model
 
-    from helpers.relax.potentials.beyond_ani import aimnet2_weights_path
+    from helpers.relax.potentials.factories import aimnet2_weights_path
 
     assert callable(load_v1_model)
     ensemble = torch.jit.load(str(aimnet2_weights_path()), map_location="cpu")

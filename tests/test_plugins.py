@@ -22,7 +22,7 @@ from ase.db import connect
 
 from helpers.relax.engine import RelaxSettings
 from helpers.relax.potentials import plugins
-from helpers.relax.potentials.registry import REGISTRY, get_potential, potentials_table
+from helpers.relax.potentials.registry import REGISTRY, get_potential, load_plugins, potentials_table
 from helpers.relax.stage import run_batch
 from helpers.vocabulary import Status
 
@@ -97,7 +97,7 @@ def test_entry_point_potentials_load_lazily_and_broken_ones_are_reported(plugin_
     assert "'ani1x' is already registered" in messages
     assert "'exits'" in messages and "SystemExit" in messages  # sys.exit at import: a warning, not the end
     assert REGISTRY["ani1x"].citation != "an impostor"  # built-ins win
-    assert plugins.load_plugins() == []  # idempotent: nothing new, no second round of warnings
+    assert load_plugins() == []  # idempotent: nothing new, no second round of warnings
     assert {"toy-lj", "toy-file"} <= {r["name"] for r in potentials_table()}
 
 

@@ -16,7 +16,7 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones
 from ase.units import GPa
 
-from helpers.relax.potentials.beyond_ani import XTB_MIN_WIDTH
+from helpers.relax.potentials.factories import XTB_MIN_WIDTH
 from helpers.relax.potentials.registry import get_potential
 from helpers.relax.potentials.supercell import SupercellCalculator, supercell_repeats
 

@@ -151,7 +151,7 @@ def potential_name(value: Any) -> str:
 
     name = text(value).strip()
     if name not in REGISTRY:  # a plug-in's potential registers when the entry points load
-        from helpers.relax.potentials.plugins import load_plugins
+        from helpers.relax.potentials.registry import load_plugins
 
         load_plugins()
     if name not in REGISTRY:

@@ -7,7 +7,7 @@ Two forms, usable together:
        [project.entry-points."codani.potentials"]
        my-potential = "my_package.codani_plugin:POTENTIAL"
 
-   where ``POTENTIAL`` is a :class:`~helpers.relax.potentials.registry.Potential`, a list of them, or a
+   where ``POTENTIAL`` is a :class:`~helpers.relax.potentials.card.Potential`, a list of them, or a
    function returning either. After ``pip install`` of that package, ``python -m helpers.cli potentials``
    lists it and ``03_relax`` runs it by name. Entry points load lazily: on the first lookup of a name
    the registry does not know, or when the table of potentials is shown. A plugin that fails to load
@@ -34,7 +34,7 @@ from typing import Any
 from ase.calculators.calculator import Calculator
 
 from helpers import vocabulary
-from helpers.relax.potentials.registry import REGISTRY, Potential, register
+from helpers.relax.potentials.card import Potential
 
 ENTRY_POINT_GROUP = "codani.potentials"
 MODEL_DIR_ENV = vocabulary.MODEL_DIR_ENV
@@ -56,23 +56,22 @@ def _as_potentials(obj: Any, source: str) -> list[Potential]:
     return items
 
 
-def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
-    """Register the potentials of every installed ``codani.potentials`` entry point not yet loaded.
-
-    Returns the names newly registered. Idempotent; failures become :class:`PluginWarning`.
-    """
-    new: list[str] = []
+def entry_point_potentials(group: str = ENTRY_POINT_GROUP) -> list[tuple[str, Potential]]:
+    """(where it came from, potential) of every installed ``group`` entry point not yet loaded; one that fails
+    to load becomes a :class:`PluginWarning`. Registering them is the registry's job
+    (:func:`helpers.relax.potentials.registry.load_plugins`)."""
+    out: list[tuple[str, Potential]] = []
     for ep in entry_points(group=group):
         key = f"{ep.name} = {ep.value}"
         if key in _loaded:
             continue
         _loaded.add(key)
-        new.extend(_register_entry_point(ep))
-    return new
+        out.extend(_load_entry_point(ep, group))
+    return out
 
 
-def _register_entry_point(ep: EntryPoint) -> list[str]:
-    where = f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r}"
+def _load_entry_point(ep: EntryPoint, group: str) -> list[tuple[str, Potential]]:
+    where = f"entry point {ep.name!r} ({ep.value}) of group {group!r}"
     dist = getattr(getattr(ep, "dist", None), "name", None)
     if dist:
         where += f" from {dist}"
@@ -81,17 +80,9 @@ def _register_entry_point(ep: EntryPoint) -> list[str]:
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not break the registry
-        warnings.warn(f"{where} failed to load: {type(err).__name__}: {err}", PluginWarning, stacklevel=3)
+        warnings.warn(f"{where} failed to load: {type(err).__name__}: {err}", PluginWarning, stacklevel=4)
         return []
-    names = []
-    for potential in potentials:
-        if potential.name in REGISTRY:
-            warnings.warn(f"{where}: potential {potential.name!r} is already registered; the plugin's is ignored",
-                          PluginWarning, stacklevel=3)
-            continue
-        register(potential)
-        names.append(potential.name)
-    return names
+    return [(where, potential) for potential in potentials]
 
 
 class ModelFileMissing(FileNotFoundError):

