@@ -72,14 +72,17 @@ def relax_one(args):
     return sid, result, time.perf_counter() - started, settings.hessian_seed
 
 
-def load_sample(cod_ids, workdir: Path, shared: Path) -> list:
-    """(structure_id, Atoms, V_exp) of the clean crystals of the unaltered sample, via fetch + filter."""
+def load_crystals(cod_ids, workdir: Path, source: Path | None = None) -> list:
+    """(structure_id, Atoms, V_exp) of the clean crystals among ``cod_ids`` in the CIF folder ``source`` (default:
+    the COD tool suite's inputs, ../shared/data/cod), via the project's own fetch + filter, smallest first."""
     from helpers.fetch.stage import fetch
     from helpers.filter.stage import run_filter
     from helpers.store import db
 
-    fetch(source=str(shared / "data" / "cod-sample"), raw_db=str(workdir / "raw.db"), cod_ids=cod_ids,
-          progress=False)
+    if source is None:
+        shared = Path(os.environ.get("CODANI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+        source = shared / "data" / "cod"
+    fetch(source=str(source), raw_db=str(workdir / "raw.db"), cod_ids=cod_ids, progress=False)
     run_filter(str(workdir / "raw.db"), str(workdir / "clean.db"), str(workdir / "rejects.db"), progress=False)
     rows = list(db.connect(str(workdir / "clean.db")).select())
     missing = {f"cod-{i:07d}" for i in cod_ids} - {r.structure_id for r in rows}
@@ -95,7 +98,7 @@ def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFra
     from helpers.vocabulary import JOB_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
-        crystals = load_sample(ids, Path(tmp), shared)
+        crystals = load_crystals(ids, Path(tmp), shared / "data" / "cod-sample")
     spawn = multiprocessing.get_context("spawn")  # a new process reads the allocator settings at its start
     print(f"{len(crystals)} crystals ({', '.join(str(len(a)) for _, a, _ in crystals)} atoms), {potential}; "
           f"seed: 1 process x {workers} threads, one crystal after another, ASE's BFGS start, glibc defaults; "

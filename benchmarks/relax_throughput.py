@@ -41,27 +41,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from one_at_a_time_throughput import load_crystals  # noqa: E402
 
 #: clean COD crystals (pass helpers.filter.stage.run_filter), 24-148 atoms: the default list
 DEFAULT_IDS = (1011063, 2007300, 2000642, 2100348, 7100406, 2007325, 2210104)
 QUICK_IDS = (2007300, 2100348)
 #: added by --big: 184-496 atoms (the study's method needs hours for these)
 BIG_IDS = (2008119, 2009480, 4022310, 2007008)
-
-
-def load_crystals(cod_ids, workdir: Path) -> list:
-    """(structure_id, Atoms, V_exp) of the clean crystals, via the project's own fetch + filter."""
-    from helpers.fetch.stage import fetch
-    from helpers.filter.stage import run_filter
-    from helpers.store import db
-
-    fetch(source=str(SHARED / "data" / "cod"), raw_db=str(workdir / "raw.db"), cod_ids=cod_ids, progress=False)
-    run_filter(str(workdir / "raw.db"), str(workdir / "clean.db"), str(workdir / "rejects.db"), progress=False)
-    rows = list(db.connect(str(workdir / "clean.db")).select())
-    missing = {f"cod-{i:07d}" for i in cod_ids} - {r.structure_id for r in rows}
-    if missing:
-        print(f"not clean (rejected by the filter), left out: {sorted(missing)}")
-    return sorted(((r.structure_id, r.toatoms(), r.V_exp) for r in rows), key=lambda x: len(x[1]))
 
 
 class Timed:
@@ -205,7 +191,7 @@ def main() -> None:
 
     torch.set_num_threads(args.workers)
     with tempfile.TemporaryDirectory() as tmp:
-        crystals = load_crystals(ids, Path(tmp))
+        crystals = load_crystals(ids, Path(tmp), SHARED / "data" / "cod")
     print(f"{len(crystals)} crystals, {args.potential}; study: one at a time, 1 process x {args.workers} threads; "
           f"fast: {args.workers} processes x 1 thread, each relaxing its share side by side "
           f"(<= {args.batch_atoms} atoms per model pass); load average {os.getloadavg()[0]:.2f}", flush=True)
