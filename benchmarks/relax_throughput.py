@@ -108,26 +108,28 @@ def fast_share(args):
     """Worker: the fast path on its share of the crystals, one torch thread; results and time split."""
     shares, potential, batch_atoms, draft = args
     _threads(1)
+    import torch
 
     from helpers.relax.engine import RelaxSettings
     from helpers.relax.potentials.ani import load_ani
+    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
     from helpers.relax.potentials.registry import get_potential
     from helpers.relax.side_by_side import relax_many
-    from helpers.relax.stage import fast_path_models
 
     settings = RelaxSettings(potential=potential, strategy="fast", draft=draft).resolved(
         get_potential(potential).steps_per_atom)
-    evaluator, drafts = fast_path_models(load_ani(potential), settings)
+    model = load_ani(potential)
+    evaluator = SideBySideANI(model)
+    drafter = SideBySideANI(model, dtype=getattr(torch, draft)) if draft else None
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = dict(relax_many(shares, evaluator, settings, max_atoms_in_flight=batch_atoms, draft=drafts))
+        results = dict(relax_many(shares, evaluator, settings, max_atoms_in_flight=batch_atoms, draft=drafter))
     wall = time.perf_counter() - start
-    every = [evaluator, *drafts]
-    split = {"wall": wall, "model": sum(e.time_model for e in every), "pairs": sum(e.time_pairs for e in every),
-             "passes": sum(e.n_calls for e in every), "draft_passes": sum(e.n_calls for e in drafts),
-             "member_passes": drafts[0].n_calls if len(drafts) > 1 else 0,
-             "rebuilds": sum(e.n_rebuilds for e in every)}
+    both = [e for e in (evaluator, drafter) if e is not None]
+    split = {"wall": wall, "model": sum(e.time_model for e in both), "pairs": sum(e.time_pairs for e in both),
+             "passes": sum(e.n_calls for e in both), "draft_passes": drafter.n_calls if drafter else 0,
+             "rebuilds": sum(e.n_rebuilds for e in both)}
     split["optimizer"] = wall - split["model"] - split["pairs"]
     return results, split
 
@@ -170,8 +172,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-atoms", type=int, default=512, help="atoms per model pass in the fast path")
     parser.add_argument("--draft", default="float32", type=lambda v: None if v == "none" else v,
-                        help="the fast path's draft: float32, member-float32 (one ensemble member first), or "
-                             "'none' for exact forces throughout")
+                        help="dtype of the fast path's draft model, or 'none' for exact forces throughout")
     parser.add_argument("--csv", default="relax_throughput.csv")
     args = parser.parse_args()
     from helpers.relax.potentials.ani import ANI_MODELS
@@ -226,10 +227,10 @@ def main() -> None:
     print(f"\ncost floor (full float64 ensemble, 1 thread, one pass): {np.median(table.ns_atom_call):.0f} ns per atom "
           f"for one crystal (median; per crystal in the CSV), {floor_batched:.0f} ns per atom for all "
           f"{len(crystals)} crystals in one pass")
-    tot = splits[["wall", "model", "pairs", "optimizer", "passes", "draft_passes", "member_passes", "rebuilds"]].sum()
+    tot = splits[["wall", "model", "pairs", "optimizer", "passes", "draft_passes", "rebuilds"]].sum()
     print(f"fast path time split (summed over workers): model {tot.model:.1f} s, neighbour lists {tot.pairs:.1f} s, "
           f"optimizer and bookkeeping {tot.optimizer:.1f} s; {int(tot.passes)} model passes "
-          f"({int(tot.draft_passes)} of them draft, {int(tot.member_passes)} of those one member), "
+          f"({int(tot.draft_passes)} of them draft), "
           f"{int(tot.rebuilds)} pair-list builds")
     print(f"study: {len(table)} crystals in {study_total:.0f} s = {3600 * len(table) / study_total:.0f} crystals/h; "
           f"fast: {fast_total:.0f} s = {3600 * len(table) / fast_total:.0f} crystals/h; wrote {args.csv}; "

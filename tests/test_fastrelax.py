@@ -180,27 +180,6 @@ def test_draft_moves_the_crystal_and_the_exact_model_finishes(model, crystals, s
     assert abs(fast.atoms.get_volume() - study_volume) / study_volume < 1e-3
 
 
-def test_a_one_member_draft_hands_over_to_the_ensemble_then_to_the_exact_model(model, crystals, study_result):
-    """draft="member-float32": one ensemble member moves the crystal, then the float32 ensemble, then the
-    float64 ensemble to the study's fmax; the answer is the study's minimum (issue 31's rule)."""
-    from helpers.relax.stage import fast_path_models
-
-    settings = RelaxSettings(draft="member-float32").resolved(6)
-    sid = "cod-2007300"
-    exact, drafts = fast_path_models(model, settings)
-    assert len(drafts) == 2
-    fast = dict(relax_many([(sid, crystals[sid])], exact, settings, draft=drafts))[sid]
-    member, ensemble32 = drafts
-    assert fast.status == "converged" and fast.fmax_final < settings.fmax
-    assert member.n_calls > 0 and ensemble32.n_calls > 0 and exact.n_calls >= 2  # every stage moved it
-    assert fast.extra["draft_calls"] == member.n_calls + ensemble32.n_calls
-    e, _, _ = reference(fast.atoms, model)  # reported numbers are the exact model's, from scratch
-    assert fast.e_final == pytest.approx(e, abs=1e-8)
-    study_volume = study_result.atoms.get_volume()
-    assert abs(fast.atoms.get_volume() - study_volume) / study_volume < 5e-3
-    assert (fast.e_final - study_result.e_final) / len(fast.atoms) < 1e-4  # not higher than 0.1 meV/atom
-
-
 class Poisoned(SideBySideANI):
     """Returns NaN forces for one crystal from the third pass on (a structure that blows up)."""
 

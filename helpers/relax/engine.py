@@ -36,9 +36,7 @@ CELL_FILTERS = ("frechet", "fixed")
 #: side, one model pass per step for all (helpers.relax.side_by_side.relax_many; reported results always
 #: come from the full float64 model at the full fmax)
 STRATEGIES = ("study", "fast")
-#: None: exact forces throughout; "float32": the ensemble in float32 moves crystals first; "member-float32":
-#: one ensemble member in float32 first, then the ensemble in float32 (helpers.relax.side_by_side)
-DRAFTS = (None, "float32", "member-float32")
+DRAFTS = (None, "float32")
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,9 @@ BFGS step by a Cholesky solve while the Hessian is positive definite.
 With a ``draft`` evaluator (the same ensemble in float32, 1.5-2x cheaper per pass) the crystal
 moves on draft forces until they pass fmax (or the step cap); the exact float64 model then
 re-evaluates that geometry and BFGS continues on exact forces, Hessian kept, until the exact
-forces pass fmax. Several drafts, cheapest first (``draft="member-float32"``: one ensemble member in
-float32, then the whole ensemble in float32), take turns the same way: each moves the crystal until
-its own forces pass fmax, the next one re-evaluates that geometry and goes on. The first and the last
-evaluation are always exact, so the initial energy and everything reported comes from the full float64
-model at the full tolerance (a crystal that explodes or errors during the draft phase keeps the draft's
-last numbers; its status says why).
+forces pass fmax. The first and the last evaluation are always exact, so the initial energy and
+everything reported comes from the full float64 model at the full tolerance (a crystal that
+explodes or errors during the draft phase keeps the draft's last numbers; its status says why).
 
 ``relax_many`` yields ``(key, RelaxResult)`` as each crystal ends, so callers commit finished
 work immediately; statuses and guards are those of :func:`helpers.relax.engine.relax`.
@@ -174,12 +171,8 @@ class _Slot:
     settings: RelaxSettings
     max_wall_time: float | None
     start: float = field(default_factory=time.perf_counter)
-    #: the drafts this crystal moves on (cheapest first); ``stage == n_drafts``: the exact model moves it
-    n_drafts: int = 0
-    stage: int = 0
-    #: the model that evaluates the current geometry (an index into the drafts; ``n_drafts``: exact);
-    #: the first evaluation is always exact
-    eval_stage: int = -1
+    drafting: bool = False  # allowed to move on draft forces (until they converge once)
+    exact_next: bool = True  # which model evaluates the current geometry
     calls: int = 0
     draft_calls: int = 0
     e_initial: float | None = None
@@ -198,8 +191,6 @@ class _Slot:
     cpu: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.eval_stage < 0:
-            self.eval_stage = self.n_drafts
         self.atoms = prepare(self.atoms, SideBySideResults(), self.settings)
         self.cap = self.settings.max_steps(len(self.atoms))
         self.v0 = self.atoms.get_volume()
@@ -219,7 +210,7 @@ class _Slot:
             self.cpu += time.process_time() - cpu_started
 
     def _receive(self, results: dict) -> None:
-        exact = self.eval_stage == self.n_drafts
+        exact = self.exact_next
         self.calls += 1
         self.draft_calls += not exact
         self.atoms.calc.store(self.atoms, results)
@@ -240,11 +231,8 @@ class _Slot:
             converged = optimizable.converged(optimizable.get_gradient(), self.settings.fmax)
             out_of_time = self.max_wall_time is not None and self.cost > self.max_wall_time
             if not exact:
-                if self.opt.nsteps >= self.cap or out_of_time:
-                    self.stage = self.eval_stage = self.n_drafts  # judge this geometry with the exact model
-                    return
-                if converged:  # the next model (the next draft, or the exact one) judges this geometry
-                    self.stage = self.eval_stage = self.eval_stage + 1
+                if converged or self.opt.nsteps >= self.cap or out_of_time:
+                    self.drafting, self.exact_next = False, True  # judge this geometry with the exact model
                     return
             elif converged:
                 self.status = Status.converged
@@ -259,7 +247,7 @@ class _Slot:
                 return
             self.opt.step()
             self.opt.nsteps += 1
-            self.eval_stage = self.stage
+            self.exact_next = not self.drafting
         except Exploded as exc:
             self.status, self.message = Status.exploded, str(exc)
         except Exception as exc:  # noqa: BLE001 - one crystal's failure never stops the batch
@@ -288,16 +276,14 @@ class _Slot:
 
 def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, settings: RelaxSettings,
                max_atoms_in_flight: int = DEFAULT_ATOMS_IN_FLIGHT, max_wall_time: float | None = None,
-               draft: SideBySideANI | list[SideBySideANI] | None = None) -> Iterator[tuple[object, RelaxResult]]:
+               draft: SideBySideANI | None = None) -> Iterator[tuple[object, RelaxResult]]:
     """Relax every ``(key, atoms)`` with ``settings`` (resolved), yielding each as soon as it ends.
 
-    ``evaluator`` is the exact model; ``draft`` an optional cheaper copy, or several, cheapest first (see
-    the module docstring). At most ``max_atoms_in_flight`` atoms (or one crystal, if larger) are in flight.
+    ``evaluator`` is the exact model; ``draft`` an optional cheaper copy (see the module
+    docstring). At most ``max_atoms_in_flight`` atoms (or one crystal, if larger) are in flight.
     """
     if settings.optimizer not in LOCKSTEP_OPTIMIZERS:
         raise ValueError(f"the side-by-side path steps {LOCKSTEP_OPTIMIZERS}, not {settings.optimizer!r}")
-    drafts = [] if draft is None else list(draft) if isinstance(draft, (list, tuple)) else [draft]
-    models = [*drafts, evaluator]
     queue = iter(items)
     running: list[_Slot] = []
     exhausted = False
@@ -309,20 +295,22 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, 
                 break
             key, atoms = item
             try:
-                running.append(_Slot(key, atoms, settings, max_wall_time, n_drafts=len(drafts)))
+                running.append(_Slot(key, atoms, settings, max_wall_time, drafting=draft is not None))
             except Exception as exc:  # noqa: BLE001 - e.g. a non-periodic structure
                 yield key, RelaxResult.without_relaxing(atoms, settings, Status.error,
                                                         f"{type(exc).__name__}: {exc}", side_by_side=True)
         if not running:
             break
-        for stage, model in enumerate(models):
-            group = [s for s in running if s.eval_stage == stage]
+        exact_group = [s for s in running if s.exact_next]
+        draft_group = [s for s in running if not s.exact_next]
+        for model, group in ((evaluator, exact_group), (draft, draft_group)):
             if group:
                 _one_pass(model, group)
         for slot in [s for s in running if s.status is not None]:
             running.remove(slot)
-            for model in models:
-                model.forget(slot.key)
+            for model in (evaluator, draft):
+                if model is not None:
+                    model.forget(slot.key)
             yield slot.key, slot.result()
 
 

@@ -251,6 +251,7 @@ def runs_side_by_side(calc, settings: RelaxSettings, trajectory_dir: str | None 
 def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, settings: RelaxSettings,
                         max_wall_time: float | None, record) -> None:
     """Relax ``runnable`` crystals side by side, largest first, committing each as it ends."""
+    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
     from helpers.relax.side_by_side import relax_many
 
     rows = {}
@@ -260,37 +261,27 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
             rows[sid] = clean.get(structure_id=sid)
             yield sid, rows[sid].toatoms()
 
-    from helpers.relax.potentials.dispersion import DispersionCorrectedCalculator
+    import torch
+
+    from helpers.relax.potentials.dispersion import (
+        DispersionCorrectedCalculator,
+        SideBySideDispersion,
+        draft_dispersion,
+    )
 
     dispersion = calc.dispersion if isinstance(calc, DispersionCorrectedCalculator) else None
     model = (calc.base if dispersion is not None else calc).model
-    exact, drafts = fast_path_models(model, settings, dispersion)
-    for sid, result in relax_many(items(), exact, settings, max_wall_time=max_wall_time, draft=drafts):
-        row = rows.pop(sid)
-        record(row, result.atoms, result)
 
-
-def fast_path_models(model, settings: RelaxSettings, dispersion=None) -> tuple[Any, list]:
-    """The exact side-by-side evaluator of the ANI ``model`` (+ ``dispersion``, a D3 calculator) and the
-    drafts ``settings.draft`` names, cheapest first: the models of :func:`~helpers.relax.side_by_side.relax_many`.
-    Drafts only move crystals: float32 ANI (one ensemble member first for ``"member-float32"``), and D3 with
-    cheaper cutoffs."""
-    import torch
-
-    from helpers.relax.potentials.ani import one_member
-    from helpers.relax.potentials.ani_side_by_side import SideBySideANI
-    from helpers.relax.potentials.dispersion import SideBySideDispersion, draft_dispersion
-
-    def evaluator(ani: SideBySideANI, d3):
+    def evaluator(dtype=None, d3=dispersion):
+        ani = SideBySideANI(model, dtype=dtype)
         return ani if d3 is None else SideBySideDispersion(ani, d3)
 
-    d3_draft = dispersion and draft_dispersion(dispersion)
-    drafts = []
-    if settings.draft == "member-float32":
-        drafts.append(evaluator(SideBySideANI(one_member(model, 0), dtype=torch.float32, bmm=False), d3_draft))
-    if settings.draft is not None:
-        drafts.append(evaluator(SideBySideANI(model, dtype=torch.float32), d3_draft))
-    return evaluator(SideBySideANI(model), dispersion), drafts
+    # the draft only moves crystals: float32 ANI, and D3 with cheaper cutoffs
+    draft = evaluator(getattr(torch, settings.draft), dispersion and draft_dispersion(dispersion)) \
+        if settings.draft else None
+    for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft):
+        row = rows.pop(sid)
+        record(row, result.atoms, result)
 
 
 def _finished_elsewhere(out_db: str, potential: str, target: str, settings_hash: str) -> set[str]:

@@ -206,7 +206,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "potential": potential_name, "batch": integer(0), "n_batches": integer(1), "clean_db": database,
         "out_db": database, "fmax": number(0.0, strict=True), "max_steps_base": integer(0),
         "steps_per_atom": optional(integer(0)), "strategy": choice("fast", "study"),
-        "draft": choice("float32", "member-float32", None), "optimizer": choice("BFGS", "LBFGS", "FIRE", "PreconLBFGS"),
+        "draft": choice("float32", None), "optimizer": choice("BFGS", "LBFGS", "FIRE", "PreconLBFGS"),
         "cell_filter": choice("frechet", "fixed"), "fix_symmetry": boolean, "hydrostatic": boolean,
         "max_wall_time": optional(number(0.0, strict=True)), "trajectory_dir": optional(text),
         "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),

@@ -144,14 +144,6 @@ def load_ani(
     return model
 
 
-def one_member(model: torchani.arch.ANI, index: int = 0) -> torchani.arch.ANI:
-    """A copy of the ensemble ``model`` that evaluates member ``index`` only (a cheap draft: the AEVs are
-    the same, one network instead of eight)."""
-    single = copy.deepcopy(model)
-    single.set_active_members([index])
-    return single
-
-
 def set_neighborlist(model: torchani.arch.ANI, neighborlist: str | Neighborlist) -> None:
     """Swap the neighbour list of ``model`` in place."""
     if isinstance(neighborlist, str):
