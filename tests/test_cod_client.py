@@ -11,7 +11,8 @@ import requests
 from cod_server import serve_cod
 from test_formula import TRICKY
 
-from helpers.fetch.cod import search, search_params, select
+from helpers.fetch.cod import select
+from helpers.fetch.cod_search import ask
 from helpers.fetch.download import (
     FetchError,
     RateLimiter,
@@ -21,12 +22,19 @@ from helpers.fetch.download import (
     download_cifs,
     get_text,
     retry_after_seconds,
-    write_atomic,
 )
+from helpers.process.atomic import write_atomic
 
 CHNO = ("C", "H", "N", "O")
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, connect_timeout=2.0, read_timeout=0.5)
 WATER = {1011023, 1011063}  # H2 O: no carbon, so outside a "must contain C and H" search
+#: one broad COD query (C and H, at most 4 elements): lets through rows the client must still drop
+BROAD = {"el1": "C", "el2": "H", "strictmax": "4", "format": "json"}
+
+
+def search(base_url, params, policy):
+    """The rows of one COD search, retried like the fetch stage's queries."""
+    return ask(base_url, params, policy=policy, limiter=RateLimiter(None), heartbeat=None).rows
 
 
 def all_ids(cod_dir):
@@ -35,9 +43,9 @@ def all_ids(cod_dir):
 
 def test_search_json_and_csv_agree_and_select_chno(cod_dir):
     with serve_cod(cod_dir) as cod:
-        json_rows = search(cod.url, search_params(CHNO, fmt="json"), policy=FAST)
-        csv_rows = search(cod.url, search_params(CHNO, fmt="csv"), policy=FAST)
-        water = search(cod.url, search_params(CHNO, must_contain=("H",), fmt="json"), policy=FAST)
+        json_rows = search(cod.url, BROAD, FAST)
+        csv_rows = search(cod.url, BROAD | {"format": "csv"}, FAST)
+        water = search(cod.url, {"el1": "H", "strictmax": "4", "format": "json"}, FAST)
     from_json, from_csv = select(json_rows, CHNO), select(csv_rows, CHNO)
     expected = set(all_ids(cod_dir)) - WATER
     assert {e.cod_id for e in from_json.entries} == {e.cod_id for e in from_csv.entries} == expected
@@ -56,7 +64,7 @@ def test_strict_filter_through_the_server(cod_dir):
     extra = [{"file": str(9000001 + i), "formula": f"- {f} -"} for i, (f, _) in enumerate(TRICKY)]
     extra.append({"file": "9000100", "formula": "- C5 H5 N O S -"})  # 5 elements: server drops it
     with serve_cod(cod_dir, extra_rows=extra) as cod:
-        rows = search(cod.url, search_params(CHNO), policy=FAST)
+        rows = search(cod.url, BROAD, FAST)
     got = {int(r["file"]) for r in rows}
     selected = {e.cod_id for e in select(rows, CHNO).entries}
     tricky_ok = {9000001 + i for i, (f, inside) in enumerate(TRICKY) if inside and "C" in f}
@@ -69,14 +77,14 @@ def test_strict_filter_through_the_server(cod_dir):
 
 def test_search_retries_transient_faults(cod_dir):
     with serve_cod(cod_dir, faults={"search": ["503", "html", "truncate", "429"]}, retry_after="0") as cod:
-        rows = search(cod.url, search_params(CHNO), policy=RetryPolicy(attempts=5, backoff=0.01))
+        rows = search(cod.url, BROAD, RetryPolicy(attempts=5, backoff=0.01))
         assert cod.hits["search"] == 5 and cod.served["search"] == 1
     assert len(rows) == len(all_ids(cod_dir)) - len(WATER)
 
 
 def test_search_gives_up_with_history(cod_dir):
     with serve_cod(cod_dir, always={"search": "500"}) as cod, pytest.raises(FetchError) as info:
-        search(cod.url, search_params(CHNO), policy=RetryPolicy(attempts=3, backoff=0.01))
+        search(cod.url, BROAD, RetryPolicy(attempts=3, backoff=0.01))
     assert info.value.reason == "HTTP 500" and info.value.history == ["HTTP 500"] * 3
     assert cod.hits["search"] == 3
 

@@ -13,7 +13,6 @@ from cod_server import COLUMNS, cut_in_atom_loop, serve_cod
 from conftest import subset_dir
 
 from helpers.fetch import fetch
-from helpers.fetch.cod import search, search_params
 from helpers.fetch.cod_search import ask, element_sets, exact_params, search_all
 from helpers.fetch.cod_verify import row_mismatch
 from helpers.fetch.download import FetchError, RateLimiter, RetryPolicy, cache_path, download_cifs
@@ -38,7 +37,7 @@ def meta_of(cod_url, ids):
     """The search rows of ``ids`` as the client keeps them (``cod_*``), from the fake COD's answer."""
     from helpers.fetch.cod import entry_from_row
 
-    rows = search(cod_url, search_params(CHNO, must_contain=(), max_elements=4), policy=FAST)
+    rows = ask(cod_url, {"strictmax": "4", "format": "json"}, policy=FAST, limiter=NO_WAIT, heartbeat=None).rows
     return {e.cod_id: e.meta for e in map(entry_from_row, rows) if e.cod_id in ids}
 
 
@@ -89,10 +88,10 @@ def test_web_and_folder_give_the_same_raw_database(tmp_path, cod_dir):
 def test_empty_or_malformed_search_answer_is_a_fault(cod_dir):
     for fault in ("empty", "garbage", "html"):
         with serve_cod(cod_dir, always={"search": fault}) as cod, pytest.raises(FetchError):
-            search(cod.url, exact_params(CHNO), policy=FAST)
+            ask(cod.url, exact_params(CHNO), policy=FAST, limiter=NO_WAIT, heartbeat=None)
         assert cod.hits["search"] == FAST.attempts
     with serve_cod(cod_dir, faults={"search": ["empty", "garbage"]}) as cod:
-        rows = search(cod.url, exact_params(CHNO), policy=FAST)
+        rows = ask(cod.url, exact_params(CHNO), policy=FAST, limiter=NO_WAIT, heartbeat=None).rows
     assert len(rows) == 32 and cod.hits["search"] == 3
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from helpers.fetch.sources import COD_URL, directory_files, iter_directory, resolve_source
+from helpers.fetch.sources import COD_URL, cif_file, directory_files, resolve_source
 from helpers.fetch.stage import fetch, formula_outside
 from helpers.store import db as dbmod
 
@@ -51,7 +51,7 @@ def test_directory_files_recursive_filtered_limited(shared_data):
 
 def test_mirror_layout_gives_cod_ids(tmp_path, cod_dir):
     root = mirror(tmp_path, cod_dir, [1000001, 2100348, 7105573])
-    files = list(iter_directory(root))
+    files = [cif_file(path, root) for path in directory_files(root)]
     assert [(f.name, f.cod_id) for f in files] == [
         ("1/00/00/1000001", 1000001), ("2/10/03/2100348", 2100348), ("7/10/55/7105573", 7105573)]
     assert files[1].text == (cod_dir / "2100348.cif").read_text()
