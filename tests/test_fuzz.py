@@ -5,7 +5,7 @@ the real files in ``../shared/data``: truncated files, wrong numbers, missing lo
 NaN/inf, giant or zero cells, duplicated atoms, wrong encodings, binary junk, multi-block files.
 They are fetched from a directory source into a raw database and filtered. Every input must end
 either in the clean database or in the rejects database with a reason; no exception escapes, and the
-per-entry time guard (:mod:`helpers.run.guard`) bounds each parse and each filter verdict.
+per-entry time guard (:mod:`helpers.process.guard`) bounds each parse and each filter verdict.
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def test_time_limit_turns_a_slow_check_into_a_reason(cod_dir):
 
     from helpers.filter.checks import Check, Entry, Thresholds
     from helpers.filter.stage import evaluate
-    from helpers.run.guard import can_guard
+    from helpers.process.guard import can_guard
 
     if not can_guard():
         pytest.skip("SIGALRM timer not available here (non-POSIX, or an outer timer such as pytest-timeout)")
@@ -389,7 +389,7 @@ def test_time_limit_verdict_does_not_depend_on_machine_load():
 
     from helpers.filter.checks import Check, Entry, Thresholds
     from helpers.filter.stage import evaluate
-    from helpers.run.guard import can_guard
+    from helpers.process.guard import can_guard
 
     if not can_guard() or not hasattr(os, "sched_setaffinity"):
         pytest.skip("POSIX timers and CPU affinity needed")
@@ -423,7 +423,7 @@ def test_time_limit_turns_a_slow_parse_into_an_unreadable_entry(monkeypatch):
     import time
 
     from helpers.fetch import raw
-    from helpers.run.guard import can_guard
+    from helpers.process.guard import can_guard
 
     if not can_guard():
         pytest.skip("SIGALRM timer not available here")
@@ -482,7 +482,7 @@ def test_a_check_out_of_time_is_named_in_its_own_reason_not_in_the_next_ones(cod
 
     from helpers.filter.checks import CHECKS, Entry, Thresholds
     from helpers.filter.stage import evaluate
-    from helpers.run.guard import can_guard
+    from helpers.process.guard import can_guard
 
     if not can_guard():
         pytest.skip("SIGPROF timer not available here")

@@ -32,13 +32,13 @@ def test_a_seeded_ani_relaxation_runs_one_crystal_at_a_time():
 
 def test_seed_hessian_is_symmetric_positive_and_in_the_filters_coordinates(co2):
     settings = RelaxSettings(potential="gfn-ff", hessian_seed="ani2x")
-    seed = seed_hessian(co2, settings, get_potential("ani2x").calculator())
+    work = co2.copy()
+    work.calc = get_potential("ani2x").calculator()
+    seed = seed_hessian(wrap_cell(work, settings), settings.hessian_seed_floor)
     assert seed.shape == (3 * (len(co2) + 3),) * 2  # positions and the cell filter's 3 strain rows
     assert np.allclose(seed, seed.T)
     assert np.linalg.eigvalsh(seed).min() >= settings.hessian_seed_floor - 1e-9
     # the raw finite-difference Hessian has C=O stretches far stiffer than BFGS's 70 eV/Å² guess
-    work = co2.copy()
-    work.calc = get_potential("ani2x").calculator()
     raw = finite_difference_hessian(wrap_cell(work, settings))
     assert np.linalg.eigvalsh(raw).max() > 200
     assert np.allclose(work.positions, co2.positions)  # the probe leaves the structure where it was

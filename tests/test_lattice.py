@@ -194,7 +194,7 @@ def test_summary_counts_failures_and_ranks_ice_polymorphs():
 
 
 def test_the_results_stage_runs_every_potential_and_gfn2_at_the_fixed_geometry(tmp_path):
-    from helpers.lattice.campaign import lattice_jobs
+    from helpers.run.lattice import lattice_jobs
     from helpers.run.results import STAGES
 
     assert STAGES.index("lattice") < STAGES.index("report")  # the report reads docs/lattice_energy.csv

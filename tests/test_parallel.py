@@ -8,7 +8,7 @@ import pytest
 
 from helpers.fetch.stage import fetch
 from helpers.filter.stage import run_filter
-from helpers.run.parallel import ordered_map, worker_count
+from helpers.process.parallel import ordered_map, worker_count
 from helpers.store import db as dbmod
 
 

@@ -80,3 +80,11 @@ def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
     return _save(fig, path, dpi=90)
 
 
+def shrink_png(path: Path, colors: int = 96) -> None:
+    """Rewrite a figure as a palette PNG (3-4x smaller, same look for line plots): the report's
+    figures are committed, so they stay small."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)

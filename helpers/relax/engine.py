@@ -25,6 +25,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from helpers.internals import capture_optimizer_state, restore_optimizer_state
 from helpers.relax import start_tells
 from helpers.relax.checkpoint import Checkpoint, structure_fingerprint
+from helpers.relax.hessian_seed import seed_hessian
 from helpers.relax.potentials.registry import MODEL_FILE_HASH
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
 
@@ -263,14 +264,15 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings,
         opt = make_optimizer(settings.optimizer, target, logfile=logfile,
                              trajectory=str(trajectory) if trajectory else None, append_trajectory=bool(saved))
         if settings.hessian_seed is not None and not saved:  # a resumed BFGS has its own Hessian back
-            from helpers.relax.hessian_seed import seed_hessian
             from helpers.relax.potentials.registry import get_potential
 
             seed = get_potential(settings.hessian_seed)
             uncovered = seed.uncovered(atoms.get_chemical_symbols())
             if uncovered:
                 raise ValueError(f"hessian_seed {seed.name!r} does not cover {', '.join(sorted(uncovered))}")
-            opt.H0 = seed_hessian(atoms, settings, seed.calculator())
+            work = atoms.copy()  # the seed's own calculator; the cell filter's reference is the same cell
+            work.calc = seed.calculator()
+            opt.H0 = seed_hessian(wrap_cell(work, settings), settings.hessian_seed_floor)
         if checkpoint is not None:
             optimizer_state = capture_optimizer_state(opt)
             if saved:

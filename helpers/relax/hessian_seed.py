@@ -18,7 +18,6 @@ displaced geometries side by side in one pass is the obvious next step.
 from __future__ import annotations
 
 import numpy as np
-from ase import Atoms
 
 #: the smallest eigenvalue of a seed Hessian (eV/Å²), the default of ``RelaxSettings.hessian_seed_floor``
 DEFAULT_FLOOR = 5.0
@@ -52,12 +51,9 @@ def floored(hessian: np.ndarray, floor: float = DEFAULT_FLOOR) -> np.ndarray:
     return (vectors * np.clip(values, floor, None)) @ vectors.T
 
 
-def seed_hessian(atoms: Atoms, settings, calculator) -> np.ndarray:
-    """The seed for relaxing ``atoms`` with ``settings``: ``calculator`` (the cheap potential's)'s floored
-    Hessian at ``atoms``, in the coordinates of the cell filter that :func:`~helpers.relax.engine.wrap_cell`
-    builds for these settings."""
-    from helpers.relax.engine import wrap_cell
-
-    work = atoms.copy()  # constraints (FixSymmetry) come along: the seed lives in the same space
-    work.calc = calculator
-    return floored(finite_difference_hessian(wrap_cell(work, settings)), settings.hessian_seed_floor)
+def seed_hessian(target, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    """The seed for relaxing ``target``: its calculator's (the cheap potential's) floored Hessian where it
+    stands, in the coordinates its optimizer moves. ``target`` is what
+    :func:`~helpers.relax.engine.wrap_cell` builds for the run's settings around a copy of the atoms that
+    carries the cheap calculator (constraints such as FixSymmetry come along: the seed lives in the same space)."""
+    return floored(finite_difference_hessian(target), floor)
