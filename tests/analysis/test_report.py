@@ -14,7 +14,7 @@ import pytest
 from helpers.analysis.report import COD_CHNO_ENTRIES, write_report
 from helpers.analysis.stage import analyse_errors
 
-ERRORS = Path(__file__).parent / "data" / "results_errors.csv"
+ERRORS = Path(__file__).parents[1] / "data" / "results_errors.csv"
 
 
 def section_table(markdown: str, heading: str) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from helpers.relax.potentials.registry import REGISTRY, get_potential, potential
 from helpers.relax.stage import run_batch
 from helpers.vocabulary import Status
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PLUGIN = textwrap.dedent('''
     """A third-party package offering potentials to codani (written by the test)."""
@@ -39,7 +39,7 @@ PLUGIN = textwrap.dedent('''
         return LennardJones(sigma=2.0, epsilon=0.005, rc=5.0, smooth=True, **options)
 
     TOY = Potential("toy-lj", _lj, frozenset("HCNO"), 4, "the test itself", "Lennard-Jones toy",
-                    licence="CC0", source="tests/test_plugins.py", cost="nothing")
+                    licence="CC0", source="tests/relax/test_plugins.py", cost="nothing")
 
     def _from_file(path, **options):
         params = json.loads(path.read_text())
@@ -180,5 +180,5 @@ def test_cli_lists_an_installed_plugin(plugin_dir):
     out = subprocess.run([sys.executable, "-W", "ignore", "-m", "helpers.cli", "potentials"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     line = next(line for line in out.splitlines() if line.strip().startswith("toy-lj "))
-    assert "tests/test_plugins.py" in line and "CC0" in line
+    assert "tests/relax/test_plugins.py" in line and "CC0" in line
     assert "toy-file" in out and "gfn2-xtb" in out

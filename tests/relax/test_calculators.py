@@ -1,6 +1,5 @@
 """The one-pass calculator equals torchani's own, and its forces/stress are true derivatives."""
 
-import ase.io
 import numpy as np
 import pytest
 from ase.calculators.calculator import PropertyNotImplementedError  # noqa: F401
@@ -8,11 +7,6 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 
 from helpers.relax.potentials.ani import load_ani
 from helpers.relax.potentials.calculators import OnePassANICalculator
-
-
-@pytest.fixture(scope="module")
-def crystal(cod_dir):
-    return ase.io.read(cod_dir / "2007300.cif")  # 30 atoms, P1, real COD entry
 
 
 def test_matches_torchani_calculator(crystal, model_dir):

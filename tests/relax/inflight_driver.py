@@ -1,5 +1,6 @@
-"""Run one relax job (run_batch) in its own process; tests/test_inflight.py lets the potential crash it
-or sends it SIGTERM; tests/test_checkpoint.py kills it mid-relaxation. Prints ``START`` once the imports are done."""
+"""Run one relax job (run_batch) in its own process; tests/relax/test_inflight.py lets the potential crash
+it or sends it SIGTERM; tests/relax/test_checkpoint.py kills it mid-relaxation. Prints ``START`` once the
+imports are done."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 

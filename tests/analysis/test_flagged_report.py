@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from test_report import ERRORS, section_table
 
 from helpers.analysis.report import write_report
 from helpers.analysis.stage import analyse_errors
-from tests.test_report import ERRORS, section_table
 
 FAR = ("cod-2000001", "cod-2000002", "cod-2000003")
 

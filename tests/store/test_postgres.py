@@ -1,4 +1,4 @@
-"""PostgreSQL databases: a real server (tests/pg_server.py), concurrent writers lose no row and make no
+"""PostgreSQL databases: a real server (tests/store/pg_server.py), concurrent writers lose no row and make no
 duplicate, and the notebooks run end to end with postgresql:// URLs."""
 
 from __future__ import annotations

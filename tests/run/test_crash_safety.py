@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL the real fetch and relax stages at seeded random moments, restart, compare.
 
-The pipeline runs in a subprocess (tests/crash_driver.py, its own process group) that is killed
+The pipeline runs in a subprocess (tests/run/crash_driver.py, its own process group) that is killed
 with SIGKILL at delays drawn from ``random.Random(seed)`` and restarted until the stage exits 0.
 At every kill a copy of the databases (with any hot journal) must pass ``PRAGMA integrity_check``
 and hold no duplicate rows; at the end every database must equal an uninterrupted reference run
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DRIVER = ROOT / "tests" / "crash_driver.py"
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tests" / "run" / "crash_driver.py"
+sys.path.insert(0, str(ROOT / "tests" / "run"))
 from crash_driver import paths  # noqa: E402
 
 #: small real crystals that pass the filter (29-36 atoms; the relax stage relaxes these)

@@ -16,7 +16,7 @@ import pytest
 from helpers.run.notebooks import CampaignPlan
 from helpers.store import db as dbmod
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASK = str(Path(sys.executable).with_name("dask"))
 FAST = {"fmax": 0.05}  # loose tolerance: bookkeeping, not physics
 
@@ -165,7 +165,7 @@ def test_every_project_variable_reaches_the_workers(monkeypatch):
     assert {name: env.get(name) for name in FORWARDED_ENV} == {n: f"/somewhere/{n.lower()}" for n in FORWARDED_ENV}
     assert {"CODANI_MODEL_DIR", "CODANI_CACHE"} <= set(env)
 
-    helpers = Path(__file__).resolve().parents[1] / "helpers"
+    helpers = Path(__file__).resolve().parents[2] / "helpers"
     source = "\n".join(p.read_text() for p in helpers.rglob("*.py"))
     read = set(re.findall(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']""", source))
     named = set(re.findall(r"""^\s*[A-Z_]*_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", source, re.M))

@@ -30,7 +30,7 @@ STRESS_RTOL = {"gfn2-xtb": 1e-4, "gfn1-xtb": 1e-4, "gfn-ff": 1e-4, "sevennet0-d3
                "aimnet2": 2e-3, "sevennet-l3i5-d3": 1e-3, "sevennet-mf0-r2scan-d3": 1e-3}
 SLOW = {"gfn2-xtb", "sevennet0-d3", "sevennet-l3i5-d3", "sevennet-mf0-r2scan-d3", "chgnet-d3", "aimnet2"}
 #: the stress and relaxation checks below are about each code's own arithmetic, on CO2's bare 12-atom cell:
-#: tblite at Γ there (its default 2×2×2 supercell, 96 atoms, costs 8-30x more; tests/test_supercell.py)
+#: tblite at Γ there (its default 2×2×2 supercell, 96 atoms, costs 8-30x more; tests/relax/test_supercell.py)
 BARE_CELL = {"gfn2-xtb": {"min_width": 0}, "gfn1-xtb": {"min_width": 0}}
 
 

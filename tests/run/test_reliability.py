@@ -22,7 +22,7 @@ from helpers.run.lock import WorkDirBusy, WorkDirLock
 from helpers.run.results import ResultsPlan, coverage, run_results, settings_hashes
 from helpers.store import db as dbmod
 
-ERRORS = Path(__file__).parent / "data" / "results_errors.csv"
+ERRORS = Path(__file__).parents[1] / "data" / "results_errors.csv"
 PLAN = SimpleNamespace(sources=["/x/cod", "/x/cod-sample"], max_atoms={})
 
 

@@ -532,7 +532,7 @@ def serve_cod(cif_dir: str | Path, port: int = 0, **settings: Any) -> Iterator[F
         server.server_close()
 
 
-if __name__ == "__main__":  # manual use: python tests/cod_server.py <dir>
+if __name__ == "__main__":  # manual use: python tests/fetch/cod_server.py <dir>
     import sys
 
     with serve_cod(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/cod") as running:

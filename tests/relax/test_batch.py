@@ -134,7 +134,7 @@ def test_sigkill_of_papermill_relax_then_resume(small_clean_db, tmp_path, model_
     cmd = [sys.executable, "-m", "papermill", "notebooks/03_relax.ipynb", str(tmp_path / "run1.ipynb"),
            "-p", "clean_db", small_clean_db, "-p", "out_db", out, "-p", "fmax", 0.01, "-p", "n_threads", 1]
     cmd = [str(c) for c in cmd]
-    root = os.path.dirname(os.path.dirname(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     proc = subprocess.Popen(cmd, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600

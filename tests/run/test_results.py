@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_report import section_table
 
 from helpers.run.results import TIMINGS_FILE, ResultsPlan, coverage, relaxed_counts, run_results
 from helpers.store import db as dbmod
-from tests.test_report import section_table
 
 
 def test_results_subsets_default_and_overrides(capsys):

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import ase.io
 import numpy as np
 import pytest
 
@@ -36,11 +35,6 @@ def stop_at(step: int):
                 raise KeyboardInterrupt
         opt.attach(stop, interval=1)
     return hook
-
-
-@pytest.fixture(scope="module")
-def crystal(cod_dir):
-    return ase.io.read(cod_dir / "2007300.cif")  # C11 H12 N2 O5, P1, 30 atoms
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,6 @@ from helpers.relax.engine import RelaxSettings, relax
 from helpers.relax.potentials.registry import REGISTRY, get_potential
 
 
-@pytest.fixture(scope="module")
-def small_crystal(cod_dir):
-    return ase.io.read(cod_dir / "2007300.cif")  # C11 H12 N2 O5, P1, 30 atoms, 150 K
-
-
 class Faulty(Calculator):
     """Wraps a real calculator and breaks it after ``after`` calls: NaN forces or an exception."""
 
@@ -41,39 +36,39 @@ def ani1x_calc():
     return get_potential("ani1x").calculator()
 
 
-def test_step_cap_status(small_crystal, model_dir):
+def test_step_cap_status(crystal, model_dir):
     settings = RelaxSettings(max_steps_base=3, steps_per_atom=0)
-    result = relax(small_crystal, ani1x_calc(), settings)
+    result = relax(crystal, ani1x_calc(), settings)
     assert result.status == "step_cap" and not result.converged
     assert result.steps == 3 == result.max_steps
     assert result.fmax_final > settings.fmax
     assert math.isfinite(result.e_final) and result.e_final < result.e_initial
 
 
-def test_nan_forces_are_exploded_not_a_crash(small_crystal, model_dir):
+def test_nan_forces_are_exploded_not_a_crash(crystal, model_dir):
     settings = RelaxSettings(steps_per_atom=6)
-    result = relax(small_crystal, Faulty(ani1x_calc(), after=3, mode="nan"), settings)
+    result = relax(crystal, Faulty(ani1x_calc(), after=3, mode="nan"), settings)
     assert result.status == "exploded"
     assert "non-finite" in result.message
     assert result.steps < 10
 
 
-def test_calculator_exception_is_error_with_message(small_crystal, model_dir):
-    result = relax(small_crystal, Faulty(ani1x_calc(), after=2, mode="raise"), RelaxSettings(steps_per_atom=6))
+def test_calculator_exception_is_error_with_message(crystal, model_dir):
+    result = relax(crystal, Faulty(ani1x_calc(), after=2, mode="raise"), RelaxSettings(steps_per_atom=6))
     assert result.status == "error"
     assert "model server went away" in result.message
 
 
-def test_fused_atoms_stop_early(small_crystal, model_dir):
-    atoms = small_crystal.copy()
+def test_fused_atoms_stop_early(crystal, model_dir):
+    atoms = crystal.copy()
     atoms.positions[1] = atoms.positions[0] + [0.2, 0.0, 0.0]  # two atoms on top of each other
     result = relax(atoms, ani1x_calc(), RelaxSettings(steps_per_atom=6))
     assert result.status == "exploded"
     assert "fused" in result.message
 
 
-def test_wall_time_limit(small_crystal, model_dir):
-    result = relax(small_crystal, ani1x_calc(), RelaxSettings(steps_per_atom=6), max_wall_time=0.0)
+def test_wall_time_limit(crystal, model_dir):
+    result = relax(crystal, ani1x_calc(), RelaxSettings(steps_per_atom=6), max_wall_time=0.0)
     assert result.status == "timeout" and result.steps <= 2
 
 

@@ -1,6 +1,6 @@
-"""Run one pipeline stage with the real product functions; tests/test_crash_safety.py SIGKILLs it.
+"""Run one pipeline stage with the real product functions; tests/run/test_crash_safety.py SIGKILLs it.
 
-``python tests/crash_driver.py fetch|filter|relax --dir D [--source S]`` prints ``START`` once the
+``python tests/run/crash_driver.py fetch|filter|relax --dir D [--source S]`` prints ``START`` once the
 imports are done (the killer's clock starts there, so kills land in the stage's work, not in
 ``import torch``) and ``DONE`` when the stage returned; exit status 0 means the stage completed.
 """
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")

@@ -13,7 +13,7 @@ from scipy import stats
 from helpers.analysis import sample_sets
 from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test
 
-ERRORS = Path(__file__).parent / "data" / "results_errors.csv"
+ERRORS = Path(__file__).parents[1] / "data" / "results_errors.csv"
 
 
 def test_sample_sets_from_the_cif_path_and_the_compound(sourced_errors):

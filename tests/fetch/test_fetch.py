@@ -18,7 +18,7 @@ from helpers.fetch.download import RetryPolicy, cache_path
 from helpers.fetch.stage import fetch
 from helpers.store import db as dbmod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, read_timeout=0.5)
 SUBSET = [1000001, 1011023, 1100914, 2000334, 2000380, 2003003, 2003398, 2100348, 2103187,
           4021477, 7105573]

@@ -7,7 +7,7 @@ locally they are skipped with a message saying how to install them.
 
 Use as a fixture (``from pg_server import pg_server``) or by hand::
 
-    python tests/pg_server.py    # prints a URL, serves until Ctrl-C
+    python tests/store/pg_server.py    # prints a URL, serves until Ctrl-C
 """
 
 from __future__ import annotations
