@@ -129,9 +129,10 @@ def graph() -> dict[str, set[str]]:
     return import_graph()
 
 
-def test_the_graph_sees_deferred_and_relative_imports(graph):
+def test_the_graph_sees_deferred_imports_and_submodules(graph):
     """The reader finds what it must: a function-local import, a `from package import module`."""
     assert "helpers.run.lattice" in graph["helpers.run.results"]  # imported inside run_results' stages
+    assert "helpers.analysis.report_figures" in graph["helpers.analysis.report_sections"]
     assert "helpers.process.guard" in graph["helpers.fetch.raw"]
     assert "helpers.process.atomic" in graph["helpers.fetch.cod_verify"]
     assert len(graph) > 60 and sum(map(len, graph.values())) > 150
