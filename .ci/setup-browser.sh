@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Browser test prerequisites (tests/test_browser.py): Debian's Chromium and the Python playwright package.
+# Browser test prerequisites (tests/filter/test_browser.py): Debian's Chromium and the Python playwright package.
 # Idempotent; never downloads a browser through playwright (`playwright install` is not used).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the PostgreSQL server (Debian package) that tests/pg_server.py starts on a loopback port.
+# Install the PostgreSQL server (Debian package) that tests/store/pg_server.py starts on a loopback port.
 # Idempotent: does nothing when the binaries are already there. Needs root (or sudo) to install.
 set -euo pipefail
 if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then

@@ -44,7 +44,7 @@ def run(cifs: Path, out: Path, n_workers: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    from helpers.run.parallel import worker_count
+    from helpers.process.parallel import worker_count
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=8)

@@ -6,7 +6,9 @@ The package follows the four notebooks, one subpackage per stage, plus what they
 - :mod:`helpers.filter` — named checks; clean and rejects databases, reject viewer  (02_filter)
 - :mod:`helpers.relax` — potentials and relaxations, one batch of structures per job (03_relax)
 - :mod:`helpers.analysis` — errors against experiment, statistics, figures          (04_analysis)
-- :mod:`helpers.run` — notebooks as jobs (papermill), Dask, process pools, time guards
+- :mod:`helpers.lattice` — lattice energies against the benchmark sets               (05_lattice_energy)
+- :mod:`helpers.run` — orchestration only: notebooks as jobs (papermill), campaigns, Dask
+- :mod:`helpers.process` — process tools below the stages: time guards, process pools, atomic writes
 - :mod:`helpers.store` — ASE databases (SQLite/PostgreSQL), project paths, shard names
 - :mod:`helpers.vocabulary` — statuses, study defaults and units every stage shares
 - :mod:`helpers.internals` — the few places that reach into other libraries' internals

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
-        from helpers.run.guard import stop_on_sigterm
+        from helpers.process.guard import stop_on_sigterm
 
         stop_on_sigterm()
     if args.command == "demo":

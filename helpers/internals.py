@@ -16,11 +16,6 @@ WRITTEN_FOR: dict[str, str] = {"ase": "3.29.0", "torchani": "2.9.0", "ase-db-bac
                                "nglview": "3.1.4", "gfnff": "0.3.1", "aimnet": "0.2.6"}
 
 
-def installed_versions() -> dict[str, str]:
-    """The installed release of every library listed in :data:`WRITTEN_FOR`."""
-    return {name: version(name) for name in WRITTEN_FOR}
-
-
 # --- ASE --------------------------------------------------------------------------------------------------
 
 def bfgs_method_class() -> type:

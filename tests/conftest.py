@@ -65,6 +65,20 @@ def subset_dir(tmp_path, cod_dir, ids):
 
 
 @pytest.fixture(scope="session")
+def _crystal_2007300(cod_dir):
+    import ase.io
+
+    return ase.io.read(cod_dir / "2007300.cif")
+
+
+@pytest.fixture(scope="module")
+def crystal(_crystal_2007300):
+    """COD 2007300 (C11 H12 N2 O5, P1, 30 atoms, 150 K, 4.75 Å thin): the small real crystal of the relax
+    tests; read once, a fresh copy per test module."""
+    return _crystal_2007300.copy()
+
+
+@pytest.fixture(scope="session")
 def sourced_errors():
     """The fixed errors table of tests/data/results_errors.csv with the clean rows' sources (issue 34): 34
     unaltered COD entries (`cod-sample/`), 5 COD tool-suite test inputs (`cod/`) and 1 ice entry."""

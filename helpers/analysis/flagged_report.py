@@ -153,7 +153,7 @@ def flagged_section(analysis_dir: str | Path, docs_dir: str | Path | None = None
                            "median_dV_pct": "median ΔV [%]", "dV_by_potential": "ΔV per potential [%]",
                            "start_fmax_min": "smallest start fmax [eV/Å]"})
         for col in ("bond_changes", "filter_flags"):
-            table[col] = table[col].fillna("").astype(str)
+            table[col] = table[col].astype(object).fillna("").astype(str)  # a float column of NaN too
         for col in ("median ΔV [%]", "smallest start fmax [eV/Å]"):
             table[col] = table[col].map(_num)
         out += [table.to_markdown(index=False), ""]

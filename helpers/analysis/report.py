@@ -22,6 +22,7 @@ import pandas as pd
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.ranking_targets import science_targets
+from helpers.analysis.report_figures import shrink_png
 from helpers.analysis.report_sections import (
     ReportInputs,
     _markdown,
@@ -450,16 +451,6 @@ def left_out_sentence(left_out: pd.DataFrame) -> str:
              for kind, group in kinds.groupby("kind") for n in [len(group)]]
     return (f"Left out of every table below ({len(left_out)} relaxed rows, listed with their reason in the "
             f"analysis's `left_out.csv`): {'; '.join(parts)}.")
-
-
-def shrink_png(path: Path, colors: int = 96) -> None:
-    """Rewrite a figure as a palette PNG (3-4x smaller, same look for line plots): the report's
-    figures are committed, so they stay small."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        small = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
-    small.save(path, optimize=True)
 
 
 def _common_section(errors: pd.DataFrame) -> list[str]:

@@ -109,3 +109,13 @@ def median_intervals(summary: pd.DataFrame, path: str | Path, quantity: str = "v
     q = QUANTITIES[quantity]
     ax.set_xlabel(f"median {q.label} [{q.unit}] (95 % CI)", fontsize=8)
     return _save(fig, path, dpi=90)
+
+
+def shrink_png(path: Path, colors: int = 96) -> None:
+    """Rewrite a figure as a palette PNG (3-4x smaller, same look for line plots): the report's
+    figures are committed, so they stay small."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)

@@ -226,9 +226,7 @@ def _figure(path: Path | None, caption: str) -> list[str]:
     """Markdown lines showing a figure the report drew into its figures folder (shrunk), or none."""
     if path is None:
         return []
-    from helpers.analysis.report import shrink_png  # here: report imports this module
-
-    shrink_png(path)
+    report_figures.shrink_png(path)
     return [f"![{caption}](figures/{path.name})", ""]
 
 

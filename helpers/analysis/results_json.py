@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from helpers.fetch.download import write_atomic
+from helpers.process.atomic import write_atomic
 
 RESULTS_JSON = "results.json"
 

@@ -623,12 +623,7 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     compounds.parse_rule(one_per_compound)  # bad parameters fail before any work
     _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
     keep = _hash_prefixes(settings_hashes)
-    from helpers.run.parameters import boolean
-
-    try:
-        backfill = boolean(backfill_start_tells)
-    except TypeError:
-        raise ValueError(f"backfill_start_tells must be true or false, got {backfill_start_tells!r}") from None
+    backfill = _as_bool(backfill_start_tells, "backfill_start_tells")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_outputs(out)
@@ -740,6 +735,14 @@ def _remove_previous_outputs(out: Path) -> None:
         for path in out.glob(pattern):
             if path.is_file():
                 path.unlink()
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    """A switch that may arrive as a string ("false") from papermill; ValueError otherwise."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false", "1", "0"):
+        return value if isinstance(value, bool) else text in ("true", "1")
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _as_int(value: Any, name: str, minimum: int) -> int:

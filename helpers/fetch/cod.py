@@ -20,14 +20,11 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 from helpers.fetch.cif import cif_number
-from helpers.fetch.download import RateLimiter, RetryPolicy
 from helpers.fetch.formula import parse_formula
 
 #: COD ``data`` table columns kept for every entry (stored as ``cod_<lower-case name>``).
@@ -76,33 +73,6 @@ class CodEntry:
             if isinstance(self.meta.get(key), (int, float)):
                 return self.meta[key]
         return None
-
-
-def search_params(elements: Sequence[str], must_contain: Sequence[str] | None = None,
-                  exclude: Sequence[str] = (), max_elements: int | None = None,
-                  min_elements: int | None = None, fmt: str = "json") -> dict[str, str]:
-    """Query parameters for COD's search: broad enough to contain every wanted entry.
-
-    ``must_contain`` defaults to C and H (the study's organic crystals; entries without C or H,
-    like ice or N2, need ``must_contain=("H",)`` or ``()``).
-    """
-    allowed = list(dict.fromkeys(elements))
-    if must_contain is None:
-        must_contain = [e for e in ("C", "H") if e in allowed]
-    if not must_contain and not exclude and max_elements is None:
-        raise ValueError("refusing an unbounded COD search: give must_contain, exclude or max_elements")
-    outside = [e for e in must_contain if e not in allowed]
-    if outside:
-        raise ValueError(f"must_contain {outside} is not within elements {allowed}: nothing could match")
-    if len(must_contain) > 8 or len(exclude) > 4:
-        raise ValueError("COD allows at most 8 required (el1..el8) and 4 excluded (nel1..nel4) elements")
-    params = {f"el{i}": e for i, e in enumerate(must_contain, 1)}
-    params.update({f"nel{i}": e for i, e in enumerate(exclude, 1)})
-    params["strictmax"] = str(max_elements or len(allowed))
-    if min_elements:
-        params["strictmin"] = str(min_elements)
-    params["format"] = fmt
-    return params
 
 
 def parse_search(text: str, fmt: str = "json") -> list[dict[str, Any]]:
@@ -260,14 +230,3 @@ def select(rows: Iterable[dict[str, Any] | CodEntry], elements: Iterable[str], *
 
 def search_url(base_url: str) -> str:
     return f"{base_url.rstrip('/')}/result"
-
-
-def search(base_url: str, params: dict[str, str], *, policy: RetryPolicy | None = None,
-           limiter: RateLimiter | None = None, session: requests.Session | None = None,
-           ) -> list[dict[str, Any]]:
-    """Run one COD search (retried like any download, with the search's own read timeout);
-    returns the raw rows. An empty or malformed answer raises :class:`FetchError` after the retries."""
-    from helpers.fetch.cod_search import ask
-
-    return ask(base_url, params, policy=policy or RetryPolicy(), limiter=limiter or RateLimiter(None),
-               session=session).rows

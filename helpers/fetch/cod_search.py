@@ -32,7 +32,8 @@ from typing import Any
 import requests
 
 from helpers.fetch.cod import CodSearchError, parse_search, search_url
-from helpers.fetch.download import FetchError, RateLimiter, RetryPolicy, decode, get, new_session, write_atomic
+from helpers.fetch.download import FetchError, RateLimiter, RetryPolicy, decode, get, new_session
+from helpers.process.atomic import write_atomic
 
 #: an answer with fewer rows than this fraction of the saved answer to the same query is a fault
 MIN_FRACTION = 0.5

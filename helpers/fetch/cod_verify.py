@@ -22,6 +22,7 @@ from typing import Any
 
 from helpers.fetch.cif import cif_number, sha256
 from helpers.fetch.formula import parse_formula
+from helpers.process.atomic import write_atomic
 
 CELL = (("cod_a", "_cell_length_a"), ("cod_b", "_cell_length_b"), ("cod_c", "_cell_length_c"),
         ("cod_alpha", "_cell_angle_alpha"), ("cod_beta", "_cell_angle_beta"),
@@ -159,6 +160,4 @@ class VerifiedIndex:
                                      "url": url}
 
     def save(self) -> None:
-        from helpers.fetch.download import write_atomic
-
         write_atomic(self.path, json.dumps(self.entries, sort_keys=True).encode())

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from helpers.process.atomic import write_atomic
 
 USER_AGENT = "codani/0.1 (research; ANI vs COD molecular crystals; python-requests)"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -263,21 +263,6 @@ def cache_path(cache_dir: str | Path, cod_id: int) -> Path:
     return Path(cache_dir) / digits[0] / digits[1:3] / digits[3:5] / f"{digits}.cif"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete, never partial."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def remove_partials(cache_dir: str | Path) -> int:
     """Delete temp files left by a killed run; returns how many."""
     n = 0
@@ -304,16 +289,6 @@ class DownloadResult:
     url: str | None = None
     mismatch: str | None = None
     redownloaded: str | None = None  # why a cached file was fetched again
-
-
-def cached_ok(path: Path, cod_id: int) -> bool:
-    """A cached file is trusted when present and passes the cheap checks (it was fully checked
-    before it was atomically renamed into place; parsing 40k files again would take minutes)."""
-    try:
-        text = decode(path.read_bytes())
-    except OSError:
-        return False
-    return cif_problem(text, cod_id, parse=False) is None
 
 
 def cif_url(base_url: str, cod_id: int) -> str:

@@ -43,9 +43,3 @@ def parse_formula(formula: str) -> dict[str, float]:
     if not counts:
         raise ValueError(f"no elements in formula {formula!r}")
     return counts
-
-
-def formula_elements(formula: str) -> set[str]:
-    """The set of element symbols in a formula string."""
-    return set(parse_formula(formula))
-

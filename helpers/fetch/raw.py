@@ -17,11 +17,11 @@ from ase.db.core import Database
 
 from helpers.fetch.cif import CifEntry, read_entries, sha256, single_block_text
 from helpers.fetch.sources import CifFile
-from helpers.run.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
-from helpers.run.parallel import ordered_map
+from helpers.process.guard import DEFAULT_SECONDS, TimeLimitExceeded, time_limit
+from helpers.process.parallel import ordered_map
 from helpers.store import db as dbmod
 
-#: seconds allowed to parse one file (helpers.run.guard); a longer parse is recorded as unreadable
+#: seconds allowed to parse one file (helpers.process.guard); a longer parse is recorded as unreadable
 READ_TIME_LIMIT = DEFAULT_SECONDS
 
 
@@ -70,7 +70,7 @@ def load_files(db: Database, files: Iterable[CifFile], elements: Iterable[str] |
                existing: dict[str, dict[str, Any]] | None = None) -> LoadReport:
     """Write every entry of ``files`` whose elements are within ``elements`` into ``db``.
 
-    Files are parsed by ``n_workers`` processes (None: every core; :mod:`helpers.run.parallel`) and
+    Files are parsed by ``n_workers`` processes (None: every core; :mod:`helpers.process.parallel`) and
     written here, in order, by this process alone. Two files that would get the same id (``x.cif`` and
     ``x.CIF``; one COD id in two folders) never overwrite each other: the later one's id gets its file
     name (``cod-2100348@cod-sample/2100348.cif``) and the collision is reported.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,3 @@ def cif_file(path: Path, root: Path, **extra: Any) -> CifFile:
     return CifFile(text=decode(path.read_bytes()), source=printable(path),
                    name=printable(relative.with_suffix("").as_posix()), cod_id=cod_id_from_name(path), extra=extra,
                    relative=printable(relative.as_posix()))
-
-
-def iter_directory(directory: str | Path, cod_ids: Iterable[int] | None = None,
-                   limit: int | None = None) -> Iterator[CifFile]:
-    """Yield the CIFs of a directory as :class:`CifFile` (names relative to the directory)."""
-    root = Path(directory)
-    for path in directory_files(root, cod_ids, limit):
-        yield cif_file(path, root)

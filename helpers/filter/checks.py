@@ -25,7 +25,7 @@ from ase import Atoms
 
 from helpers.fetch.cif import cif_number
 from helpers.fetch.formula import parse_formula
-from helpers.run.guard import TimeLimitExceeded
+from helpers.process.guard import TimeLimitExceeded
 from helpers.vocabulary import STUDY_ELEMENTS, STUDY_MIN_DISTANCE, density_g_cm3
 
 #: atoms closer than this (Å) are copies of one site, not bonded partners: no molecules are read from them
@@ -55,7 +55,7 @@ class Thresholds:
     max_pairs: int = 25  # close pairs stored per structure (the count is always complete)
     bond_flag_tolerance: float = 0.10  # Å outside the range of a bond's perceived order: flagged (bond_lengths)
     bond_reject_tolerance: float = 0.20  # Å outside that range: rejected (docs/filter.md gives the evidence)
-    check_time_limit: float | None = 60.0  # CPU s per check and entry (helpers.run.guard); None: unlimited
+    check_time_limit: float | None = 60.0  # CPU s per check and entry (helpers.process.guard); None: unlimited
 
     @classmethod
     def make(cls, **overrides: Any) -> Thresholds:

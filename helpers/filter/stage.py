@@ -17,8 +17,8 @@ from ase import Atoms
 from ase.geometry import cell_to_cellpar
 
 from helpers.filter.checks import CHECKS, Check, Entry, Finding, Thresholds
-from helpers.run.guard import TimeLimitExceeded, time_limit
-from helpers.run.parallel import ordered_map
+from helpers.process.guard import TimeLimitExceeded, time_limit
+from helpers.process.parallel import ordered_map
 from helpers.store import db as dbmod
 from helpers.vocabulary import STUDY_ELEMENTS, STUDY_MIN_DISTANCE, density_g_cm3
 
@@ -240,7 +240,7 @@ def run_filter(raw_db: str, clean_db: str, rejects_db: str, min_distance: float 
     """Filter every raw row into ``clean_db`` or ``rejects_db``; idempotent, never stops on bad input.
 
     ``thresholds`` override :class:`helpers.filter.checks.Thresholds` (e.g. ``h_missing_tolerance=0.5``).
-    The checks run in ``n_workers`` processes (None: every core; :mod:`helpers.run.parallel`); this
+    The checks run in ``n_workers`` processes (None: every core; :mod:`helpers.process.parallel`); this
     process writes the verdicts, in raw-database order, one transaction per ``chunk_size`` rows.
     """
     from tqdm.auto import tqdm

@@ -163,7 +163,7 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
     absent), the figure ``figures/lattice_energy.png`` and the ``lattice_energy`` key of ``results.json``.
     ``volume_ranking``: the report's ΔV ranking (first row best on COD volume) for the closing sentence."""
     from helpers.analysis.quantities import display_name
-    from helpers.analysis.report import _markdown
+    from helpers.analysis.report_sections import _markdown
     from helpers.analysis.results_json import update_results_json
 
     docs = Path(docs_dir)

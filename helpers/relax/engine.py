@@ -25,7 +25,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from helpers.internals import capture_optimizer_state, restore_optimizer_state
 from helpers.relax import start_tells
 from helpers.relax.checkpoint import Checkpoint, structure_fingerprint
-from helpers.relax.potentials.registry import MODEL_FILE_HASH
+from helpers.relax.hessian_seed import seed_hessian, side_by_side_evaluator
+from helpers.relax.potentials.registry import MODEL_FILE_HASH, get_potential
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
 
 #: the fused-atom check (a neighbour search, ~10 ms at 100 atoms) runs every this many steps
@@ -326,15 +327,14 @@ def _seed(opt, atoms: Atoms, settings: RelaxSettings) -> dict:
     """Give BFGS the seed potential's Hessian as H0 (:mod:`helpers.relax.hessian_seed`): the row's
     ``hessian_seeded`` (1, or 0 when the seed potential does not cover the crystal's elements: ASE's start)
     and ``hessian_seed_time`` (s)."""
-    from helpers.relax.hessian_seed import seed_hessian, side_by_side_evaluator
-    from helpers.relax.potentials.registry import get_potential
-
     seed = get_potential(settings.hessian_seed)
     if seed.uncovered(atoms.get_chemical_symbols()):
         return {"hessian_seeded": 0}
     started = time.perf_counter()
     evaluate = side_by_side_evaluator(seed.name) if atoms.pbc.all() else None
-    opt.H0 = seed_hessian(atoms, settings, calculator=None if evaluate else seed.calculator(), evaluate=evaluate)
+    work = atoms.copy()  # the seed's own copy; the cell filter's reference is the same (experimental) cell
+    work.calc = None if evaluate else seed.calculator()
+    opt.H0 = seed_hessian(wrap_cell(work, settings), settings.hessian_seed_floor, evaluate=evaluate)
     return {"hessian_seeded": 1, "hessian_seed_time": round(time.perf_counter() - started, 3)}
 
 

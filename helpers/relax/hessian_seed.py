@@ -124,15 +124,10 @@ def floored(hessian: np.ndarray, floor: float = DEFAULT_FLOOR) -> np.ndarray:
     return (vectors * np.clip(values, floor, None)) @ vectors.T
 
 
-def seed_hessian(atoms: Atoms, settings, calculator=None, evaluate: Evaluate | None = None) -> np.ndarray:
-    """The seed for relaxing ``atoms`` with ``settings``: the cheap potential's floored Hessian at ``atoms``,
-    in the coordinates of the cell filter that :func:`~helpers.relax.engine.wrap_cell` builds for these
-    settings; from ``evaluate`` (many geometries at once) when given, else from ``calculator``."""
-    from helpers.relax.engine import wrap_cell
-
-    if (calculator is None) == (evaluate is None):
-        raise ValueError("give the seed potential's calculator or a side-by-side evaluate, not both")
-    work = atoms.copy()  # constraints (FixSymmetry) come along: the seed lives in the same space
-    work.calc = calculator
-    return floored(finite_difference_hessian(wrap_cell(work, settings), evaluate=evaluate),
-                   settings.hessian_seed_floor)
+def seed_hessian(target, floor: float = DEFAULT_FLOOR, evaluate: Evaluate | None = None) -> np.ndarray:
+    """The seed for relaxing ``target``: the cheap potential's floored Hessian where it stands, in the
+    coordinates its optimizer moves. ``target`` is what :func:`~helpers.relax.engine.wrap_cell` builds for the
+    run's settings around a copy of the atoms (constraints such as FixSymmetry come along: the seed lives in the
+    same space); that copy carries the cheap calculator, or ``evaluate`` computes the displaced geometries many
+    at a time (:func:`side_by_side_evaluator`)."""
+    return floored(finite_difference_hessian(target, evaluate=evaluate), floor)

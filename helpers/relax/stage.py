@@ -17,11 +17,11 @@ import pandas as pd
 from ase import Atoms
 from ase.db.core import Database
 
+from helpers.process.guard import interrupt_on_sigterm
 from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
 from helpers.relax.potentials.registry import get_potential
-from helpers.run.guard import interrupt_on_sigterm
 from helpers.store import db as dbmod
 from helpers.store.paths import file_in
 from helpers.store.shards import output_path, result_files, shard_paths

@@ -154,7 +154,7 @@ def run_jobs(jobs: Sequence[dict[str, Any]], log_dir: str | Path, max_parallel: 
                         running[pool.submit(run_relax_job, job, str(log_dir), run_id)] = (job, attempt + 1)
                     else:
                         yield job, error
-        except BaseException:  # Ctrl-C, SIGTERM (see helpers.run.guard.stop_on_sigterm), or the caller stopped
+        except BaseException:  # Ctrl-C, SIGTERM (see helpers.process.guard.stop_on_sigterm), or the caller stopped
             pool.shutdown(wait=False, cancel_futures=True)
             stop_processes_started_since(before)
             raise

@@ -189,7 +189,7 @@ def atom_limits(value: Any) -> dict[str, int | None]:
     limit = optional(integer(1))
     return {text(name): limit(n) for name, n in value.items()}
 
-#: what each notebook parameter may be; tests/test_notebooks.py checks these match the notebooks
+#: what each notebook parameter may be; tests/run/test_notebooks.py checks these match the notebooks
 SPECS: dict[str, dict[str, Coerce]] = {
     "01_fetch": {
         "source": optional(lambda v: [text(x) for x in v] if isinstance(v, (list, tuple)) and v else text(v)),

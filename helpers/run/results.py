@@ -239,7 +239,7 @@ def _run_stage(stage: str, plan: ResultsPlan, logs: Path, analysis_dir: Path, do
                 logs, progress=True)
         land_analysis(partial, analysis_dir)
     elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
-        from helpers.lattice.campaign import run_lattice_stage
+        from helpers.run.lattice import run_lattice_stage
 
         run_lattice_stage(list(plan.potentials), plan.work_dir, logs, docs_dir, max_parallel, plan.lattice_parameters)
     elif stage == "report":

@@ -13,7 +13,7 @@ the wrong volume without any error). Use::
     from helpers.relax.potentials.contract import check_contract
     report = check_contract(my_potential, atoms)  # raises ContractError naming what is broken
 
-``tests/test_potential_contract.py`` runs it over every registered potential on CO2 (COD 1010060, 12 atoms,
+``tests/relax/test_potential_contract.py`` runs it over every registered potential on CO2 (COD 1010060, 12 atoms,
 the smallest real clean crystal of the sample; every potential covers C and O).
 """
 

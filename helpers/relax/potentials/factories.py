@@ -6,7 +6,7 @@ Everything else about a potential (citation, elements, cost, ...) is on its card
 
 Why these: they install from PyPI beside torch 2.13 and need no run-time download (weights inside the
 wheels or none at all), and each gives energy, forces and a stress that matches finite differences
-(``tests/test_potential_contract.py``). MACE-OFF, MatterSim, Orb, PET-MAD and UMA download their weights at run
+(``tests/relax/test_potential_contract.py``). MACE-OFF, MatterSim, Orb, PET-MAD and UMA download their weights at run
 time; add them with a model file (:func:`helpers.relax.potentials.plugins.model_file_potential`).
 
 Every factory imports its package only when called, so listing the registry costs nothing. The

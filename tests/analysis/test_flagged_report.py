@@ -1,0 +1,60 @@
+"""The report's 'CIF error or potential error?' section and results.json's ``flagged``, from a fixed errors
+table (tests/data/results_errors.csv) with three crystals every potential moves far, recomputed by hand."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report import ERRORS, section_table
+
+from helpers.analysis.report import write_report
+from helpers.analysis.stage import analyse_errors
+
+FAR = ("cod-2000001", "cod-2000002", "cod-2000003")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flagged")
+    errors = pd.read_csv(ERRORS)
+    errors.loc[errors.structure_id.isin(FAR), "dV_pct"] = 25.0  # every potential: +25 %
+    errors["filter_flags"] = np.where(errors.structure_id == "cod-2000004", "bond_length_outlier", "")
+    analyse_errors(errors, root / "analysis", n_boot=50, quantities=("volume",), plots=False)
+    plan = SimpleNamespace(sources=["/x/cod"], max_atoms={})
+    path = write_report(root / "analysis", plan, root / "docs", extra={})
+    return errors, path.read_text(), root
+
+
+def test_listed_crystals_and_results_json(report):
+    errors, markdown, root = report
+    listed = pd.read_csv(root / "analysis" / "consensus_outliers.csv")
+    converged = errors[errors.status == "converged"]
+    far = {sid for sid, g in converged.groupby("structure_id") if len(g) >= 3 and (g.dV_pct > 10).all()}
+    assert set(FAR) <= far  # by hand: 3 of 3 far up
+    expected = sorted(far | {"cod-2000004"})
+    assert sorted(listed.structure_id) == expected
+    flagged = json.loads((root / "docs" / "results.json").read_text())["flagged"]
+    assert flagged["reasons"]["volume_consensus"] == sorted(far)
+    assert flagged["reasons"]["filter_flagged"] == ["cod-2000004"]
+    assert flagged["n_listed"] == len(expected)
+
+
+def test_section_numbers_with_and_without(report):
+    errors, markdown, root = report
+    assert "## CIF error or potential error?" in markdown
+    table = section_table(markdown, "ΔV of converged relaxations, all entries → without the listed ones:")
+    row = table[table.potential == "ANI-1x"].iloc[0]
+    listed = set(pd.read_csv(root / "analysis" / "consensus_outliers.csv").structure_id)
+    dv = errors[(errors.potential == "ani1x") & (errors.status == "converged")]
+    rest = dv[~dv.structure_id.isin(listed)].dV_pct
+    before, after = (float(x) for x in row["median ΔV [%]"].split(" → "))
+    assert before == pytest.approx(np.median(dv.dV_pct), abs=0.006)
+    assert after == pytest.approx(np.median(rest), abs=0.006)
+    assert row["n (left out)"] == f"{len(dv)} ({len(dv) - len(rest)})"
+    up = dv.dV_pct > 10
+    n_up_listed = int((up & dv.structure_id.isin(listed)).sum())
+    assert row["tails that are listed"].startswith(f"{n_up_listed}/{int(up.sum())} up")

@@ -1,0 +1,204 @@
+"""Lattice energies (X23, ICE13): the din reader, Z and the sign of E_latt, molecule identity, a real run."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from helpers.lattice import (
+    DinError,
+    benchmark_entries,
+    ev_to_kjmol,
+    kcal_to_kj,
+    lattice_energy,
+    lattice_references,
+    read_crystal,
+    read_din,
+    read_molecule,
+    reference_dir,
+    same_molecule,
+)
+
+REF = reference_dir()
+
+
+@pytest.fixture(scope="module")
+def lattice_ref():
+    if not (REF / "x23" / "x23.din").is_file():
+        pytest.fail(f"lattice-energy reference data missing: {REF}")
+    return REF
+
+
+def test_real_din_files_are_read_with_the_ice_xi_duplicate_used_once(lattice_ref):
+    with pytest.warns(UserWarning, match=r"ice\.din:67: 'ice_XI' is listed twice \(first at line 61\); used once"):
+        ice = read_din(lattice_ref / "ice13" / "ice.din")
+    names = [e.name for e in ice]
+    assert len(names) == 12 and names.count("ice_XI") == 1 and "ice_IX" not in names
+    x23 = read_din(lattice_ref / "x23" / "x23.din")
+    assert len(x23) == 23
+    urea = next(e for e in x23 if e.name == "urea")
+    assert urea.terms == ((-0.5, "urea"), (1.0, "mol_urea")) and urea.value == 24.4025
+
+
+def _din(tmp_path, text):
+    path = tmp_path / "bad.din"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "line", "what"), [
+    ("# header\n-0.5\nurea\n1\nmol_urea\n0\n", 6, "the closing 0 has no reference value"),
+    ("-0.5\nurea\n1\nmol_urea\n", 1, "not closed"),
+    ("# header\n-0.5\nurea\n1\n2.5\n0\n24.4\n", 5, "expected the system name"),
+    ("-0.5\nurea\n1\nmol_urea\n0\nabc\n", 6, "expected the reference value"),
+    ("-0.5\nurea\n1\nmol_urea\n0\n24.4\nhalf\nurea\n", 7, "expected a coefficient"),
+    ("0\n24.4\n", 1, "without systems"),
+])
+def test_malformed_din_blocks_are_an_error_naming_the_line(tmp_path, text, line, what):
+    path = _din(tmp_path, text)
+    with pytest.raises(DinError, match=rf"bad\.din:{line}: .*({what})"):
+        read_din(path)
+
+
+def test_an_entry_listed_twice_with_another_value_is_an_error(tmp_path):
+    path = _din(tmp_path, "-0.5\nurea\n1\nmol_urea\n0\n24.4\n-0.5\nurea\n1\nmol_urea\n0\n25.0\n")
+    with pytest.raises(DinError, match=r"bad\.din:7: 'urea' is listed again \(first at line 1\)"):
+        read_din(path)
+
+
+def test_a_name_without_a_structure_is_a_clear_error(tmp_path, lattice_ref):
+    root = tmp_path / "lattice-energy"
+    (root / "x23").mkdir(parents=True)
+    (root / "x23" / "expt").symlink_to(lattice_ref / "x23" / "expt")
+    (root / "x23" / "dft").symlink_to(lattice_ref / "x23" / "dft")
+    (root / "x23" / "x23.din").write_text("-0.5\nurea\n1\nmol_urea\n0\n24.4025\n-0.25\nglycine\n1\nmol_glycine\n0\n1\n")
+    with pytest.raises(FileNotFoundError, match=r"'glycine' has no structure: .*expt/glycine\.cif not found"):
+        benchmark_entries("x23", root)
+    (root / "x23" / "x23.din").write_text("-0.5\nurea\n1\nmol_urea\n0\n24.4025\n")
+    (entry,) = benchmark_entries("x23", root)
+    assert entry.reference.z == 2
+
+
+def test_z_and_the_sign_of_the_lattice_energy_by_hand(lattice_ref):
+    refs = {r.crystal: r for r in lattice_references(read_din(lattice_ref / "x23" / "x23.din"))}
+    urea = refs["urea"]  # -0.5 urea / 1 mol_urea / 0 / 24.4025: E_latt = E(mol) - E(cryst)/2
+    assert (urea.z, urea.molecule, urea.ref_kcalmol) == (2, "mol_urea", 24.4025)
+    assert refs["triazine"].z == 6 and refs["cyanamide"].z == 8 and refs["hexamine"].z == 1
+    # a crystal of 2 molecules 1 eV lower than two free molecules binds each by 0.5 eV: positive
+    assert lattice_energy(e_molecule=-10.0, e_crystal=-21.0, z=2) == pytest.approx(0.5)
+    assert lattice_energy(e_molecule=-10.0, e_crystal=-19.0, z=2) == pytest.approx(-0.5)  # unbound: negative
+    assert ev_to_kjmol(0.5) == pytest.approx(48.2427, abs=1e-3)  # 1 eV = 96.4853 kJ/mol
+    assert kcal_to_kj(urea.ref_kcalmol) == pytest.approx(102.1001, abs=1e-4)
+    with pytest.raises(ValueError, match="Z must be"):
+        lattice_energy(-10.0, -20.0, 0)
+    ice = {e.name: e for e in benchmark_entries("ice13", lattice_ref)}
+    assert ice["ice_XIII"].reference.z == 28  # coefficient -0.035714
+    assert len(read(ice["ice_XIII"].crystal_file)) == 3 * 28
+
+
+def test_the_z_of_every_entry_is_the_number_of_molecules_in_its_start_cell(lattice_ref):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        entries = benchmark_entries("x23", lattice_ref) + benchmark_entries("ice13", lattice_ref)
+    for entry in entries:
+        crystal = read_crystal(entry.dft_crystal_file or entry.crystal_file)
+        verdict = same_molecule(crystal, read_molecule(entry.molecule_file), entry.reference.z)
+        assert verdict.same, (entry.name, verdict.reason)
+
+
+def test_a_mismatched_pair_is_not_the_same_molecule(lattice_ref):
+    urea = read_crystal(lattice_ref / "x23" / "expt" / "urea.cif")
+    verdict = same_molecule(urea, read_molecule(lattice_ref / "x23" / "dft" / "mol_formamide.scf.in"), 2)
+    assert not verdict.same and "CH4N2O" in verdict.reason and "CH3NO" in verdict.reason
+    assert same_molecule(urea, read_molecule(lattice_ref / "x23" / "dft" / "mol_urea.scf.in"), 2).same
+    wrong_z = same_molecule(urea, read_molecule(lattice_ref / "x23" / "dft" / "mol_urea.scf.in"), 4)
+    assert not wrong_z.same and "2 molecules" in wrong_z.reason and "Z is 4" in wrong_z.reason
+    # the experimental hexamine CIF has no hydrogens: not the gas-phase molecule
+    hexamine = same_molecule(read_crystal(lattice_ref / "x23" / "expt" / "hexamine.cif"),
+                             read_molecule(lattice_ref / "x23" / "dft" / "mol_hexamine.scf.in"), 1)
+    assert not hexamine.same and "C6N4" in hexamine.reason and "C6H12N4" in hexamine.reason
+
+
+def test_quantum_espresso_inputs_are_read_in_angstrom(lattice_ref):
+    mol = read_molecule(lattice_ref / "x23" / "dft" / "mol_urea.scf.in")
+    assert mol.get_chemical_formula() == "CH4N2O" and not mol.pbc.any()
+    d_co = np.linalg.norm(mol.positions[0] - mol.positions[1])
+    assert 1.2 < d_co < 1.3  # the C=O bond of urea, read in angstrom
+    hexamine = read_crystal(lattice_ref / "x23" / "dft" / "hexamine.scf.in")  # cell in celldm(1) = 1 bohr
+    assert len(hexamine) == 22 and hexamine.get_volume() == pytest.approx(165.4, abs=0.1)
+    assert hexamine.get_volume() / read_crystal(lattice_ref / "x23" / "expt" / "hexamine.cif").get_volume() \
+        == pytest.approx(0.953, abs=0.005)
+
+
+@pytest.mark.slow
+def test_ani1x_lattice_energies_of_two_small_crystals_end_to_end(tmp_path, lattice_ref, model_dir):
+    from helpers.lattice import run_lattice_energy
+    from helpers.store import db as dbmod
+
+    out = str(tmp_path / "lattice_{potential}.db")
+    table = run_lattice_energy("ani1x", ["x23"], out_db=out, fmax=0.01, crystals=["co2", "hexamine"],
+                               n_threads=1, progress=False, reference_dir=lattice_ref).set_index("crystal")
+    assert list(table.index) == ["co2", "hexamine"]
+    assert set(table.status) == {"converged"} and set(table.molecule_status) == {"converged"}
+    co2, hexamine = table.loc["co2"], table.loc["hexamine"]
+    assert co2.Z == 4 and co2.crystal_source == "expt" and co2.ref_kJmol == pytest.approx(4.184 * 7.02677)
+    assert hexamine.crystal_source == "dft" and "no structure" not in str(hexamine.message)
+    assert "C6N4" in hexamine.message  # why the DFT crystal was the start: the CIF has no H
+    for row in (co2, hexamine):
+        expected = ev_to_kjmol(row.E_mol_eV - row.E_cryst_eV / row.Z)
+        assert row.E_latt_kJmol == pytest.approx(expected) and math.isfinite(row.E_latt_fixed_kJmol)
+        assert row.error_kJmol == pytest.approx(row.E_latt_kJmol - row.ref_kJmol)
+        assert row.same_molecule_after_relax
+    assert co2.V_exp == pytest.approx(read(lattice_ref / "x23" / "expt" / "co2.cif").get_volume())
+    assert 0.8 < co2.V_relaxed / co2.V_exp < 1.2
+    db = dbmod.connect(out.format(potential="ani1x"))
+    before = {(r.system, r.kind): r.mtime for r in db.select()}
+    assert set(before) == {("co2", "crystal"), ("co2", "crystal_fixed"), ("mol_co2", "molecule"),
+                           ("hexamine", "crystal"), ("hexamine", "crystal_fixed"), ("mol_hexamine", "molecule")}
+    again = run_lattice_energy("ani1x", ["x23"], out_db=out, fmax=0.01, crystals=["co2", "hexamine"],
+                               n_threads=1, progress=False, reference_dir=lattice_ref).set_index("crystal")
+    assert {(r.system, r.kind): r.mtime for r in db.select()} == before  # nothing recomputed
+    assert again.E_latt_kJmol.tolist() == table.E_latt_kJmol.tolist()
+
+
+def _row(potential, benchmark, crystal, e_latt, ref, status="converged", dv=np.nan, geometry="relaxed"):
+    return {"potential": potential, "benchmark": benchmark, "crystal": crystal, "E_latt_kJmol": e_latt,
+            "ref_kJmol": ref, "error_kJmol": e_latt - ref, "E_latt_fixed_kJmol": e_latt - 1,
+            "error_fixed_kJmol": e_latt - 1 - ref, "status": status, "dV_exp_pct": dv, "geometry": geometry}
+
+
+def test_summary_counts_failures_and_ranks_ice_polymorphs():
+    """MAE over crystals with both energies (the step-capped one with its last energy); the exploded one is
+    in n and listed, not in the MAE; ρ = 1 when the ice ordering is DMC's even with an offset."""
+    import pandas as pd
+
+    from helpers.lattice.report import potential_summary
+
+    rows = [_row("p", "x23", "a", 10.0, 12.0, dv=-2.0), _row("p", "x23", "b", 30.0, 26.0, dv=4.0),
+            _row("p", "x23", "c", 20.0, 21.0, status="crystal step_cap"),
+            _row("p", "x23", "d", np.nan, 30.0, status="crystal exploded")]
+    rows += [_row("p", "ice13", f"ice_{k}", 50.0 + k, 58.0 + k) for k in range(4)]
+    summary = potential_summary(pd.DataFrame(rows), n_boot=200).iloc[0]
+    assert summary.x23_n == 4 and summary.x23_n_in_mae == 3 and summary.x23_n_converged == 2
+    assert summary.x23_mae == pytest.approx((2 + 4 + 1) / 3) and summary.x23_mse == pytest.approx((-2 + 4 - 1) / 3)
+    assert summary.x23_worst == "b" and summary.x23_worst_error == pytest.approx(4.0)
+    assert summary.x23_mae_ci_low <= summary.x23_mae <= summary.x23_mae_ci_high
+    assert summary.x23_dV_mean_pct == pytest.approx(1.0) and summary.x23_dV_mae_pct == pytest.approx(3.0)
+    assert summary.ice13_mae == pytest.approx(8.0) and summary.ice13_mse == pytest.approx(-8.0)
+    assert summary.ice13_spearman == pytest.approx(1.0) and summary.ice13_mae_relative == pytest.approx(0.0)
+    assert summary.not_converged == "c: crystal step_cap; d: crystal exploded"
+
+
+def test_the_results_stage_runs_every_potential_and_gfn2_at_the_fixed_geometry(tmp_path):
+    from helpers.run.lattice import lattice_jobs
+    from helpers.run.results import STAGES
+
+    assert STAGES.index("lattice") < STAGES.index("report")  # the report reads docs/lattice_energy.csv
+    jobs = {j["potential"]: j for j in lattice_jobs(["ani1x", "gfn2-xtb"], tmp_path)}
+    assert jobs["ani1x"]["geometry"] == "relaxed" and jobs["gfn2-xtb"]["geometry"] == "fixed"
+    assert jobs["ani1x"]["out_csv"] == str(tmp_path / "lattice" / "lattice_ani1x.csv")
+    assert all(j["n_threads"] == 1 for j in jobs.values())
