@@ -22,6 +22,7 @@ import pandas as pd
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.ranking_targets import science_targets
+from helpers.analysis.readme_headline import sync_readme
 from helpers.analysis.report_figures import shrink_png
 from helpers.analysis.report_sections import (
     ReportInputs,
@@ -620,6 +621,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     out = [line for section in sections for line in section(inputs)]
     path = docs / "results.md"
     path.write_text("\n".join(out))
+    sync_readme(docs.parent / "README.md", path)  # the README's headline block, when it has one
     return path
 
 

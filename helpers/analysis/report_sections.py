@@ -31,6 +31,7 @@ from helpers.analysis.ranking import (
     partial_sentence,
     rank_potentials,
 )
+from helpers.analysis.readme_headline import marked
 from helpers.analysis.results_json import update_results_json
 from helpers.vocabulary import THERMAL_EXPANSION_V
 
@@ -154,7 +155,8 @@ def verdict_text(ranking: dict[str, Any]) -> str:
 
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
-    return ["## Verdict", "", verdict_text(inputs.ranking), ""]
+    """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
+    return ["## Verdict", "", *marked([verdict_text(inputs.ranking)]), ""]
 
 
 # ---------------------------------------------------------------------------------------------
