@@ -13,14 +13,17 @@ from helpers.relax.stage import job_settings, run_batch
 from helpers.relax.start_tells import backfill_start_tells, evaluate_start, start_tells
 from helpers.store import db as dbmod
 
-#: today's settings hashes (a campaign's rows carry them): adding the start tells must not move them
+#: today's settings hashes (a campaign's rows carry them): adding the start tells must not move them.
+#: SevenNet-0-d3's default is seeded since issue 35 (its own pin in test_settings_hash.py): the unseeded
+#: settings, which the start tells came with, keep this hash
 PINNED = {"ani1x": "64cb540d83bd336b", "ani2x-d3": "f2c1b9d8917da710", "gfn-ff": "8416ae1929b25009",
           "sevennet0-d3": "8966ba21587df8b6"}
 
 
 @pytest.mark.parametrize("potential", sorted(PINNED))
 def test_default_settings_hashes_are_unchanged(potential):
-    assert job_settings(potential, {}).hash() == PINNED[potential]
+    unseeded = {"hessian_seed": "off"} if get_potential(potential).hessian_seed else {}
+    assert job_settings(potential, unseeded).hash() == PINNED[potential]
     steps = get_potential(potential).steps_per_atom
     assert RelaxSettings(potential=potential).resolved(steps).hash() == PINNED[potential]
 

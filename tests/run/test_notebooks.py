@@ -201,7 +201,7 @@ def test_03_relax_builds_its_settings_as_the_campaign_hashes_them():
     from dataclasses import fields
 
     from helpers.relax.engine import RelaxSettings
-    from helpers.relax.stage import job_settings
+    from helpers.relax.stage import hessian_seed_for, job_settings
 
     book = nbformat.read(notebook_path("03_relax"), as_version=4)
     calls = [node for cell in book.cells if cell.cell_type == "code" and "RelaxSettings(" in cell.source
@@ -217,6 +217,13 @@ def test_03_relax_builds_its_settings_as_the_campaign_hashes_them():
     params = dict(CONTRACT["03_relax"], potential="ani1ccx", fmax=0.01, optimizer="FIRE", draft=None)
     notebook_settings = RelaxSettings(**{k: params[k] for k in passed}).resolved(10)
     assert job_settings("ani1ccx", params).hash() == notebook_settings.hash()
+    # a seeded card: the notebook resolves hessian_seed (None: the card's) with the campaign's own rule
+    source = "\n".join(cell.source for cell in book.cells if cell.cell_type == "code")
+    assert "hessian_seed = hessian_seed_for(potential, hessian_seed, optimizer)" in source
+    for seed in (None, "off"):
+        params = dict(CONTRACT["03_relax"], potential="chgnet-d3", hessian_seed=seed)
+        chosen = {k: params[k] for k in passed} | {"hessian_seed": hessian_seed_for("chgnet-d3", seed, "BFGS")}
+        assert job_settings("chgnet-d3", params).hash() == RelaxSettings(**chosen).resolved(6).hash()
 
 
 @pytest.mark.slow
