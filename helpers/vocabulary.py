@@ -79,3 +79,11 @@ FORWARDED_ENV: tuple[str, ...] = (ANI_MODEL_DIR_ENV, TORCHANI_DATA_ENV, COD_SOUR
 #: the campaign run a relax job's kernel belongs to (set by ``helpers.run`` for the kernels it starts): a
 #: structure's in-flight death counts only within the run that saw it (``helpers.relax.inflight``)
 RUN_ENV = "CODANI_RUN_ID"
+
+
+# --- notebook switches -------------------------------------------------------------------------------------
+#: how a yes/no parameter may arrive as text (papermill's command line passes strings)
+TRUE_WORDS = frozenset({"true", "yes", "on", "1", "y", "t"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0", "n", "f"})
+#: 03_relax's ``hessian_seed`` value that turns a potential's default seed off (the study's BFGS start)
+NO_HESSIAN_SEED = "off"

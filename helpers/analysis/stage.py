@@ -53,10 +53,12 @@ from helpers.analysis.uncertainty import (
 from helpers.store import db as dbmod
 from helpers.store.paths import resolve_many, safe_name
 from helpers.vocabulary import (
+    FALSE_WORDS,
     OUTLIER_THRESHOLD_PCT,
     T_REF,
     TEMPERATURE_EDGES,
     THERMAL_EXPANSION_V,
+    TRUE_WORDS,
     density_g_cm3,
 )
 
@@ -740,8 +742,8 @@ def _remove_previous_outputs(out: Path) -> None:
 def _as_bool(value: Any, name: str) -> bool:
     """A switch that may arrive as a string ("false") from papermill; ValueError otherwise."""
     text = str(value).strip().lower()
-    if isinstance(value, bool) or text in ("true", "false", "1", "0"):
-        return value if isinstance(value, bool) else text in ("true", "1")
+    if isinstance(value, bool) or text in TRUE_WORDS | FALSE_WORDS:
+        return value if isinstance(value, bool) else text in TRUE_WORDS
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 

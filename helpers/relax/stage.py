@@ -25,7 +25,7 @@ from helpers.relax.potentials.registry import get_potential
 from helpers.store import db as dbmod
 from helpers.store.paths import file_in
 from helpers.store.shards import output_path, result_files, shard_paths
-from helpers.vocabulary import FAILURES, FINAL_STATUSES, THREADS_ENV, Status
+from helpers.vocabulary import FAILURES, FINAL_STATUSES, NO_HESSIAN_SEED, THREADS_ENV, Status
 
 #: statuses that are final: a re-run does not redo them (``error``/``timeout`` are retried)
 #: above this fraction of exploded/error/timeout a batch warns loudly
@@ -115,10 +115,6 @@ def configure_threads(n_threads: int | None = None) -> int:
     except ImportError:
         pass
     return n
-
-
-#: 03_relax's ``hessian_seed`` value that turns a potential's default seed off (the study's BFGS start)
-NO_HESSIAN_SEED = "off"
 
 
 def hessian_seed_for(potential: str, requested: str | None = None, optimizer: str = "BFGS") -> str | None:

@@ -13,10 +13,11 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from helpers.vocabulary import FALSE_WORDS, NO_HESSIAN_SEED, TRUE_WORDS
+
 Coerce = Callable[[Any], Any]
 
-_TRUE = {"true", "yes", "on", "1", "y", "t"}
-_FALSE = {"false", "no", "off", "0", "n", "f"}
+_TRUE, _FALSE = TRUE_WORDS, FALSE_WORDS
 _NONE = {"none", "null", ""}
 
 
@@ -139,9 +140,10 @@ def _then(first: Coerce, second: Callable[[Any], Any]) -> Coerce:
 
 
 def _or_off(inner: Coerce) -> Coerce:
-    """``"off"`` kept as it is (a default switched off), anything else through ``inner``."""
+    """:data:`NO_HESSIAN_SEED` kept as it is (a default switched off), anything else through ``inner``."""
     def coerce(value: Any) -> Any:
-        return "off" if isinstance(value, str) and value.strip().lower() == "off" else inner(value)
+        off = isinstance(value, str) and value.strip().lower() == NO_HESSIAN_SEED
+        return NO_HESSIAN_SEED if off else inner(value)
     coerce.__name__ = f"{getattr(inner, '__name__', 'value')}_or_off"
     return coerce
 

@@ -7,9 +7,9 @@ import torch
 from helpers.relax.engine import RelaxSettings, relax, wrap_cell
 from helpers.relax.hessian_seed import finite_difference_hessian, floored, seed_hessian, side_by_side_evaluator
 from helpers.relax.potentials.registry import REGISTRY, get_potential
-from helpers.relax.stage import NO_HESSIAN_SEED, hessian_seed_for, job_settings, runs_side_by_side
+from helpers.relax.stage import hessian_seed_for, job_settings, runs_side_by_side
 from helpers.run.parameters import ParameterError, checked
-from helpers.vocabulary import Status
+from helpers.vocabulary import NO_HESSIAN_SEED, Status
 
 torch.set_num_threads(1)
 
