@@ -6,9 +6,10 @@ path vs the project's, same crystals, same run (issue 35, lever a-c). Run throug
        crystals one after another, ASE's BFGS from its stock Hessian (``hessian_seed="off"``), glibc's
        default allocator thresholds.
 (fast) the project's default (``helpers.relax.stage.job_settings``): one single-thread process per core,
-       the largest crystal first and the next one to whichever core frees up; BFGS seeded with ANI-2x's
-       Hessian (``Potential.hessian_seed``, :mod:`helpers.relax.hessian_seed`); the allocator thresholds of
-       ``helpers.vocabulary.JOB_ENV`` (``GLIBC_TUNABLES``).
+       the largest crystal first and the next one to whichever core frees up, a core left idle at the end
+       going to the crystals still running (:mod:`helpers.process.cores`, as in a campaign's jobs); BFGS
+       seeded with ANI-2x's Hessian (``Potential.hessian_seed``, :mod:`helpers.relax.hessian_seed`); the
+       allocator thresholds of ``helpers.vocabulary.JOB_ENV`` (``GLIBC_TUNABLES``).
 Both: the same model, BFGS + FrechetCellFilter, fmax 5e-4 eV/Å and step cap; every energy, force and
 verdict comes from the model itself. Each path runs in freshly started processes (the allocator
 settings are read at process start). Ends with ``speedup: <r>x, max |dV fast - dV seed|: <p>%``.
@@ -59,6 +60,7 @@ def relax_one(args):
     sid, atoms, potential, threads, seed = args
     import torch
 
+    from helpers.process.cores import core_share
     from helpers.relax.engine import relax
     from helpers.relax.potentials.registry import get_potential
     from helpers.relax.stage import job_settings
@@ -66,9 +68,10 @@ def relax_one(args):
     torch.set_num_threads(threads)
     settings = job_settings(potential, {"strategy": "study", **({} if seed else {"hessian_seed": "off"})})
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), core_share(threads) as share:  # fast path: a core left idle comes here
         warnings.simplefilter("ignore")
-        result = relax(atoms, get_potential(potential).calculator(), settings)
+        result = relax(atoms, get_potential(potential).calculator(), settings,
+                       on_optimizer=lambda opt: opt.attach(share.refresh, interval=1))
     return sid, result, time.perf_counter() - started, settings.hessian_seed
 
 
@@ -94,6 +97,7 @@ def load_crystals(cod_ids, workdir: Path, source: Path | None = None) -> list:
 def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFrame:
     import tempfile
 
+    from helpers.process.cores import CORE_SHARE_ENV
     from helpers.relax.stage import job_settings
     from helpers.vocabulary import JOB_ENV
 
@@ -102,10 +106,11 @@ def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFra
     spawn = multiprocessing.get_context("spawn")  # a new process reads the allocator settings at its start
     print(f"{len(crystals)} crystals ({', '.join(str(len(a)) for _, a, _ in crystals)} atoms), {potential}; "
           f"seed: 1 process x {workers} threads, one crystal after another, ASE's BFGS start, glibc defaults; "
-          f"fast: {workers} processes x 1 thread, largest first, Hessian seed {job_settings(potential).hessian_seed}, "
+          f"fast: {workers} processes x 1 thread (an idle core to those running), largest first, "
+          f"Hessian seed {job_settings(potential).hessian_seed}, "
           f"{ALLOCATOR_ENV}={JOB_ENV[ALLOCATOR_ENV]}; load average {os.getloadavg()[0]:.2f}", flush=True)
     seed, started = {}, time.perf_counter()
-    with environment(**{ALLOCATOR_ENV: None}), ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    with environment(**{ALLOCATOR_ENV: None, CORE_SHARE_ENV: None}), ProcessPoolExecutor(1, mp_context=spawn) as pool:
         for sid, atoms, _ in crystals:
             sid, result, wall, _ = pool.submit(relax_one, (sid, atoms, potential, workers, False)).result()
             seed[sid] = (result, wall)
@@ -113,7 +118,9 @@ def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFra
                   flush=True)
     seed_total = time.perf_counter() - started
     fast, started = {}, time.perf_counter()
-    with environment(**{ALLOCATOR_ENV: JOB_ENV[ALLOCATOR_ENV]}), ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+    cores = tempfile.mkdtemp(prefix="cores-")  # the fast path's jobs share the cores (helpers.process.cores)
+    with environment(**{ALLOCATOR_ENV: JOB_ENV[ALLOCATOR_ENV], CORE_SHARE_ENV: cores}), \
+            ProcessPoolExecutor(workers, mp_context=spawn) as pool:
         jobs = [pool.submit(relax_one, (sid, atoms, potential, 1, True))
                 for sid, atoms, _ in sorted(crystals, key=lambda c: -len(c[1]))]
         for job in as_completed(jobs):

@@ -276,11 +276,12 @@ class _Slot:
 
 def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, settings: RelaxSettings,
                max_atoms_in_flight: int = DEFAULT_ATOMS_IN_FLIGHT, max_wall_time: float | None = None,
-               draft: SideBySideANI | None = None) -> Iterator[tuple[object, RelaxResult]]:
+               draft: SideBySideANI | None = None, on_pass=None) -> Iterator[tuple[object, RelaxResult]]:
     """Relax every ``(key, atoms)`` with ``settings`` (resolved), yielding each as soon as it ends.
 
     ``evaluator`` is the exact model; ``draft`` an optional cheaper copy (see the module
     docstring). At most ``max_atoms_in_flight`` atoms (or one crystal, if larger) are in flight.
+    ``on_pass()`` is called before every pass (e.g. to take cores other jobs left idle).
     """
     if settings.optimizer not in LOCKSTEP_OPTIMIZERS:
         raise ValueError(f"the side-by-side path steps {LOCKSTEP_OPTIMIZERS}, not {settings.optimizer!r}")
@@ -301,6 +302,8 @@ def relax_many(items: Iterable[tuple[object, Atoms]], evaluator: SideBySideANI, 
                                                         f"{type(exc).__name__}: {exc}", side_by_side=True)
         if not running:
             break
+        if on_pass is not None:
+            on_pass()
         exact_group = [s for s in running if s.exact_next]
         draft_group = [s for s in running if not s.exact_next]
         for model, group in ((evaluator, exact_group), (draft, draft_group)):

@@ -17,6 +17,7 @@ import pandas as pd
 from ase import Atoms
 from ase.db.core import Database
 
+from helpers.process.cores import core_share
 from helpers.process.guard import interrupt_on_sigterm
 from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
@@ -157,7 +158,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     settings = (settings or job_settings(potential)).resolved(pot.steps_per_atom)
     if settings.potential != potential:
         raise ValueError(f"settings are for {settings.potential!r}, batch is for {potential!r}")
-    configure_threads(n_threads)
+    threads = configure_threads(n_threads)
     clean = dbmod.connect(clean_db, must_exist=True)
     ids = batch_ids(clean, batch, n_batches, max_atoms, potential)[:limit]
     target = output_path(out_db, potential, batch, n_batches)
@@ -192,10 +193,11 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
         _alarm(report)
         return report
     calc = pot.calculator(**(calculator_options or {}))
-    with warnings.catch_warnings():
+    # cores that other jobs of this machine leave idle when they end come to this one (helpers.process.cores)
+    with warnings.catch_warnings(), core_share(threads) as share:
         warnings.simplefilter("ignore", RuntimeWarning)
         if settings.strategy == "fast" and runs_side_by_side(calc, settings, trajectory_dir):
-            _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record)
+            _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record, share.refresh)
         else:
             marker = InFlight.for_job(out_db, potential, batch, n_batches)
             died_on = marker.died_on()  # the structure a previous run of this job died on, if any
@@ -215,7 +217,8 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
                     checkpoint = marker.checkpoint(sid, settings_hash, checkpoint_every)
                     try:
                         result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory,
-                                       checkpoint=checkpoint)
+                                       checkpoint=checkpoint,
+                                       on_optimizer=lambda opt: opt.attach(share.refresh, interval=1))
                     except BaseException:
                         marker.clear()  # the checkpoint stays: the next run continues this relaxation
                         raise
@@ -245,7 +248,7 @@ def runs_side_by_side(calc, settings: RelaxSettings, trajectory_dir: str | None 
 
 
 def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, settings: RelaxSettings,
-                        max_wall_time: float | None, record) -> None:
+                        max_wall_time: float | None, record, on_pass=None) -> None:
     """Relax ``runnable`` crystals side by side, largest first, committing each as it ends."""
     from helpers.relax.potentials.ani_side_by_side import SideBySideANI
     from helpers.relax.side_by_side import relax_many
@@ -275,7 +278,8 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
     # the draft only moves crystals: float32 ANI, and D3 with cheaper cutoffs
     draft = evaluator(getattr(torch, settings.draft), dispersion and draft_dispersion(dispersion)) \
         if settings.draft else None
-    for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft):
+    for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft,
+                                  on_pass=on_pass):
         row = rows.pop(sid)
         record(row, result.atoms, result)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.process.cores import CORE_SHARE_ENV, machine_folder
 from helpers.store.paths import project_root, resolve
 from helpers.store.shards import job_tag
 from helpers.vocabulary import JOB_ENV, RUN_ENV
@@ -38,6 +39,8 @@ def execute(name: str, parameters: dict[str, Any], log_dir: str | Path, tag: str
     out.parent.mkdir(parents=True, exist_ok=True)
     for key, value in JOB_ENV.items():
         os.environ.setdefault(key, value)
+    # the jobs of this machine share its cores: a job's idle core goes to those still running
+    os.environ.setdefault(CORE_SHARE_ENV, str(machine_folder()))
     papermill.execute_notebook(str(notebook_path(name)), str(out), parameters=parameters,
                                cwd=str(project_root()), progress_bar=progress, kernel_name="python3")
     return out
