@@ -68,22 +68,11 @@ def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
     ranked = table[table["ranked"]] if len(table) else table
     if ranked.empty:
         return None
-    colour = colours(table["potential"])
-    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(ranked) + 1.0))
-    for k, row in enumerate(ranked.itertuples()):
-        y = len(ranked) - 1 - k
-        finite = np.isfinite([row.metric, row.metric_ci_low, row.metric_ci_high])
-        high = row.metric_ci_high if finite[2] else ax.get_xlim()[1]
-        if finite[0]:
-            ax.errorbar(row.metric, y, xerr=[[row.metric - row.metric_ci_low if finite[1] else 0],
-                                             [high - row.metric]], fmt="o", color=colour[row.potential], capsize=3)
-        ax.text(1.01, y, f"n = {int(row.n_shared)}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
-    ax.set_yticks(range(len(ranked)), [display_name(p) for p in ranked["potential"]][::-1], fontsize=8)
-    ax.set_xlabel("median |ΔV₀| [%], failures as ∞ (95 % CI)", fontsize=8)
+    rows = [(r.potential, r.metric, r.metric_ci_low, r.metric_ci_high, r.n_shared) for r in ranked.itertuples()]
+    fig, ax = _interval_rows(rows, colours(table["potential"]),
+                             "median |ΔV₀| [%], failures as ∞ (95 % CI)")
     ax.set_xlim(left=0)
     return _save(fig, path, dpi=90)
-
-
 
 
 def median_intervals(summary: pd.DataFrame, path: str | Path, quantity: str = "volume") -> Path | None:
@@ -96,19 +85,29 @@ def median_intervals(summary: pd.DataFrame, path: str | Path, quantity: str = "v
     rows = rows[np.isfinite(pd.to_numeric(rows["median"], errors="coerce"))].sort_values("potential")
     if rows.empty:
         return None
-    colour = colours(rows["potential"])
-    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(rows) + 1.0))
-    for k, row in enumerate(rows.itertuples()):
-        y = len(rows) - 1 - k
-        low, high = row.median_ci_low, row.median_ci_high
-        err = [[row.median - low if np.isfinite(low) else 0], [high - row.median if np.isfinite(high) else 0]]
-        ax.errorbar(row.median, y, xerr=err, fmt="o", color=colour[row.potential], capsize=3)
-        ax.text(1.01, y, f"n = {int(row.n)}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
-    ax.set_yticks(range(len(rows)), [display_name(p) for p in rows["potential"]][::-1], fontsize=8)
-    ax.axvline(0, color="grey", lw=0.6)
     q = QUANTITIES[quantity]
-    ax.set_xlabel(f"median {q.label} [{q.unit}] (95 % CI)", fontsize=8)
+    fig, ax = _interval_rows([(r.potential, r.median, r.median_ci_low, r.median_ci_high, r.n)
+                              for r in rows.itertuples()],
+                             colours(rows["potential"]), f"median {q.label} [{q.unit}] (95 % CI)")
+    ax.axvline(0, color="grey", lw=0.6)
     return _save(fig, path, dpi=90)
+
+
+def _interval_rows(rows: list[tuple], colour: dict, xlabel: str):
+    """One row per potential, top to bottom: ``(potential, centre, ci_low, ci_high, n)`` as a point with its
+    interval and n at the right. An infinite upper end runs to the axis' edge, an unknown end is left out."""
+    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(rows) + 1.0))
+    for k, (potential, centre, low, high, n) in enumerate(rows):
+        y = len(rows) - 1 - k
+        if np.isfinite(centre):
+            upper = ax.get_xlim()[1] if high == np.inf else high if np.isfinite(high) else centre
+            lower = low if np.isfinite(low) else centre
+            ax.errorbar(centre, y, xerr=[[centre - lower], [upper - centre]], fmt="o", color=colour[potential],
+                        capsize=3)
+        ax.text(1.01, y, f"n = {int(n)}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [display_name(r[0]) for r in rows][::-1], fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    return fig, ax
 
 
 def shrink_png(path: Path, colors: int = 96) -> None:
