@@ -86,6 +86,9 @@ class CampaignConfig:
 
     def __post_init__(self) -> None:
         self.potentials = registered_potentials(self.potentials)
+        self.stages, self.sources = list(self.stages), [str(s) for s in self.sources]  # lists: plain YAML
+        self.cod_ids = None if self.cod_ids is None else [int(i) for i in self.cod_ids]
+        self.work_dir, self.docs_dir = str(self.work_dir), str(self.docs_dir)
         unknown = [stage for stage in self.stages if stage not in STAGES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")

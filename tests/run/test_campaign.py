@@ -27,6 +27,9 @@ def test_a_config_goes_through_yaml_unchanged(tmp_path):
     assert again == config and again.jobs() == config.jobs()
     assert again.max_atoms == {"ani1x": 40, "gfn-ff": RESULTS_MAX_ATOMS["gfn-ff"]}
     assert again.relax_parameters == {"n_threads": 1, "fmax": 0.01}  # added to the preset's, not instead
+    made = CampaignConfig(work_dir=tmp_path, stages=("fetch", "relax"), sources=(tmp_path,), cod_ids=(1, 2))
+    made.to_yaml(tmp_path / "made.yaml")  # tuples and paths from Python become plain YAML lists and strings
+    assert CampaignConfig.from_yaml(tmp_path / "made.yaml") == made
 
 
 def test_unknown_settings_potentials_and_stages_are_named(tmp_path):
