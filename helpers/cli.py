@@ -1,18 +1,21 @@
-"""Command line: ``python -m helpers.cli demo | campaign | merge | potentials | results`` (also installed as
-``codani``)."""
+"""Command line: ``python -m helpers.cli demo | campaign | results | config | merge | potentials`` (also installed
+as ``codani``). ``demo``, ``campaign`` and ``results`` are presets of one campaign
+(:mod:`helpers.run.config`); ``--config FILE.yaml`` starts from a file instead (``config --preset NAME`` prints
+one), and the flags given override it."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
-from helpers.run.notebooks import DEMO_COD_IDS, JOB_RETRIES, STUDY_POTENTIALS
+from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, STAGES, STUDY_POTENTIALS
 
 
-def _ids(text: str | None):
+def _ids(text: str | None) -> list[int] | None:
     if text is None:
-        return DEMO_COD_IDS
+        return list(DEMO_COD_IDS)
     if text in ("all", ""):
         return None
     return [int(x) for x in text.split(",")]
@@ -35,33 +38,76 @@ def _max_atoms(text: str | None) -> dict[str, int | None]:
     return limits
 
 
+def _changes(given: dict[str, Any]) -> dict[str, Any]:
+    """The config fields the flags given on the command line set (the rest come from the preset or the file)."""
+    from pathlib import Path
+
+    from helpers.run.config import RESULT_FOLDERS
+
+    renamed = {"run_dir": "work_dir", "set": "relax_parameters", "data_dir": "sources", "source": "sources"}
+    convert = {"potentials": lambda v: v.split(","), "stages": lambda v: v.split(","), "cod_ids": _ids,
+               "source": lambda v: [v], "max_atoms": _max_atoms,
+               "set": lambda items: {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)},
+               "data_dir": lambda v: [str(Path(v) / folder) for folder in RESULT_FOLDERS]}
+    return {renamed.get(k, k): convert.get(k, lambda v: v)(v) for k, v in given.items()}
+
+
+def _campaign_config(command: str, args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The preset of ``command`` (or the ``--config`` file), changed by the flags given."""
+    from pathlib import Path
+
+    from helpers.run.config import PRESETS, CampaignConfig, default_data_dir
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if command == "results" and (args.config is None or "data_dir" in given):
+        data_dir = given.get("data_dir") or default_data_dir()
+        if not Path(data_dir).is_dir():
+            parser.error(f"data folder {data_dir} not found: give --data-dir (the folder holding cod/, cod-sample/)")
+        given["data_dir"] = data_dir
+    try:
+        changes = _changes(given)
+        if args.config is not None:
+            return CampaignConfig.from_yaml(args.config).with_changes(**changes)
+        return PRESETS[command](**changes)
+    except (KeyError, ValueError, OSError) as err:
+        parser.error(str(err.args[0] if isinstance(err, KeyError) else err))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="codani", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="fetch -> filter -> relax (ANI-1x, ANI-1ccx) -> analysis via papermill")
-    demo.add_argument("--run-dir", default="data")
-    demo.add_argument("--cod-ids", default=None, help="comma-separated COD ids, or 'all' (default: demo set)")
-    demo.add_argument("--source", default=None, help="URL or directory (default: $COD_SOURCE or COD)")
-    demo.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
-    demo.add_argument("--n-batches", type=int, default=1)
-    demo.add_argument("--limit", type=int, default=None)
+    # demo, campaign, results: a flag not given leaves the preset's (or the --config file's) value
+    config_help = "start from this YAML campaign config instead of the preset (codani config --preset NAME)"
+    demo = sub.add_parser("demo", help="fetch -> filter -> relax (ANI-1x, ANI-1ccx) -> analysis via papermill",
+                          argument_default=argparse.SUPPRESS)
+    demo.add_argument("--config", default=None, help=config_help)
+    demo.add_argument("--run-dir", help="the work folder (default: data)")
+    demo.add_argument("--cod-ids", help="comma-separated COD ids, or 'all' (default: demo set)")
+    demo.add_argument("--source", help="URL or directory (default: $COD_SOURCE or COD)")
+    demo.add_argument("--potentials", help=f"default: {','.join(STUDY_POTENTIALS)}")
+    demo.add_argument("--n-batches", type=int, help="default: 1")
+    demo.add_argument("--limit", type=int, help="default: every entry")
 
-    camp = sub.add_parser("campaign", help="run 03_relax for every (potential x batch) and merge the shards")
-    camp.add_argument("--clean-db", default="data/clean.db")
-    camp.add_argument("--out-db", default="data/relaxed_{potential}.db")
-    camp.add_argument("--potentials", default=",".join(STUDY_POTENTIALS))
-    camp.add_argument("--n-batches", type=int, default=1)
-    camp.add_argument("--max-parallel", type=int, default=None,
-                      help="relax jobs at once on this machine (default: one per core)")
-    camp.add_argument("--log-dir", default="data/executed")
-    camp.add_argument("--scheduler", default=None,
+    camp = sub.add_parser("campaign", help="run 03_relax for every (potential x batch) and merge the shards",
+                          argument_default=argparse.SUPPRESS)
+    camp.add_argument("--config", default=None, help=config_help)
+    camp.add_argument("--work-dir", help="holds the lock, stage_times.csv and the default databases (default: data)")
+    camp.add_argument("--clean-db", help="default: data/clean.db")
+    camp.add_argument("--out-db", help="default: data/relaxed_{potential}.db")
+    camp.add_argument("--potentials", help=f"default: {','.join(STUDY_POTENTIALS)}")
+    camp.add_argument("--n-batches", type=int, help="default: 1")
+    camp.add_argument("--max-parallel", type=int, help="relax jobs at once on this machine (default: one per core)")
+    camp.add_argument("--log-dir", help="default: data/executed")
+    camp.add_argument("--scheduler",
                       help="run on Dask: local, tcp://host:port, a scheduler file, slurm or pbs (default: no Dask)")
-    camp.add_argument("--n-workers", type=int, default=None, help="Dask workers (local) or batch jobs (slurm/pbs)")
-    camp.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per Dask worker")
-    camp.add_argument("--retries", type=int, default=JOB_RETRIES, help="extra attempts for a failed job (it resumes)")
-    camp.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+    camp.add_argument("--n-workers", type=int, help="Dask workers (local) or batch jobs (slurm/pbs)")
+    camp.add_argument("--threads-per-worker", type=int, help="torch threads per Dask worker (default: 1)")
+    camp.add_argument("--retries", type=int,
+                      help=f"extra attempts for a failed job (it resumes; default {JOB_RETRIES})")
+    camp.add_argument("--set", action="append", metavar="KEY=JSON",
                       help="extra 03_relax parameter, e.g. --set fmax=0.001 --set optimizer='\"LBFGS\"'")
+    camp.add_argument("--wait", action="store_true", help="another run holds the work dir: wait for it")
 
     merge = sub.add_parser("merge", help="merge per-batch shards into one database per potential")
     merge.add_argument("--out-db", default="data/relaxed_{potential}.db")
@@ -73,84 +119,52 @@ def main(argv: list[str] | None = None) -> int:
     pots.add_argument("--update-docs", metavar="FILE", default=None,
                       help="rewrite the generated potentials table in FILE (docs/potentials.md)")
 
-    res = sub.add_parser("results", help="fetch -> filter -> relax (every potential) -> analysis -> docs/results.md")
-    res.add_argument("--data-dir", default=None,
+    res = sub.add_parser("results", help="fetch -> filter -> relax (every potential) -> analysis -> docs/results.md",
+                         argument_default=argparse.SUPPRESS)
+    res.add_argument("--config", default=None, help=config_help)
+    res.add_argument("--data-dir",
                      help="folder holding cod/ and cod-sample/ (default: $CODANI_DATA or ../shared/data)")
-    res.add_argument("--work-dir", default="data/results", help="databases, executed notebooks, analysis")
-    res.add_argument("--docs-dir", default="docs", help="where results.md and figures/ go")
-    res.add_argument("--potentials", default=None, help="comma-separated (default: every registered potential)")
-    res.add_argument("--stages", default="fetch,filter,relax,analysis,lattice,report")
+    res.add_argument("--work-dir", help="databases, executed notebooks, analysis (default: data/results)")
+    res.add_argument("--docs-dir", help="where results.md and figures/ go (default: docs)")
+    res.add_argument("--potentials", help="comma-separated (default: every registered potential)")
+    res.add_argument("--stages", help=f"default: {','.join(STAGES)}")
     res.add_argument("--wait", action="store_true",
-                     help="another results run holds --work-dir: wait for it to end (default: say who, exit)")
-    res.add_argument("--max-parallel", type=int, default=None, help="relax jobs at once (default: one per core)")
-    res.add_argument("--max-atoms", default=None,
+                     help="another run holds --work-dir: wait for it to end (default: say who, exit)")
+    res.add_argument("--max-parallel", type=int, help="relax jobs at once (default: one per core)")
+    res.add_argument("--max-atoms",
                      help="per-potential subset overrides, e.g. 'gfn-ff=48,ani1x-d3=100,chgnet-d3=none' "
                           "(most atoms evaluated per structure — a Γ-point code's supercell; none = every structure)")
+
+    conf = sub.add_parser("config", help="print a preset's campaign config as YAML: a starting file for --config")
+    conf.add_argument("--preset", choices=("demo", "campaign", "results"), default="results")
 
     args = parser.parse_args(argv)
     if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
         from helpers.process.guard import stop_on_sigterm
 
         stop_on_sigterm()
-    if args.command == "demo":
-        from helpers.run.notebooks import run_pipeline
+        from helpers.run.campaign import run_campaign
+        from helpers.run.lock import WorkDirBusy
 
-        result = run_pipeline(run_dir=args.run_dir, cod_ids=_ids(args.cod_ids), source=args.source,
-                              potentials=args.potentials.split(","), n_batches=args.n_batches,
-                              limit=args.limit)
+        config = _campaign_config(args.command, args, parser)
+        try:
+            result = run_campaign(config)
+        except WorkDirBusy as err:
+            print(f"{args.command}: {err}", file=sys.stderr)
+            return 3
         print(json.dumps(result, indent=2))
-    elif args.command == "campaign":
-        from helpers.run.notebooks import CampaignPlan, run_campaign
-        from helpers.store.paths import resolve
+        # a failed job is listed (and retried by the next run); results' product is the report, written anyway
+        return 1 if result["failed"] and args.command != "results" else 0
+    elif args.command == "config":
+        from helpers.run.config import PRESETS
 
-        extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-        plan = CampaignPlan(args.potentials.split(","), args.n_batches, resolve(args.clean_db),
-                            resolve(args.out_db), extra)
-        if args.scheduler is None:
-            print(json.dumps(run_campaign(plan, args.log_dir, max_parallel=args.max_parallel,
-                                                retries=args.retries), indent=2))
-        else:
-            from helpers.run.distributed import make_client, run_campaign_dask
-
-            client = make_client(args.scheduler, n_workers=args.n_workers,
-                                 threads_per_worker=args.threads_per_worker)
-            with client:
-                result = run_campaign_dask(plan, resolve(args.log_dir), client, retries=args.retries,
-                                           n_threads=args.threads_per_worker)
-            print(json.dumps(result, indent=2))
-            return 1 if result["failed"] else 0
+        print(PRESETS[args.preset]().to_yaml(), end="")
     elif args.command == "merge":
         from helpers.relax.stage import merge_shards
         from helpers.store.paths import resolve
 
         for potential in args.potentials.split(","):
             print(potential, merge_shards(resolve(args.out_db), potential))
-    elif args.command == "results":
-        import os
-        from pathlib import Path
-
-        from helpers.run.results import run_results
-        from helpers.store.paths import project_root, resolve
-        from helpers.vocabulary import DATA_ENV
-
-        data_dir = args.data_dir or os.environ.get(DATA_ENV) or str(project_root().parent / "shared" / "data")
-        if not Path(data_dir).is_dir():
-            parser.error(f"data folder {data_dir} not found: give --data-dir (the folder holding cod/, cod-sample/)")
-        try:
-            limits = _max_atoms(args.max_atoms)
-        except ValueError as err:
-            parser.error(str(err))
-        from helpers.run.lock import WorkDirBusy
-
-        try:
-            result = run_results(data_dir, resolve(args.work_dir), resolve(args.docs_dir),
-                                 potentials=args.potentials.split(",") if args.potentials else None,
-                                 stages=args.stages.split(","), max_parallel=args.max_parallel, max_atoms=limits,
-                                 wait=args.wait)
-        except WorkDirBusy as err:
-            print(f"results: {err}", file=sys.stderr)
-            return 3
-        print(json.dumps(result, indent=2))
     elif args.command == "potentials" and (args.markdown or args.update_docs):
         from helpers.relax.potentials.docs_table import markdown_table, update_docs
 

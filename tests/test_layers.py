@@ -128,7 +128,7 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_graph_sees_deferred_imports_and_submodules(graph):
     """The reader finds what it must: a function-local import, a `from package import module`."""
-    assert "helpers.run.lattice" in graph["helpers.run.results"]  # imported inside run_results' stages
+    assert "helpers.run.lattice" in graph["helpers.run.campaign"]  # imported inside run_campaign's stages
     assert "helpers.analysis.report_figures" in graph["helpers.analysis.report_sections"]
     assert "helpers.process.guard" in graph["helpers.fetch.raw"]
     assert "helpers.process.atomic" in graph["helpers.fetch.cod_verify"]

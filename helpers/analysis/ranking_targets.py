@@ -14,7 +14,7 @@ from helpers.analysis import sample_sets
 
 
 def science_targets(plan: Any) -> dict[str, set[str]] | None:
-    """Per potential of ``plan`` (a :class:`helpers.run.results.ResultsPlan`), the clean structure ids it is to
+    """Per potential of ``plan`` (a :class:`helpers.run.config.CampaignConfig`), the clean structure ids it is to
     relax (within its ``max_atoms``) that belong to the science sample (every one when no clean row records
     its source, as :func:`helpers.analysis.sample_sets.science`); None when the plan has no clean database."""
     from helpers.relax.stage import batch_ids

@@ -1,4 +1,4 @@
-"""One ``results`` run at a time per work directory.
+"""One campaign run (``demo``, ``campaign``, ``results``) at a time per work directory.
 
 Two campaigns in one work dir relax the same structures twice and delete each other's analysis files.
 :class:`WorkDirLock` holds an exclusive ``flock`` on ``<work_dir>/.results.lock`` while a run lasts: the
@@ -53,10 +53,10 @@ class WorkDirLock:
             except BlockingIOError:
                 if not self.wait:
                     os.close(fd)
-                    raise WorkDirBusy(f"{self.path.parent} is in use by another results run: {self.holder()}; "
+                    raise WorkDirBusy(f"{self.path.parent} is in use by another run: {self.holder()}; "
                                       "wait for it (or rerun with --wait), or use another --work-dir") from None
                 if not told:
-                    print(f"waiting for the results run holding {self.path.parent}: {self.holder()}", flush=True)
+                    print(f"waiting for the run holding {self.path.parent}: {self.holder()}", flush=True)
                     told = True
                 time.sleep(self.poll_seconds)
         info = {"pid": os.getpid(), "host": socket.gethostname(),

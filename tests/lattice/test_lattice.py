@@ -194,8 +194,8 @@ def test_summary_counts_failures_and_ranks_ice_polymorphs():
 
 
 def test_the_results_stage_runs_every_potential_and_gfn2_at_the_fixed_geometry(tmp_path):
+    from helpers.run.config import STAGES
     from helpers.run.lattice import lattice_jobs
-    from helpers.run.results import STAGES
 
     assert STAGES.index("lattice") < STAGES.index("report")  # the report reads docs/lattice_energy.csv
     jobs = {j["potential"]: j for j in lattice_jobs(["ani1x", "gfn2-xtb"], tmp_path)}

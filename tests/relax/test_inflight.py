@@ -77,12 +77,14 @@ def test_a_structure_that_kills_the_process_is_recorded_and_the_batch_goes_on(gf
 def test_a_campaign_reruns_a_job_for_as_long_as_it_dies_on_a_structure(tmp_path, cod_dir):
     """Two structures that each kill the process: the campaign's job is rerun until both are recorded
     (2 deaths each) and the rest of the batch is relaxed, in one run_campaign call without retries."""
-    from helpers.run.notebooks import CampaignPlan, run_campaign
+    from helpers.run import CampaignConfig, run_campaign
 
     clean = clean_db_of(tmp_path, cod_dir, (GFNFF_ABORTS_ON, GFNFF_ALSO_ABORTS_ON))
     out = str(tmp_path / "relaxed_{potential}.db")
-    plan = CampaignPlan(["gfn-ff"], 1, clean, out, {"fmax": 0.05, "n_threads": 1, "strategy": "study"})
-    run_campaign(plan, tmp_path / "logs", max_parallel=1, retries=0)  # raises if the job still failed
+    config = CampaignConfig(work_dir=str(tmp_path), potentials=["gfn-ff"], clean_db=clean, out_db=out,
+                            relax_parameters={"fmax": 0.05, "n_threads": 1, "strategy": "study"},
+                            max_parallel=1, retries=0)
+    assert run_campaign(config)["failed"] == []
     rows = {row.structure_id: row.status for row in dbmod.connect(out.format(potential="gfn-ff")).select()}
     assert rows[f"cod-{GFNFF_ABORTS_ON}"] == rows[f"cod-{GFNFF_ALSO_ABORTS_ON}"] == "crashed"
     assert rows["cod-2007300"] in ("converged", "step_cap")
@@ -133,15 +135,16 @@ def test_a_death_counts_only_within_the_run_that_saw_it(tmp_path, monkeypatch):
 
 
 def test_a_campaign_run_gives_its_kernels_one_run_id(tmp_path, monkeypatch):
-    """Every job one run_jobs call starts (and starts again) runs in the same run; the next call is another."""
+    """Every job one executor run starts (and starts again) runs in the same run; the next run is another."""
     import helpers.run.notebooks as notebooks
+    from helpers.run.executor import LocalExecutor
 
     seen = []
     monkeypatch.setattr(notebooks, "execute", lambda *args, **kwargs: seen.append(os.environ.get(RUN_ENV)))
     monkeypatch.delenv(RUN_ENV, raising=False)
     jobs = [{"potential": "x", "batch": b, "n_batches": 2} for b in range(2)]
     for _ in range(2):
-        assert [error for _, error in notebooks.run_jobs(jobs, tmp_path, max_parallel=1)] == [None, None]
+        assert [error for _, _, error in LocalExecutor(max_parallel=1).run(jobs, tmp_path)] == [None, None]
     assert seen[0] == seen[1] != seen[2] == seen[3] and None not in seen
     assert RUN_ENV not in os.environ  # the campaign process itself is in no run
 

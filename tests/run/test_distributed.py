@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.run.notebooks import CampaignPlan
+from helpers.run import CampaignConfig, DaskExecutor, run_campaign
 from helpers.store import db as dbmod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,16 +55,17 @@ def dask_deployment(tmp_path):
 @pytest.mark.slow
 def test_campaign_survives_a_killed_worker_and_resumes_without_recompute(
         dask_deployment, small_clean_db, tmp_path, model_dir):
-    from helpers.run.distributed import make_client, run_campaign_dask
+    from helpers.run.distributed import make_client
 
     out = str(tmp_path / "relaxed_{potential}.db")
-    plan = CampaignPlan(["ani1x"], 2, small_clean_db, out, dict(FAST))
+    plan = CampaignConfig(work_dir=str(tmp_path), potentials=["ani1x"], n_batches=2, clean_db=small_clean_db,
+                          out_db=out, relax_parameters=dict(FAST), log_dir=str(tmp_path / "logs"))
     client = make_client(dask_deployment["scheduler_file"])
     client.wait_for_workers(2, timeout=60)
     names = {info["name"]: addr for addr, info in client.scheduler_info()["workers"].items()}
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(
-        run_campaign_dask(plan, tmp_path / "logs", client, retries=1, n_threads=1, progress=False)))
+        run_campaign(plan, DaskExecutor(client, retries=1))))
     runner.start()
     # kill w1 (worker, nanny and its running papermill kernel) while it is running a job
     killed_task = None
@@ -93,7 +94,7 @@ def test_campaign_survives_a_killed_worker_and_resumes_without_recompute(
     before = {r.structure_id: (r.id, r.mtime) for r in merged.select()}
     client.close()
     with make_client(dask_deployment["scheduler_file"]) as again:
-        rerun = run_campaign_dask(plan, tmp_path / "logs2", again, n_threads=1, progress=False)
+        rerun = run_campaign(plan.with_changes(log_dir=str(tmp_path / "logs2")), DaskExecutor(again))
     assert rerun["failed"] == [] and rerun["merged"] == {"ani1x": len(clean_ids)}
     after = {r.structure_id: (r.id, r.mtime) for r in dbmod.connect(out.format(potential="ani1x")).select()}
     assert after == before

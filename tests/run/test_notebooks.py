@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.run.notebooks import notebook_path, run_pipeline
+from helpers.run import demo_config, run_campaign
+from helpers.run.notebooks import notebook_path
 from helpers.store import db as dbmod
 
 #: every parameter of every notebook with its default: names and defaults are what papermill users script
@@ -125,7 +126,9 @@ def test_filter_notebook_takes_switches_as_papermill_strings(tmp_path, cod_dir):
 @pytest.mark.slow
 def test_pipeline_end_to_end_with_both_study_potentials(tmp_path, cod_dir, model_dir):
     """Fetch -> filter -> relax (ANI-1x, ANI-1ccx, study settings) -> analysis, all via papermill."""
-    result = run_pipeline(run_dir=str(tmp_path), source=str(cod_dir), cod_ids=(2007300, 4021477, 2000642))
+    result = run_campaign(demo_config(work_dir=str(tmp_path), sources=[str(cod_dir)],
+                                      cod_ids=[2007300, 4021477, 2000642]))
+    assert result["failed"] == [] and result["merged"] == {"ani1x": 3, "ani1ccx": 3}
     executed = Path(result["executed"])
     for name in ("01_fetch", "02_filter", "03_relax.ani1x.batch0000of0001", "03_relax.ani1ccx.batch0000of0001",
                  "04_analysis"):

@@ -17,9 +17,10 @@ import pytest
 
 from helpers.analysis.report import IncompleteAnalysis, write_report
 from helpers.analysis.stage import ANALYSIS_COMPLETE, analyse_errors, collect_errors
-from helpers.run import results
+from helpers.run import campaign
+from helpers.run.campaign import coverage, run_campaign, settings_hashes
+from helpers.run.config import CampaignConfig
 from helpers.run.lock import WorkDirBusy, WorkDirLock
-from helpers.run.results import ResultsPlan, coverage, run_results, settings_hashes
 from helpers.store import db as dbmod
 
 ERRORS = Path(__file__).parents[1] / "data" / "results_errors.csv"
@@ -73,9 +74,9 @@ def test_the_report_refuses_an_analysis_that_did_not_finish(analysis, tmp_path):
     assert not (tmp_path / "docs" / "results.md").exists()
 
 
-def _plan(work: Path, max_atoms: dict | None = None) -> ResultsPlan:
-    return ResultsPlan(sources=[], work_dir=str(work), potentials=["ani1x"], max_atoms=max_atoms or {},
-                       n_batches=1, relax_parameters={"fmax": 0.05})
+def _plan(work: Path, max_atoms: dict | None = None, stages=("relax",)) -> CampaignConfig:
+    return CampaignConfig(work_dir=str(work), potentials=["ani1x"], max_atoms=max_atoms or {}, n_batches=1,
+                          relax_parameters={"fmax": 0.05}, stages=list(stages), docs_dir=str(work.parent / "docs"))
 
 
 def test_an_interrupted_analysis_leaves_the_last_whole_one_in_place(analysis, tmp_path, monkeypatch):
@@ -91,9 +92,9 @@ def test_an_interrupted_analysis_leaves_the_last_whole_one_in_place(analysis, tm
         (out / "summary.csv").write_text("half,written\n")
         raise KeyboardInterrupt  # as SIGTERM turns into one in the stage
 
-    monkeypatch.setattr(results, "execute", stopped)
+    monkeypatch.setattr(campaign, "execute", stopped)
     with pytest.raises(KeyboardInterrupt):
-        run_results(tmp_path, docs_dir=tmp_path / "docs", plan=_plan(work), stages=("analysis",))
+        run_campaign(_plan(work, stages=("analysis",)))
     assert {p.name: p.read_bytes() for p in (work / "analysis").iterdir()} == before
     assert (work / "analysis" / ANALYSIS_COMPLETE).is_file()
 
@@ -101,8 +102,8 @@ def test_an_interrupted_analysis_leaves_the_last_whole_one_in_place(analysis, tm
         analyse_errors(pd.read_csv(ERRORS), parameters["out_dir"], n_boot=50, quantities=("volume",), plots=False)
 
     (work / "analysis" / "notes.txt").write_text("the user's")
-    monkeypatch.setattr(results, "execute", finished)
-    run_results(tmp_path, docs_dir=tmp_path / "docs", plan=_plan(work), stages=("analysis",))
+    monkeypatch.setattr(campaign, "execute", finished)
+    run_campaign(_plan(work, stages=("analysis",)))
     assert (work / "analysis" / ANALYSIS_COMPLETE).is_file() and not (work / "analysis.partial").exists()
     assert not (work / "analysis" / "median_ci_volume.png").exists()  # the last run's figures do not outlive it
     assert (work / "analysis" / "notes.txt").read_text() == "the user's"
@@ -123,8 +124,8 @@ def test_a_second_run_says_who_holds_the_work_dir_and_a_dead_holder_is_taken_ove
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WorkDirBusy, match=f"pid {holder.pid}"):
-            run_results(tmp_path, docs_dir=tmp_path / "docs", plan=_plan(work), stages=("report",))
-        assert not (work / results.TIMINGS_FILE).exists()  # no stage ran
+            run_campaign(_plan(work, stages=("report",)))
+        assert not (work / campaign.TIMINGS_FILE).exists()  # no stage ran
     finally:
         holder.kill()  # kill -9: the lock file stays behind, the lock does not
         holder.wait()

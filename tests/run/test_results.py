@@ -10,21 +10,23 @@ import pandas as pd
 import pytest
 from test_report import section_table
 
-from helpers.run.results import TIMINGS_FILE, ResultsPlan, coverage, relaxed_counts, run_results
+from helpers.run.campaign import TIMINGS_FILE, coverage, relaxed_counts, run_campaign
+from helpers.run.config import STAGES, CampaignConfig
 from helpers.store import db as dbmod
 
 
 def test_results_subsets_default_and_overrides(capsys):
     from helpers.cli import _max_atoms, main
-    from helpers.run.results import RESULTS_MAX_ATOMS, default_plan
+    from helpers.run.config import RESULTS_MAX_ATOMS, results_config
 
-    plan = default_plan("/data", "/work", ["ani1x", "ani1x-d3", "gfn-ff"])
+    plan = results_config("/data", work_dir="/work", potentials=["ani1x", "ani1x-d3", "gfn-ff"])
     assert plan.max_atoms == {"ani1x": None, "ani1x-d3": None, "gfn-ff": RESULTS_MAX_ATOMS["gfn-ff"]}
     assert [job["max_atoms"] for job in plan.jobs() if job["batch"] == 0] == [None, None, RESULTS_MAX_ATOMS["gfn-ff"]]
-    plan = default_plan("/data", "/work", ["ani1x-d3", "gfn-ff"], _max_atoms("ani1x-d3=100, gfn-ff=none"))
+    assert {job["n_threads"] for job in plan.jobs()} == {1} and plan.sources == ["/data/cod", "/data/cod-sample"]
+    plan = results_config("/data", potentials=["ani1x-d3", "gfn-ff"], max_atoms=_max_atoms("ani1x-d3=100, gfn-ff=none"))
     assert plan.max_atoms == {"ani1x-d3": 100, "gfn-ff": None}
     with pytest.raises(KeyError, match="not in this run"):
-        default_plan("/data", "/work", ["ani1x"], {"gfn-ff": 10})
+        results_config("/data", potentials=["ani1x"], max_atoms={"gfn-ff": 10})
     for bad in ("gfn-ff", "gfn-ff=0", "gfn-ff=ten"):
         with pytest.raises(SystemExit):
             main(["results", "--data-dir", "/", "--max-atoms", bad])
@@ -44,11 +46,12 @@ def campaign(tmp_path_factory, cod_dir, model_dir):
         shutil.copy(cod_dir / f"{cod_id}.cif", root / "data" / "cod")
     shutil.copy(cod_dir / "2000642.cif", root / "data" / "cod-sample")  # 36 atoms
     (root / "data" / "cod" / "9999999.cif").write_text("data_broken\n_cell_length_a 5\nnot a cif at all\n")
-    plan = ResultsPlan(sources=[str(root / "data" / "cod"), str(root / "data" / "cod-sample")],
-                       work_dir=str(root / "work"), potentials=["ani1x", "ani1x-d3"],
-                       max_atoms={"ani1x-d3": 26}, n_batches=1, relax_parameters={"fmax": 0.05},
-                       lattice_parameters={"benchmarks": ["x23"], "crystals": ["co2"], "fmax": 0.05})
-    out = run_results(root / "data", docs_dir=root / "docs", plan=plan)
+    plan = CampaignConfig(sources=[str(root / "data" / "cod"), str(root / "data" / "cod-sample")],
+                          work_dir=str(root / "work"), docs_dir=str(root / "docs"), stages=list(STAGES),
+                          potentials=["ani1x", "ani1x-d3"], max_atoms={"ani1x-d3": 26}, n_batches=1,
+                          relax_parameters={"fmax": 0.05, "n_threads": 1},
+                          lattice_parameters={"benchmarks": ["x23"], "crystals": ["co2"], "fmax": 0.05})
+    out = run_campaign(plan)
     return root, plan, out
 
 
@@ -94,7 +97,7 @@ def test_a_rerun_relaxes_nothing_and_adds_its_time(campaign):
     root, plan, _ = campaign
     before = {p: [(r.structure_id, r.ctime) for r in dbmod.connect(plan.dbs["out_db"].format(potential=p)).select()]
               for p in plan.potentials}
-    run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("relax", "report"))
+    run_campaign(plan.with_changes(stages=["relax", "report"]))
     after = {p: [(r.structure_id, r.ctime) for r in dbmod.connect(plan.dbs["out_db"].format(potential=p)).select()]
              for p in plan.potentials}
     assert after == before and relaxed_counts(plan) == {"ani1x": 3, "ani1x-d3": 1}
@@ -113,12 +116,12 @@ def test_rows_made_with_other_settings_neither_count_nor_enter_the_report(campai
     old = merged.write(row.toatoms(), key_value_pairs=kvp, data=row.get("data", {}))
     try:
         assert relaxed_counts(plan) == {"ani1x": 3, "ani1x-d3": 1}  # still one, not two
-        run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("analysis",))
+        run_campaign(plan.with_changes(stages=["analysis"]))
         errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
         assert set(errors.potential) == {"ani1x", "ani1x-d3"} and len(errors) == 4  # no "ani1x-d3[0123456]"
         left = pd.read_csv(root / "work" / "analysis" / "left_out.csv")
         assert list(left.potential) == ["ani1x-d3"] and "0123456789abcdef" in left.reason.iloc[0]
-        run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("report",))
+        run_campaign(plan.with_changes(stages=["report"]))
         assert "1 made with other settings (ani1x-d3 1)" in (root / "docs" / "results.md").read_text()
     finally:
         del merged[old]
@@ -128,7 +131,7 @@ def test_rows_made_with_other_settings_neither_count_nor_enter_the_report(campai
 def test_the_analysis_reads_what_the_shards_hold(campaign):
     """A relax run stopped before its merge: the analysis merges first, so the report counts its rows — of
     the potential's subset only (a row of a structure outside it, e.g. from an earlier wider run, is left out)."""
-    from helpers.run.results import settings_hashes
+    from helpers.run.campaign import settings_hashes
 
     root, plan, _ = campaign
     merged = plan.dbs["out_db"].format(potential="ani1x-d3")
@@ -142,7 +145,7 @@ def test_the_analysis_reads_what_the_shards_hold(campaign):
     kvp = {**row.key_value_pairs, "potential": "ani1x-d3", "settings_hash": settings_hashes(plan)["ani1x-d3"]}
     dbmod.connect(shard).write(row.toatoms(), key_value_pairs=kvp)
     try:
-        run_results(root / "data", docs_dir=root / "docs", plan=plan, stages=("analysis",))
+        run_campaign(plan.with_changes(stages=["analysis"]))
         errors = pd.read_csv(root / "work" / "analysis" / "errors.csv")
         assert sorted(errors[errors.potential == "ani1x-d3"].structure_id) == ["cod-1011063"]
         left = pd.read_csv(root / "work" / "analysis" / "left_out.csv")
@@ -155,17 +158,17 @@ def test_the_analysis_reads_what_the_shards_hold(campaign):
 
 def test_settings_hashes_parameter_is_checked():
     from helpers.analysis.stage import run_analysis
+    from helpers.run.campaign import settings_hashes
     from helpers.run.parameters import checked
-    from helpers.run.results import settings_hashes
 
     assert checked("04_analysis", {"settings_hashes": "0123456789abcdef,fedcba9"}) == {
         "settings_hashes": ["0123456789abcdef", "fedcba9"]}
     with pytest.raises(ValueError, match="at least 7 characters"):
         run_analysis("/nowhere/*.db", settings_hashes=["abc"])
-    plan = ResultsPlan(sources=[], work_dir="/w", potentials=["ani1x", "ani1ccx"], relax_parameters={"fmax": 0.05})
+    plan = CampaignConfig(work_dir="/w", potentials=["ani1x", "ani1ccx"], relax_parameters={"fmax": 0.05})
     hashes = settings_hashes(plan)  # what the relax jobs of this plan write: fmax and each potential's x count
     assert hashes["ani1x"] != hashes["ani1ccx"]
-    assert hashes != settings_hashes(ResultsPlan(sources=[], work_dir="/w", potentials=["ani1x", "ani1ccx"]))
+    assert hashes != settings_hashes(CampaignConfig(work_dir="/w", potentials=["ani1x", "ani1ccx"]))
 
 
 @slow
@@ -206,23 +209,6 @@ def test_a_killed_campaign_stops_its_jobs_and_logs_its_time(campaign, tmp_path, 
             parent.kill()
     times = pd.read_csv(work / TIMINGS_FILE)
     assert list(times.stage) == ["relax"] and times.minutes.iloc[0] >= 0
-
-
-@slow
-def test_a_failed_campaign_job_keeps_the_others_work_and_names_itself(small_clean_db, tmp_path, model_dir):
-    """run_campaign: the job that fails is named with its error; the other job's shard is merged."""
-    from helpers.run.notebooks import CampaignPlan, run_campaign
-
-    out_db = str(tmp_path / "relaxed_{potential}.db")
-    plan = CampaignPlan(["ani1x"], 2, small_clean_db, out_db, {"fmax": 0.05, "n_threads": 1})
-    jobs = plan.jobs()
-    jobs[1]["max_atoms"] = 0  # the notebook's parameter check refuses it: this job fails
-    plan.jobs = lambda: jobs
-    with pytest.raises(RuntimeError, match=r"ani1x batch 1: .*max_atoms") as failure:
-        run_campaign(plan, tmp_path / "logs", max_parallel=2)
-    assert "batch 0" not in str(failure.value)
-    rows = list(dbmod.connect(out_db.format(potential="ani1x")).select())
-    assert len(rows) == 2 and {r.status for r in rows} == {"converged"}  # batch 0's half, merged
 
 
 @slow
