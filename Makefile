@@ -28,7 +28,7 @@ demo: env
 	$(PY) -m helpers.cli demo
 
 test: env
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 test-fast: env
 	$(PY) -m pytest -q -m "not slow"
