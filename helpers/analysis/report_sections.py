@@ -156,7 +156,19 @@ def verdict_text(ranking: dict[str, Any]) -> str:
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
     """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
-    return ["## Verdict", "", *marked([verdict_text(inputs.ranking)]), ""]
+    return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + unfinished_text(inputs.info.get("coverage"))]),
+            ""]
+
+
+def unfinished_text(coverage: dict[str, tuple[int, int]] | None) -> str:
+    """The potentials a verdict cannot speak for yet: those the campaign has not finished (``coverage``:
+    potential -> (structures to relax, finished)). Empty when every one finished or nothing is known."""
+    unfinished = {p: (target, done) for p, (target, done) in (coverage or {}).items() if done < target}
+    if not unfinished:
+        return ""
+    listed = ", ".join(f"{display_name(p)} ({done} of {target})" for p, (target, done) in unfinished.items())
+    return (f" Not yet part of this verdict, because the campaign has not finished them: {listed} "
+            "(*What was run*); the verdict speaks only for the potentials ranked below.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,8 +353,9 @@ def shift_sentence(table: pd.DataFrame, study_mu: float, potential: str) -> str:
               if len(strata_rows) else f"no stratum has {MIN_STRATUM} structures")
     if reached:
         return (f"{name}: median ΔV {_num(whole['median'])} % is {side} the study's μ = {study_mu:.1f} %, but in "
-                f"{'; '.join(reached)} the study's value is inside the stratum's 95 % CI: the shift depends on that "
-                "factor in these rows.")
+                f"{'; '.join(reached)} the study's value is inside the stratum's 95 % CI. A smaller stratum has a "
+                "wider interval, so this alone does not show that the factor causes the shift; the rows neither "
+                f"establish nor exclude it ({spread}).")
     return (f"{name}: median ΔV {_num(whole['median'])} % (95 % CI [{_num(whole['ci_low'])}, "
             f"{_num(whole['ci_high'])}], n = {int(whole['n'])}) stays {side} the study's μ = {study_mu:.1f} % in every "
             f"temperature band and size stratum of ≥ {MIN_STRATUM} structures ({spread}): neither measurement "

@@ -40,3 +40,16 @@ def test_the_verdict_is_what_the_report_marks(tmp_path):
     lines = verdict_section(inputs)
     assert lines[0] == "## Verdict" and BEGIN in lines and END in lines
     assert headline_of("\n".join(lines)).startswith("No verdict")
+
+
+def test_the_verdict_names_the_potentials_it_cannot_speak_for(tmp_path):
+    """A campaign still running: the verdict says which potentials are not in it yet, with their counts."""
+    from helpers.analysis.report_sections import unfinished_text
+
+    coverage = {"ani1x": (167, 167), "sevennet0-d3": (150, 12), "chgnet-d3": (150, 0)}
+    text = unfinished_text(coverage)
+    assert "SevenNet-0-d3 (12 of 150)" in text and "CHGNet-d3 (0 of 150)" in text and "ANI-1x" not in text
+    assert unfinished_text({"ani1x": (167, 167)}) == "" and unfinished_text(None) == ""
+    inputs = ReportInputs(tables={"errors": pd.DataFrame()}, plan=None, info={"coverage": coverage}, docs=tmp_path,
+                          figures=tmp_path)
+    assert "SevenNet-0-d3 (12 of 150)" in headline_of("\n".join(verdict_section(inputs)))

@@ -281,7 +281,7 @@ def test_the_shift_sentence_follows_its_own_rows(report):
         if low <= study[potential] <= high:
             assert "there is no shift to explain" in line
         else:
-            assert "unexplained" in line or "depends on that factor" in line
+            assert "unexplained" in line or "neither establish nor exclude" in line
 
 
 def test_shift_sentence_calls_an_untested_shift_unexplained():
@@ -292,7 +292,9 @@ def test_shift_sentence_calls_an_untested_shift_unexplained():
                          ("size", "< 50 atoms", 12, -3.0, -4.0, 4.0)],
                         columns=["kind", "stratum", "n", "median", "ci_low", "ci_high"])
     assert "unexplained" in shift_sentence(rows.iloc[:3], 3.0, "ani1x")
-    assert "depends on that factor" in shift_sentence(rows, 3.0, "ani1x")  # < 50 atoms reaches 3.0
+    reached = shift_sentence(rows, 3.0, "ani1x")  # < 50 atoms reaches 3.0: no cause claimed either way
+    assert "< 50 atoms (n = 12" in reached and "neither establish nor exclude" in reached
+    assert "depends on" not in reached and "does not show" in reached
     assert "no shift to explain" in shift_sentence(rows, -4.0, "ani1x")
 
 
