@@ -17,7 +17,7 @@ import pandas as pd
 from ase import Atoms
 from ase.db.core import Database
 
-from helpers.process.cores import core_share
+from helpers.process.cores import core_share, keep_niceness
 from helpers.process.guard import interrupt_on_sigterm
 from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
@@ -109,6 +109,7 @@ def configure_threads(n_threads: int | None = None) -> int:
 
     n = n_threads or int(os.environ.get(THREADS_ENV, 0)) or (os.cpu_count() or 1)
     torch.set_num_threads(n)
+    keep_niceness()  # a niced campaign's kernels yield the cores to other work
     try:
         from threadpoolctl import threadpool_limits
 

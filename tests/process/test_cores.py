@@ -94,3 +94,18 @@ def test_a_batch_takes_the_idle_core_and_gives_it_back(monkeypatch, tmp_path, sm
         assert taken == [] and len(seen) > 5 and set(seen) == {2}  # looked every step, shared, kept 1 thread
     finally:
         other.kill()
+
+
+def test_a_niced_job_gives_its_scheduler_group_its_niceness():
+    """A kernel in a session of its own (as papermill starts them) at nice 19: its autogroup gets nice 19 too."""
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("no autogroups on this kernel")
+    code = ("import os, sys; os.setsid(); from helpers.process.cores import keep_niceness\n"
+            "applied = keep_niceness(); print(applied, open('/proc/self/autogroup').read().split()[-1])")
+    out = subprocess.run(["nice", "-n", "19", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    applied, group_nice = out.stdout.split()
+    if applied == "False":
+        pytest.skip("writing /proc/self/autogroup is not permitted here")
+    assert group_nice == "19"
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert plain[0] == "False"  # not niced: nothing changed
