@@ -170,5 +170,8 @@ def test_every_project_variable_reaches_the_workers(monkeypatch):
     source = "\n".join(p.read_text() for p in helpers.rglob("*.py"))
     read = set(re.findall(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']""", source))
     named = set(re.findall(r"""^\s*[A-Z_]*_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", source, re.M))
-    per_job = {THREADS_ENV, RUN_ENV, *JOB_ENV, "DISPLAY", "XDG_CACHE_HOME"}  # set per job, or not the project's
+    from helpers.process.cores import CORE_SHARE_ENV
+
+    # set per job (the core share: by the local executor, for the jobs of one machine), or not the project's
+    per_job = {THREADS_ENV, RUN_ENV, CORE_SHARE_ENV, *JOB_ENV, "DISPLAY", "XDG_CACHE_HOME"}
     assert (read | named) - per_job <= set(FORWARDED_ENV)
