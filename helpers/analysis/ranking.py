@@ -7,7 +7,9 @@
   (or stopped) has attempted only part of its targets and so limits the shared set: given the targets
   (the structures each potential is to relax), every row says how many it has not reached, and
   :func:`partial_sentence` says which potentials are partial and how large the shared set would be
-  without them — the set is never shrunk in silence.
+  without them — the set is never shrunk in silence. When at least two ranked potentials are complete, the
+  partial ones are listed, not ranked, until they finish: otherwise a campaign's newest potential (which
+  relaxes the largest crystals first) would cut everyone's comparison to those.
 - **Failures are failures.** A relaxation that did not converge (step cap, explosion, error) scores
   |ΔV| = ∞: it counts against ``within_5pct`` / ``within_10pct``, raises ``failure_rate``, and pushes
   the ranking metric — the median |ΔV| over the shared structures with failures as ∞ — up.
@@ -176,6 +178,15 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
     complete = [p for p in potentials if p not in partial]
     attempted = {p: set(g["structure_id"]) for p, g in errors.groupby("potential")}
     n_shared_complete = len(set.intersection(*(attempted[p] for p in complete))) if complete else None
+    if len(complete) >= 2 and len(complete) < len(potentials) and n_shared_complete >= min_ranked:
+        # a campaign still running: its partial potentials would cut every potential's comparison down to the
+        # structures they reached first (the largest, in a campaign); they are listed, and ranked once finished
+        for p in sorted(set(potentials) - set(complete)):
+            n, m = partial[p]
+            not_ranked[p] = (f"partial: {n} of its {m} target structures not reached yet (ranked when it finishes; "
+                             f"ranked now, it would cut the shared set from {n_shared_complete} to {len(ids)})")
+        potentials = complete
+        ids = sorted(set.intersection(*(attempted[p] for p in complete)))
     rows: list[dict[str, Any]] = []
     pairs = pd.DataFrame()
     n_unknown = 0

@@ -262,13 +262,60 @@ def publish_ranking(inputs: ReportInputs) -> None:
         for k in ("metric", "metric_ci_low", "metric_ci_high", "metric_uncorrected"):
             if isinstance(value.get(k), float) and math.isinf(value[k]):
                 value[k] = "inf"
+    for potential, value in payload.items():
+        value.update(_volume_statistics(inputs.tables.get("summary"), potential),
+                     settings_hash=_settings_hashes(inputs.errors, potential), coverage=_coverage(value))
     update_results_json(inputs.docs, "potentials", payload)
+    ranked = table.loc[table["ranked"].astype(bool), "potential"].tolist()
+    update_results_json(inputs.docs, "common", {
+        "potentials": ranked, "structure_ids": list(inputs.ranking["shared"]),
+        "rule": "the science structures every ranked potential attempted; a failed relaxation counts as its "
+                "failure (|ΔV| = ∞), not as a drop"})
     update_results_json(inputs.docs, "ranking", {
         "metric": "median |ΔV| against the 0 K-extrapolated cell, failures scored as ∞, on the shared science "
                   "structures", "assumption": assumption_text(), "shared_ids": inputs.ranking["shared"],
         "n_unknown_temperature": inputs.ranking["n_unknown_t"],
         "partial": {p: {"not_reached": n, "targets": m} for p, (n, m) in inputs.ranking.get("partial", {}).items()}})
     update_results_json(inputs.docs, "paired", pairs.to_dict("records") if len(pairs) else [])
+
+
+#: results.json per potential: its ΔV statistics (summary.csv, quantity volume, entries "all") under these names
+VOLUME_STATISTICS = {"n": "n", "median": "median", "median_ci_low": "median_ci_low",
+                     "median_ci_high": "median_ci_high", "mad": "mad", "mad_ci_low": "mad_ci_low",
+                     "mad_ci_high": "mad_ci_high", "mu": "mu", "mu_ci_low": "mu_refit_ci_low",
+                     "mu_ci_high": "mu_refit_ci_high", "sigma": "sigma", "sigma_ci_low": "sigma_refit_ci_low",
+                     "sigma_ci_high": "sigma_refit_ci_high"}
+
+
+def _volume_statistics(summary: pd.DataFrame | None, potential: str) -> dict[str, Any]:
+    """ΔV [%] of the converged science structures: n, median, MAD, the study's μ and σ, each with its 95 % CI
+    (μ and σ: the CI that refits window and bins), under ``volume``; empty when the summary lacks it."""
+    if summary is None or summary.empty:
+        return {}
+    rows = summary[(summary["potential"] == potential) & (summary["quantity"] == "volume")]
+    if "entries" in rows:
+        rows = rows[rows["entries"] == "all"]
+    if rows.empty:
+        return {}
+    row = rows.iloc[0]
+    return {"volume": {name: (None if pd.isna(row.get(column)) else float(row.get(column)))
+                       for name, column in VOLUME_STATISTICS.items() if column in row}}
+
+
+def _settings_hashes(errors: pd.DataFrame, potential: str) -> str | list[str] | None:
+    """The settings hash of the potential's rows (a list when rows of several settings were analysed)."""
+    if "settings_hash" not in errors:
+        return None
+    hashes = sorted(errors.loc[errors["potential"] == potential, "settings_hash"].dropna().astype(str).unique())
+    return hashes[0] if len(hashes) == 1 else hashes or None
+
+
+def _coverage(row: dict[str, Any]) -> float | None:
+    """Targets reached / targets (science structures it is to relax), or None when the targets are unknown."""
+    targets, not_reached = row.get("n_targets"), row.get("n_not_reached")
+    if targets is None or not_reached is None or pd.isna(targets) or not targets:
+        return None
+    return (float(targets) - float(not_reached)) / float(targets)
 
 
 def ranking_section(inputs: ReportInputs) -> list[str]:

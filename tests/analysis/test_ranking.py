@@ -169,3 +169,28 @@ def test_a_partial_potential_is_named_and_its_failures_still_count(small_clean_d
     plain = rank_potentials(errors, n_boot=50, min_ranked=2)
     assert plain["partial"] == {} and partial_sentence(plain) == ""
     pd.testing.assert_series_equal(plain["table"]["metric"], result["table"]["metric"])
+
+
+def test_a_partial_potential_waits_when_two_complete_ones_can_be_ranked():
+    """A fixed errors table: ANI-1x and ANI-1ccx reached all 40 targets, ANI-2x only 12 (a campaign still
+    running). ANI-2x is listed, not ranked, and the ranking is the two complete potentials' on all 40 — the same
+    numbers as a ranking without ANI-2x at all; given no targets, all three are ranked on the 12 (as before)."""
+    from helpers.analysis.ranking import partial_sentence, rank_potentials
+
+    errors = pd.read_csv(ERRORS)
+    ids = sorted(set(errors.structure_id))
+    running = errors[(errors.potential != "ani2x") | errors.structure_id.isin(ids[:12])]
+    targets = {p: set(ids) for p in ("ani1x", "ani1ccx", "ani2x")}
+    result = rank_potentials(running, n_boot=50, min_ranked=10, targets=targets)
+    table = result["table"].set_index("potential")
+    assert not table.loc["ani2x", "ranked"] and table.loc[["ani1x", "ani1ccx"], "ranked"].all()
+    assert "partial: 28 of its 40 target structures not reached yet" in table.loc["ani2x", "note"]
+    assert "from 40 to 12" in table.loc["ani2x", "note"]
+    assert len(result["shared"]) == 40 and result["partial"] == {"ani2x": (28, 40)}
+    alone = rank_potentials(errors[errors.potential != "ani2x"], n_boot=50, min_ranked=10).get("table")
+    alone = alone.set_index("potential")
+    for p in ("ani1x", "ani1ccx"):
+        assert table.loc[p, "metric"] == alone.loc[p, "metric"] and table.loc[p, "n_shared"] == 40
+    assert "40 structures" in partial_sentence(result)
+    everyone = rank_potentials(running, n_boot=50, min_ranked=10)  # no targets known: nothing is partial
+    assert everyone["table"]["ranked"].all() and len(everyone["shared"]) == 12

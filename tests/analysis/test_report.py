@@ -258,6 +258,18 @@ def test_ranking_counts_failures_and_results_json_has_them(report):
         assert record["metric"] == pytest.approx(np.median(score))
         assert table.loc[name, "failure rate"] == f"{100 * failed.mean():.0f} %"
         assert table.loc[name, "median |ΔV₀| [%] (95 % CI)"].startswith(f"{np.median(score):.2f} [")
+    # issue 35's machine-readable numbers: ΔV statistics by hand, the settings hash, the common structures
+    data = json.loads((root / "docs" / "results.json").read_text())
+    for potential in ("ani1x", "ani1ccx"):
+        rows = science(errors)[lambda f: (f.potential == potential) & (f.status == "converged")]  # noqa: B023
+        volume = potentials[potential]["volume"]
+        assert volume["n"] == len(rows) and volume["median"] == pytest.approx(np.median(rows.dV_pct))
+        assert volume["mu_ci_low"] <= volume["mu"] <= volume["mu_ci_high"]
+        assert volume["sigma_ci_low"] <= volume["sigma"] <= volume["sigma_ci_high"]
+        assert volume["median_ci_low"] <= volume["median"] <= volume["median_ci_high"]
+        assert potentials[potential]["settings_hash"] == errors[errors.potential == potential].settings_hash.iloc[0]
+    assert sorted(data["common"]["potentials"]) == sorted(p for p in potentials if potentials[p]["ranked"])
+    assert data["common"]["structure_ids"] == sorted(set(science(errors).structure_id))  # all attempted by all
     best = min(potentials, key=lambda p: potentials[p]["metric"])
     verdict = markdown.split("## Verdict", 1)[1].split("## ", 1)[0]
     name = potentials[best]["display_name"]
