@@ -177,7 +177,8 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
     partial = {p: (r["n_not_reached"], r["n_targets"]) for p, r in reached.items() if r.get("n_not_reached")}
     complete = [p for p in potentials if p not in partial]
     attempted = {p: set(g["structure_id"]) for p, g in errors.groupby("potential")}
-    n_shared_complete = len(set.intersection(*(attempted[p] for p in complete))) if complete else None
+    shared_complete = set.intersection(*(attempted[p] for p in complete)) if complete else None
+    n_shared_complete = len(shared_complete) if complete else None
     if len(complete) >= 2 and len(complete) < len(potentials) and n_shared_complete >= min_ranked:
         # a campaign still running: its partial potentials would cut every potential's comparison down to the
         # structures they reached first (the largest, in a campaign); they are listed, and ranked once finished
@@ -185,8 +186,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             n, m = partial[p]
             not_ranked[p] = (f"partial: {n} of its {m} target structures not reached yet (ranked when it finishes; "
                              f"ranked now, it would cut the shared set from {n_shared_complete} to {len(ids)})")
-        potentials = complete
-        ids = sorted(set.intersection(*(attempted[p] for p in complete)))
+        potentials, ids = complete, sorted(shared_complete)
     rows: list[dict[str, Any]] = []
     pairs = pd.DataFrame()
     n_unknown = 0
