@@ -537,7 +537,9 @@ def lattice_section(inputs: ReportInputs) -> list[str]:
     """Issue 30's section: lattice energies beside the volumes, the best on COD volumes named from the ranking."""
     table = inputs.ranking["table"]
     ranked = table[table["ranked"].astype(bool)].sort_values("rank") if len(table) else table
-    return lattice_energy_section(inputs.docs, ranked if len(ranked) else None)
+    from helpers.relax.potentials.registry import REGISTRY
+
+    return lattice_energy_section(inputs.docs, ranked if len(ranked) else None, expected=list(REGISTRY))
 
 
 def appendix_section(inputs: ReportInputs) -> list[str]:

@@ -158,10 +158,12 @@ def summary_markdown_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | None = None,
-                           n_boot: int = N_BOOT) -> list[str]:
+                           n_boot: int = N_BOOT, expected: Sequence[str] = ()) -> list[str]:
     """Markdown lines of the report's lattice-energy section from ``docs_dir/lattice_energy.csv`` (none when
     absent), the figure ``figures/lattice_energy.png`` and the ``lattice_energy`` key of ``results.json``.
-    ``volume_ranking``: the report's ΔV ranking (first row best on COD volume) for the closing sentence."""
+    ``volume_ranking``: the report's ΔV ranking (first row best on COD volume) for the closing sentence;
+    ``expected``: the potentials that should have a table (the registry): those without one are named, so a
+    benchmark not yet run is never mistaken for a potential left out."""
     from helpers.analysis.quantities import display_name
     from helpers.analysis.report_sections import _markdown
     from helpers.analysis.results_json import update_results_json
@@ -176,10 +178,11 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
     summary = potential_summary(table, n_boot=n_boot)
     (docs / "figures").mkdir(parents=True, exist_ok=True)
     parity_figure(table, docs / "figures" / FIGURE_NAME)
+    missing = not_run(table, expected)
     update_results_json(docs, "lattice_energy", {
         "units": "kJ/mol per molecule", "mae_counts": "crystals with both energies (step-capped: last energy)",
         "anchor_dft_d_x23_mae_kJmol": DFT_D_X23_MAE_KJMOL,
-        "potentials": summary.set_index("potential").to_dict(orient="index")})
+        "potentials": summary.set_index("potential").to_dict(orient="index"), "not_run": missing})
     bad = table[~table["status"].isin(["converged", "fixed_geometry"])]
     out = [
         "## Lattice energies: X23 and ICE13",
@@ -206,6 +209,9 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
         f"![predicted against reference lattice energy](figures/{FIGURE_NAME})",
         "",
     ]
+    if missing:
+        out += [f"Not yet run (no lattice-energy table, so not in this section): "
+                f"{', '.join(display_name(p) for p in missing)}.", ""]
     if len(bad):
         listing = bad[["potential", "benchmark", "crystal", "status", "E_latt_kJmol"]].copy()
         listing["potential"] = listing["potential"].map(display_name)
@@ -220,6 +226,12 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
             sentence += f"; best on COD volumes: {volume_ranking.iloc[0]['potential']}"
         out += [sentence + ".", ""]
     return out
+
+
+def not_run(table: pd.DataFrame, expected: Sequence[str]) -> list[str]:
+    """The potentials of ``expected`` without a row in the combined table, in ``expected``'s order."""
+    present = set(table["potential"]) if "potential" in table else set()
+    return [p for p in expected if p not in present]
 
 
 def combine_tables(paths: Sequence[str | Path], out_csv: str | Path) -> pd.DataFrame:

@@ -202,3 +202,21 @@ def test_the_results_stage_runs_every_potential_and_gfn2_at_the_fixed_geometry(t
     assert jobs["ani1x"]["geometry"] == "relaxed" and jobs["gfn2-xtb"]["geometry"] == "fixed"
     assert jobs["ani1x"]["out_csv"] == str(tmp_path / "lattice" / "lattice_ani1x.csv")
     assert all(j["n_threads"] == 1 for j in jobs.values())
+
+
+def test_the_section_names_the_potentials_whose_benchmark_has_not_run(tmp_path):
+    """A registered potential with no table is named under the table and in results.json, never just absent."""
+    import json
+
+    import pandas as pd
+
+    from helpers.lattice.report import CSV_NAME, lattice_energy_section
+
+    rows = [_row("ani1x", "x23", name, 20.0 + k, 22.0) for k, name in enumerate("abc")]
+    pd.DataFrame(rows).to_csv(tmp_path / CSV_NAME, index=False)
+    lines = lattice_energy_section(tmp_path, n_boot=50, expected=["ani1x", "ani2x", "gfn-ff"])
+    named = [line for line in lines if line.startswith("Not yet run")]
+    assert named == ["Not yet run (no lattice-energy table, so not in this section): ANI-2x, GFN-FF."]
+    assert json.loads((tmp_path / "results.json").read_text())["lattice_energy"]["not_run"] == ["ani2x", "gfn-ff"]
+    assert not any(line.startswith("Not yet run") for line in
+                   lattice_energy_section(tmp_path, n_boot=50, expected=["ani1x"]))
