@@ -218,14 +218,38 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
         listing["E_latt_kJmol"] = listing["E_latt_kJmol"].map(_fmt)
         out += ["Not converged or not computed (step-capped ones keep their last energy and are in the MAE; the "
                 "others are not):", "", _markdown(listing), ""]
-    best = summary.dropna(subset=["x23_mae"]).sort_values("x23_mae")
-    if len(best):
-        sentence = f"Best on X23 lattice energies: {display_name(best.iloc[0]['potential'])} " \
-                   f"(MAE {_fmt(best.iloc[0]['x23_mae'])} kJ/mol)"
-        if volume_ranking is not None and len(volume_ranking):
-            sentence += f"; best on COD volumes: {volume_ranking.iloc[0]['potential']}"
-        out += [sentence + ".", ""]
+    sentence = best_on_both_counts(summary, volume_ranking)
+    if sentence:
+        out += [sentence, ""]
     return out
+
+
+def best_on_both_counts(summary: pd.DataFrame, volume_ranking: pd.DataFrame | None) -> str:
+    """The sentence that names the best potential on X23 lattice energies and the best on COD volumes (the
+    report's ranking: first row, ``metric`` = median |ΔV₀|), and whether one potential is best on both."""
+    from helpers.analysis.quantities import display_name
+
+    best = summary.dropna(subset=["x23_mae"]).sort_values("x23_mae")
+    if not len(best):
+        return ""
+    top = best.iloc[0]
+    sentence = (f"Best on X23 lattice energies: {display_name(top['potential'])} (MAE {_fmt(top['x23_mae'])} "
+                f"[{_fmt(top['x23_mae_ci_low'])}, {_fmt(top['x23_mae_ci_high'])}] kJ/mol)")
+    if volume_ranking is None or not len(volume_ranking):
+        return sentence + "."
+    first = volume_ranking.iloc[0]
+    sentence += (f"; best on COD volumes: {display_name(first['potential'])} (median |ΔV₀| "
+                 f"{_fmt(first.get('metric'), 2)} % [{_fmt(first.get('metric_ci_low'), 2)}, "
+                 f"{_fmt(first.get('metric_ci_high'), 2)}])")
+    if first["potential"] == top["potential"]:
+        return sentence + f". {display_name(top['potential'])} is best on both counts."
+    both = [p for p in volume_ranking["potential"] if p in set(best["potential"])]
+    if not both:
+        return sentence + ". No potential ranked on COD volumes has a lattice-energy table yet."
+    on_x23 = [p for p in best["potential"] if p in both]
+    order = ", ".join(f"{display_name(p)} {i + 1}/{on_x23.index(p) + 1}" for i, p in enumerate(both))
+    return sentence + (". No potential is best on both counts; place on COD volumes / on X23 among the potentials "
+                       f"with both: {order}.")
 
 
 def not_run(table: pd.DataFrame, expected: Sequence[str]) -> list[str]:

@@ -220,3 +220,24 @@ def test_the_section_names_the_potentials_whose_benchmark_has_not_run(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["lattice_energy"]["not_run"] == ["ani2x", "gfn-ff"]
     assert not any(line.startswith("Not yet run") for line in
                    lattice_energy_section(tmp_path, n_boot=50, expected=["ani1x"]))
+
+
+def test_the_closing_sentence_names_the_best_on_each_count_and_whether_one_is_best_on_both():
+    import pandas as pd
+
+    from helpers.lattice.report import best_on_both_counts, potential_summary
+
+    rows = [_row("ani1x", "x23", c, 20.0, 22.0) for c in "abc"]  # MAE 2
+    rows += [_row("ani2x", "x23", c, 20.0, 25.0) for c in "abc"]  # MAE 5
+    rows += [_row("gfn-ff", "x23", c, 20.0, 21.0) for c in "abc"]  # MAE 1, not ranked on volumes
+    summary = potential_summary(pd.DataFrame(rows), n_boot=50)
+    ranking = pd.DataFrame({"potential": ["ani2x", "ani1x", "ani1ccx"], "metric": [5.8, 6.1, 7.0],
+                            "metric_ci_low": [4.2, 5.0, 6.0], "metric_ci_high": [6.6, 7.0, 8.0]})
+    text = best_on_both_counts(summary, ranking)
+    assert text.startswith("Best on X23 lattice energies: GFN-FF (MAE 1.0")
+    assert "best on COD volumes: ANI-2x (median |ΔV₀| 5.80 % [4.20, 6.60])" in text
+    assert text.endswith("No potential is best on both counts; place on COD volumes / on X23 among the "
+                         "potentials with both: ANI-2x 1/2, ANI-1x 2/1.")
+    same = best_on_both_counts(summary[summary["potential"] != "gfn-ff"], ranking.iloc[[1, 0, 2]])
+    assert same.endswith("ANI-1x is best on both counts.")
+    assert best_on_both_counts(summary, None).endswith("kJ/mol).")
