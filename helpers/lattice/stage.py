@@ -6,7 +6,10 @@ the CIF does not hold the molecule, e.g. hexamine's CIF has no hydrogens — and
 then relaxed with the study's settings (:func:`helpers.relax.engine.relax`: BFGS, atoms + cell, fmax
 5·10⁻⁴ eV/Å, cap 300 + x·n_atoms); the isolated molecule is relaxed in vacuum from the reference group's
 geometry with the same fmax and cap (without a cell; a potential that refuses a molecule without a cell gets a
-cubic box of ``box`` Å, recorded). E_latt = E_mol − E_cryst / Z, at the relaxed crystal and at the fixed start.
+cubic box of ``box`` Å, recorded). E_latt = E_mol − E_cryst / Z, at the relaxed crystal and at two fixed
+geometries: the experimental one with its H atoms at neutron X–H distances (:mod:`helpers.lattice.hydrogens`;
+ICE13: the DFT structure) and the reference DFT crystal (X23). ``geometry="fixed"`` (a potential too slow to
+relax these cells) reports the DFT crystal.
 
 Every result is one row of an ASE database per potential, keyed by (system, kind, settings hash): a rerun skips
 what is final and retries errors and timeouts. Nothing is dropped: a crystal whose relaxation ends at the step
@@ -27,6 +30,7 @@ import pandas as pd
 from ase import Atoms
 
 from helpers.lattice.energy import ev_to_kjmol, kcal_to_kj, lattice_energy
+from helpers.lattice.hydrogens import normalise_hydrogens
 from helpers.lattice.identity import same_molecule
 from helpers.lattice.structures import BENCHMARKS, BenchmarkEntry, benchmark_entries, read_crystal, read_molecule
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax
@@ -34,6 +38,9 @@ from helpers.store import db as dbmod
 from helpers.vocabulary import STUDY_FMAX, STUDY_MAX_STEPS_BASE, Status
 
 GEOMETRIES = ("relaxed", "fixed")
+#: row kinds: the relaxed crystal; the experimental geometry with neutron X–H distances (rows of kind
+#: "crystal_fixed", at the X-ray H positions, are of an earlier version and no longer read); the DFT crystal
+RELAXED, FIXED, DFT = "crystal", "crystal_fixed_hnorm", "crystal_dft"
 #: status of a successful single point (the fixed-geometry crystal)
 SINGLE_POINT = "single_point"
 #: the crystal does not hold the gas-phase molecule (formula, connectivity or count): no lattice energy
@@ -54,7 +61,7 @@ class LatticeSettings:
     fmax: float = STUDY_FMAX
     max_steps_base: int = STUDY_MAX_STEPS_BASE
     steps_per_atom: int | None = None
-    #: "relaxed": relax the crystal (and report the fixed start too); "fixed": the start geometry only
+    #: "relaxed": relax the crystal (and report the fixed geometries too); "fixed": the DFT crystal only
     geometry: str = "relaxed"
 
     def __post_init__(self) -> None:
@@ -157,7 +164,7 @@ def _start_from(start_db: str | None, name: str) -> Atoms | None:
     if not start_db:
         return None
     db = dbmod.connect(start_db, must_exist=True)
-    rows = [r for r in db.select(system=name, kind="crystal") if r.get("status") == Status.converged]
+    rows = [r for r in db.select(system=name, kind=RELAXED) if r.get("status") == Status.converged]
     return rows[-1].toatoms() if rows else None
 
 
@@ -238,43 +245,58 @@ def run_lattice_energy(potential: str = "ani1x", benchmarks: Sequence[str] = BEN
                         row = store.write(result.atoms, ref.molecule, "molecule", m_hash, result, box=boxed,
                                           e_fixed=fixed.e_final)
                 molecules[ref.molecule] = row
-            if store.final(entry.name, "crystal_fixed", c_hash) is None or (
-                    geometry == "relaxed" and store.final(entry.name, "crystal", c_hash) is None):
+            if any(store.final(entry.name, kind, c_hash) is None for kind in _kinds(entry, geometry)):
                 _crystal(entry, molecule, store, c_hash, crystal_settings, calculator, missing, geometry,
                          start_db, max_wall_time)
     bar.close()
     return lattice_table(store.path, settings, benchmarks, crystals, reference_dir)
 
 
+def _kinds(entry: BenchmarkEntry, geometry: str) -> tuple[str, ...]:
+    """The rows one crystal needs: both fixed geometries (the DFT one where the benchmark has it), and the
+    relaxed crystal unless ``geometry="fixed"``."""
+    fixed = (FIXED, DFT) if entry.dft_crystal_file is not None else (FIXED,)
+    return fixed + ((RELAXED,) if geometry == "relaxed" else ())
+
+
 def _crystal(entry: BenchmarkEntry, molecule: Atoms, store: _Store, c_hash: str, settings: RelaxSettings,
              calculator, missing: set[str], geometry: str, start_db: str | None,
              max_wall_time: float | None) -> None:
-    """The fixed single point and (``geometry="relaxed"``) the relaxation of one crystal, each stored."""
+    """The fixed single points and (``geometry="relaxed"``) the relaxation of one crystal, each stored."""
     start, source, reason = _starting_crystal(entry, molecule)
     common = {"benchmark": entry.benchmark, "z": entry.reference.z}
     if start is None:
         atoms = read_crystal(entry.crystal_file)
-        for kind in ("crystal_fixed", "crystal"):
+        for kind in _kinds(entry, geometry):
             store.write(atoms, entry.name, kind, c_hash, status=IDENTITY_MISMATCH, message=reason, source=source,
                         **common)
         return
     if missing:
-        for kind in ("crystal_fixed", "crystal"):
+        for kind in _kinds(entry, geometry):
             store.write(start, entry.name, kind, c_hash, status=Status.skipped, source=source,
                         message=f"{settings.potential} does not cover {', '.join(sorted(missing))}", **common)
         return
-    if store.final(entry.name, "crystal_fixed", c_hash) is None:
-        fixed = _single_point(start, calculator())
+    if store.final(entry.name, FIXED, c_hash) is None:
+        fixed_start, moved = normalise_hydrogens(start) if source == "expt" else (start, 0)
+        fixed = _single_point(fixed_start, calculator())
         if reason:
             fixed.message = reason
-        store.write(fixed.atoms, entry.name, "crystal_fixed", c_hash, fixed, source=source, **common)
-    if geometry != "relaxed" or store.final(entry.name, "crystal", c_hash) is not None:
+        store.write(fixed.atoms, entry.name, FIXED, c_hash, fixed, source=source, h_normalised=moved, **common)
+    if DFT in _kinds(entry, geometry) and store.final(entry.name, DFT, c_hash) is None:
+        dft = read_crystal(entry.dft_crystal_file)
+        verdict = same_molecule(dft, molecule, entry.reference.z)
+        if verdict.same:
+            store.write(dft, entry.name, DFT, c_hash, _single_point(dft, calculator()), source="dft", **common)
+        else:
+            store.write(dft, entry.name, DFT, c_hash, status=IDENTITY_MISMATCH, message=verdict.reason,
+                        source="dft", **common)
+    if geometry != "relaxed" or store.final(entry.name, RELAXED, c_hash) is not None:
         return
     begin = _start_from(start_db, entry.name)
     result = relax(begin if begin is not None else start, calculator(), settings, max_wall_time=max_wall_time)
     if reason and not result.message:
         result.message = reason
-    store.write(result.atoms, entry.name, "crystal", c_hash, result,
+    store.write(result.atoms, entry.name, RELAXED, c_hash, result,
                 source="start_db" if begin is not None else source, **common)
 
 
@@ -307,15 +329,18 @@ def _table_row(entry: BenchmarkEntry, store: _Store, settings: LatticeSettings, 
                m_hash: str) -> dict[str, Any]:
     ref = entry.reference
     mol = _latest(store, ref.molecule, "molecule", m_hash)
-    fixed = _latest(store, entry.name, "crystal_fixed", c_hash)
-    relaxed = _latest(store, entry.name, "crystal", c_hash) if settings.geometry == "relaxed" else None
+    fixed = _latest(store, entry.name, FIXED, c_hash)
+    dft = _latest(store, entry.name, DFT, c_hash) if entry.dft_crystal_file is not None else fixed
+    relaxed = _latest(store, entry.name, RELAXED, c_hash) if settings.geometry == "relaxed" else None
     mol_status = mol.get("status") if mol else "missing"
     fixed_status = fixed.get("status") if fixed else "missing"
+    dft_status = dft.get("status") if dft else "missing"
     cryst_status = (relaxed.get("status") if relaxed else "missing") if settings.geometry == "relaxed" \
-        else fixed_status
+        else dft_status
     e_mol = _energy(mol) if mol else None
     e_fixed = _energy(fixed) if fixed else None
-    e_cryst = (_energy(relaxed) if relaxed else None) if settings.geometry == "relaxed" else e_fixed
+    e_dft = _energy(dft) if dft else None
+    e_cryst = (_energy(relaxed) if relaxed else None) if settings.geometry == "relaxed" else e_dft
 
     def latt(e_crystal):
         if e_mol is None or e_crystal is None:
@@ -323,10 +348,10 @@ def _table_row(entry: BenchmarkEntry, store: _Store, settings: LatticeSettings, 
         return ev_to_kjmol(lattice_energy(e_mol, e_crystal, ref.z))
 
     ref_kj = kcal_to_kj(ref.ref_kcalmol)
-    e_latt, e_latt_fixed = latt(e_cryst), latt(e_fixed)
+    e_latt, e_latt_fixed, e_latt_dft = latt(e_cryst), latt(e_fixed), latt(e_dft)
     if settings.geometry == "fixed":
-        status = "fixed_geometry" if mol_status == Status.converged and fixed_status == SINGLE_POINT else \
-            " ".join(f"{what} {s}" for what, s in (("molecule", mol_status), ("crystal", fixed_status))
+        status = "fixed_geometry" if mol_status == Status.converged and dft_status == SINGLE_POINT else \
+            " ".join(f"{what} {s}" for what, s in (("molecule", mol_status), ("crystal", dft_status))
                      if s not in (Status.converged, SINGLE_POINT))
     else:
         bad = [f"{what} {s}" for what, s in (("molecule", mol_status), ("crystal", cryst_status))
@@ -341,7 +366,8 @@ def _table_row(entry: BenchmarkEntry, store: _Store, settings: LatticeSettings, 
     same_after = np.nan
     if relaxed is not None and mol is not None and cryst_status == Status.converged and mol_status == Status.converged:
         same_after = bool(same_molecule(relaxed.toatoms(), mol.toatoms(), ref.z).same)
-    messages = [f"{what}: {r.get('message')}" for what, r in (("molecule", mol), ("crystal", relaxed or fixed))
+    shown = relaxed if settings.geometry == "relaxed" else dft
+    messages = [f"{what}: {r.get('message')}" for what, r in (("molecule", mol), ("crystal", shown or fixed))
                 if r is not None and r.get("message")]
     return {
         "benchmark": entry.benchmark, "crystal": entry.name, "potential": settings.potential, "Z": ref.z,
@@ -349,18 +375,21 @@ def _table_row(entry: BenchmarkEntry, store: _Store, settings: LatticeSettings, 
         "E_latt_kJmol": e_latt, "ref_kJmol": ref_kj, "error_kJmol": e_latt - ref_kj,
         "E_latt_kcalmol": e_latt / 4.184, "ref_kcalmol": ref.ref_kcalmol, "error_kcalmol": (e_latt - ref_kj) / 4.184,
         "E_latt_fixed_kJmol": e_latt_fixed, "error_fixed_kJmol": e_latt_fixed - ref_kj,
+        "E_latt_dft_geometry_kJmol": e_latt_dft, "error_dft_geometry_kJmol": e_latt_dft - ref_kj,
         "V_relaxed": v_relaxed, "V_exp": v_exp, "V_dft": v_dft,
         "dV_exp_pct": 100 * (v_relaxed - v_exp) / v_exp if np.isfinite(v_exp) else np.nan,
         "dV_dft_pct": 100 * (v_relaxed - v_dft) / v_dft,
-        "crystal_status": cryst_status, "fixed_status": fixed_status, "molecule_status": mol_status,
-        "crystal_source": (relaxed or fixed).get("source") if (relaxed or fixed) is not None else None,
+        "crystal_status": cryst_status, "fixed_status": fixed_status, "dft_geometry_status": dft_status,
+        "molecule_status": mol_status,
+        "crystal_source": (shown or fixed).get("source") if (shown or fixed) is not None else None,
+        "h_normalised": fixed.get("h_normalised") if fixed is not None else None,
         "molecule_box": mol.get("box") if mol is not None else None,
         "same_molecule_after_relax": same_after,
         "crystal_steps": relaxed.get("steps") if relaxed is not None else None,
         "crystal_max_steps": relaxed.get("max_steps") if relaxed is not None else None,
         "molecule_steps": mol.get("steps") if mol is not None else None,
         "crystal_wall_time": relaxed.get("wall_time") if relaxed is not None else None,
-        "E_mol_eV": e_mol, "E_cryst_eV": e_cryst, "E_cryst_fixed_eV": e_fixed,
+        "E_mol_eV": e_mol, "E_cryst_eV": e_cryst, "E_cryst_fixed_eV": e_fixed, "E_cryst_dft_geometry_eV": e_dft,
         "E_mol_fixed_eV": mol.get("e_fixed") if mol is not None else None,
         "settings_hash": c_hash, "message": " | ".join(messages) or None,
     }

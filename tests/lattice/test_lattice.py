@@ -157,12 +157,49 @@ def test_ani1x_lattice_energies_of_two_small_crystals_end_to_end(tmp_path, latti
     assert 0.8 < co2.V_relaxed / co2.V_exp < 1.2
     db = dbmod.connect(out.format(potential="ani1x"))
     before = {(r.system, r.kind): r.mtime for r in db.select()}
-    assert set(before) == {("co2", "crystal"), ("co2", "crystal_fixed"), ("mol_co2", "molecule"),
-                           ("hexamine", "crystal"), ("hexamine", "crystal_fixed"), ("mol_hexamine", "molecule")}
+    assert set(before) == {(c, kind) for c in ("co2", "hexamine") for kind in
+                           ("crystal", "crystal_fixed_hnorm", "crystal_dft")} | {("mol_co2", "molecule"),
+                                                                                  ("mol_hexamine", "molecule")}
+    assert math.isfinite(co2.E_latt_dft_geometry_kJmol) and co2.h_normalised == 0  # CO2 has no H
     again = run_lattice_energy("ani1x", ["x23"], out_db=out, fmax=0.01, crystals=["co2", "hexamine"],
                                n_threads=1, progress=False, reference_dir=lattice_ref).set_index("crystal")
     assert {(r.system, r.kind): r.mtime for r in db.select()} == before  # nothing recomputed
     assert again.E_latt_kJmol.tolist() == table.E_latt_kJmol.tolist()
+
+
+def test_x_ray_hydrogens_move_to_neutron_distances_and_the_energy_drops(lattice_ref, model_dir):
+    """Acetic acid's CIF (X-ray: O–H 0.83, C–H 0.95 Å): every H moves along its bond to the neutron length, the
+    heavy atoms stay, and ANI-1x's energy falls by tens of kJ/mol per molecule — the artefact the fixed-geometry
+    lattice energy would otherwise carry."""
+    from ase.neighborlist import neighbor_list
+
+    from helpers.lattice.hydrogens import NEUTRON_XH, normalise_hydrogens
+    from helpers.lattice.structures import read_crystal
+    from helpers.relax.potentials.registry import get_potential
+
+    raw = read_crystal(lattice_ref / "x23" / "expt" / "acetic_acid.cif")
+    fixed, moved = normalise_hydrogens(raw)
+    symbols = np.array(raw.get_chemical_symbols())
+    assert moved == (symbols == "H").sum() == 16
+    heavy = symbols != "H"
+    assert np.allclose(fixed.positions[heavy], raw.positions[heavy])
+    i, j, d = neighbor_list("ijd", fixed, 1.3)
+    bonds = {(symbols[a], round(float(x), 4)) for a, b, x in zip(j, i, d, strict=True)
+             if symbols[b] == "H" and symbols[a] != "H"}
+    assert bonds == {("C", NEUTRON_XH["C"]), ("O", NEUTRON_XH["O"])}
+    calc = get_potential("ani1x").calculator()
+    per_molecule = [ev_to_kjmol(calc.get_potential_energy(a.copy()) / 4) for a in (raw, fixed)]
+    assert per_molecule[0] - per_molecule[1] > 20
+
+
+def test_the_fixed_geometry_mode_reports_the_dft_crystal(tmp_path, lattice_ref, model_dir):
+    """geometry="fixed" (GFN2-xTB's mode): no relaxation; E_latt at the reference DFT crystal."""
+    from helpers.lattice import run_lattice_energy
+
+    row = run_lattice_energy("ani1x", ["x23"], out_db=str(tmp_path / "l.db"), fmax=0.01, crystals=["co2"],
+                             geometry="fixed", n_threads=1, progress=False, reference_dir=lattice_ref).iloc[0]
+    assert row.status == "fixed_geometry" and row.crystal_source == "dft" and np.isnan(row.V_relaxed)
+    assert row.E_latt_kJmol == row.E_latt_dft_geometry_kJmol != row.E_latt_fixed_kJmol
 
 
 def _row(potential, benchmark, crystal, e_latt, ref, status="converged", dv=np.nan, geometry="relaxed"):
