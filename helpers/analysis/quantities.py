@@ -51,6 +51,13 @@ DISPLAY_NAMES = {"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x", "g
                  "aimnet2": "AIMNet2"}
 
 
+def all_entries(summary: pd.DataFrame, quantity: str) -> pd.DataFrame:
+    """summary.csv's rows of ``quantity`` over all entries (``entries == "all"``, the study's way; every row
+    when the summary has no ``entries`` column)."""
+    rows = summary[summary["quantity"] == quantity]
+    return rows[rows["entries"] == "all"] if "entries" in rows else rows
+
+
 def display_name(potential: str) -> str:
     """'ani1x' -> 'ANI-1x', 'gfn-ff' -> 'GFN-FF' (unknown names unchanged), for tables and plot labels."""
     base, _, rest = str(potential).partition("[")

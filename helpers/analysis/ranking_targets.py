@@ -17,7 +17,7 @@ def science_targets(plan: Any) -> dict[str, set[str]] | None:
     """Per potential of ``plan`` (a :class:`helpers.run.config.CampaignConfig`), the clean structure ids it is to
     relax (within its ``max_atoms``) that belong to the science sample (every one when no clean row records
     its source, as :func:`helpers.analysis.sample_sets.science`); None when the plan has no clean database."""
-    from helpers.relax.stage import batch_ids
+    from helpers.relax.stage import relax_targets
     from helpers.store import db as dbmod
 
     try:
@@ -32,10 +32,4 @@ def science_targets(plan: Any) -> dict[str, set[str]] | None:
             for row in clean.select("structure_id", columns=["id", "key_value_pairs"])}
     labelled = sample_sets.SCIENCE in sets.values()
     wanted = {sid for sid, s in sets.items() if s == sample_sets.SCIENCE or not labelled}
-    out = {}
-    for p in plan.potentials:
-        try:
-            out[p] = {sid for sid in batch_ids(clean, 0, 1, plan.max_atoms.get(p), p) if sid in wanted}
-        except KeyError:  # a potential not registered here (a plug-in not installed): its targets unknown
-            continue
-    return out
+    return {p: ids & wanted for p, ids in relax_targets(clean, plan.potentials, plan.max_atoms).items()}

@@ -666,10 +666,11 @@ def dataset_info(work_dir: str | Path, sources: Sequence[str]) -> dict[str, Any]
     import os
 
     from helpers.store import db as dbmod
+    from helpers.store.paths import work_layout
 
-    work = Path(work_dir)
+    layout = work_layout(work_dir)
+    n_raw, n_clean = (dbmod.connect(layout[key], must_exist=True).count() if Path(layout[key]).is_file() else 0
+                      for key in ("raw_db", "clean_db"))
     n_files = sum(1 for s in sources for p in Path(s).rglob("*") if p.suffix.lower() == ".cif")
-    n_raw = dbmod.connect(work / "raw.db", must_exist=True).count() if (work / "raw.db").is_file() else 0
-    n_clean = dbmod.connect(work / "clean.db", must_exist=True).count() if (work / "clean.db").is_file() else 0
     return {"n_files": n_files, "n_raw": n_raw, "n_clean": n_clean, "cores": os.cpu_count(),
             "clean_fraction": n_clean / n_raw if n_raw else None}

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from helpers.analysis.distributions import fit_gaussian  # noqa: E402
 from helpers.analysis.plots import _save  # noqa: E402
-from helpers.analysis.quantities import display_name  # noqa: E402
+from helpers.analysis.quantities import all_entries, display_name  # noqa: E402
 
 
 def colours(potentials) -> dict[str, tuple]:
@@ -79,9 +79,7 @@ def median_intervals(summary: pd.DataFrame, path: str | Path, quantity: str = "v
     """Each potential's median of ``quantity`` with its 95 % CI (summary.csv, entries "all"), n beside it."""
     from helpers.analysis.quantities import QUANTITIES
 
-    rows = summary[summary["quantity"] == quantity]
-    if "entries" in rows:
-        rows = rows[rows["entries"] == "all"]
+    rows = all_entries(summary, quantity)
     rows = rows[np.isfinite(pd.to_numeric(rows["median"], errors="coerce"))].sort_values("potential")
     if rows.empty:
         return None

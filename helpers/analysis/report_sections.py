@@ -21,7 +21,7 @@ import pandas as pd
 
 from helpers.analysis import report_figures, sample_sets
 from helpers.analysis.exact_stats import median_ci_exact
-from helpers.analysis.quantities import STUDY_RESULT, display_name
+from helpers.analysis.quantities import STUDY_RESULT, all_entries, display_name
 from helpers.analysis.ranking import (
     ALPHA_V_SD,
     ALPHA_V_SOURCE,
@@ -292,9 +292,8 @@ def _volume_statistics(summary: pd.DataFrame | None, potential: str) -> dict[str
     (μ and σ: the CI that refits window and bins), under ``volume``; empty when the summary lacks it."""
     if summary is None or summary.empty:
         return {}
-    rows = summary[(summary["potential"] == potential) & (summary["quantity"] == "volume")]
-    if "entries" in rows:
-        rows = rows[rows["entries"] == "all"]
+    rows = all_entries(summary, "volume")
+    rows = rows[rows["potential"] == potential]
     if rows.empty:
         return {}
     row = rows.iloc[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -74,6 +74,21 @@ def batch_ids(clean_db: Database, batch: int, n_batches: int, max_atoms: int | N
     items = [(row.structure_id, size(row)) for row in rows]
     items = [(sid, n) for sid, n in items if max_atoms is None or n <= max_atoms]
     return split_batches(items, n_batches)[batch]
+
+
+def relax_targets(clean_db: Database, potentials: Sequence[str], max_atoms: Mapping[str, int | None]
+               ) -> dict[str, set[str]]:
+    """Per potential, the clean structure ids its relax jobs are to relax (every batch together, within its
+    ``max_atoms``): what "finished" and "partial" are measured against. A potential not registered here (a
+    plug-in not installed) is left out: its targets are unknown."""
+    out = {}
+    for p in potentials:
+        try:
+            get_potential(p)
+        except KeyError:
+            continue
+        out[p] = set(batch_ids(clean_db, 0, 1, max_atoms.get(p), p))
+    return out
 
 
 @dataclass

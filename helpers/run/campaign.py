@@ -5,11 +5,12 @@ stage is resumable: a rerun after an interruption skips what is done (the fetch 
 each relaxation is committed as it ends and recognised by its settings hash). One run at a time per work dir
 (:mod:`helpers.run.lock`); each stage's wall time is appended to :data:`TIMINGS_FILE`.
 
-The relax stage has one rule for every executor (:mod:`helpers.run.executor`): a job that still fails after
-its retries is recorded ``{"job", "error"}`` and printed, and never stops the others (a rerun retries it); a
-finished job's shard is merged into ``relaxed_<potential>.db`` at once and every shard of each potential at
-the end (a database server takes every job's rows directly: nothing to merge); one progress bar counts the
-finished crystals over every potential (ETA for the whole campaign).
+The relax and lattice stages run their notebook jobs on one executor (:mod:`helpers.run.executor`, the one
+``config`` names: a local pool or Dask) under one failure rule (:func:`~helpers.run.executor.run_jobs`): a job
+that still fails after its retries is recorded ``{"job", "error"}`` and printed, and never stops the others (a
+rerun retries it). A finished relax job's shard is merged into ``relaxed_<potential>.db`` at once and every
+shard of each potential at the end (a database server takes every job's rows directly: nothing to merge); one
+progress bar counts the finished crystals over every potential (ETA for the whole campaign).
 """
 
 from __future__ import annotations
@@ -22,23 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from helpers.run.config import CampaignConfig
-from helpers.run.executor import Executor, executor_for
+from helpers.run.executor import Executor, executor_for, run_jobs
 from helpers.run.notebooks import execute
-from helpers.store.shards import job_tag
 
 #: one line per stage run of a campaign (appended, so resumed runs add up): the campaign's wall time
 TIMINGS_FILE = "stage_times.csv"
 
 
 def run_campaign(config: CampaignConfig, executor: Executor | None = None) -> dict[str, Any]:
-    """Run ``config``'s stages (relax jobs on ``executor``, default the one ``config`` names); returns where
-    everything went, the rows per potential after the merge, the jobs that failed, the executed relax notebooks
-    and each stage's minutes. Another run holding the work dir is a :class:`~helpers.run.lock.WorkDirBusy`
-    naming it, or, with ``config.wait``, waited for."""
+    """Run ``config``'s stages (relax and lattice jobs on ``executor``, default the one ``config`` names);
+    returns where everything went, the rows per potential after the merge, the relax jobs that failed, the
+    executed relax notebooks, the lattice jobs that failed and each stage's minutes. Another run holding the
+    work dir is a :class:`~helpers.run.lock.WorkDirBusy` naming it, or, with ``config.wait``, waited for."""
     from helpers.run.lock import WorkDirLock
 
     work_dir = config.work_path
+    executor = executor or executor_for(config)
     relaxed: dict[str, Any] = {"merged": {}, "failed": [], "notebooks": []}
+    lattice_failed: list[dict[str, str]] = []
     timings: dict[str, float] = {}
     with WorkDirLock(work_dir, wait=config.wait):
         for stage in config.stages:
@@ -46,7 +48,9 @@ def run_campaign(config: CampaignConfig, executor: Executor | None = None) -> di
             print(f"== {stage}", flush=True)
             try:
                 if stage == "relax":
-                    relaxed = relax(config, executor or executor_for(config))
+                    relaxed = relax(config, executor)
+                elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
+                    lattice_failed = lattice(config, executor)["failed"]
                 else:
                     _run_stage(stage, config)
             finally:  # an interrupted stage's time counts too: its finished relaxations are kept
@@ -54,7 +58,8 @@ def run_campaign(config: CampaignConfig, executor: Executor | None = None) -> di
                 log_stage_time(work_dir, stage, config.potentials, timings[stage])
                 print(f"   {stage}: {timings[stage] / 60:.1f} min", flush=True)
     return {"work_dir": work_dir, **config.dbs, "executed": config.executed_dir, "analysis": config.analysis_dir,
-            "docs": str(_docs_dir(config)), **relaxed, "minutes": {k: round(v / 60, 1) for k, v in timings.items()}}
+            "docs": str(_docs_dir(config)), **relaxed, "lattice_failed": lattice_failed,
+            "minutes": {k: round(v / 60, 1) for k, v in timings.items()}}
 
 
 # -- the relax stage ----------------------------------------------------------------------------------------
@@ -63,30 +68,18 @@ def relax(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
     jobs = config.jobs()
     threads = executor.threads_per_job(len(jobs))
     jobs = [{"n_threads": threads, **job} if job.get("n_threads") is None else job for job in jobs]
-    log_dir = config.executed_dir
-    failed: list[dict[str, str]] = []
-    notebooks: list[str] = []
     with CrystalProgress(config) as progress:
-        for job, notebook, error in executor.run(jobs, log_dir):
-            if error is not None:  # failed after its retries: the next run tries again
-                failed.append({"job": _tag(job), "error": describe_error(error)})
-                print(f"!!! relax job {failed[-1]['job']} failed (rerun to retry): {failed[-1]['error']} "
-                      f"(log: {log_dir})", flush=True)
-            else:
-                notebooks.append(notebook)
-                merge_job(config, job)
-            progress.failed = len(failed)
-    return {"merged": merge_all(config), "failed": failed, "notebooks": sorted(notebooks)}
+        done = run_jobs(executor, jobs, config.executed_dir, "relax", on_finished=lambda job: merge_job(config, job),
+                        on_failed=lambda n: setattr(progress, "failed", n))
+    return {"merged": merge_all(config), **done}
 
 
-def _tag(job: dict[str, Any]) -> str:
-    return job_tag(job["potential"], job["batch"], job["n_batches"])
+def lattice(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
+    """The lattice stage's jobs on ``executor``, under the same failure rule (:mod:`helpers.run.lattice`)."""
+    from helpers.run.lattice import run_lattice_stage
 
-
-def describe_error(error: BaseException) -> str:
-    """A failed job's error in one line: papermill's cell error when there is one."""
-    text = str(getattr(error, "evalue", "") or error) or type(error).__name__
-    return f"{type(error).__name__}: {text[-400:]}"
+    return run_lattice_stage(list(config.potentials), config.work_path, config.executed_dir, _docs_dir(config),
+                             executor, config.lattice_parameters)
 
 
 def merge_job(config: CampaignConfig, job: dict[str, Any]) -> None:
@@ -153,11 +146,10 @@ class CrystalProgress:
 # -- what the campaign is to relax and has relaxed ----------------------------------------------------------
 def target_ids(config: CampaignConfig) -> dict[str, set[str]]:
     """The structure ids each potential is to relax (clean, within its ``max_atoms``)."""
-    from helpers.relax.stage import batch_ids
+    from helpers.relax.stage import relax_targets
     from helpers.store import db as dbmod
 
-    clean = dbmod.connect(config.dbs["clean_db"], must_exist=True)
-    return {p: set(batch_ids(clean, 0, 1, config.max_atoms.get(p), p)) for p in config.potentials}
+    return relax_targets(dbmod.connect(config.dbs["clean_db"], must_exist=True), config.potentials, config.max_atoms)
 
 
 def settings_hashes(config: CampaignConfig) -> dict[str, str]:
@@ -230,11 +222,6 @@ def _run_stage(stage: str, config: CampaignConfig) -> None:
                                 "max_atoms": {p: n for p, n in config.max_atoms.items() if n is not None}},
                 logs, progress=True)
         land_analysis(partial, analysis_dir)
-    elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
-        from helpers.run.lattice import run_lattice_stage
-
-        run_lattice_stage(list(config.potentials), config.work_path, logs, _docs_dir(config),
-                          config.max_parallel, config.lattice_parameters)
     elif stage == "report":
         from helpers.analysis.report import dataset_info, write_report
 

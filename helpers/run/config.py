@@ -3,7 +3,8 @@
 ``demo``, ``campaign`` and ``results`` are presets of it (:func:`demo_config`, :func:`campaign_config`,
 :func:`results_config`); :func:`helpers.run.campaign.run_campaign` runs any of them. The work folder's
 layout (``raw.db``, ``clean.db``, ``rejects.db``, ``relaxed_<potential>.db`` and its per-batch shards,
-``executed/``, ``analysis/``) is derived here and nowhere else.
+``executed/``, ``analysis/``: :data:`helpers.store.paths.WORK_LAYOUT`) is applied here, with the config's
+overrides.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.store.paths import project_root, resolve
+from helpers.store.paths import project_root, resolve, work_layout
 from helpers.vocabulary import DATA_ENV
 
 #: small, clean CHNO COD entries (29-48 atoms per cell) that relax in seconds: the demo input
@@ -105,19 +106,18 @@ class CampaignConfig:
     @property
     def dbs(self) -> dict[str, str]:
         """raw_db, clean_db, rejects_db and out_db (``relaxed_{potential}.db``; per-batch shards beside it)."""
-        run = Path(self.work_path)
-        return {"raw_db": str(run / "raw.db"), "clean_db": resolve(self.clean_db or run / "clean.db"),
-                "rejects_db": str(run / "rejects.db"),
-                "out_db": resolve(self.out_db or run / "relaxed_{potential}.db")}
+        layout = work_layout(self.work_path)
+        return {"raw_db": layout["raw_db"], "clean_db": resolve(self.clean_db or layout["clean_db"]),
+                "rejects_db": layout["rejects_db"], "out_db": resolve(self.out_db or layout["out_db"])}
 
     @property
     def executed_dir(self) -> str:
         """Where every executed notebook is kept (the log of its run)."""
-        return resolve(self.log_dir or Path(self.work_path) / "executed")
+        return resolve(self.log_dir or work_layout(self.work_path)["executed"])
 
     @property
     def analysis_dir(self) -> str:
-        return str(Path(self.work_path) / "analysis")
+        return work_layout(self.work_path)["analysis"]
 
     # -- the jobs -------------------------------------------------------------------------------------------
     def batches(self) -> int:

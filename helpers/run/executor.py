@@ -1,19 +1,20 @@
-"""Where a campaign's 03_relax jobs run: a pool of processes here (:class:`LocalExecutor`) or a Dask cluster
-(:class:`DaskExecutor`). Both only run jobs and say how each ended; what a failure or a finished job means
-(the failure record, the merge of its shard, the progress bar) is decided once, in :mod:`helpers.run.campaign`.
+"""Where a campaign's notebook jobs run (03_relax, 05_lattice_energy: :func:`~helpers.run.notebooks.run_job`): a
+pool of processes here (:class:`LocalExecutor`) or a Dask cluster (:class:`DaskExecutor`). Both only run jobs
+and say how each ended; :func:`run_jobs` is the one rule every stage applies to that (a failure recorded and
+printed, never stopping the others); what a finished job means (the merge of a relax shard, the progress bar)
+is decided in :mod:`helpers.run.campaign`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from helpers.process.parallel import worker_count
 from helpers.run.config import JOB_RETRIES
-from helpers.run.notebooks import new_run_id, run_relax_job
+from helpers.run.notebooks import RELAX_NOTEBOOK, job_label, job_notebook, new_run_id, run_job
 from helpers.store.paths import resolve
-from helpers.store.shards import job_tag
 
 #: how one job ended: the job, its executed notebook (None when it failed), its last error (None when it ran)
 Outcome = tuple[dict[str, Any], str | None, BaseException | None]
@@ -22,7 +23,7 @@ MAX_ATTEMPTS = 20
 
 
 class Executor(Protocol):
-    """Runs relax jobs; one failed job never stops the others."""
+    """Runs notebook jobs; one failed job never stops the others."""
 
     def threads_per_job(self, n_jobs: int) -> int:
         """Torch threads of a job that does not set ``n_threads``."""
@@ -32,22 +33,22 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """``max_parallel`` jobs at a time (default: one per core), each in a spawned process (one at a time: in
-    this process, the notebook kernel its child). A failed job is run again (it resumes) up to ``retries``
-    times, and for as long as each attempt dies on a structure: such a structure is recorded as ``crashed``
-    on its second death (helpers.relax.inflight), so every attempt moves the batch on (at most
-    :data:`MAX_ATTEMPTS`). Only a job's last error is yielded."""
+    """``max_parallel`` jobs at a time (default: one per core this process may use), each in a spawned process
+    (one at a time: in this process, the notebook kernel its child). A failed job is run again (it resumes) up
+    to ``retries`` times, and a relax job for as long as each attempt dies on a structure: such a structure is
+    recorded as ``crashed`` on its second death (helpers.relax.inflight), so every attempt moves the batch on
+    (at most :data:`MAX_ATTEMPTS`). Only a job's last error is yielded."""
 
     def __init__(self, max_parallel: int | None = None, retries: int = JOB_RETRIES):
         self.max_parallel = max_parallel
         self.retries = retries
 
     def _parallel(self, n_jobs: int) -> int:
-        return self.max_parallel or max(1, min(n_jobs, os.cpu_count() or 1))
+        return self.max_parallel or max(1, min(n_jobs, worker_count()))
 
     def threads_per_job(self, n_jobs: int) -> int:
         """The cores shared out: one crystal per core beat one crystal on all cores in the throughput benchmark."""
-        return max(1, (os.cpu_count() or 1) // self._parallel(n_jobs))
+        return max(1, worker_count() // self._parallel(n_jobs))
 
     def run(self, jobs: Sequence[dict[str, Any]], log_dir: str | Path) -> Iterator[Outcome]:
         run_id = new_run_id()
@@ -65,7 +66,7 @@ class LocalExecutor:
 
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
         with ProcessPoolExecutor(max_parallel, mp_context=context) as pool:
-            running = {pool.submit(run_relax_job, job, str(log_dir), run_id): (job, 0) for job in jobs}
+            running = {pool.submit(run_job, job, str(log_dir), run_id): (job, 0) for job in jobs}
             try:
                 while running:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -73,7 +74,7 @@ class LocalExecutor:
                         job, attempt = running.pop(future)
                         error = future.exception()
                         if error is not None and self._try_again(job, attempt):
-                            running[pool.submit(run_relax_job, job, str(log_dir), run_id)] = (job, attempt + 1)
+                            running[pool.submit(run_job, job, str(log_dir), run_id)] = (job, attempt + 1)
                         else:
                             yield job, None if error else str(future.result()), error
             except BaseException:  # Ctrl-C, SIGTERM (helpers.process.guard.stop_on_sigterm), or the caller stopped
@@ -85,7 +86,7 @@ class LocalExecutor:
         for job in jobs:
             for attempt in range(MAX_ATTEMPTS):
                 try:
-                    notebook = run_relax_job(job, log_dir, run_id)
+                    notebook = run_job(job, log_dir, run_id)
                 except Exception as error:  # noqa: BLE001 - reported with its job
                     if not self._try_again(job, attempt):
                         yield job, None, error
@@ -95,12 +96,14 @@ class LocalExecutor:
                     break
 
     def _try_again(self, job: dict[str, Any], attempt: int) -> bool:
-        """After a failed ``attempt`` (0-based): within ``retries``, or the process died on a structure (its
-        in-flight mark is left), which the next attempt records or retries: progress either way."""
+        """After a failed ``attempt`` (0-based): within ``retries``, or a relax job's process died on a structure
+        (its in-flight mark is left), which the next attempt records or retries: progress either way."""
         if attempt + 1 >= MAX_ATTEMPTS:
             return False
         if attempt < self.retries:
             return True
+        if job_notebook(job) != RELAX_NOTEBOOK:
+            return False
         from helpers.relax.inflight import InFlight
 
         return InFlight.for_job(resolve(job["out_db"]), job["potential"], job["batch"],
@@ -132,9 +135,8 @@ class DaskExecutor:
         try:
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
             run_id = new_run_id()  # a job Dask runs again within this run counts its structure's deaths
-            futures = {client.submit(run_relax_job, job, str(log_dir), run_id, pure=False, retries=self.retries,
-                                     key=f"03_relax-{job_tag(job['potential'], job['batch'], job['n_batches'])}"
-                                         f"-{run_id}"): job for job in jobs}
+            futures = {client.submit(run_job, job, str(log_dir), run_id, pure=False, retries=self.retries,
+                                     key=f"{job_notebook(job)}-{job_label(job)}-{run_id}"): job for job in jobs}
             for future in as_completed(futures):
                 job = futures[future]
                 if future.status == "finished":
@@ -144,6 +146,35 @@ class DaskExecutor:
         finally:
             if self.client is None:
                 client.close()
+
+
+def run_jobs(executor: Executor, jobs: Sequence[dict[str, Any]], log_dir: str | Path, stage: str,
+             on_finished: Callable[[dict[str, Any]], None] | None = None,
+             on_failed: Callable[[int], None] | None = None) -> dict[str, list]:
+    """Every job of a ``stage`` on ``executor``, under the one failure rule: a job that still fails after its
+    retries is recorded ``{"job", "error"}`` and printed, and never stops the others (a rerun retries it; what
+    it finished stays); a finished job's executed notebook is kept and ``on_finished(job)`` called.
+    ``on_failed(n)``: after each failure, with the failures so far. Returns ``{"failed", "notebooks"}``."""
+    failed: list[dict[str, str]] = []
+    notebooks: list[str] = []
+    for job, notebook, error in executor.run(jobs, log_dir):
+        if error is not None:
+            failed.append({"job": job_label(job), "error": describe_error(error)})
+            print(f"!!! {stage} job {failed[-1]['job']} failed (rerun to retry): {failed[-1]['error']} "
+                  f"(log: {log_dir})", flush=True)
+            if on_failed is not None:
+                on_failed(len(failed))
+        else:
+            notebooks.append(notebook)
+            if on_finished is not None:
+                on_finished(job)
+    return {"failed": failed, "notebooks": sorted(notebooks)}
+
+
+def describe_error(error: BaseException) -> str:
+    """A failed job's error in one line: papermill's cell error when there is one."""
+    text = str(getattr(error, "evalue", "") or error) or type(error).__name__
+    return f"{type(error).__name__}: {text[-400:]}"
 
 
 def executor_for(config) -> Executor:

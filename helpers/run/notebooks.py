@@ -1,7 +1,8 @@
 """Run one notebook with papermill; every executed notebook is kept as the log of its run.
 
-:func:`run_relax_job` is one 03_relax job of a campaign (:mod:`helpers.run.campaign` decides which jobs run,
-:mod:`helpers.run.executor` where).
+:func:`run_job` is one job of a campaign: a notebook's parameters, with the notebook it runs under
+:data:`NOTEBOOK_KEY` (03_relax when absent). :mod:`helpers.run.campaign` decides which jobs run,
+:mod:`helpers.run.executor` where.
 """
 
 from __future__ import annotations
@@ -89,11 +90,34 @@ class _RunEnvironment:
 _runs = _RunEnvironment()
 
 
-def run_relax_job(parameters: dict[str, Any], log_dir: str | Path, run_id: str | None = None) -> Path:
-    """One papermill run of ``03_relax`` (usable as a Dask task: plain arguments, returns a path).
+#: the key of a job that names its notebook (not a parameter of it); a job without it is a 03_relax job
+NOTEBOOK_KEY = "notebook"
+RELAX_NOTEBOOK = "03_relax"
+
+
+def job_notebook(job: dict[str, Any]) -> str:
+    """The notebook ``job`` runs."""
+    return job.get(NOTEBOOK_KEY, RELAX_NOTEBOOK)
+
+
+def job_label(job: dict[str, Any]) -> str:
+    """A job's name within its notebook's jobs (its executed notebook's suffix, its failure record): the
+    potential and batch of a 03_relax job, the potential of any other."""
+    if job_notebook(job) == RELAX_NOTEBOOK:
+        return job_tag(job["potential"], job["batch"], job["n_batches"])
+    return job["potential"]
+
+
+def run_job(job: dict[str, Any], log_dir: str | Path, run_id: str | None = None) -> Path:
+    """One papermill run of ``job``'s notebook (usable as a Dask task: plain arguments, returns a path).
 
     ``run_id``: the campaign run it belongs to; a structure's death in flight counts towards ``crashed`` only
     when the same run starts the job again (helpers.relax.inflight)."""
-    tag = job_tag(parameters["potential"], parameters["batch"], parameters["n_batches"])
+    parameters = {key: value for key, value in job.items() if key != NOTEBOOK_KEY}
     with _runs.inside(run_id):
-        return execute("03_relax", parameters, log_dir, tag=tag)
+        return execute(job_notebook(job), parameters, log_dir, tag=job_label(job))
+
+
+def run_relax_job(parameters: dict[str, Any], log_dir: str | Path, run_id: str | None = None) -> Path:
+    """One papermill run of ``03_relax`` (:func:`run_job` of a relax job)."""
+    return run_job({**parameters, NOTEBOOK_KEY: RELAX_NOTEBOOK}, log_dir, run_id)

@@ -23,6 +23,18 @@ def project_root() -> Path:
     return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
 
 
+#: a campaign's work folder (helpers.run.config.CampaignConfig): its databases (the relaxed one per potential,
+#: per-batch shards beside it), the executed notebooks, the analysis and the lattice-energy stage's files, by key
+WORK_LAYOUT = {"raw_db": "raw.db", "clean_db": "clean.db", "rejects_db": "rejects.db",
+               "out_db": "relaxed_{potential}.db", "executed": "executed", "analysis": "analysis",
+               "lattice": "lattice"}
+
+
+def work_layout(work_dir: str | Path) -> dict[str, str]:
+    """Every path of :data:`WORK_LAYOUT` inside ``work_dir``."""
+    return {key: str(Path(work_dir) / name) for key, name in WORK_LAYOUT.items()}
+
+
 def resolve(path: str | Path | None) -> str | None:
     """Absolute path for a relative one (against the project root); URLs unchanged."""
     if path is None:
