@@ -111,7 +111,7 @@ def relaxed_rows(path: str | Path) -> pd.DataFrame:
 def compare_relaxed(study: pd.DataFrame, fast: pd.DataFrame) -> pd.DataFrame:
     """Per crystal of ``study`` (:func:`relaxed_rows`): status, steps, relaxed volume, energy per atom of both,
     |V_fast − V_study| / V_study in % and E_fast − E_study in meV/atom (a crystal ``fast`` lacks: NaN)."""
-    both = study.join(fast, lsuffix="_study", rsuffix="_fast", how="left")
+    both = study.merge(fast, left_index=True, right_index=True, how="left", suffixes=("_study", "_fast"))
     v_exp = both.V_exp_study
     table = pd.DataFrame({
         "natoms": both.natoms_study, "status_study": both.status_study, "status_fast": both.status_fast,
@@ -201,10 +201,11 @@ def pass_lines(split: dict[str, float | int], rows: pd.DataFrame, floor_ns: floa
 
     floor = f"; cost floor (full float64 ensemble, one pass of all): {floor_ns:.0f} ns per atom" if floor_ns else ""
     return [
-        f"draft passes {split['draft_passes']}: {split['draft_s']:.1f} s ({per_atom(split['draft_s'], draft_atoms)}); "
-        f"exact passes {split['exact_passes']}: {split['exact_s']:.1f} s "
+        f"draft passes {int(split['draft_passes'])}: {split['draft_s']:.1f} s "
+        f"({per_atom(split['draft_s'], draft_atoms)}); "
+        f"exact passes {int(split['exact_passes'])}: {split['exact_s']:.1f} s "
         f"({per_atom(split['exact_s'], exact_atoms)}){floor}",
-        f"pair lists {split['pairs_s']:.1f} s ({split['pair_builds']} builds); "
+        f"pair lists {split['pairs_s']:.1f} s ({int(split['pair_builds'])} builds); "
         + (f"D3 {split['dispersion_s']:.1f} s; " if split.get("dispersion_s") else "")
         + f"optimizer and bookkeeping {split['optimizer_s']:.1f} s; side-by-side loop {split['wall_s']:.1f} s",
     ]
