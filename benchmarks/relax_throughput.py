@@ -186,6 +186,8 @@ def main() -> None:
     parser.add_argument("--ids", help="comma-separated COD ids instead of the default (or --small) list")
     parser.add_argument("--notebook-threads", type=int,
                         help="--small: -p n_threads N for both notebook runs (default: none given, every core)")
+    parser.add_argument("--workdir", help="--small: keep the clean and relaxed databases and the executed notebooks "
+                                          "here (default: a temporary folder)")
     parser.add_argument("--potential", default="ani1x")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-atoms", type=int, default=512, help="atoms per model pass in the fast path")
@@ -273,8 +275,10 @@ def small(ids: tuple[int, ...], args) -> None:
     if args.notebook_threads:
         parameters["n_threads"] = args.notebook_threads
     threads = args.notebook_threads or os.cpu_count() or 1
-    with tempfile.TemporaryDirectory() as tmp:
-        crystals = load_crystals(ids, Path(tmp), SHARED / "data" / "cod-sample")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.workdir or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        crystals = load_crystals(ids, tmp, SHARED / "data" / "cod-sample")
         unlike = [f"{sid} ({len(a)} atoms)" for sid, a, _ in crystals
                   if SMALL_ATOMS.get(int(sid[4:]), len(a)) != len(a)]
         if unlike:
@@ -287,8 +291,9 @@ def small(ids: tuple[int, ...], args) -> None:
               f"(-p strategy study -p hessian_seed off), then its defaults (fast)"
               + "".join(f" -p {k} {v}" for k, v in parameters.items()) + f"; load average {os.getloadavg()[0]:.2f}",
               flush=True)
-        run = compare_through_notebooks(Path(tmp) / "clean.db", Path(tmp), parameters)
-        split = run.fast.time_split()
+        run = compare_through_notebooks(tmp / "clean.db", tmp, parameters)
+        split = run.fast.time_split()  # the executed notebooks are read before the folder goes
+        startup = [run.study.startup_line(), run.fast.startup_line()]
         table = run.table
     table.to_csv(args.csv, index=False)
     pd.set_option("display.width", 250)
@@ -297,8 +302,7 @@ def small(ids: tuple[int, ...], args) -> None:
         index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"\ncost floor (full float64 ensemble, {threads} threads, one pass): {floor_one:.0f} ns per atom for one "
           f"crystal (median), {floor_all:.0f} ns per atom for all {len(crystals)} crystals in one pass")
-    print(run.study.startup_line())
-    print(run.fast.startup_line())
+    print("\n".join(startup))
     if split:
         print("where the fast path's relaxing time went:\n  " + "\n  ".join(
             pass_lines(split, run.fast.rows, floor_all)))
