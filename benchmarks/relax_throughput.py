@@ -256,13 +256,18 @@ def main() -> None:
     print(f"  start-up: imports and model load {splits.startup_s.sum():.1f} s (per worker: "
           + ", ".join(f"{w:.1f} s" for w in splits.startup_s) + f"); outside the workers' runs "
           f"{fast_total - (splits.startup_s + splits.wall_s).max():.1f} s of the {fast_total:.1f} s")
-    print(f"study: {len(table)} crystals in {study_total:.0f} s = {3600 * len(table) / study_total:.0f} crystals/h; "
-          f"fast: {fast_total:.0f} s = {3600 * len(table) / fast_total:.0f} crystals/h; wrote {args.csv}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    _totals(table, study_total, fast_total, args.csv)
+
+
+def _totals(table: pd.DataFrame, study_s: float, fast_s: float, csv: str, what: str = "") -> None:
+    """Crystals per hour of both, the crystals the fast path puts elsewhere and higher, the closing line."""
+    n = len(table)
+    print(f"study: {n} crystals in {study_s:.0f} s = {3600 * n / study_s:.0f} crystals/h; fast: {fast_s:.0f} s = "
+          f"{3600 * n / fast_s:.0f} crystals/h{what}; wrote {csv}; load average {os.getloadavg()[0]:.2f}")
     worse = table[(table.dV_diff_pct > 0.5) & (table.dE_meV_atom > 0)]
     if len(worse):
         print(f"fast path above 0.5 % volume AND higher energy for: {', '.join(worse.structure_id)}")
-    print(closing_line(study_total / fast_total, table.dV_diff_pct.max()))
+    print(closing_line(study_s / fast_s, table.dV_diff_pct.max()))
 
 
 def small(ids: tuple[int, ...], args) -> None:
@@ -306,14 +311,7 @@ def small(ids: tuple[int, ...], args) -> None:
     if split:
         print("where the fast path's relaxing time went:\n  " + "\n  ".join(
             pass_lines(split, run.fast.rows, floor_all)))
-    n = len(table)
-    print(f"study: {n} crystals in {run.study.wall:.0f} s = {3600 * n / run.study.wall:.0f} crystals/h; fast: "
-          f"{run.fast.wall:.0f} s = {3600 * n / run.fast.wall:.0f} crystals/h (whole processes); wrote {args.csv}; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    worse = table[(table.dV_diff_pct > 0.5) & (table.dE_meV_atom > 0)]
-    if len(worse):
-        print(f"fast path above 0.5 % volume AND higher energy for: {', '.join(worse.structure_id)}")
-    print(run.line())
+    _totals(table, run.study.wall, run.fast.wall, args.csv, " (whole processes)")
 
 
 def _row(sid, atoms, v_exp, study, f_res, floor, potential) -> dict:
