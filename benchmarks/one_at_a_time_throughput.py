@@ -99,6 +99,7 @@ def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFra
 
     from helpers.process.cores import CORE_SHARE_ENV
     from helpers.relax.stage import job_settings
+    from helpers.run.throughput import closing_line
     from helpers.vocabulary import JOB_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,5 +163,5 @@ def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFra
     print(f"seed: {len(table)} crystals in {seed_total:.0f} s = {3600 * len(table) / seed_total:.1f} crystals/h; "
           f"fast: {fast_total:.0f} s = {3600 * len(table) / fast_total:.1f} crystals/h; wrote {csv}; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"speedup: {seed_total / fast_total:.1f}x, max |dV fast - dV seed|: {table.dV_diff_pct.max():.2f}%")
+    print(closing_line(seed_total / fast_total, table.dV_diff_pct.max()))
     return table

@@ -7,6 +7,7 @@ re-run skips what is done (same structure, same settings hash) and retries what 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
 from helpers.relax.potentials.registry import get_potential
+from helpers.relax.time_split import format_time_split, time_split
 from helpers.store import db as dbmod
 from helpers.store.paths import file_in
 from helpers.store.shards import output_path, result_files, shard_paths
@@ -102,6 +104,8 @@ class BatchReport:
     settings_hash: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped_done: int = 0
+    #: fast path: where the batch's time went (:func:`helpers.relax.time_split.time_split`); None otherwise
+    time_split: dict[str, float | int] | None = None
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -213,7 +217,10 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     with warnings.catch_warnings(), core_share(threads) as share:
         warnings.simplefilter("ignore", RuntimeWarning)
         if settings.strategy == "fast" and runs_side_by_side(calc, settings, trajectory_dir):
-            _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record, share.refresh)
+            report.time_split = _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record,
+                                                    share.refresh)
+            if progress:
+                print(format_time_split(report.time_split))
         else:
             marker = InFlight.for_job(out_db, potential, batch, n_batches)
             died_on = marker.died_on()  # the structure a previous run of this job died on, if any
@@ -264,8 +271,9 @@ def runs_side_by_side(calc, settings: RelaxSettings, trajectory_dir: str | None 
 
 
 def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, settings: RelaxSettings,
-                        max_wall_time: float | None, record, on_pass=None) -> None:
-    """Relax ``runnable`` crystals side by side, largest first, committing each as it ends."""
+                        max_wall_time: float | None, record, on_pass=None) -> dict[str, float | int]:
+    """Relax ``runnable`` crystals side by side, largest first, committing each as it ends; where the time
+    went (:func:`~helpers.relax.time_split.time_split`)."""
     from helpers.relax.potentials.ani_side_by_side import SideBySideANI
     from helpers.relax.side_by_side import relax_many
 
@@ -294,10 +302,12 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
     # the draft only moves crystals: float32 ANI, and D3 with cheaper cutoffs
     draft = evaluator(getattr(torch, settings.draft), dispersion and draft_dispersion(dispersion)) \
         if settings.draft else None
-    for sid, result in relax_many(items(), evaluator(), settings, max_wall_time=max_wall_time, draft=draft,
+    exact, started = evaluator(), time.perf_counter()
+    for sid, result in relax_many(items(), exact, settings, max_wall_time=max_wall_time, draft=draft,
                                   on_pass=on_pass):
         row = rows.pop(sid)
         record(row, result.atoms, result)
+    return time_split(exact, draft, time.perf_counter() - started)
 
 
 def _finished_elsewhere(out_db: str, potential: str, target: str, settings_hash: str) -> set[str]:

@@ -15,6 +15,7 @@ from helpers.relax.potentials.calculators import OnePassANICalculator
 from helpers.relax.potentials.registry import get_potential
 from helpers.relax.side_by_side import expm_frechet_block, logm_near_identity, relax_many
 from helpers.relax.stage import run_batch
+from helpers.relax.time_split import format_time_split, read_time_split
 from helpers.store import db as dbmod
 
 IDS = (2007300, 4021477, 2000642, 1011063)  # 30, 29, 36, 24 atoms; 2007300 is 4.75 Å thin (< cutoff)
@@ -242,8 +243,13 @@ def test_run_batch_relaxes_side_by_side_and_resumes(small_clean_db, tmp_path, mo
     assert all(0 < r.cost_time <= r.wall_time for r in rows)  # its share of the passes, not time in flight
     assert all(0 < r.cpu_time <= 1.1 * r.cost_time + 0.05 for r in rows)  # one thread: CPU ≈ its wall share
     assert report.skipped_done == 0
+    # where the time went: the four crystals share every pass (one exact start, 3 drafts, one exact finish)
+    split = report.time_split
+    assert (split["draft_passes"], split["exact_passes"]) == (3, 2)
+    assert split["pair_builds"] >= 8 and 0 < split["draft_s"] + split["exact_s"] + split["pairs_s"] < split["wall_s"]
+    assert read_time_split("tqdm noise\n" + format_time_split(split)) == pytest.approx(split, abs=1e-3)
     again = run_batch(small_clean_db, out, settings=settings, progress=False, n_threads=1)
-    assert again.skipped_done == 4 and not again.rows
+    assert again.skipped_done == 4 and not again.rows and again.time_split is None
     assert len(list(dbmod.connect(out).select())) == 4
 
 
@@ -293,9 +299,10 @@ def test_run_batch_takes_d3_variants_side_by_side(small_clean_db, tmp_path, mode
     monkeypatch.setattr(dispersion, "draft_dispersion", lambda calc: drafts.append(real(calc)) or drafts[-1])
     out = str(tmp_path / "relaxed_d3.db")
     settings = RelaxSettings(potential="ani1x-d3", max_steps_base=3, steps_per_atom=0)
-    run_batch(small_clean_db, out, potential="ani1x-d3", settings=settings, progress=False, n_threads=1)
+    report = run_batch(small_clean_db, out, potential="ani1x-d3", settings=settings, progress=False, n_threads=1)
     rows = list(dbmod.connect(out).select())
     assert len(rows) == 4 and {r.status for r in rows} == {"step_cap"}
+    assert report.time_split["dispersion_s"] > 0 and report.time_split["draft_passes"] == 3
     assert {r.force_calls for r in rows} == {5} and {r.draft_calls for r in rows} == {3}  # the fast path
     assert all(r.e_dispersion < 0 and r.e_dispersion_initial < 0 for r in rows)
     # the float32 draft got the cheaper D3 (one copy for the batch; each crystal clones it)
