@@ -17,9 +17,10 @@ from helpers.run.executor import Executor, LocalExecutor, run_jobs
 from helpers.run.notebooks import NOTEBOOK_KEY
 from helpers.store.paths import work_layout
 
-#: potentials whose crystal relaxation at the study's fmax costs too much here: the start geometry only
-#: (GFN2-xTB: ~12 s per call on an 84-atom supercell, hundreds of steps per crystal); marked in the table
-LATTICE_GEOMETRY: dict[str, str] = {"gfn2-xtb": "fixed"}
+#: potentials whose crystal relaxation at the study's fmax costs too much here: the reference DFT crystal only
+#: (GFN2-xTB: ~12 s per call on an 84-atom supercell, GFN1-xTB 1-2 s, each crystal on its >= 8 A supercell,
+#: hundreds of steps per crystal: hours per crystal on 2 cores); marked in the table and the report
+LATTICE_GEOMETRY: dict[str, str] = {"gfn2-xtb": "fixed", "gfn1-xtb": "fixed"}
 LATTICE_NOTEBOOK = "05_lattice_energy"
 
 

@@ -235,8 +235,9 @@ def test_the_results_stage_runs_every_potential_and_gfn2_at_the_fixed_geometry(t
     from helpers.run.lattice import lattice_jobs
 
     assert STAGES.index("lattice") < STAGES.index("report")  # the report reads docs/lattice_energy.csv
-    jobs = {j["potential"]: j for j in lattice_jobs(["ani1x", "gfn2-xtb"], tmp_path)}
-    assert jobs["ani1x"]["geometry"] == "relaxed" and jobs["gfn2-xtb"]["geometry"] == "fixed"
+    jobs = {j["potential"]: j for j in lattice_jobs(["ani1x", "gfn2-xtb", "gfn1-xtb"], tmp_path)}
+    assert jobs["ani1x"]["geometry"] == "relaxed"
+    assert jobs["gfn2-xtb"]["geometry"] == jobs["gfn1-xtb"]["geometry"] == "fixed"
     assert jobs["ani1x"]["out_csv"] == str(tmp_path / "lattice" / "lattice_ani1x.csv")
     assert all(j["n_threads"] == 1 for j in jobs.values())
 
