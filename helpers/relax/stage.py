@@ -20,6 +20,7 @@ from ase.db.core import Database
 
 from helpers.process.cores import core_share, keep_niceness
 from helpers.process.guard import interrupt_on_sigterm
+from helpers.process.parallel import worker_count
 from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
@@ -126,7 +127,7 @@ def configure_threads(n_threads: int | None = None) -> int:
     """
     import torch
 
-    n = n_threads or int(os.environ.get(THREADS_ENV, 0)) or (os.cpu_count() or 1)
+    n = n_threads or int(os.environ.get(THREADS_ENV, 0)) or worker_count()
     torch.set_num_threads(n)
     keep_niceness()  # a niced campaign's kernels yield the cores to other work
     try:

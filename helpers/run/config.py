@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.process.parallel import worker_count
 from helpers.store.paths import project_root, resolve, work_layout
 from helpers.vocabulary import DATA_ENV
 
@@ -121,7 +122,7 @@ class CampaignConfig:
 
     # -- the jobs -------------------------------------------------------------------------------------------
     def batches(self) -> int:
-        return self.n_batches or (os.cpu_count() or 1)
+        return self.n_batches or worker_count()
 
     def jobs(self) -> list[dict[str, Any]]:
         """The (potential x batch) 03_relax jobs: each one's notebook parameters."""

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from helpers.process.parallel import worker_count
 from helpers.vocabulary import FORWARDED_ENV, JOB_ENV, THREADS_ENV
 
 JOBQUEUE_KINDS = ("slurm", "pbs")
@@ -61,7 +62,7 @@ def make_client(address: str | None = None, n_workers: int | None = None, thread
     if threads_per_worker < 1:
         raise ValueError("threads_per_worker must be >= 1")
     if address in (None, "local"):
-        n = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+        n = n_workers or max(1, worker_count() // threads_per_worker)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                env=_worker_env(threads_per_worker), dashboard_address=":0")
         return Client(cluster)

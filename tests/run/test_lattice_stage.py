@@ -54,6 +54,22 @@ def test_the_local_pool_counts_the_cores_this_process_may_use(monkeypatch):
     assert LocalExecutor(max_parallel=3).threads_per_job(8) == 1  # asked for more jobs than cores: one thread each
 
 
+def test_batches_and_torch_threads_default_to_the_cores_this_process_may_use(monkeypatch, tmp_path):
+    """The same count for a campaign's default batches and a job's default torch threads (a cpuset of 2 of 64)."""
+    import torch
+
+    from helpers.relax.stage import THREADS_ENV, configure_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)
+    assert CampaignConfig(work_dir=str(tmp_path), potentials=["ani1x"], n_batches=0).batches() == 2  # 0: one per core
+    try:
+        assert configure_threads() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_job_names_its_notebook_and_a_relax_job_is_named_as_before(tmp_path):
     from helpers.run.lattice import lattice_jobs
     from helpers.run.notebooks import job_label, job_notebook
