@@ -194,19 +194,45 @@ def _child_pids() -> set[int]:
 def stop_processes_started_since(before: set[int], grace: float = 10.0) -> None:
     """Terminate the processes this one started after ``before`` was taken (pool workers and the notebook
     kernels under them): an interrupted campaign must leave nothing running that writes beside the next run.
-    Finished relaxations are already committed; the next run resumes from them."""
+    Finished relaxations are already committed; the next run resumes from them.
+
+    This process's own children are waited for without being reaped: their owner (the process pool's manager
+    thread, multiprocessing's ``Popen``) must collect their exit status itself — had psutil reaped a pool worker,
+    ``Popen.poll`` would take the missing child for one not yet started and the pool's shutdown, and with it the
+    interpreter's exit, would wait for it forever (seen: a campaign stopped by SIGTERM hung after its traceback)."""
+    import time
+
     import psutil
 
     started = [child for child in psutil.Process().children() if child.pid not in before]
-    tree = [p for child in started for p in (*child.children(recursive=True), child)]
-    for process in tree:
+    descendants = [p for child in started for p in child.children(recursive=True)]
+    for process in (*descendants, *started):
         try:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=grace)
+    deadline = time.monotonic() + grace
+    _, alive = psutil.wait_procs(descendants, timeout=grace)  # not our children: nothing is reaped
+    alive += [p for p in started if not _dead_by(p, deadline)]
     for process in alive:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _dead_by(process, deadline: float) -> bool:
+    """Whether our child ``process`` has exited (a zombie, or gone) before ``deadline``, without reaping it."""
+    import time
+
+    import psutil
+
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

@@ -106,3 +106,23 @@ def test_local_and_dask_executors_finish_the_same_crystals_and_report_a_failure_
     assert [record["job"] for record in failed] == ["ani1x.batch0001of0002"]
     assert set(failed[0]) == {"job", "error"} and "max_atoms" in failed[0]["error"]
     assert finished == set(batch_ids(dbmod.connect(small_clean_db), 0, 2)) and merged == {"ani1x": len(finished)}
+
+
+def test_stopping_the_jobs_leaves_each_worker_to_its_owner_to_reap():
+    """A stopped campaign must exit: stop_processes_started_since kills the pool's workers without reaping them.
+    Had it reaped one (psutil does, for its own children), multiprocessing's Popen would read the missing child as
+    one not yet started and the pool's shutdown would wait for it forever — a campaign stopped by SIGTERM hung so."""
+    import multiprocessing
+    import signal
+    import time
+
+    from helpers.run.executor import _child_pids, stop_processes_started_since
+
+    before = _child_pids()
+    workers = [multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    stop_processes_started_since(before, grace=5)
+    for worker in workers:
+        worker.join(timeout=5)
+        assert worker.exitcode == -signal.SIGTERM  # collected by its owner: not None forever
