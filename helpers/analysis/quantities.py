@@ -47,8 +47,9 @@ STUDY_RESULT = pd.DataFrame(
     columns=["quantity", "potential", "mu_study", "sigma_study"])
 #: how the papers write each registered potential (a "-d3" suffix is kept: "ANI-1x-d3", "SevenNet-0-d3")
 DISPLAY_NAMES = {"ani1x": "ANI-1x", "ani1ccx": "ANI-1ccx", "ani2x": "ANI-2x", "gfn2-xtb": "GFN2-xTB",
-                 "gfn1-xtb": "GFN1-xTB", "gfn-ff": "GFN-FF", "sevennet0": "SevenNet-0", "chgnet": "CHGNet",
-                 "aimnet2": "AIMNet2"}
+                 "gfn1-xtb": "GFN1-xTB", "gfn-ff": "GFN-FF", "sevennet0": "SevenNet-0",
+                 "sevennet-l3i5": "SevenNet-l3i5", "sevennet-mf0-r2scan": "SevenNet-MF-0 (r²SCAN)",
+                 "chgnet": "CHGNet", "aimnet2": "AIMNet2"}
 
 
 def all_entries(summary: pd.DataFrame, quantity: str) -> pd.DataFrame:

@@ -334,3 +334,14 @@ def test_polymorphs_are_kept_apart_redeterminations_merged():
     # a and b: same packing (0 K volume per atom 9.84 vs 9.81 Å³); c: 10.8 Å³, another polymorph; d: other group
     assert keys["a"] == keys["b"] and len({keys["a"], keys["c"], keys["d"]}) == 3
     assert sorted(one_per_polymorph(rows).structure_id) == ["b", "c", "d"]  # b: the lower R factor
+
+
+def test_every_built_in_potential_has_the_name_its_paper_uses():
+    """Tables and the verdict print display names: no registered potential falls back to its raw key."""
+    from helpers.analysis.quantities import display_name
+    from helpers.relax.potentials.registry import REGISTRY, card_paths
+
+    built_in = {path.stem for path in card_paths()}
+    assert built_in <= set(REGISTRY)
+    assert {p for p in built_in if display_name(p) == p} == set()
+    assert display_name("sevennet-mf0-r2scan-d3") == "SevenNet-MF-0 (r²SCAN)-d3"
