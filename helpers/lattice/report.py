@@ -249,9 +249,10 @@ def best_on_both_counts(summary: pd.DataFrame, volume_ranking: pd.DataFrame | No
     sentence += (f"; best on COD volumes: {display_name(first['potential'])} (median |ΔV₀| "
                  f"{_fmt(first.get('metric'), 2)} % [{_fmt(first.get('metric_ci_low'), 2)}, "
                  f"{_fmt(first.get('metric_ci_high'), 2)}])")
-    if first["potential"] == top["potential"]:
-        return sentence + f". {display_name(top['potential'])} is best on both counts."
     both = [p for p in volume_ranking["potential"] if p in set(best["potential"])]
+    if first["potential"] == top["potential"]:
+        return sentence + (f". {display_name(top['potential'])} is best on both counts, among the {len(both)} "
+                           "potentials ranked on both so far.")
     if not both:
         return sentence + ". No potential ranked on COD volumes has a lattice-energy table yet."
     on_x23 = [p for p in best["potential"] if p in both]

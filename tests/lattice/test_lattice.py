@@ -277,5 +277,5 @@ def test_the_closing_sentence_names_the_best_on_each_count_and_whether_one_is_be
     assert text.endswith("No potential is best on both counts; place on COD volumes / on X23 among the "
                          "potentials with both: ANI-2x 1/2, ANI-1x 2/1.")
     same = best_on_both_counts(summary[summary["potential"] != "gfn-ff"], ranking.iloc[[1, 0, 2]])
-    assert same.endswith("ANI-1x is best on both counts.")
+    assert same.endswith("ANI-1x is best on both counts, among the 2 potentials ranked on both so far.")
     assert best_on_both_counts(summary, None).endswith("kJ/mol).")
