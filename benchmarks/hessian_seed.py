@@ -19,18 +19,13 @@ Usage: ``.venv/bin/python benchmarks/hessian_seed.py --potential chgnet-d3 --che
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CODANI_SHARED", ROOT.parent / "shared"))
-os.environ.setdefault("ANI_MODEL_DIR", str(SHARED / "models" / "ani-neurochem"))
-sys.path.insert(0, str(ROOT))
+import bench_env  # noqa: F401  (threads, weights and paths set before numpy, torch and the project)
+
+# isort: split
+from bench_env import ROOT, SHARED  # noqa: F401
 
 
 def main() -> None:

@@ -31,26 +31,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CODANI_SHARED", ROOT.parent / "shared"))
-os.environ.setdefault("ANI_MODEL_DIR", str(SHARED / "models" / "ani-neurochem"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_env  # noqa: F401  (threads, weights and paths set before numpy, torch and the project)
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from one_at_a_time_throughput import load_crystals  # noqa: E402
+# isort: split
+import numpy as np
+import pandas as pd
+from bench_env import ROOT, SHARED  # noqa: F401
+from one_at_a_time_throughput import load_crystals
 
-from helpers.run.throughput import closing_line, pass_lines  # noqa: E402
+from helpers.run.throughput import closing_line, pass_lines
 
 #: clean COD crystals (pass helpers.filter.stage.run_filter), 24-148 atoms: the default list
 DEFAULT_IDS = (1011063, 2007300, 2000642, 2100348, 7100406, 2007325, 2210104)

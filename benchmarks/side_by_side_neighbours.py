@@ -14,20 +14,14 @@ float64 forces throughout. Numbers go to the README's reliability section.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-os.environ.setdefault("ANI_MODEL_DIR", str(SHARED / "models" / "ani-neurochem"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_env  # noqa: F401  (threads, weights and paths set before numpy, torch and the project)
 
-from relax_throughput import load_crystals  # noqa: E402
+# isort: split
+from bench_env import ROOT, SHARED  # noqa: F401
+from relax_throughput import load_crystals
 
 NEIGHBOUR_SETS = {"alone": (), "+ice": (1011063,), "+30-atom": (2007300,), "+48+76": (2100348, 7100406),
                   "+ice+30+48": (1011063, 2007300, 2100348)}
