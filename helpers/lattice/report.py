@@ -250,12 +250,15 @@ def best_on_both_counts(summary: pd.DataFrame, volume_ranking: pd.DataFrame | No
                  f"{_fmt(first.get('metric'), 2)} % [{_fmt(first.get('metric_ci_low'), 2)}, "
                  f"{_fmt(first.get('metric_ci_high'), 2)}])")
     both = [p for p in volume_ranking["potential"] if p in set(best["potential"])]
-    if first["potential"] == top["potential"]:
-        return sentence + (f". {display_name(top['potential'])} is best on both counts, among the {len(both)} "
-                           "potentials ranked on both so far.")
     if not both:
         return sentence + ". No potential ranked on COD volumes has a lattice-energy table yet."
     on_x23 = [p for p in best["potential"] if p in both]
+    if both[0] == on_x23[0]:
+        sentence += (f". {display_name(both[0])} is best on both counts, among the {len(both)} potentials ranked on "
+                     "both so far")
+        if top["potential"] not in both:
+            sentence += f" ({display_name(top['potential'])}, best on X23, is not ranked on COD volumes yet)"
+        return sentence + "."
     order = ", ".join(f"{display_name(p)} {i + 1}/{on_x23.index(p) + 1}" for i, p in enumerate(both))
     return sentence + (". No potential is best on both counts; place on COD volumes / on X23 among the potentials "
                        f"with both: {order}.")

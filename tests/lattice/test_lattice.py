@@ -278,4 +278,7 @@ def test_the_closing_sentence_names_the_best_on_each_count_and_whether_one_is_be
                          "potentials with both: ANI-2x 1/2, ANI-1x 2/1.")
     same = best_on_both_counts(summary[summary["potential"] != "gfn-ff"], ranking.iloc[[1, 0, 2]])
     assert same.endswith("ANI-1x is best on both counts, among the 2 potentials ranked on both so far.")
+    unranked_best = best_on_both_counts(summary, ranking.iloc[[1, 0, 2]])  # GFN-FF leads X23 but has no volumes
+    assert unranked_best.endswith("ANI-1x is best on both counts, among the 2 potentials ranked on both so far "
+                                  "(GFN-FF, best on X23, is not ranked on COD volumes yet).")
     assert best_on_both_counts(summary, None).endswith("kJ/mol).")
