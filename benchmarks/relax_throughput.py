@@ -269,12 +269,13 @@ def small(ids: tuple[int, ...], args) -> None:
     """``--small``: the study's method and 03_relax's defaults, each a fresh papermill process (module docstring)."""
     import torch
 
+    from helpers.process.parallel import worker_count
     from helpers.run.throughput import compare_through_notebooks
 
     parameters = {} if args.potential == "ani1x" else {"potential": args.potential}
     if args.notebook_threads:
         parameters["n_threads"] = args.notebook_threads
-    threads = args.notebook_threads or os.cpu_count() or 1
+    threads = args.notebook_threads or worker_count()  # what 03_relax takes when not told
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(args.workdir or scratch)
         tmp.mkdir(parents=True, exist_ok=True)

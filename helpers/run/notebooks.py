@@ -116,8 +116,3 @@ def run_job(job: dict[str, Any], log_dir: str | Path, run_id: str | None = None)
     parameters = {key: value for key, value in job.items() if key != NOTEBOOK_KEY}
     with _runs.inside(run_id):
         return execute(job_notebook(job), parameters, log_dir, tag=job_label(job))
-
-
-def run_relax_job(parameters: dict[str, Any], log_dir: str | Path, run_id: str | None = None) -> Path:
-    """One papermill run of ``03_relax`` (:func:`run_job` of a relax job)."""
-    return run_job({**parameters, NOTEBOOK_KEY: RELAX_NOTEBOOK}, log_dir, run_id)

@@ -90,7 +90,7 @@ def test_connect_creates_missing_database_unless_it_must_exist(pg_server):  # no
 @pytest.mark.slow
 def test_notebooks_end_to_end_with_postgresql_urls(pg_server, cod_dir, tmp_path, model_dir):  # noqa: F811
     """01 into SQLite, then 02 -> 03 (two batches writing one database) -> 04 on PostgreSQL URLs."""
-    from helpers.run.notebooks import execute, run_relax_job
+    from helpers.run.notebooks import execute, run_job
 
     logs = tmp_path / "executed"
     raw = str(tmp_path / "raw.db")
@@ -100,8 +100,8 @@ def test_notebooks_end_to_end_with_postgresql_urls(pg_server, cod_dir, tmp_path,
     execute("02_filter", {"raw_db": raw, "clean_db": clean, "rejects_db": rejects}, logs)
     assert dbmod.connect(clean, must_exist=True).count() == 2
     for batch in range(2):
-        run_relax_job({"potential": "ani1x", "batch": batch, "n_batches": 2, "clean_db": clean,
-                       "out_db": relaxed, "fmax": 0.05, "n_threads": 1}, logs)
+        run_job({"potential": "ani1x", "batch": batch, "n_batches": 2, "clean_db": clean,
+                 "out_db": relaxed, "fmax": 0.05, "n_threads": 1}, logs)
     out = dbmod.connect(relaxed.format(potential="ani1x"), must_exist=True)
     assert sorted(r.structure_id for r in out.select()) == ["cod-2007300", "cod-4021477"]
     assert all(r.status == "converged" for r in out.select())
