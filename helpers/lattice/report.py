@@ -241,7 +241,8 @@ def best_on_both_counts(summary: pd.DataFrame, volume_ranking: pd.DataFrame | No
     if not len(best):
         return ""
     top = best.iloc[0]
-    sentence = (f"Best on X23 lattice energies: {display_name(top['potential'])} (MAE {_fmt(top['x23_mae'])} "
+    where = " at the DFT geometry" if top.get("geometry") == "fixed" else ""  # not relaxed: said where it is named
+    sentence = (f"Best on X23 lattice energies: {display_name(top['potential'])}{where} (MAE {_fmt(top['x23_mae'])} "
                 f"[{_fmt(top['x23_mae_ci_low'])}, {_fmt(top['x23_mae_ci_high'])}] kJ/mol)")
     if volume_ranking is None or not len(volume_ranking):
         return sentence + "."
@@ -268,6 +269,45 @@ def not_run(table: pd.DataFrame, expected: Sequence[str]) -> list[str]:
     """The potentials of ``expected`` without a row in the combined table, in ``expected``'s order."""
     present = set(table["potential"]) if "potential" in table else set()
     return [p for p in expected if p not in present]
+
+
+#: the report section's first line: :func:`refresh_report_section` replaces from it to the next ``## `` heading
+SECTION_HEADING = "## Lattice energies: X23 and ICE13"
+REPORT_NAME = "results.md"
+
+
+def volume_ranking_from_json(docs_dir: str | Path) -> pd.DataFrame | None:
+    """The report's COD-volume ranking as ``docs_dir/results.json`` recorded it (ranked potentials, best first;
+    ``potential``, ``metric`` and its CI), for the closing sentence when the volumes are not recomputed."""
+    from helpers.analysis.results_json import read_results_json
+
+    potentials = read_results_json(docs_dir).get("potentials", {})
+    rows = [{"potential": name, "rank": entry.get("rank"), "metric": entry.get("metric"),
+             "metric_ci_low": entry.get("metric_ci_low"), "metric_ci_high": entry.get("metric_ci_high")}
+            for name, entry in potentials.items() if isinstance(entry, dict) and entry.get("ranked")]
+    return pd.DataFrame(rows).sort_values("rank", kind="stable").reset_index(drop=True) if rows else None
+
+
+def refresh_report_section(docs_dir: str | Path, expected: Sequence[str] = (), n_boot: int = N_BOOT) -> Path:
+    """Rewrite only the lattice-energy section of ``docs_dir/results.md`` (and the ``lattice_energy`` key of
+    ``results.json``, the figure) from ``docs_dir/lattice_energy.csv`` and the volume ranking the report
+    recorded: what a lattice stage run on its own leaves, so the report never disagrees with the CSV beside it.
+    Every other section is kept byte for byte; a report without the section gets it before the glossary."""
+    docs = Path(docs_dir)
+    report = docs / REPORT_NAME
+    if not report.is_file():
+        raise FileNotFoundError(f"{report}: no report to refresh (run the report stage first)")
+    lines = report.read_text(encoding="utf-8").split("\n")
+    section = lattice_energy_section(docs, volume_ranking_from_json(docs), n_boot=n_boot, expected=expected)
+    if SECTION_HEADING in lines:
+        start = lines.index(SECTION_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    else:
+        start = end = next((i for i, line in enumerate(lines) if line == "## Glossary"), len(lines))
+    from helpers.process.atomic import write_atomic
+
+    write_atomic(report, "\n".join(lines[:start] + section + lines[end:]).encode("utf-8"))
+    return report
 
 
 def combine_tables(paths: Sequence[str | Path], out_csv: str | Path) -> pd.DataFrame:

@@ -75,11 +75,19 @@ def relax(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
 
 
 def lattice(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
-    """The lattice stage's jobs on ``executor``, under the same failure rule (:mod:`helpers.run.lattice`)."""
+    """The lattice stage's jobs on ``executor``, under the same failure rule (:mod:`helpers.run.lattice`). Run
+    without the report stage, it refreshes the existing report's lattice-energy section from the new table."""
+    from helpers.lattice.report import REPORT_NAME, refresh_report_section
+    from helpers.relax.potentials.registry import REGISTRY
     from helpers.run.lattice import run_lattice_stage
 
-    return run_lattice_stage(list(config.potentials), config.work_path, config.executed_dir, _docs_dir(config),
-                             executor, config.lattice_parameters)
+    docs = _docs_dir(config)
+    done = run_lattice_stage(list(config.potentials), config.work_path, config.executed_dir, docs, executor,
+                             config.lattice_parameters)
+    if "report" not in config.stages and (docs / REPORT_NAME).is_file():
+        print(f"   lattice-energy section of {refresh_report_section(docs, expected=list(REGISTRY))} refreshed",
+              flush=True)
+    return done
 
 
 def merge_job(config: CampaignConfig, job: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 Each potential runs the notebook once (one torch thread), as one job of the campaign's executor (a local pool:
 as many potentials at once as cores; or Dask) under the campaign's one failure rule, writing its lattice
-database and per-crystal CSV in the campaign's work folder; the tables are then combined into
-``docs/lattice_energy.csv``, which the report's lattice-energy section reads. Resumable: a rerun of the notebook
-skips every finished crystal and molecule.
+database and per-crystal CSV in the campaign's work folder; every table in that folder (this run's and earlier
+runs' potentials: a run of one potential never drops the others) is then combined into ``docs/lattice_energy.csv``,
+which the report's lattice-energy section reads. Resumable: a rerun of the notebook skips every finished crystal
+and molecule.
 """
 
 from __future__ import annotations
@@ -35,14 +36,25 @@ def lattice_jobs(potentials: list[str], work_dir: str | Path, parameters: dict[s
             for p in potentials]
 
 
+def lattice_tables(work_dir: str | Path) -> list[Path]:
+    """Every potential's per-crystal table in ``work_dir/lattice``, registered potentials in the registry's order,
+    then any other (a plugin's) by name."""
+    from helpers.relax.potentials.registry import REGISTRY
+
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    tables = Path(work_layout(work_dir)["lattice"]).glob("lattice_*.csv")
+    return sorted(tables, key=lambda p: (order.get(p.stem[len("lattice_"):], len(order)), p.stem))
+
+
 def run_lattice_stage(potentials: list[str], work_dir: str | Path, log_dir: str | Path, docs_dir: str | Path,
                       executor: Executor | None = None, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every potential's lattice-energy notebook on ``executor`` (default: a local pool) and write
-    ``docs_dir/lattice_energy.csv`` from the tables that exist. A potential whose notebook fails is reported
-    (:func:`~helpers.run.executor.run_jobs`) and the others go on; its finished rows stay for the next run.
+    ``docs_dir/lattice_energy.csv`` from every table in the work folder (:func:`lattice_tables`). A potential
+    whose notebook fails is reported (:func:`~helpers.run.executor.run_jobs`) and the others go on; its finished
+    rows stay for the next run.
     Returns ``{"table", "failed", "notebooks"}``."""
     jobs = lattice_jobs(potentials, work_dir, parameters)
     done = run_jobs(executor or LocalExecutor(), jobs, log_dir, "lattice")
     out = Path(docs_dir) / CSV_NAME
-    combine_tables([job["out_csv"] for job in jobs], out)
+    combine_tables(lattice_tables(work_dir), out)
     return {"table": out, **done}

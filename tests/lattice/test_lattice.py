@@ -282,3 +282,53 @@ def test_the_closing_sentence_names_the_best_on_each_count_and_whether_one_is_be
     assert unranked_best.endswith("ANI-1x is best on both counts, among the 2 potentials ranked on both so far "
                                   "(GFN-FF, best on X23, is not ranked on COD volumes yet).")
     assert best_on_both_counts(summary, None).endswith("kJ/mol).")
+    fixed = pd.DataFrame(rows)  # a potential not relaxed (the DFT crystal) is said to be so where it is named
+    fixed.loc[fixed["potential"] == "gfn-ff", "geometry"] = "fixed"
+    fixed = potential_summary(fixed, n_boot=50)
+    assert best_on_both_counts(fixed, None).startswith("Best on X23 lattice energies: GFN-FF at the DFT geometry (MAE")
+
+
+def test_a_lattice_run_alone_rewrites_only_the_reports_lattice_section(tmp_path):
+    """From docs/lattice_energy.csv and the volume ranking results.json recorded: the old section replaced, every
+    other line and results.json key kept, the closing sentence from the recorded ranking (ANI-2x first)."""
+    import json
+
+    import pandas as pd
+
+    from helpers.lattice.report import CSV_NAME, refresh_report_section
+
+    rows = [_row("ani1x", "x23", c, 20.0, 22.0) for c in "abc"] + [_row("ani2x", "x23", c, 20.0, 25.0) for c in "abc"]
+    pd.DataFrame(rows).to_csv(tmp_path / CSV_NAME, index=False)
+    recorded = {"potentials": {
+        "ani1x": {"ranked": True, "rank": 2.0, "metric": 6.1, "metric_ci_low": 5.0, "metric_ci_high": 7.0},
+        "ani2x": {"ranked": True, "rank": 1.0, "metric": 5.8, "metric_ci_low": 4.2, "metric_ci_high": 6.6},
+        "ani1ccx-d3": {"ranked": False, "rank": None, "metric": 9.0}}, "common": {"structure_ids": ["cod-1"]}}
+    (tmp_path / "results.json").write_text(json.dumps(recorded))
+    head, tail = "# Results\n\n## Verdict\n\nANI-2x first.\n\n", "## Glossary\n\nterms\n"
+    (tmp_path / "results.md").write_text(head + "## Lattice energies: X23 and ICE13\n\nold table\n\n" + tail)
+    refresh_report_section(tmp_path, expected=["ani1x", "ani2x", "gfn-ff"], n_boot=50)
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith(head + "## Lattice energies: X23 and ICE13\n") and text.endswith(tail)
+    assert "old table" not in text and "Not yet run (no lattice-energy table, so not in this section): GFN-FF." in text
+    assert ("Best on X23 lattice energies: ANI-1x (MAE 2.0 [2.0, 2.0] kJ/mol); best on COD volumes: ANI-2x "
+            "(median |ΔV₀| 5.80 % [4.20, 6.60]). No potential is best on both counts") in text
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["common"] == recorded["common"] and written["potentials"] == recorded["potentials"]
+    assert set(written["lattice_energy"]["potentials"]) == {"ani1x", "ani2x"}
+
+    (tmp_path / "results.md").write_text(head + tail)  # an older report without the section: before the glossary
+    refresh_report_section(tmp_path, expected=["ani1x", "ani2x"], n_boot=50)
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith(head + "## Lattice energies: X23 and ICE13\n") and text.endswith(tail)
+
+
+def test_every_table_in_the_work_folder_is_combined_in_the_registrys_order(tmp_path):
+    from helpers.run.lattice import lattice_tables
+
+    folder = tmp_path / "lattice"
+    folder.mkdir()
+    for name in ("my-plugin", "gfn-ff", "ani2x", "ani1x"):
+        (folder / f"lattice_{name}.csv").write_text("potential\n")
+    (folder / "lattice_ani1x.db").write_text("")
+    assert [p.name for p in lattice_tables(tmp_path)] == ["lattice_ani1x.csv", "lattice_ani2x.csv",
+                                                          "lattice_gfn-ff.csv", "lattice_my-plugin.csv"]

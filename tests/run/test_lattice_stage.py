@@ -21,11 +21,19 @@ TRIAL = {"benchmarks": ["x23"], "crystals": ["co2"], "fmax": 0.05}
 def test_the_lattice_stage_runs_on_the_configs_executor_and_reports_a_failed_potential(scheduler, tmp_path,
                                                                                         model_dir, capsys):
     """ANI-1ccx's lattice database is not a database (a broken file left on disk): its notebook fails, is
-    reported once (no retries here) with its error, and ANI-1x's table still makes docs/lattice_energy.csv."""
+    reported once (no retries here) with its error, and ANI-1x's table still makes docs/lattice_energy.csv, beside
+    GFN-FF's from an earlier run (a run of some potentials never drops the others). Run without the report stage,
+    the existing report's lattice section is rewritten from the new table and the rest of the report is kept."""
     work, docs = tmp_path / "work", tmp_path / "docs"
     broken = work / "lattice" / "lattice_ani1ccx.db"
     broken.parent.mkdir(parents=True)
     broken.write_text("not a database\n")
+    earlier = {"benchmark": "x23", "crystal": "co2", "potential": "gfn-ff", "geometry": "relaxed",
+               "status": "converged", "E_latt_kJmol": 20.0, "ref_kJmol": 29.4, "error_kJmol": -9.4}
+    pd.DataFrame([earlier]).to_csv(work / "lattice" / "lattice_gfn-ff.csv", index=False)
+    docs.mkdir()
+    (docs / "results.md").write_text("# Results\n\n## Verdict\n\nkept\n\n## Lattice energies: X23 and ICE13\n\n"
+                                     "old\n\n## Glossary\n\nkept too\n")
     config = CampaignConfig(work_dir=str(work), docs_dir=str(docs), stages=["lattice"],
                             potentials=["ani1x", "ani1ccx"], lattice_parameters=dict(TRIAL), retries=0,
                             scheduler=scheduler, n_workers=1)
@@ -36,8 +44,12 @@ def test_the_lattice_stage_runs_on_the_configs_executor_and_reports_a_failed_pot
     assert result["failed"] == [] and set(result["minutes"]) == {"lattice"}
     table = pd.read_csv(docs / "lattice_energy.csv")
     assert table[["potential", "benchmark", "crystal", "status"]].values.tolist() == \
-        [["ani1x", "x23", "co2", "converged"]]
+        [["ani1x", "x23", "co2", "converged"], ["gfn-ff", "x23", "co2", "converged"]]
     row = table.iloc[0]
+    report = (docs / "results.md").read_text()
+    assert report.startswith("# Results\n\n## Verdict\n\nkept\n\n## Lattice energies: X23 and ICE13\n")
+    assert report.endswith("## Glossary\n\nkept too\n") and "\nold\n" not in report
+    assert "| ANI-1x " in report and "| GFN-FF " in report and "ANI-1ccx" in report  # ANI-1ccx: not yet run
     assert np.isfinite(row.E_latt_kJmol) and row.error_kJmol == pytest.approx(row.E_latt_kJmol - row.ref_kJmol)
     assert (work / "executed" / "05_lattice_energy.ani1x.ipynb").is_file()  # the job's log, named as before
     assert broken.read_text() == "not a database\n"  # a failed potential's file is left as it was
