@@ -25,6 +25,10 @@ CSV_NAME = "lattice_energy.csv"
 FIGURE_NAME = "lattice_energy.png"
 N_BOOT = 2000
 BOOT_SEED = 0
+#: statuses whose energy is a finished answer (a relaxed minimum, or the DFT crystal of a fixed-geometry run)
+FINISHED = ("converged", "fixed_geometry")
+#: the figure's marker, colour and legend per benchmark
+MARKERS = {"x23": ("o", "tab:blue", "X23 (X23b)"), "ice13": ("^", "tab:orange", "ICE13 (DMC)")}
 
 
 def _bootstrap_mae(errors: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[float, float]:
@@ -84,14 +88,16 @@ def potential_summary(table: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOO
             "ice13_mae_relative": float(np.abs(ierr - ierr.mean()).mean()) if len(ierr) else np.nan,
             "ice13_spearman": rho,
         })
-        bad = own[~own["status"].isin(["converged", "fixed_geometry"])]
+        bad = own[~own["status"].isin(FINISHED)]
         row["not_converged"] = "; ".join(f"{r.crystal}: {r.status}" for r in bad.itertuples()) or None
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def parity_figure(table: pd.DataFrame, path: str | Path | None = None):
-    """Predicted against reference lattice energy, one panel per benchmark, one colour per potential."""
+def parity_figure(table: pd.DataFrame, path: str | Path | None = None, columns: int = 4):
+    """Predicted against reference lattice energy, one panel per potential (the table's order; a potential that
+    was not relaxed is titled "DFT geometry"), X23 and ICE13 in each, step-capped crystals as open markers. Each
+    panel spans its own points: one potential's outliers never squeeze the others."""
     import matplotlib
 
     if path is not None:
@@ -100,31 +106,44 @@ def parity_figure(table: pd.DataFrame, path: str | Path | None = None):
 
     from helpers.analysis.quantities import display_name
 
-    benchmarks = [b for b in ("x23", "ice13") if (table["benchmark"] == b).any()]
-    fig, axes = plt.subplots(1, max(1, len(benchmarks)), figsize=(5.2 * max(1, len(benchmarks)), 4.8),
-                             squeeze=False)
-    for ax, benchmark in zip(axes[0], benchmarks, strict=False):
-        part = table[table["benchmark"] == benchmark]
-        for potential, own in part.groupby("potential", sort=False):
-            ok = _with_energy(own)
-            capped = ok["status"] != "converged"
-            ax.scatter(ok.loc[~capped, "ref_kJmol"], ok.loc[~capped, "E_latt_kJmol"], s=18,
-                       label=display_name(potential))
-            if capped.any():
-                ax.scatter(ok.loc[capped, "ref_kJmol"], ok.loc[capped, "E_latt_kJmol"], s=40, facecolors="none",
-                           edgecolors="k", linewidths=0.8)
-        both = pd.concat([part["ref_kJmol"], _with_energy(part)["E_latt_kJmol"]])  # the diagonal spans every point
-        lo, hi = float(both.min()) - 5, float(both.max()) + 5
+    potentials = list(dict.fromkeys(table["potential"]))
+    rows = max(1, -(-len(potentials) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[len(potentials):]:
+        ax.set_visible(False)
+    for ax, potential in zip(axes.flat, potentials, strict=False):
+        own = _with_energy(table[table["potential"] == potential])
+        for benchmark, (marker, colour, _) in MARKERS.items():
+            part = own[own["benchmark"] == benchmark]
+            done = part["status"].isin(FINISHED)
+            ax.scatter(part.loc[done, "ref_kJmol"], part.loc[done, "E_latt_kJmol"], s=16, marker=marker,
+                       color=colour)
+            if (~done).any():
+                ax.scatter(part.loc[~done, "ref_kJmol"], part.loc[~done, "E_latt_kJmol"], s=30, marker=marker,
+                           facecolors="none", edgecolors=colour, linewidths=0.9)
+        span = pd.concat([own["ref_kJmol"], own["E_latt_kJmol"]])
+        lo, hi = (float(span.min()) - 5, float(span.max()) + 5) if len(span) else (0.0, 1.0)
         line = np.array([lo, hi])
-        ax.plot(line, line, "k-", lw=0.8)
-        if benchmark == "x23":
-            ax.fill_between(line, line - DFT_D_X23_MAE_KJMOL, line + DFT_D_X23_MAE_KJMOL, color="0.85", zorder=0,
-                            label="±4 kJ/mol (DFT-D typical)")
-        ax.set_xlabel(f"reference E_latt [kJ/mol] ({'X23b' if benchmark == 'x23' else 'DMC'})")
-        ax.set_ylabel("predicted E_latt [kJ/mol]")
-        ax.set_title({"x23": "X23", "ice13": "ICE13"}[benchmark] + " (open circles: not converged)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.plot(line, line, "k-", lw=0.7)
+        ax.fill_between(line, line - DFT_D_X23_MAE_KJMOL, line + DFT_D_X23_MAE_KJMOL, color="0.85", zorder=0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        fixed = set(own["geometry"]) == {"fixed"} if "geometry" in own else False
+        ax.set_title(display_name(potential) + (" (DFT geometry)" if fixed else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("reference E_latt [kJ/mol]", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("predicted E_latt [kJ/mol]", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker=m, color=c, label=label) for m, c, label in MARKERS.values()]
+    handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", color="0.3",
+                          label="open: not converged (step cap: last energy)"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False,
+               title="line: predicted = reference; band: ±4 kJ/mol (dispersion-corrected DFT on X23, typical)",
+               title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     if path is not None:
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -186,7 +205,7 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
         "units": "kJ/mol per molecule", "mae_counts": "crystals with both energies (step-capped: last energy)",
         "anchor_dft_d_x23_mae_kJmol": DFT_D_X23_MAE_KJMOL,
         "potentials": summary.set_index("potential").to_dict(orient="index"), "not_run": missing})
-    bad = table[~table["status"].isin(["converged", "fixed_geometry"])]
+    bad = table[~table["status"].isin(FINISHED)]
     out = [
         "## Lattice energies: X23 and ICE13",
         "",

@@ -332,3 +332,29 @@ def test_every_table_in_the_work_folder_is_combined_in_the_registrys_order(tmp_p
     (folder / "lattice_ani1x.db").write_text("")
     assert [p.name for p in lattice_tables(tmp_path)] == ["lattice_ani1x.csv", "lattice_ani2x.csv",
                                                           "lattice_gfn-ff.csv", "lattice_my-plugin.csv"]
+
+
+def test_the_figure_has_a_panel_per_potential_and_draws_dft_geometry_rows_as_finished():
+    """A fixed-geometry (DFT crystal) energy is a finished answer: a filled marker, its panel titled so; only a
+    step-capped relaxation is drawn open. Each panel spans its own points (an outlier squeezes no other panel)."""
+    import pandas as pd
+
+    from helpers.lattice.report import parity_figure
+
+    rows = [_row("ani1x", "x23", c, 20.0 + k, 22.0) for k, c in enumerate("abc")]
+    rows += [_row("ani1x", "x23", "d", 25.0, 30.0, status="crystal step_cap")]
+    rows += [_row("gfn2-xtb", "x23", c, 20.0, 21.0, status="fixed_geometry", geometry="fixed") for c in "abc"]
+    rows += [_row("aimnet2", "x23", c, -150.0, 22.0) for c in "ab"] + [_row("aimnet2", "ice13", "ice_Ih", 30.0, 59.5)]
+    fig = parity_figure(pd.DataFrame(rows), columns=2)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["ANI-1x", "GFN2-xTB (DFT geometry)", "AIMNet2"]
+
+    from matplotlib.collections import PathCollection
+
+    def filled(ax):  # scatter points: (filled, open)
+        sizes = [(len(c.get_offsets()), c.get_facecolors()[:, 3].max() if len(c.get_facecolors()) else 0.0)
+                 for c in ax.collections if isinstance(c, PathCollection)]
+        return sum(n for n, alpha in sizes if alpha > 0), sum(n for n, alpha in sizes if alpha == 0)
+
+    assert filled(panels[0]) == (3, 1) and filled(panels[1]) == (3, 0) and filled(panels[2]) == (3, 0)
+    assert panels[2].get_ylim()[0] < -150 and panels[0].get_ylim()[0] > -10
