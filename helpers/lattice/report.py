@@ -333,6 +333,11 @@ def combine_tables(paths: Sequence[str | Path], out_csv: str | Path) -> pd.DataF
     """The per-potential tables in one CSV (``docs/lattice_energy.csv``); missing files are skipped."""
     frames = [pd.read_csv(p) for p in paths if Path(p).is_file()]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for column in table.columns:  # counts stay integers where a fixed-geometry potential has none (not 189.0)
+        values = table[column]
+        if values.dtype.kind == "f" and values.notna().any() and (values.dropna() % 1 == 0).all() \
+                and any(pd.api.types.is_integer_dtype(f[column]) for f in frames if column in f):
+            table[column] = values.astype("Int64")
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False)
     return table

@@ -358,3 +358,17 @@ def test_the_figure_has_a_panel_per_potential_and_draws_dft_geometry_rows_as_fin
 
     assert filled(panels[0]) == (3, 1) and filled(panels[1]) == (3, 0) and filled(panels[2]) == (3, 0)
     assert panels[2].get_ylim()[0] < -150 and panels[0].get_ylim()[0] > -10
+
+
+def test_combined_tables_keep_step_counts_as_integers_beside_a_fixed_geometry_potential(tmp_path):
+    import pandas as pd
+
+    from helpers.lattice.report import combine_tables
+
+    pd.DataFrame({"potential": ["ani1x"], "crystal_steps": [189], "E_latt_kJmol": [58.0]}).to_csv(tmp_path / "a.csv",
+                                                                                                index=False)
+    pd.DataFrame({"potential": ["gfn2-xtb"], "crystal_steps": [None], "E_latt_kJmol": [60.0]}).to_csv(
+        tmp_path / "b.csv", index=False)
+    combine_tables([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().splitlines() == [
+        "potential,crystal_steps,E_latt_kJmol", "ani1x,189,58.0", "gfn2-xtb,,60.0"]
