@@ -43,6 +43,9 @@ GEOMETRIES = ("relaxed", "fixed")
 RELAXED, FIXED, DFT = "crystal", "crystal_fixed_hnorm", "crystal_dft"
 #: status of a successful single point (the fixed-geometry crystal)
 SINGLE_POINT = "single_point"
+#: statuses whose energy is an answer: a minimum, the last energy of a step-capped relaxation (flagged), a single
+#: point; an exploded or failed relaxation's last energy is not (no lattice energy, listed with its status)
+USABLE = (Status.converged, Status.step_cap, SINGLE_POINT)
 #: the crystal does not hold the gas-phase molecule (formula, connectivity or count): no lattice energy
 IDENTITY_MISMATCH = "identity_mismatch"
 #: final: a rerun keeps these (errors and timeouts are retried)
@@ -307,7 +310,8 @@ def lattice_table(out_db: str, settings: LatticeSettings, benchmarks: Sequence[s
 
     ``status``: ``converged`` when the crystal and its molecule converged; ``fixed_geometry`` when only the
     start geometry was evaluated (``geometry="fixed"``); otherwise what went wrong, e.g. ``crystal step_cap``.
-    ``E_latt_kJmol`` is given whenever both energies exist (a step-capped relaxation keeps its last energy).
+    ``E_latt_kJmol`` is given whenever both energies are answers (:data:`USABLE`: a step-capped relaxation keeps
+    its last energy; an exploded one has none).
     """
     store = _Store(str(out_db).format(potential=settings.potential))
     c_hash, m_hash = settings.crystal().hash(), settings.molecule().hash()
@@ -337,10 +341,11 @@ def _table_row(entry: BenchmarkEntry, store: _Store, settings: LatticeSettings, 
     dft_status = dft.get("status") if dft else "missing"
     cryst_status = (relaxed.get("status") if relaxed else "missing") if settings.geometry == "relaxed" \
         else dft_status
-    e_mol = _energy(mol) if mol else None
-    e_fixed = _energy(fixed) if fixed else None
-    e_dft = _energy(dft) if dft else None
-    e_cryst = (_energy(relaxed) if relaxed else None) if settings.geometry == "relaxed" else e_dft
+    e_mol = _energy(mol) if mol and mol_status in USABLE else None
+    e_fixed = _energy(fixed) if fixed and fixed_status in USABLE else None
+    e_dft = _energy(dft) if dft and dft_status in USABLE else None
+    e_cryst = (_energy(relaxed) if relaxed and cryst_status in USABLE else None) if settings.geometry == "relaxed" \
+        else e_dft
 
     def latt(e_crystal):
         if e_mol is None or e_crystal is None:

@@ -372,3 +372,28 @@ def test_combined_tables_keep_step_counts_as_integers_beside_a_fixed_geometry_po
     combine_tables([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out.csv")
     assert (tmp_path / "out.csv").read_text().splitlines() == [
         "potential,crystal_steps,E_latt_kJmol", "ani1x,189,58.0", "gfn2-xtb,,60.0"]
+
+
+def test_an_exploded_crystal_has_no_lattice_energy_and_stays_out_of_the_mae(tmp_path, lattice_ref):
+    """Its last energy is not an answer (AIMNet2's pyrazole exploded and its last energy read as a lattice
+    energy); the single points at the fixed geometries keep theirs. A step-capped one keeps its last energy."""
+    from helpers.lattice import LatticeSettings, benchmark_entries, lattice_table, read_crystal, read_molecule
+    from helpers.lattice.stage import DFT, FIXED, RELAXED, SINGLE_POINT, _Store
+
+    entry = next(e for e in benchmark_entries("x23", lattice_ref) if e.name == "co2")
+    settings = LatticeSettings(potential="ani1x")
+    c_hash, m_hash = settings.crystal().hash(), settings.molecule().hash()
+    crystal, molecule = read_crystal(entry.dft_crystal_file), read_molecule(entry.molecule_file)
+    z = entry.reference.z
+    for relaxed_status, expected in (("exploded", None), ("step_cap", "crystal step_cap")):
+        store = _Store(str(tmp_path / f"{relaxed_status}.db"))
+        store.write(molecule, entry.reference.molecule, "molecule", m_hash, status="converged", e_final=-10.0)
+        for kind in (FIXED, DFT):
+            store.write(crystal, entry.name, kind, c_hash, status=SINGLE_POINT, e_final=-10.2 * z)
+        store.write(crystal, entry.name, RELAXED, c_hash, status=relaxed_status, e_final=-50.0 * z)
+        row = lattice_table(str(tmp_path / f"{relaxed_status}.db"), settings, ["x23"], ["co2"], lattice_ref).iloc[0]
+        assert row.E_latt_dft_geometry_kJmol == pytest.approx(0.2 * 96.4853, rel=1e-4)
+        if expected is None:
+            assert row.status == "crystal exploded" and np.isnan(row.E_latt_kJmol) and np.isnan(row.error_kJmol)
+        else:
+            assert row.status == expected and row.E_latt_kJmol == pytest.approx(40.0 * 96.4853, rel=1e-4)
