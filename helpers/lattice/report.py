@@ -25,6 +25,9 @@ CSV_NAME = "lattice_energy.csv"
 FIGURE_NAME = "lattice_energy.png"
 N_BOOT = 2000
 BOOT_SEED = 0
+#: the report section's first line: :func:`refresh_report_section` replaces from it to the next ``## `` heading
+SECTION_HEADING = "## Lattice energies: X23 and ICE13"
+REPORT_NAME = "results.md"
 #: statuses whose energy is a finished answer (a relaxed minimum, or the DFT crystal of a fixed-geometry run)
 FINISHED = ("converged", "fixed_geometry")
 #: the figure's marker, colour and legend per benchmark
@@ -207,7 +210,7 @@ def lattice_energy_section(docs_dir: str | Path, volume_ranking: pd.DataFrame | 
         "potentials": summary.set_index("potential").to_dict(orient="index"), "not_run": missing})
     bad = table[~table["status"].isin(FINISHED)]
     out = [
-        "## Lattice energies: X23 and ICE13",
+        SECTION_HEADING,
         "",
         "E_latt = E_mol − E_cryst / Z per molecule, in kJ/mol (kcal/mol beside it in `docs/lattice_energy.csv`), "
         "positive = bound; error = predicted − reference (positive: overbinding). X23: references back-corrected "
@@ -288,11 +291,6 @@ def not_run(table: pd.DataFrame, expected: Sequence[str]) -> list[str]:
     """The potentials of ``expected`` without a row in the combined table, in ``expected``'s order."""
     present = set(table["potential"]) if "potential" in table else set()
     return [p for p in expected if p not in present]
-
-
-#: the report section's first line: :func:`refresh_report_section` replaces from it to the next ``## `` heading
-SECTION_HEADING = "## Lattice energies: X23 and ICE13"
-REPORT_NAME = "results.md"
 
 
 def volume_ranking_from_json(docs_dir: str | Path) -> pd.DataFrame | None:

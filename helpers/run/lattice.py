@@ -23,6 +23,8 @@ from helpers.store.paths import work_layout
 #: hundreds of steps per crystal: hours per crystal on 2 cores); marked in the table and the report
 LATTICE_GEOMETRY: dict[str, str] = {"gfn2-xtb": "fixed", "gfn1-xtb": "fixed"}
 LATTICE_NOTEBOOK = "05_lattice_energy"
+#: each potential's files in the work folder's ``lattice/``: ``lattice_<potential>.db`` and ``.csv``
+FILE_PREFIX = "lattice_"
 
 
 def lattice_jobs(potentials: list[str], work_dir: str | Path, parameters: dict[str, Any] | None = None
@@ -30,8 +32,8 @@ def lattice_jobs(potentials: list[str], work_dir: str | Path, parameters: dict[s
     """The 05_lattice_energy jobs (their parameters) of each potential (databases and CSVs under
     ``work_dir/lattice``); ``parameters`` are added to every job (e.g. ``crystals`` and ``fmax`` for a trial)."""
     folder = Path(work_layout(work_dir)["lattice"])
-    return [{NOTEBOOK_KEY: LATTICE_NOTEBOOK, "potential": p, "out_db": str(folder / f"lattice_{p}.db"),
-             "out_csv": str(folder / f"lattice_{p}.csv"), "geometry": LATTICE_GEOMETRY.get(p, "relaxed"),
+    return [{NOTEBOOK_KEY: LATTICE_NOTEBOOK, "potential": p, "out_db": str(folder / f"{FILE_PREFIX}{p}.db"),
+             "out_csv": str(folder / f"{FILE_PREFIX}{p}.csv"), "geometry": LATTICE_GEOMETRY.get(p, "relaxed"),
              "n_threads": 1, **(parameters or {})}
             for p in potentials]
 
@@ -42,8 +44,8 @@ def lattice_tables(work_dir: str | Path) -> list[Path]:
     from helpers.relax.potentials.registry import REGISTRY
 
     order = {name: i for i, name in enumerate(REGISTRY)}
-    tables = Path(work_layout(work_dir)["lattice"]).glob("lattice_*.csv")
-    return sorted(tables, key=lambda p: (order.get(p.stem[len("lattice_"):], len(order)), p.stem))
+    tables = Path(work_layout(work_dir)["lattice"]).glob(f"{FILE_PREFIX}*.csv")
+    return sorted(tables, key=lambda p: (order.get(p.stem.removeprefix(FILE_PREFIX), len(order)), p.stem))
 
 
 def run_lattice_stage(potentials: list[str], work_dir: str | Path, log_dir: str | Path, docs_dir: str | Path,
