@@ -4,12 +4,14 @@ path vs the project's, same crystals, same run (issue 35, lever a-c). Run throug
 
 (seed) today's one-at-a-time path with its defaults before issue 35: one process, torch on every core, the
        crystals one after another, ASE's BFGS from its stock Hessian (``hessian_seed="off"``), glibc's
-       default allocator thresholds.
+       default allocator thresholds, the package's eager model (``compiled=False`` where the calculator has
+       that option: SevenNet).
 (fast) the project's default (``helpers.relax.stage.job_settings``): one single-thread process per core,
        the largest crystal first and the next one to whichever core frees up, a core left idle at the end
        going to the crystals still running (:mod:`helpers.process.cores`, as in a campaign's jobs); BFGS
        seeded with ANI-2x's Hessian (``Potential.hessian_seed``, :mod:`helpers.relax.hessian_seed`); the
-       allocator thresholds of ``helpers.vocabulary.JOB_ENV`` (``GLIBC_TUNABLES``).
+       allocator thresholds of ``helpers.vocabulary.JOB_ENV`` (``GLIBC_TUNABLES``); the calculator's defaults
+       (SevenNet: its layers through ``torch.compile``, compiled in each worker process, inside the time).
 Both: the same model, BFGS + FrechetCellFilter, fmax 5e-4 eV/Å and step cap; every energy, force and
 verdict comes from the model itself. Each path runs in freshly started processes (the allocator
 settings are read at process start). Ends with ``speedup: <r>x, max |dV fast - dV seed|: <p>%``.
@@ -55,6 +57,16 @@ def environment(**values: str | None):
                 os.environ[key] = value
 
 
+def eager_options(potential: str) -> dict:
+    """The calculator options of the path before issue 35: the eager model where the factory can compile."""
+    import inspect
+
+    from helpers.relax.potentials.registry import get_potential
+
+    options = inspect.signature(get_potential(potential).make_calculator).parameters
+    return {"compiled": False} if "compiled" in options else {}
+
+
 def relax_one(args):
     """One relaxation in a worker process: (structure_id, result, wall seconds, seed seconds)."""
     sid, atoms, potential, threads, seed = args
@@ -70,7 +82,8 @@ def relax_one(args):
     started = time.perf_counter()
     with warnings.catch_warnings(), core_share(threads) as share:  # fast path: a core left idle comes here
         warnings.simplefilter("ignore")
-        result = relax(atoms, get_potential(potential).calculator(), settings,
+        options = {} if seed else eager_options(potential)
+        result = relax(atoms, get_potential(potential).calculator(**options), settings,
                        on_optimizer=lambda opt: opt.attach(share.refresh, interval=1))
     return sid, result, time.perf_counter() - started, settings.hessian_seed
 
@@ -106,7 +119,8 @@ def run(potential: str, ids, workers: int, csv: str, shared: Path) -> pd.DataFra
         crystals = load_crystals(ids, Path(tmp), shared / "data" / "cod-sample")
     spawn = multiprocessing.get_context("spawn")  # a new process reads the allocator settings at its start
     print(f"{len(crystals)} crystals ({', '.join(str(len(a)) for _, a, _ in crystals)} atoms), {potential}; "
-          f"seed: 1 process x {workers} threads, one crystal after another, ASE's BFGS start, glibc defaults; "
+          f"seed: 1 process x {workers} threads, one crystal after another, ASE's BFGS start, glibc defaults, "
+          f"calculator options {eager_options(potential) or 'default'}; "
           f"fast: {workers} processes x 1 thread (an idle core to those running), largest first, "
           f"Hessian seed {job_settings(potential).hessian_seed}, "
           f"{ALLOCATOR_ENV}={JOB_ENV[ALLOCATOR_ENV]}; load average {os.getloadavg()[0]:.2f}", flush=True)

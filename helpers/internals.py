@@ -13,7 +13,8 @@ from typing import Any
 
 #: library -> the release these adapters were written and tested against
 WRITTEN_FOR: dict[str, str] = {"ase": "3.29.0", "torchani": "2.9.0", "ase-db-backends": "0.11.0",
-                               "nglview": "3.1.4", "gfnff": "0.3.1", "aimnet": "0.2.6"}
+                               "nglview": "3.1.4", "gfnff": "0.3.1", "aimnet": "0.2.6",
+                               "sevenn": "0.13.0"}
 
 
 # --- ASE --------------------------------------------------------------------------------------------------
@@ -151,6 +152,59 @@ def gfnff_topology_per_structure() -> type:
             return super()._needs_reinit(atoms, system_changes)
 
     return TopologyPerStructureGFNFF
+
+
+# --- sevenn -----------------------------------------------------------------------------------------------
+
+#: the layers of a SevenNet model that run compiled whole: the linear and gate layers and the edge embedding;
+#: the scaling, the energy sum and the force/stress output (``torch.autograd.grad`` of the energy) stay eager,
+#: so the gradients are autograd's through the compiled layers' own compiled backward
+SEVENNET_COMPILED_LAYERS = ("EdgeEmbedding", "IrrepsLinear", "SelfConnectionLinearIntro", "SelfConnectionOutro",
+                            "EquivariantGate")
+#: of each ``IrrepsConvolution``, these parts run compiled: the per-edge tensor product (e3nn) and the radial
+#: network of its weights. Its gather and scatter of the messages stay eager: compiled whole (torch 2.13,
+#: inductor, CPU) the layer corrupted the heap on dry ice (COD 1010060; "free(): invalid next size")
+SEVENNET_CONVOLUTION_PARTS = ("convolution", "weight_nn")
+#: torch.compile keeps this many compiled versions per layer type (dynamo's default, 8, is fewer than a SevenNet
+#: model's IrrepsLinear layers of different widths: the ninth would run eager)
+SEVENNET_RECOMPILE_LIMIT = 64
+
+
+def sevennet_compile_layers(calculator: Any) -> int:
+    """Run the network of a SevenNet calculator's model through ``torch.compile`` (inductor, dynamic shapes: a new
+    crystal or a changed neighbour list does not recompile): the layers named in :data:`SEVENNET_COMPILED_LAYERS`
+    and the :data:`SEVENNET_CONVOLUTION_PARTS` of each convolution; returns how many modules were compiled. The
+    model (``calculator.model``, an ``AtomGraphSequential``: an ``nn.Sequential`` of named layers run in order)
+    has no option for this; its layer classes are sevenn's own (``sevenn.nn``)."""
+    import torch
+    import torch._dynamo
+    from sevenn.nn.sequential import AtomGraphSequential
+
+    model = getattr(calculator, "model", None)
+    if not isinstance(model, AtomGraphSequential):
+        raise AttributeError(f"sevenn {version('sevenn')}: SevenNetCalculator.model is {type(model).__name__}, "
+                             f"not an AtomGraphSequential (written for sevenn {WRITTEN_FOR['sevenn']}); "
+                             "see helpers/internals.py")
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), SEVENNET_RECOMPILE_LIMIT))
+    compiled = 0
+    for name, layer in list(model.named_children()):
+        kind = type(layer).__name__
+        if kind in SEVENNET_COMPILED_LAYERS:
+            setattr(model, name, torch.compile(layer, dynamic=True))
+            compiled += 1
+        elif kind == "IrrepsConvolution":
+            for part in SEVENNET_CONVOLUTION_PARTS:
+                if not isinstance(getattr(layer, part, None), torch.nn.Module):
+                    raise AttributeError(f"sevenn {version('sevenn')}: IrrepsConvolution has no module {part!r} "
+                                         f"(written for sevenn {WRITTEN_FOR['sevenn']}); see helpers/internals.py")
+                setattr(layer, part, torch.compile(getattr(layer, part), dynamic=True))
+                compiled += 1
+    if not compiled:
+        raise AttributeError(f"sevenn {version('sevenn')}: no layer of {', '.join(SEVENNET_COMPILED_LAYERS)} in "
+                             f"the model (written for sevenn {WRITTEN_FOR['sevenn']}); see helpers/internals.py")
+    return compiled
 
 
 # --- aimnet -----------------------------------------------------------------------------------------------

@@ -150,3 +150,32 @@ def test_aimnet_loader_and_old_ensemble_layout_still_fit():
     ensemble = torch.jit.load(str(aimnet2_weights_path()), map_location="cpu")
     member = next(m for _, m in ensemble.models.named_children())
     assert float(member.module.aev.rc_s) == 5.0
+
+
+def test_sevennet_model_still_has_the_layers_we_compile(co2):
+    """Every layer type we compile is still in SevenNet-0's model, compiled it gives sevenn's own numbers to
+    float32 rounding on dry ice (whose heap a wholly compiled convolution corrupted), and anything but a SevenNet
+    calculator is refused by name."""
+    import numpy as np
+    from ase.calculators.emt import EMT
+
+    from helpers.relax.potentials.factories import make_sevennet0_d3
+
+    eager = make_sevennet0_d3(dispersion=False, compiled=False)
+    kinds = [type(layer).__name__ for _, layer in eager.model.named_children()]
+    assert set(internals.SEVENNET_COMPILED_LAYERS) <= set(kinds) and kinds.count("IrrepsConvolution") == 5
+    wanted = sum(kind in internals.SEVENNET_COMPILED_LAYERS for kind in kinds) + 5 * len(
+        internals.SEVENNET_CONVOLUTION_PARTS)
+    compiled = make_sevennet0_d3(dispersion=False, compiled=False)
+    assert internals.sevennet_compile_layers(compiled) == wanted == 39  # 5 interaction blocks
+    results = []
+    for calc in (eager, compiled):
+        atoms = co2.copy()
+        atoms.rattle(0.02, seed=4)
+        atoms.calc = calc
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    (e0, f0, s0), (e1, f1, s1) = results
+    assert abs(e1 - e0) < 1e-4 * len(co2) and np.abs(f1 - f0).max() < 1e-4 and np.abs(s1 - s0).max() < 1e-6
+    assert np.abs(f0).max() > 0.1  # rattled: the forces compared are not zero
+    with pytest.raises(AttributeError, match="AtomGraphSequential"):
+        internals.sevennet_compile_layers(EMT())

@@ -225,3 +225,13 @@ def test_sevennet_mf0_evaluates_its_r2scan_head_with_r2scan_d3(co2, require_pote
     assert -2.0 < dispersion < -0.05  # D3 binds CO2's 4 molecules by ~0.1-0.5 eV in all
     pbe_d3 = energy(make_sevennet_d3("7net-mf-0", modal="R2SCAN", functional="pbe")) - r2scan_alone
     assert abs(dispersion - pbe_d3) > 1e-3  # r²SCAN's D3(BJ) parameters, not PBE's
+
+
+def test_compiled_sevennet_without_a_cpp_compiler_says_how_to_go_on(monkeypatch, require_potential):
+    """torch.compile's CPU backend builds C++: without a compiler the calculator is refused with both fixes
+    named, before a relaxation fails at its first call; ``compiled=False`` still runs sevenn's eager model."""
+    potential = require_potential("sevennet0-d3")
+    monkeypatch.setenv("CXX", "no-such-codani-compiler")
+    with pytest.raises(RuntimeError, match=r"C\+\+ compiler.*install one.*compiled=False"):
+        potential.calculator()
+    assert potential.calculator(compiled=False) is not None
