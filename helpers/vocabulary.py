@@ -43,6 +43,8 @@ THERMAL_EXPANSION_V = 1.65e-4  # 1/K, mean volumetric expansion of organic cryst
 T_REF = 0.0  # K, the temperature experimental volumes are corrected to (a relaxation is at 0 K)
 TEMPERATURE_EDGES: tuple[float, ...] = (150, 250)  # K, bands < 150, 150-250, >= 250
 OUTLIER_THRESHOLD_PCT = 20.0  # |ΔV| above this is listed as an outlier
+REPORT_NAME = "results.md"  # the report in the docs folder (helpers.analysis.report; the lattice stage's section)
+GLOSSARY_HEADING = "## Glossary"  # the report's last section but the appendix: a new section goes before it
 
 # --- units ------------------------------------------------------------------------------------------------
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660  # density: mass in amu / volume in Å^3 -> g/cm^3

@@ -36,6 +36,7 @@ from helpers.analysis.report_sections import (
     verdict_section,
 )
 from helpers.lattice.report import lattice_energy_section
+from helpers.vocabulary import REPORT_NAME
 
 #: COD entries made only of C, H, N and O (the study's count) — what the cost is projected to
 COD_CHNO_ENTRIES = 42_748
@@ -621,7 +622,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         appendix_section,
     ]
     out = [line for section in sections for line in section(inputs)]
-    path = docs / "results.md"
+    path = docs / REPORT_NAME
     path.write_text("\n".join(out))
     sync_readme(docs.parent / "README.md", path)  # the README's headline block, when it has one
     return path

@@ -33,7 +33,7 @@ from helpers.analysis.ranking import (
 )
 from helpers.analysis.readme_headline import marked
 from helpers.analysis.results_json import update_results_json
-from helpers.vocabulary import THERMAL_EXPANSION_V
+from helpers.vocabulary import GLOSSARY_HEADING, THERMAL_EXPANSION_V
 
 #: size strata (atoms in the cell) for testing whether a shift depends on size
 SIZE_EDGES = (50, 100)
@@ -458,4 +458,4 @@ GLOSSARY = {
 
 
 def glossary_section(inputs: ReportInputs) -> list[str]:
-    return ["## Glossary", "", *[f"- **{term}**: {text}" for term, text in GLOSSARY.items()], ""]
+    return [GLOSSARY_HEADING, "", *[f"- **{term}**: {text}" for term, text in GLOSSARY.items()], ""]

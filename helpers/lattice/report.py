@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.vocabulary import GLOSSARY_HEADING, REPORT_NAME
+
 #: typical dispersion-corrected DFT on X23 (kJ/mol; ~1 kcal/mol: Reilly & Tkatchenko 2013, Otero-de-la-Roza &
 #: Johnson 2012, Dolgonos et al. 2019)
 DFT_D_X23_MAE_KJMOL = 4.0
@@ -27,7 +29,6 @@ N_BOOT = 2000
 BOOT_SEED = 0
 #: the report section's first line: :func:`refresh_report_section` replaces from it to the next ``## `` heading
 SECTION_HEADING = "## Lattice energies: X23 and ICE13"
-REPORT_NAME = "results.md"
 #: statuses whose energy is a finished answer (a relaxed minimum, or the DFT crystal of a fixed-geometry run)
 FINISHED = ("converged", "fixed_geometry")
 #: the figure's marker, colour and legend per benchmark
@@ -320,7 +321,7 @@ def refresh_report_section(docs_dir: str | Path, expected: Sequence[str] = (), n
         start = lines.index(SECTION_HEADING)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     else:
-        start = end = next((i for i, line in enumerate(lines) if line == "## Glossary"), len(lines))
+        start = end = next((i for i, line in enumerate(lines) if line == GLOSSARY_HEADING), len(lines))
     from helpers.process.atomic import write_atomic
 
     write_atomic(report, "\n".join(lines[:start] + section + lines[end:]).encode("utf-8"))

@@ -77,9 +77,10 @@ def relax(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
 def lattice(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
     """The lattice stage's jobs on ``executor``, under the same failure rule (:mod:`helpers.run.lattice`). Run
     without the report stage, it refreshes the existing report's lattice-energy section from the new table."""
-    from helpers.lattice.report import REPORT_NAME, refresh_report_section
+    from helpers.lattice.report import refresh_report_section
     from helpers.relax.potentials.registry import REGISTRY
     from helpers.run.lattice import run_lattice_stage
+    from helpers.vocabulary import REPORT_NAME
 
     docs = _docs_dir(config)
     done = run_lattice_stage(list(config.potentials), config.work_path, config.executed_dir, docs, executor,
