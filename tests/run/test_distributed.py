@@ -172,6 +172,7 @@ def test_every_project_variable_reaches_the_workers(monkeypatch):
     named = set(re.findall(r"""^\s*[A-Z_]*_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", source, re.M))
     from helpers.process.cores import CORE_SHARE_ENV
 
-    # set per job (the core share: by the local executor, for the jobs of one machine), or not the project's
-    per_job = {THREADS_ENV, RUN_ENV, CORE_SHARE_ENV, *JOB_ENV, "DISPLAY", "XDG_CACHE_HOME"}
+    # set per job (the core share: by the local executor, for the jobs of one machine), or not the project's (CXX:
+    # the C++ compiler torch.compile uses, a property of each worker's machine, read as inductor reads it)
+    per_job = {THREADS_ENV, RUN_ENV, CORE_SHARE_ENV, *JOB_ENV, "DISPLAY", "XDG_CACHE_HOME", "CXX"}
     assert (read | named) - per_job <= set(FORWARDED_ENV)
