@@ -132,9 +132,9 @@ def make_sevennet_d3(model: str, modal: str | None = None, functional: str = "pb
 
     SevenNet's own D3 calculator needs CUDA; simple-dftd3 gives the same damping on CPU.
     ``dispersion=False`` gives the network alone (for comparison). ``compiled``: the network's layers run
-    through ``torch.compile`` (:func:`helpers.internals.sevennet_compile_layers`; 1.3-1.8x cheaper calls on CPU
-    after a one-off compilation of 0.5-3 min per process, seconds once inductor's cache holds it; the same
-    model, float32 rounding apart); False: sevenn's eager model.
+    through ``torch.compile`` (:func:`helpers.internals.sevennet_compile_layers`; 1.33-1.37x cheaper calls on
+    one CPU thread after a compilation at the first call of each process, 0.5-3 min, 20-30 s once inductor's
+    cache holds the kernels; the same model, float32 rounding apart); False: sevenn's eager model.
     """
     from sevenn.calculator import SevenNetCalculator
 
