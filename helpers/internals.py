@@ -17,6 +17,13 @@ WRITTEN_FOR: dict[str, str] = {"ase": "3.29.0", "torchani": "2.9.0", "ase-db-bac
                                "sevenn": "0.13.0"}
 
 
+def moved(library: str, what: str) -> AttributeError:
+    """The error an adapter raises when an installed release moved ``what``: names the installed release of
+    ``library``, the one the adapter was written for, and this module."""
+    return AttributeError(f"{library} {version(library)}: {what} (written for {library} {WRITTEN_FOR[library]}); "
+                          "see helpers/internals.py")
+
+
 # --- ASE --------------------------------------------------------------------------------------------------
 
 def bfgs_method_class() -> type:
@@ -33,8 +40,7 @@ def set_cell_filter_algebra(cell_filter: Any, logm: Any, expm_frechet: Any) -> N
     utility = cell_filter._utility
     for name in ("logm", "expm_frechet"):
         if not hasattr(utility, name):
-            raise AttributeError(f"ase {version('ase')}: FrechetCellFilter._utility has no {name!r} "
-                                 f"(written for ase {WRITTEN_FOR['ase']}); see helpers/internals.py")
+            raise moved("ase", f"FrechetCellFilter._utility has no {name!r}")
     utility.logm = logm
     utility.expm_frechet = expm_frechet
 
@@ -48,8 +54,7 @@ def capture_optimizer_state(optimizer: Any) -> Callable[[], Any]:
     """
     last: dict[str, Any] = {}
     if not callable(getattr(optimizer, "dump", None)) or not callable(getattr(optimizer, "read", None)):
-        raise AttributeError(f"ase {version('ase')}: {type(optimizer).__name__} has no dump/read restart "
-                             f"protocol (written for ase {WRITTEN_FOR['ase']}); see helpers/internals.py")
+        raise moved("ase", f"{type(optimizer).__name__} has no dump/read restart protocol")
     optimizer.dump = lambda data: last.__setitem__("state", data)
     return lambda: last.get("state")
 
@@ -130,8 +135,7 @@ def gfnff_topology_per_structure() -> type:
     from gfnff.ase_calculator import GFNFF
 
     if not callable(getattr(GFNFF, "_needs_reinit", None)):
-        raise AttributeError(f"gfnff {version('gfnff')}: GFNFF._needs_reinit is gone (written for gfnff "
-                             f"{WRITTEN_FOR['gfnff']}); see helpers/internals.py")
+        raise moved("gfnff", "GFNFF._needs_reinit is gone")
 
     class TopologyPerStructureGFNFF(GFNFF):
         _owner = None
@@ -182,9 +186,7 @@ def sevennet_compile_layers(calculator: Any) -> int:
 
     model = getattr(calculator, "model", None)
     if not isinstance(model, AtomGraphSequential):
-        raise AttributeError(f"sevenn {version('sevenn')}: SevenNetCalculator.model is {type(model).__name__}, "
-                             f"not an AtomGraphSequential (written for sevenn {WRITTEN_FOR['sevenn']}); "
-                             "see helpers/internals.py")
+        raise moved("sevenn", f"SevenNetCalculator.model is {type(model).__name__}, not an AtomGraphSequential")
     for knob in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), SEVENNET_RECOMPILE_LIMIT))
@@ -197,13 +199,11 @@ def sevennet_compile_layers(calculator: Any) -> int:
         elif kind == "IrrepsConvolution":
             for part in SEVENNET_CONVOLUTION_PARTS:
                 if not isinstance(getattr(layer, part, None), torch.nn.Module):
-                    raise AttributeError(f"sevenn {version('sevenn')}: IrrepsConvolution has no module {part!r} "
-                                         f"(written for sevenn {WRITTEN_FOR['sevenn']}); see helpers/internals.py")
+                    raise moved("sevenn", f"IrrepsConvolution has no module {part!r}")
                 setattr(layer, part, torch.compile(getattr(layer, part), dynamic=True))
                 compiled += 1
     if not compiled:
-        raise AttributeError(f"sevenn {version('sevenn')}: no layer of {', '.join(SEVENNET_COMPILED_LAYERS)} in "
-                             f"the model (written for sevenn {WRITTEN_FOR['sevenn']}); see helpers/internals.py")
+        raise moved("sevenn", f"no layer of {', '.join(SEVENNET_COMPILED_LAYERS)} in the model")
     return compiled
 
 
@@ -243,8 +243,7 @@ def aimnet_charges_per_fragment(model: Any) -> None:
 
     original = getattr(type(model), "_update_q", None)
     if original is None:
-        raise AttributeError(f"aimnet {version('aimnet')}: {type(model).__name__} has no _update_q "
-                             f"(written for aimnet {WRITTEN_FOR['aimnet']}); see helpers/internals.py")
+        raise moved("aimnet", f"{type(model).__name__} has no _update_q")
 
     def _update_q(self, data, x, delta_q=True):
         fragments = getattr(self, "codani_fragments", None)
