@@ -27,7 +27,8 @@
   95 % CIs of each metric and of each rank.
 - **Pairs.** Every pair of ranked potentials: d = |ΔV₀,A| − |ΔV₀,B| per shared structure (∞ when only A
   failed, tie when both did), the exact sign test of median d = 0 and the exact order-statistic CI of
-  median d (the test's own interval: one quantity), p-values Holm-adjusted over all pairs.
+  median d (the test's own interval: one quantity), p-values Holm-adjusted over all pairs; beside them the
+  Wilcoxon signed-rank test of the same d (failures ranked largest), which also weighs the sizes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test
+from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test, signed_rank
 from helpers.analysis.quantities import display_name
 from helpers.analysis.uncertainty import BOOT_SEED, CI_LEVEL, N_BOOT
 from helpers.vocabulary import THERMAL_EXPANSION_V
@@ -250,7 +251,9 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
 def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEVEL,
                     alpha: float = 0.05) -> pd.DataFrame:
     """Every pair on the shared structures: median of d = |Δ_A| − |Δ_B| (failures ∞, both failed: tie),
-    its exact CI, the exact sign test and its Holm-adjusted p-value, and the verdict."""
+    its exact CI, the exact sign test and its Holm-adjusted p-value, and the verdict (the sign test's); beside
+    it the Wilcoxon signed-rank p (and Holm-adjusted) with its rank-biserial correlation, which weigh the
+    sizes of the differences too."""
     scores = _scores(dv)
     rows = []
     for (i, a), (j, b) in itertools.combinations(enumerate(potentials), 2):
@@ -259,13 +262,16 @@ def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEV
             d = np.where(both_failed, 0.0, scores[:, i] - scores[:, j])
         p, negative, nonzero = sign_test(d)
         low, high, coverage = median_ci_exact(d, level)
+        rank_p, rank_r = signed_rank(d)
         rows.append({"potential_a": a, "potential_b": b, "n": len(d), "a_closer": negative,
                      "b_closer": nonzero - negative, "ties": len(d) - nonzero, "median_d": float(np.median(d)),
-                     "median_d_ci_low": low, "median_d_ci_high": high, "ci_coverage": coverage, "sign_p": p})
+                     "median_d_ci_low": low, "median_d_ci_high": high, "ci_coverage": coverage, "sign_p": p,
+                     "signed_rank_p": rank_p, "rank_biserial": rank_r})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     table["holm_p"] = holm(table["sign_p"].to_numpy())
+    table["holm_signed_rank_p"] = holm(table["signed_rank_p"].to_numpy())
 
     def verdict(row) -> str:
         a, b = display_name(row.potential_a), display_name(row.potential_b)

@@ -33,6 +33,7 @@ from helpers.analysis.report_sections import (
     ranking_section,
     sample_section,
     temperature_section,
+    top_pairs_section,
     verdict_section,
 )
 from helpers.lattice.report import lattice_energy_section
@@ -612,6 +613,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         run_section,
         study_section,
         ranking_section,
+        top_pairs_section,
         temperature_section,
         duplicates_section,
         apart_section,

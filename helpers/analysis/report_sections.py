@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.analysis import report_figures, sample_sets
+from helpers.analysis import report_figures, sample_sets, top_pairs
 from helpers.analysis.exact_stats import median_ci_exact
 from helpers.analysis.quantities import STUDY_RESULT, all_entries, display_name
 from helpers.analysis.ranking import (
@@ -142,16 +142,48 @@ def verdict_text(ranking: dict[str, Any]) -> str:
                else "No Holm-corrected paired sign test puts it closer to experiment than another ranked potential")
             + ".")
     flagged = ranked[ranked["note"].fillna("") != ""]
+    runner_up = runner_up_text(best["potential"], ranked, pairs)
     return (f"{lead} On the "
             f"{int(best['n_shared'])} science structures every ranked potential attempted, it has the smallest median "
             f"|ΔV| against the 0 K-extrapolated experiment, {_num(best['metric'])} % (95 % CI "
             f"[{_num(best['metric_ci_low'])}, {_num(best['metric_ci_high'])}]), with {_pct(best['within_5pct'])} of "
             f"the structures within 5 %, bias {_num(best['bias'])} %, spread (MAD) {_num(best['spread'])} % and "
             f"{_pct(best['failure_rate'])} failed relaxations counted as failures. {sure} "
+            + (f"{runner_up} " if runner_up else "") +
             f"Assumption: {assumption_text()}. Without the temperature correction the first is "
             f"{display_name(ranked.sort_values('metric_uncorrected').iloc[0]['potential'])} (table below)."
             + (f" Ranked but flagged: {', '.join(display_name(p) for p in flagged['potential'])} "
                "(see the notes)." if len(flagged) else ""))
+
+
+def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """The paired verdict of the first potential against the next one, crystal by crystal, with the size of
+    the difference and its CI ('' when there is no next one)."""
+    others = [p for p in ranked.sort_values("rank")["potential"] if p != best]
+    fit = [p for p in others if p in set(ranked.loc[ranked["note"].fillna("") == "", "potential"])]
+    if not (fit or others) or pairs is None or pairs.empty:
+        return ""
+    second = (fit or others)[0]
+    match = pairs[((pairs.potential_a == best) & (pairs.potential_b == second))
+                  | ((pairs.potential_a == second) & (pairs.potential_b == best))]
+    if match.empty:
+        return ""
+    row = match.iloc[0]
+    flip = row.potential_a != best  # orient d = |Δ₀,best| − |Δ₀,second|
+    d, low, high = ((-row.median_d, -row.median_d_ci_high, -row.median_d_ci_low) if flip
+                    else (row.median_d, row.median_d_ci_low, row.median_d_ci_high))
+    closer, farther = (row.b_closer, row.a_closer) if flip else (row.a_closer, row.b_closer)
+    a, b = display_name(best), display_name(second)
+    tests = (f"Holm-adjusted sign test p = {row.holm_p:.2g}; Wilcoxon signed-rank p = "
+             f"{row.get('holm_signed_rank_p', float('nan')):.2g}")
+    favour = f"median difference {_num(-d)} points of |ΔV₀| in {a}'s favour [exact 95 % CI {_num(-high)}, {_num(-low)}]"
+    counts = f"{a} is closer to experiment on {closer} of the {int(row.n)} crystals, {b} on {farther}"
+    if row.holm_p < 0.05 and closer > farther:
+        return f"Against the next, {b}: {counts}; {a} is better, {favour} ({tests})."
+    if row.holm_p < 0.05:
+        return (f"Against the next, {b}: {counts}, so crystal by crystal {b} is closer more often although {a} "
+                f"has the smaller median error; {favour} ({tests}).")
+    return f"Against the next, {b}: {counts}, {favour}: on this evidence the two cannot be told apart ({tests})."
 
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
@@ -339,12 +371,42 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
                  "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",
                  "median |ΔV₀,A| − |ΔV₀,B| [points] (exact 95 % CI)":
                      f"{_num(r.median_d)} [{_num(r.median_d_ci_low)}, {_num(r.median_d_ci_high)}]",
-                 "sign-test p": _num(r.sign_p, 3), "Holm p": _num(r.holm_p, 3), "verdict": r.verdict}
+                 "sign-test p": _num(r.sign_p, 3), "Holm p": _num(r.holm_p, 3),
+                 "signed-rank p (Holm)": _num(getattr(r, "holm_signed_rank_p", np.nan), 3), "verdict": r.verdict}
                 for r in pairs.itertuples()]
         lines += [f"Every pair ({len(pairs)}), on the same shared structures: the exact sign test of the median "
                   "difference and its exact order-statistic CI (the same quantity), p-values Holm-adjusted over "
-                  "all pairs.", "", _markdown(pd.DataFrame(rows)), ""]
+                  "all pairs; the verdict is the sign test's. Beside it the Wilcoxon signed-rank test of the same "
+                  "differences (failures ranked largest), Holm-adjusted too, which also weighs how large they are.",
+                  "", _markdown(pd.DataFrame(rows)), ""]
     return lines
+
+
+def top_pairs_section(inputs: ReportInputs) -> list[str]:
+    """The first three fit potentials pair by pair on ΔV₀ and each cell length (:mod:`top_pairs`); publishes
+    ``results.json`` → ``paired_top_three``."""
+    table = top_pairs.top_pairs(inputs.science, inputs.ranking) if len(inputs.science) else pd.DataFrame()
+    update_results_json(inputs.docs, "paired_top_three", table.to_dict("records") if len(table) else [])
+    if table.empty:
+        return []
+    rows = [{"quantity": r.label + "₀", "A": display_name(r.potential_a),
+             "B": display_name(r.potential_b), "n": int(r.n),
+             "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",
+             "median |Δ_A| − |Δ_B| [points] (exact 95 % CI)":
+                 f"{_num(r.median_d)} [{_num(r.median_d_ci_low)}, {_num(r.median_d_ci_high)}]",
+             "sign test p (Holm)": _num(r.holm_sign_p, 3), "signed-rank p (Holm)": _num(r.holm_signed_rank_p, 3),
+             "rank-biserial r": _num(r.rank_biserial), "verdict": r.verdict} for r in table.itertuples()]
+    names = ", ".join(display_name(p) for p in top_pairs.top_potentials(inputs.ranking))
+    return ["## The first three, crystal by crystal", "",
+            f"{names}: every pair on the ranking's shared structures, for the volume and each cell length, "
+            "all against the cell extrapolated to 0 K (lengths with α_V/3). Per structure d = |Δ_A| − |Δ_B| "
+            "(negative: A closer); a failed relaxation counts as |Δ| = ∞, a length whose cell setting could not be "
+            "matched is left out of that length. The exact sign test with its exact CI of the median d, and the "
+            "Wilcoxon signed-rank test with its rank-biserial r (+1: A closer on every structure, by rank), "
+            "Holm-adjusted over the pairs of each quantity. A verdict names the closer potential when both tests "
+            "agree. The ΔV₀ rows repeat the ranking's pairs; the ranking adjusts over every ranked pair, a larger "
+            "family, so where the two differ the ranking's verdict is the more cautious.", "",
+            _markdown(pd.DataFrame(rows)), ""]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,3 +194,90 @@ def test_a_partial_potential_waits_when_two_complete_ones_can_be_ranked():
     assert "40 structures" in partial_sentence(result)
     everyone = rank_potentials(running, n_boot=50, min_ranked=10)  # no targets known: nothing is partial
     assert everyone["table"]["ranked"].all() and len(everyone["shared"]) == 12
+
+
+def test_signed_rank_with_failures_by_hand():
+    from helpers.analysis.exact_stats import signed_rank
+
+    d = np.array([-1.0, -2.0, -0.5, 3.0, -np.inf, 0.0, -4.0, -1.5, -0.1, -0.2, -3.0, np.inf, np.nan])
+    p, r = signed_rank(d)
+    finite = np.array([-1.0, -2.0, -0.5, 3.0, -9.0, -4.0, -1.5, -0.1, -0.2, -3.0, 9.0])  # ±∞ ranked largest
+    assert p == pytest.approx(stats.wilcoxon(finite).pvalue)
+    ranks = stats.rankdata(np.abs(finite))  # the two failures tie at the top: 10.5 each
+    assert r == pytest.approx((ranks[finite < 0].sum() - ranks[finite > 0].sum()) / ranks.sum())
+    assert signed_rank(-np.arange(1.0, 11.0))[1] == 1.0  # every difference negative: A closer on every one
+    assert np.isnan(signed_rank([1.0, -2.0, 0.0, 0.0, 3.0])[0])  # three non-zero differences: no test
+
+
+def test_the_first_three_pair_by_pair_on_volume_and_lengths(sourced_errors):
+    """The top-three table: its ΔV₀ rows are the ranking's pairs (oriented by rank), its Δ|a1|₀ rows recomputed by
+    hand with α_V/3; a failed relaxation is ∞, an unmatched cell setting leaves that length out."""
+    from helpers.analysis.exact_stats import signed_rank
+    from helpers.analysis.ranking import T_ASSUMED, rank_potentials
+    from helpers.analysis.top_pairs import _verdict, top_pairs, top_potentials
+    from helpers.vocabulary import THERMAL_EXPANSION_V
+
+    errors = sample_sets.science(sourced_errors).copy()
+    unmatched = (errors.potential == "ani2x") & (errors.structure_id == errors.structure_id.iloc[0])
+    errors.loc[unmatched, "cell_setting"] = "unmatched"
+    errors = pd.concat([errors, errors[errors.potential == "ani1x"].assign(potential="aimnet2")])  # unfit: not top
+    ranking = rank_potentials(errors, n_boot=50)
+    top = top_potentials(ranking)
+    assert "aimnet2" not in top and len(top) == 3
+    assert top == ranking["table"].query("note == ''").sort_values("rank").potential.head(3).tolist()
+    table = top_pairs(errors, ranking)
+    assert set(table.quantity) == {"volume", "a1"}  # the fixed table has no a2/a3 columns: those are skipped
+    pairs = ranking["pairs"].set_index(["potential_a", "potential_b"])
+    for row in table[table.quantity == "volume"].itertuples():
+        assert (row.potential_a, row.potential_b) in {(top[0], top[1]), (top[0], top[2]), (top[1], top[2])}
+        key = tuple(sorted((row.potential_a, row.potential_b)))
+        same = pairs.loc[key]
+        sign = 1 if key == (row.potential_a, row.potential_b) else -1
+        assert row.median_d == pytest.approx(sign * same.median_d) and row.sign_p == pytest.approx(same.sign_p)
+        assert row.signed_rank_p == pytest.approx(same.signed_rank_p)
+    shared = ranking["shared"]
+
+    def length_score(potential):
+        r = errors[errors.potential == potential].set_index("structure_id").loc[shared]
+        t = r.temperature.fillna(T_ASSUMED)
+        score = np.abs(((1 + r.da1_pct / 100) * (1 + THERMAL_EXPANSION_V / 3 * t) - 1) * 100)
+        score = np.where(r.status == "converged", score, np.inf)
+        return np.where((r.status == "converged") & (r.cell_setting == "unmatched"), np.nan, score)
+
+    for row in table[table.quantity == "a1"].itertuples():
+        sa, sb = length_score(row.potential_a), length_score(row.potential_b)
+        keep = ~np.isnan(sa) & ~np.isnan(sb)
+        d = np.where(np.isinf(sa[keep]) & np.isinf(sb[keep]), 0.0, sa[keep] - sb[keep])
+        assert row.n == keep.sum() == len(shared) - ("ani2x" in (row.potential_a, row.potential_b))
+        assert row.median_d == pytest.approx(np.median(d))
+        assert (row.median_d_ci_low, row.median_d_ci_high) == pytest.approx(median_ci_exact(d)[:2])
+        assert (row.signed_rank_p, row.rank_biserial) == pytest.approx(signed_rank(d))
+    for _, group in table.groupby("quantity"):  # Holm over the three pairs of each quantity
+        assert group.holm_sign_p.tolist() == pytest.approx(list(holm(group.sign_p.to_numpy())))
+    # the verdict: both tests agree -> the closer one; one alone -> said which; neither -> cannot tell
+    from types import SimpleNamespace as Row
+
+    base = dict(potential_a="ani1x", potential_b="ani2x", a_closer=30, b_closer=10)
+    assert _verdict(Row(**base, holm_sign_p=0.01, holm_signed_rank_p=0.02, rank_biserial=0.5)) == "ANI-1x closer"
+    assert _verdict(Row(**base, holm_sign_p=0.01, holm_signed_rank_p=0.2, rank_biserial=0.1)).endswith(
+        "the signed-rank test does not agree")
+    assert _verdict(Row(**base, holm_sign_p=0.2, holm_signed_rank_p=0.01, rank_biserial=-0.4)).startswith(
+        "ANI-2x closer by the sizes")
+    assert _verdict(Row(**base, holm_sign_p=0.2, holm_signed_rank_p=np.nan, rank_biserial=np.nan)) == "cannot tell"
+
+
+def test_the_headline_names_the_runner_up_with_the_size_of_the_difference(sourced_errors):
+    from helpers.analysis.ranking import rank_potentials
+    from helpers.analysis.report_sections import runner_up_text, verdict_text
+
+    ranking = rank_potentials(sample_sets.science(sourced_errors), n_boot=50)
+    ranked = ranking["table"][ranking["table"].ranked]
+    best, second = ranked.potential.iloc[0], ranked.potential.iloc[1]
+    text = runner_up_text(best, ranked, ranking["pairs"])
+    row = ranking["pairs"].set_index(["potential_a", "potential_b"]).loc[tuple(sorted((best, second)))]
+    favour = -row.median_d if row.name[0] == best else row.median_d  # d oriented as |best| − |second|, negated
+    assert text.startswith("Against the next, ") and f"{favour:.2f} points of |ΔV₀| in" in text
+    closer = row.a_closer if row.name[0] == best else row.b_closer
+    assert f"closer to experiment on {closer} of the {int(row.n)} crystals" in text
+    assert ("cannot be told apart" in text) == (not row.holm_p < 0.05)
+    assert text in verdict_text(ranking)
