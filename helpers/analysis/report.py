@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.analysis import sample_sets
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.ranking_targets import science_targets
@@ -234,8 +235,17 @@ def status_table(counts: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _short(text: Any, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis ('–' when missing): the full text is in errors.csv."""
+    if text is None or (isinstance(text, float) and np.isnan(text)) or not str(text).strip():
+        return "–"
+    text = str(text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def worst(errors: pd.DataFrame, potential: str, k: int = WORST_PER_POTENTIAL) -> pd.DataFrame:
-    """The ``k`` structures with the largest |ΔV| (any status), and what went wrong with each."""
+    """The ``k`` structures with the largest |ΔV| (any status), what they are (the CIF's name, else its
+    formula; 02_filter's molecules and flags) and what went wrong with each."""
     rows = errors[errors["potential"] == potential].copy()
     rows["abs_dv"] = pd.to_numeric(rows["dV_pct"], errors="coerce").abs()
     rows = rows.sort_values(["abs_dv", "structure_id"], ascending=[False, True], na_position="last").head(k)
@@ -250,9 +260,13 @@ def worst(errors: pd.DataFrame, potential: str, k: int = WORST_PER_POTENTIAL) ->
             problems.append("molecules broken or bonded")
         if row["abs_dv"] > 20:
             problems.append("|ΔV| > 20 %")
-        out.append({"structure_id": row["structure_id"], "natoms": row.get("natoms"),
+        name = row.get("compound_name")
+        out.append({"structure_id": row["structure_id"],
+                    "compound": _short(name if isinstance(name, str) and name else row.get("cif_formula"), 48),
+                    "molecules (02_filter)": _short(row.get("molecules"), 72), "natoms": row.get("natoms"),
                     "ΔV [%]": _num(row.get("dV_pct")), "Δ|a1| [%]": _num(row.get("da1_pct")),
-                    "T [K]": _num(row.get("temperature"), 0), "what went wrong": "; ".join(problems) or "large ΔV"})
+                    "T [K]": _num(row.get("temperature"), 0), "filter flags": _short(row.get("filter_flags"), 40),
+                    "what went wrong": "; ".join(problems) or "large ΔV"})
     return pd.DataFrame(out)
 
 
@@ -570,10 +584,14 @@ def appendix_section(inputs: ReportInputs) -> list[str]:
         "side-by-side pass), the same on a busy or an idle machine; wall = its wall-clock share, recorded before "
         "CPU time was, which counts higher when other work shared the cores.",
         "",
-        "### The ten worst structures per potential (every sample set)", "",
+        "### Where each potential fails: its ten worst science structures", "",
+        "By |ΔV| (failures included), with what each crystal is: the CIF's name (else its formula) and the "
+        "molecules 02_filter found in it (count in the cell × SMILES; `errors.csv` → `compound_name`, "
+        "`molecules` hold them in full), the filter's doubts about the entry, and what went wrong in the "
+        "relaxation.", "",
     ]
     for potential in inputs.extra.get("potentials", []):
-        out += [f"#### {display_name(potential)}", "", _markdown(worst(errors, potential)), ""]
+        out += [f"#### {display_name(potential)}", "", _markdown(worst(science, potential)), ""]
         if inputs.extra.get("pictures", {}).get(potential):
             out += [f"![worst {potential}](figures/worst_{potential}.png)", ""]
     return out + ["### Caveats", "", CAVEATS, ""]
@@ -597,7 +615,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     info = extra or {}
     clean_fraction = info.get("clean_fraction")
     potentials = sorted(set(errors.get("potential", [])))
-    pictures = {p: _replace_file(figures / f"worst_{p}.png", lambda tmp, p=p: worst_picture(errors, p, tmp))
+    science = sample_sets.science(errors) if len(errors) else errors  # the worst structures are science ones
+    pictures = {p: _replace_file(figures / f"worst_{p}.png", lambda tmp, p=p: worst_picture(science, p, tmp))
                 for p in potentials}
     for path in [figures / name for name in copied] + [path for path in pictures.values() if path]:
         shrink_png(path)  # our own file, just put in place

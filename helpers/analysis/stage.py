@@ -50,6 +50,7 @@ from helpers.analysis.uncertainty import (
     describe,
     paired_stats,
 )
+from helpers.fetch.cif import compound_name
 from helpers.store import db as dbmod
 from helpers.store.paths import resolve_many, safe_name
 from helpers.vocabulary import (
@@ -76,6 +77,8 @@ ERROR_COLUMNS = [
     # issue 36: how far from equilibrium the potential found the experimental structure, and the filter's
     # doubts about the entry (flags of its clean row, comma-separated)
     "start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress", "filter_flags",
+    # the chemistry of the entry, for a reader of the worst structures: the CIF's name, 02_filter's molecules
+    "compound_name", "molecules",
 ]
 
 
@@ -106,6 +109,26 @@ def _density(atoms: Atoms, volume: float) -> float:
 
 def _pct(calc: float, exp: float) -> float:
     return float((calc - exp) / exp * 100) if exp and np.isfinite(exp) and np.isfinite(calc) else np.nan
+
+
+def molecules_text(clean_row) -> str | None:
+    """02_filter's molecules of a clean row as ``count × SMILES`` (charge when not neutral), joined by ' + '."""
+    species = ((clean_row.data or {}).get("molecules") if clean_row is not None else None) or []
+    parts = []
+    for sp in species:
+        charge = int(sp.get("charge") or 0)
+        label = sp.get("smiles") or sp.get("formula") or "?"
+        parts.append(f"{sp.get('count', 1)} × {label}" + (f" (charge {charge:+d})" if charge else ""))
+    return " + ".join(parts) or None
+
+
+def _compound_name(row, clean_row) -> str | None:
+    """The CIF's compound name (from the clean row's stored CIF text, else the relaxed row's)."""
+    for holder in (clean_row, row):
+        text = ((holder.data or {}).get("cif") if holder is not None else None)
+        if text:
+            return compound_name(text)
+    return None
 
 
 def _status(row) -> str:
@@ -143,6 +166,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         # which sample the entry belongs to (helpers.analysis.sample_sets): the CIF path and the formula
         "source": kvp.get("source") or (clean_row.get("source") if clean_row else None),
         "cif_formula": kvp.get("cif_formula") or (clean_row.get("cif_formula") if clean_row else None),
+        "compound_name": _compound_name(row, clean_row), "molecules": molecules_text(clean_row),
     }
     notes = []
     relaxed = row.toatoms()

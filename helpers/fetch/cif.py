@@ -8,6 +8,7 @@ nothing is dropped silently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -123,6 +124,27 @@ def cif_blocks(text: str) -> list[CIFBlock]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return list(parse_cif(io.StringIO(text)))
+
+
+#: the compound's name as the authors gave it: the common name first, else the systematic one
+NAME_TAGS = ("_chemical_name_common", "_chemical_name_systematic")
+
+
+@functools.lru_cache(maxsize=4096)
+def compound_name(text: str) -> str | None:
+    """The compound's name from CIF text (its first block that names one), whitespace collapsed; None when
+    no block names it or the text cannot be parsed. Cached: the same entry is named once per analysis."""
+    try:
+        blocks = cif_blocks(text)
+    except Exception:  # noqa: BLE001 - a name is a courtesy; an unreadable CIF was reported by 01_fetch
+        return None
+    for block in blocks:
+        for tag in NAME_TAGS:
+            value = block.get(tag)
+            value = value[0] if isinstance(value, list) and value else value
+            if isinstance(value, str) and value.strip() not in ("", "?", "."):
+                return " ".join(value.split())
+    return None
 
 
 def read_entries(text: str, one_entry: bool = False) -> list[CifEntry]:

@@ -440,6 +440,13 @@ def test_summary_tables_agree_with_a_hand_computation_from_errors_csv(small_clea
                                    structure=False, n_boot=500, boot_seed=3)
     errors = pd.read_csv(tmp_path / "analysis" / "errors.csv")
     summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
+    # what each crystal is, for the worst-structure tables: the CIF's name and 02_filter's molecules
+    named = errors.drop_duplicates("structure_id").set_index("structure_id")
+    assert named.loc["cod-2000642", "compound_name"] == "1,4-Dibenzoylbenzene"
+    assert pd.isna(named.loc["cod-4021477", "compound_name"])
+    assert named.loc["cod-2000642", "molecules"] == "1 × O=C(c1ccccc1)c1ccc(C(=O)c2ccccc2)cc1"
+    ice = named.loc["cod-1011063", "molecules"]  # ice II: species of O and H only, counted in the cell
+    assert "C" not in ice and all(part.split(" × ")[1][:1] in "O[H" for part in ice.split(" + "))
     # the filter stores compound keys: every statistic also over one entry per compound and per polymorph (4
     # distinct compounds here, so the same numbers)
     assert set(summary.entries) == {"all", "one_per_compound", "one_per_polymorph"}

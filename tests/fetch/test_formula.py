@@ -131,3 +131,18 @@ def test_parse_search_formats():
     for bad in ("<html><body>Error</body></html>", "{\"error\": \"bad query\"}", "[1, 2]", "[{"):
         with pytest.raises(CodSearchError):
             parse_search(bad)
+
+
+def test_the_compound_name_from_real_cifs(cod_dir):
+    """The CIF's common name first, else its systematic one (a multi-line text field, whitespace collapsed);
+    None when the entry names nothing or the text is not a CIF."""
+    from helpers.fetch.cif import compound_name
+
+    def name(cod_id):
+        return compound_name((cod_dir / f"{cod_id}.cif").read_text(errors="replace"))
+
+    assert name(2007300) == "3-acetamido-2-nitrobenzyl acetate"  # common (quoted) before systematic
+    assert name(2000642) == "1,4-Dibenzoylbenzene"  # systematic only, in a ;-delimited text field
+    assert name(1011063) == "Dihydrogen oxide - ice II"  # a mineral name is not the compound's
+    assert name(4021477) is None
+    assert compound_name("data_x\n_cell_length_a 5\n") is None and compound_name("not a cif ;;; \x00") is None
