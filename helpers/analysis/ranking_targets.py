@@ -1,8 +1,14 @@
 """What each potential of a campaign is to relax, in the science sample: the ranking's yardstick for
-"partial" (:func:`helpers.analysis.ranking.rank_potentials`'s ``targets``).
+"partial" (:func:`helpers.analysis.ranking.rank_potentials`'s ``targets``), and the one its coverage is
+measured on.
 
 A potential still running has attempted only part of its targets; the ranking's shared set (the structures
 every ranked potential attempted) is then small, and the report says why instead of shrinking it in silence.
+
+Coverage (:func:`coverage_sets`) uses one yardstick for every potential, whatever subset its campaign chose:
+the unaltered clean crystals (the science sample) of at most :data:`COVERAGE_MAX_ATOMS` atoms in the cell whose
+elements the potential covers. A crystal a potential attempted and failed counts as covered (its failure is
+scored in the ranking), one it never reached does not.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from typing import Any
 
 from helpers.analysis import sample_sets
 
+#: coverage is measured on the science crystals of at most this many atoms in the cell
+COVERAGE_MAX_ATOMS = 150
+COVERAGE_RULE = (f"attempted ∩ yardstick / yardstick; yardstick: the unaltered clean COD crystals (`cod-sample/`) "
+                 f"of ≤ {COVERAGE_MAX_ATOMS} atoms in the cell whose elements the potential covers; a failed "
+                 "relaxation counts as attempted")
 
-def science_targets(plan: Any) -> dict[str, set[str]] | None:
-    """Per potential of ``plan`` (a :class:`helpers.run.config.CampaignConfig`), the clean structure ids it is to
-    relax (within its ``max_atoms``) that belong to the science sample (every one when no clean row records
-    its source, as :func:`helpers.analysis.sample_sets.science`); None when the plan has no clean database."""
-    from helpers.relax.stage import relax_targets
+
+def _clean_and_science(plan: Any):
+    """(the plan's clean database, the science structure ids in it) or None when it has no clean database."""
     from helpers.store import db as dbmod
 
     try:
@@ -31,5 +40,47 @@ def science_targets(plan: Any) -> dict[str, set[str]] | None:
                                                                   row.get("cif_formula"))
             for row in clean.select("structure_id", columns=["id", "key_value_pairs"])}
     labelled = sample_sets.SCIENCE in sets.values()
-    wanted = {sid for sid, s in sets.items() if s == sample_sets.SCIENCE or not labelled}
+    return clean, {sid for sid, s in sets.items() if s == sample_sets.SCIENCE or not labelled}
+
+
+def coverage_sets(plan: Any, max_atoms: int = COVERAGE_MAX_ATOMS) -> dict[str, set[str]] | None:
+    """Per potential of ``plan``, its coverage yardstick (see the module docstring): science structure ids of at
+    most ``max_atoms`` atoms in the cell whose elements it covers; None without a clean database."""
+    from helpers.relax.potentials.registry import get_potential
+
+    found = _clean_and_science(plan)
+    if found is None:
+        return None
+    clean, science = found
+    small = {str(row.get("structure_id")): set(row.symbols) for row in
+             clean.select("structure_id", columns=["id", "key_value_pairs", "numbers"])
+             if row.natoms <= max_atoms and str(row.get("structure_id")) in science}
+    out = {}
+    for p in plan.potentials:
+        try:
+            card = get_potential(p)
+        except KeyError:  # a plug-in not installed here: its elements are unknown
+            continue
+        out[p] = {sid for sid, symbols in small.items() if not card.uncovered(symbols)}
+    return out
+
+
+def coverage(attempted: set[str], yardstick: set[str] | None) -> dict[str, Any]:
+    """``coverage`` (a fraction; None without a yardstick), ``n_covered`` and ``n_yardstick``."""
+    if not yardstick:
+        return {"coverage": None, "n_covered": None, "n_yardstick": len(yardstick) if yardstick is not None else None}
+    covered = len(set(attempted) & yardstick)
+    return {"coverage": covered / len(yardstick), "n_covered": covered, "n_yardstick": len(yardstick)}
+
+
+def science_targets(plan: Any) -> dict[str, set[str]] | None:
+    """Per potential of ``plan`` (a :class:`helpers.run.config.CampaignConfig`), the clean structure ids it is to
+    relax (within its ``max_atoms``) that belong to the science sample (every one when no clean row records
+    its source, as :func:`helpers.analysis.sample_sets.science`); None when the plan has no clean database."""
+    from helpers.relax.stage import relax_targets
+
+    found = _clean_and_science(plan)
+    if found is None:
+        return None
+    clean, wanted = found
     return {p: ids & wanted for p, ids in relax_targets(clean, plan.potentials, plan.max_atoms).items()}

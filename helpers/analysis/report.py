@@ -22,7 +22,7 @@ import pandas as pd
 from helpers.analysis import sample_sets
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
-from helpers.analysis.ranking_targets import science_targets
+from helpers.analysis.ranking_targets import COVERAGE_MAX_ATOMS, coverage, coverage_sets, science_targets
 from helpers.analysis.readme_headline import sync_readme
 from helpers.analysis.report_figures import shrink_png
 from helpers.analysis.report_sections import (
@@ -316,16 +316,35 @@ def subset_text(potential: str, max_atoms: int | None) -> str | None:
     return f"≤ {max_atoms} atoms" + (f" in its {width:g} Å supercell" if width else "")
 
 
-def coverage_table(coverage: dict[str, tuple[int, int]], max_atoms: dict[str, int | None]) -> pd.DataFrame:
-    """What each potential was to relax and what it finished: the report's honesty about a partial run."""
+def coverage_table(coverage: dict[str, tuple[int, int]], max_atoms: dict[str, int | None],
+                   yardstick: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """What each potential was to relax and what it finished: the report's honesty about a partial run; with
+    ``yardstick`` (potential -> :func:`helpers.analysis.ranking_targets.coverage`) its coverage on the one
+    yardstick every potential shares."""
     rows = []
     for potential, (target, done) in coverage.items():
         subset = max_atoms.get(potential)
-        rows.append({"potential": display_name(potential),
-                     "structures": f"clean, {subset_text(potential, subset)}" if subset else "every clean",
-                     "to relax": target, "finished": done,
-                     "state": "complete" if done >= target else ("not started" if done == 0 else "partial")})
+        row = {"potential": display_name(potential),
+               "structures": f"clean, {subset_text(potential, subset)}" if subset else "every clean",
+               "to relax": target, "finished": done,
+               "state": "complete" if done >= target else ("not started" if done == 0 else "partial")}
+        if yardstick is not None:
+            got = yardstick.get(potential) or {}
+            row[f"coverage: science ≤ {COVERAGE_MAX_ATOMS} atoms"] = (
+                f"{got['n_covered']} of {got['n_yardstick']} ({got['coverage']:.0%})" if got.get("n_yardstick")
+                else "–")
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def yardstick_coverage(inputs: ReportInputs) -> dict[str, dict[str, Any]] | None:
+    """Per potential, :func:`helpers.analysis.ranking_targets.coverage` of its science rows on its yardstick."""
+    sets = inputs.extra.get("coverage_sets")
+    if sets is None:
+        return None
+    science = inputs.science
+    return {p: coverage(set(science.loc[science.get("potential_name", science["potential"]) == p, "structure_id"]
+                            .astype(str)) if len(science) else set(), ids) for p, ids in sets.items()}
 
 
 def coverage_sentence(coverage: pd.DataFrame) -> str:
@@ -506,7 +525,8 @@ def header_section(inputs: ReportInputs) -> list[str]:
 def run_section(inputs: ReportInputs) -> list[str]:
     """What each potential was to relax and finished, what was left out, how long it took."""
     info, tables = inputs.info, inputs.tables
-    coverage = coverage_table(info["coverage"], inputs.plan.max_atoms) if info.get("coverage") else None
+    coverage = (coverage_table(info["coverage"], inputs.plan.max_atoms, yardstick_coverage(inputs))
+                if info.get("coverage") else None)
     return [
         *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage), ""]
           if coverage is not None else []),
@@ -623,7 +643,8 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
     inputs = ReportInputs(tables=tables, plan=plan, info=info, docs=docs, figures=figures,
                           extra={"pictures": pictures, "clean_fraction": clean_fraction, "potentials": potentials,
                                   "copied": copied, "analysis_dir": Path(analysis_dir),
-                                  "targets": science_targets(plan)})  # what "partial" means in the ranking
+                                  # what "partial" means in the ranking, and the one coverage yardstick
+                                  "targets": science_targets(plan), "coverage_sets": coverage_sets(plan)})
     # the report, section by section; a new section is one function (inputs -> markdown lines) and one line here
     sections = [
         header_section,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.analysis import report_figures, sample_sets, top_pairs
+from helpers.analysis import ranking_targets, report_figures, sample_sets, top_pairs
 from helpers.analysis.exact_stats import median_ci_exact
 from helpers.analysis.quantities import STUDY_RESULT, all_entries, display_name
 from helpers.analysis.ranking import (
@@ -294,10 +294,15 @@ def publish_ranking(inputs: ReportInputs) -> None:
         for k in ("metric", "metric_ci_low", "metric_ci_high", "metric_uncorrected"):
             if isinstance(value.get(k), float) and math.isinf(value[k]):
                 value[k] = "inf"
+    yardsticks = inputs.extra.get("coverage_sets")
     for potential, value in payload.items():
+        attempted = set(inputs.science.loc[inputs.science["potential"] == potential, "structure_id"].astype(str))
+        yardstick = (yardsticks or {}).get(potential, (yardsticks or {}).get(potential.split("[")[0]))
         value.update(_volume_statistics(inputs.tables.get("summary"), potential),
-                     settings_hash=_settings_hashes(inputs.errors, potential), coverage=_coverage(value))
+                     settings_hash=_settings_hashes(inputs.errors, potential),
+                     **ranking_targets.coverage(attempted, yardstick), targets_reached=_coverage(value))
     update_results_json(inputs.docs, "potentials", payload)
+    update_results_json(inputs.docs, "coverage_rule", ranking_targets.COVERAGE_RULE)
     ranked = table.loc[table["ranked"].astype(bool), "potential"].tolist()
     update_results_json(inputs.docs, "common", {
         "potentials": ranked, "structure_ids": list(inputs.ranking["shared"]),
@@ -342,7 +347,8 @@ def _settings_hashes(errors: pd.DataFrame, potential: str) -> str | list[str] | 
 
 
 def _coverage(row: dict[str, Any]) -> float | None:
-    """Targets reached / targets (science structures it is to relax), or None when the targets are unknown."""
+    """Targets reached / targets (the science structures its campaign set out to relax, within its own
+    subset), or None when the targets are unknown: ``targets_reached``, beside the one-yardstick ``coverage``."""
     targets, not_reached = row.get("n_targets"), row.get("n_not_reached")
     if targets is None or not_reached is None or pd.isna(targets) or not targets:
         return None

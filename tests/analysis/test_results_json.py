@@ -23,3 +23,32 @@ def test_values_json_cannot_hold_are_refused(tmp_path):
     with pytest.raises(TypeError):
         update_results_json(tmp_path, "bad", {"x": object()})
     assert not (tmp_path / "results.json").exists()  # nothing half-written
+
+
+def test_coverage_is_measured_on_one_yardstick(small_clean_db, monkeypatch):
+    """Issue 35's coverage: the clean science crystals of ≤ N atoms whose elements the potential covers; a
+    crystal attempted (failed or not) is covered, one never reached is not."""
+    from types import SimpleNamespace
+
+    from helpers.analysis import ranking_targets
+    from helpers.relax.potentials.registry import get_potential
+    from helpers.store import db as dbmod
+
+    rows = list(dbmod.connect(small_clean_db).select())
+    sizes = sorted(row.natoms for row in rows)
+    plan = SimpleNamespace(dbs={"clean_db": small_clean_db}, potentials=["ani1x"], max_atoms={"ani1x": None})
+    every = ranking_targets.coverage_sets(plan, max_atoms=10_000)["ani1x"]
+    assert every == {row.structure_id for row in rows}  # no source recorded: every clean crystal is science
+    small = ranking_targets.coverage_sets(plan, max_atoms=sizes[1])["ani1x"]
+    assert small == {row.structure_id for row in rows if row.natoms <= sizes[1]} and len(small) >= 2
+    # a potential without nitrogen: the crystals holding N leave its yardstick
+    real = get_potential("ani1x")
+    no_nitrogen = SimpleNamespace(uncovered=lambda symbols: set(symbols) & {"N"})
+    monkeypatch.setattr("helpers.relax.potentials.registry.get_potential",
+                        lambda name: no_nitrogen if name == "ani1x" else real)
+    without = ranking_targets.coverage_sets(plan, max_atoms=10_000)["ani1x"]
+    assert without == {row.structure_id for row in rows if "N" not in row.symbols} and 0 < len(without) < len(every)
+    first = sorted(every)[0]
+    assert ranking_targets.coverage({first, "cod-elsewhere"}, every) == {
+        "coverage": 1 / len(every), "n_covered": 1, "n_yardstick": len(every)}
+    assert ranking_targets.coverage({first}, None)["coverage"] is None
