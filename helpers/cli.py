@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, STAGES, STUDY_POTENTIALS
+from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, SAMPLE_SETS, STAGES, STUDY_POTENTIALS
 
 
 def _ids(text: str | None) -> list[int] | None:
@@ -46,7 +46,7 @@ def _changes(given: dict[str, Any]) -> dict[str, Any]:
 
     renamed = {"run_dir": "work_dir", "set": "relax_parameters", "data_dir": "sources", "source": "sources"}
     convert = {"potentials": lambda v: v.split(","), "stages": lambda v: v.split(","), "cod_ids": _ids,
-               "source": lambda v: [v], "max_atoms": _max_atoms,
+               "source": lambda v: [v], "max_atoms": _max_atoms, "sample_first": lambda v: None if v == "none" else v,
                "set": lambda items: {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)},
                "data_dir": lambda v: [str(Path(v) / folder) for folder in RESULT_FOLDERS]}
     return {renamed.get(k, k): convert.get(k, lambda v: v)(v) for k, v in given.items()}
@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     camp.add_argument("--set", action="append", metavar="KEY=JSON",
                       help="extra 03_relax parameter, e.g. --set fmax=0.001 --set optimizer='\"LBFGS\"'")
     camp.add_argument("--wait", action="store_true", help="another run holds the work dir: wait for it")
+    sample_help = ("only this sample set of the clean structures: science (the unaltered COD entries of cod-sample/), "
+                   "altered (the COD tool suite's test inputs), ice (default: every one)")
+    first_help = "relax this sample set with every potential first, then the rest (default: {})"
+    camp.add_argument("--sample", choices=SAMPLE_SETS, help=sample_help)
+    camp.add_argument("--sample-first", choices=SAMPLE_SETS, help=first_help.format("one pass"))
 
     merge = sub.add_parser("merge", help="merge per-batch shards into one database per potential")
     merge.add_argument("--out-db", default="data/relaxed_{potential}.db")
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--wait", action="store_true",
                      help="another run holds --work-dir: wait for it to end (default: say who, exit)")
     res.add_argument("--max-parallel", type=int, help="relax jobs at once (default: one per core)")
+    res.add_argument("--sample", choices=SAMPLE_SETS, help=sample_help)
+    res.add_argument("--sample-first", choices=(*SAMPLE_SETS, "none"), help=first_help.format("science"))
     res.add_argument("--max-atoms",
                      help="per-potential subset overrides, e.g. 'gfn-ff=48,ani1x-d3=100,chgnet-d3=none' "
                           "(most atoms evaluated per structure — a Γ-point code's supercell; none = every structure)")

@@ -63,34 +63,40 @@ def split_batches(items: list[tuple[str, int]], n_batches: int) -> list[list[str
 
 
 def batch_ids(clean_db: Database, batch: int, n_batches: int, max_atoms: int | None = None,
-              potential: str | None = None) -> list[str]:
+              potential: str | None = None, sample: str | None = None) -> list[str]:
     """The structure ids of ``batch`` (0-based) out of ``n_batches`` for this clean database, balanced by
     the atoms ``potential`` evaluates per structure (a Γ-point code's supercell; else the cell's atoms);
-    with ``max_atoms``, only structures of at most that many: the subset a slow potential can afford."""
+    with ``max_atoms``, only structures of at most that many: the subset a slow potential can afford; with
+    ``sample`` (a set of :mod:`helpers.analysis.sample_sets`: "science", "altered", "ice"), only its entries."""
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     if not 0 <= batch < n_batches:
         raise ValueError(f"batch must be in 0..{n_batches - 1}, got {batch} (batches are numbered from 0; "
                          f"n_batches={n_batches})")
+    from helpers.analysis import sample_sets  # the sets are the analysis's; only a sampled run needs them
+
+    if sample is not None and sample not in sample_sets.SETS:
+        raise ValueError(f"sample must be one of {', '.join(sample_sets.SETS)} or None, got {sample!r}")
     rows = clean_db.select("structure_id", columns=["id", "key_value_pairs", "numbers", "cell", "pbc"])
     size = get_potential(potential).atoms_evaluated if potential else (lambda row: row.natoms)
-    items = [(row.structure_id, size(row)) for row in rows]
+    items = [(row.structure_id, size(row)) for row in rows if sample is None
+             or sample_sets.sample_set(row.get("source"), row.get("compound_key"), row.get("cif_formula")) == sample]
     items = [(sid, n) for sid, n in items if max_atoms is None or n <= max_atoms]
     return split_batches(items, n_batches)[batch]
 
 
-def relax_targets(clean_db: Database, potentials: Sequence[str], max_atoms: Mapping[str, int | None]
-               ) -> dict[str, set[str]]:
+def relax_targets(clean_db: Database, potentials: Sequence[str], max_atoms: Mapping[str, int | None],
+                  sample: str | None = None) -> dict[str, set[str]]:
     """Per potential, the clean structure ids its relax jobs are to relax (every batch together, within its
-    ``max_atoms``): what "finished" and "partial" are measured against. A potential not registered here (a
-    plug-in not installed) is left out: its targets are unknown."""
+    ``max_atoms``, of ``sample`` when given): what "finished" and "partial" are measured against. A potential
+    not registered here (a plug-in not installed) is left out: its targets are unknown."""
     out = {}
     for p in potentials:
         try:
             get_potential(p)
         except KeyError:
             continue
-        out[p] = set(batch_ids(clean_db, 0, 1, max_atoms.get(p), p))
+        out[p] = set(batch_ids(clean_db, 0, 1, max_atoms.get(p), p, sample))
     return out
 
 
@@ -165,11 +171,13 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
               settings: RelaxSettings | None = None, max_wall_time: float | None = None,
               trajectory_dir: str | None = None, limit: int | None = None, progress: bool = True,
               n_threads: int | None = None, calculator_options: dict | None = None,
-              max_atoms: int | None = None, checkpoint_every: float = CHECKPOINT_EVERY) -> BatchReport:
+              max_atoms: int | None = None, checkpoint_every: float = CHECKPOINT_EVERY,
+              sample: str | None = None) -> BatchReport:
     """Relax every structure of one batch into its output database; resumable.
 
     Structures with elements the potential does not cover are recorded as ``skipped``; with
-    ``max_atoms``, larger structures are not part of any batch (not recorded). One crystal at a time,
+    ``max_atoms``, larger structures are not part of any batch (not recorded); with ``sample``, only the
+    entries of that sample set (e.g. "science": the unaltered COD entries) are. One crystal at a time,
     a relaxation saves its progress every ``checkpoint_every`` seconds and a rerun continues it
     (:mod:`helpers.relax.checkpoint`).
     """
@@ -181,7 +189,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
         raise ValueError(f"settings are for {settings.potential!r}, batch is for {potential!r}")
     threads = configure_threads(n_threads)
     clean = dbmod.connect(clean_db, must_exist=True)
-    ids = batch_ids(clean, batch, n_batches, max_atoms, potential)[:limit]
+    ids = batch_ids(clean, batch, n_batches, max_atoms, potential, sample)[:limit]
     target = output_path(out_db, potential, batch, n_batches)
     out = dbmod.connect(target)
     options = pot.answer_options(calculator_options)  # what of calculator_options changes the answers

@@ -65,12 +65,16 @@ def run_campaign(config: CampaignConfig, executor: Executor | None = None) -> di
 # -- the relax stage ----------------------------------------------------------------------------------------
 def relax(config: CampaignConfig, executor: Executor) -> dict[str, Any]:
     """Every relax job of ``config`` on ``executor``, under the module's one failure, merge and progress rule."""
-    jobs = config.jobs()
-    threads = executor.threads_per_job(len(jobs))
-    jobs = [{"n_threads": threads, **job} if job.get("n_threads") is None else job for job in jobs]
+    done: dict[str, Any] = {}
     with CrystalProgress(config) as progress:
-        done = run_jobs(executor, jobs, config.executed_dir, "relax", on_finished=lambda job: merge_job(config, job),
-                        on_failed=lambda n: setattr(progress, "failed", n))
+        for one_pass in config.passes():  # the sample to relax first with every potential, then everything
+            jobs = one_pass.jobs()
+            threads = executor.threads_per_job(len(jobs))
+            jobs = [{"n_threads": threads, **job} if job.get("n_threads") is None else job for job in jobs]
+            outcome = run_jobs(executor, jobs, config.executed_dir, "relax",
+                               on_finished=lambda job: merge_job(config, job),
+                               on_failed=lambda n, before=progress.failed: setattr(progress, "failed", before + n))
+            done = {k: done.get(k, []) + v if isinstance(v, list) else v for k, v in outcome.items()}
     return {"merged": merge_all(config), **done}
 
 
@@ -158,7 +162,8 @@ def target_ids(config: CampaignConfig) -> dict[str, set[str]]:
     from helpers.relax.stage import relax_targets
     from helpers.store import db as dbmod
 
-    return relax_targets(dbmod.connect(config.dbs["clean_db"], must_exist=True), config.potentials, config.max_atoms)
+    return relax_targets(dbmod.connect(config.dbs["clean_db"], must_exist=True), config.potentials, config.max_atoms,
+                         config.sample)
 
 
 def settings_hashes(config: CampaignConfig) -> dict[str, str]:

@@ -29,6 +29,8 @@ JOB_RETRIES = 2
 STAGES = ("fetch", "filter", "relax", "analysis", "lattice", "report")
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
 RESULT_FOLDERS = ("cod", "cod-sample")
+#: the sample sets a campaign can restrict itself to, or relax first (:mod:`helpers.analysis.sample_sets`)
+SAMPLE_SETS = ("science", "altered", "ice")
 #: the largest crystal a non-xTB potential relaxes in the results campaign (issue 35: every one of them on every
 #: clean crystal of up to 150 atoms, so the fair table rests on the sample, not on its smallest cells); measured
 #: here at the study's fmax, one core: SevenNet-0 + D3 ~0.3-0.4 s per call at 24 atoms, 2 s at 84 (300-600 steps
@@ -70,6 +72,12 @@ class CampaignConfig:
     potentials: list[str] = field(default_factory=lambda: list(STUDY_POTENTIALS))
     #: potential -> largest structure (atoms) it relaxes; absent: the notebook's default (every structure)
     max_atoms: dict[str, int | None] = field(default_factory=dict)
+    #: only this sample set of the clean structures ("science": the unaltered COD entries; "altered", "ice");
+    #: None: every one
+    sample: str | None = None
+    #: relax this sample set with every potential first, then the rest (the results campaign: "science", so an
+    #: interrupted campaign has its verdict's crystals first); None: one pass
+    sample_first: str | None = None
     #: batches per potential (0: one per core)
     n_batches: int = 1
     #: extra 03_relax parameters of every job (``fmax``, ``n_threads``, ...); ``n_threads`` unset: the executor's
@@ -100,6 +108,9 @@ class CampaignConfig:
         extra = sorted(set(self.max_atoms) - set(self.potentials))
         if extra:
             raise KeyError(f"max_atoms names potentials not in this run: {extra}")
+        for name in ("sample", "sample_first"):
+            if getattr(self, name) not in (None, *SAMPLE_SETS):
+                raise ValueError(f"{name} must be one of {', '.join(SAMPLE_SETS)} or none, got {getattr(self, name)!r}")
 
     # -- the one layout ------------------------------------------------------------------------------------
     @property
@@ -132,8 +143,16 @@ class CampaignConfig:
         n, dbs = self.batches(), self.dbs
         return [{**self.relax_parameters, "potential": p, "batch": b, "n_batches": n,
                  "clean_db": dbs["clean_db"], "out_db": dbs["out_db"],
-                 **({"max_atoms": self.max_atoms[p]} if p in self.max_atoms else {})}
+                 **({"max_atoms": self.max_atoms[p]} if p in self.max_atoms else {}),
+                 **({"sample": self.sample} if self.sample else {})}
                 for p in self.potentials for b in range(n)]
+
+    def passes(self) -> list[CampaignConfig]:
+        """The relax stage's passes, in order: ``sample_first`` alone with every potential, then everything (one
+        pass without it, or when ``sample`` already restricts the run)."""
+        if self.sample_first and not self.sample:
+            return [self.with_changes(sample=self.sample_first, sample_first=None), self]
+        return [self]
 
     # -- changes and files ----------------------------------------------------------------------------------
     def with_changes(self, **changes: Any) -> CampaignConfig:
@@ -203,7 +222,8 @@ def default_data_dir() -> str:
 def results_config(data_dir: str | Path | None = None, **changes: Any) -> CampaignConfig:
     """``make results``: both result folders of ``data_dir``, every registered potential (each on the subset its
     cost allows: :data:`RESULTS_MAX_ATOMS`, ``max_atoms`` overrides it per potential, None = every structure),
-    one batch per core and one torch thread per job, every stage, in ``data/results``."""
+    one batch per core and one torch thread per job, every stage, in ``data/results``; the science sample
+    first with every potential (issue 35), then the rest of the clean set."""
     potentials = registered_potentials(changes.pop("potentials", None))
     overrides = changes.pop("max_atoms", None) or {}
     extra = sorted(set(overrides) - set(potentials))
@@ -213,7 +233,7 @@ def results_config(data_dir: str | Path | None = None, **changes: Any) -> Campai
     base = CampaignConfig(work_dir="data/results", stages=list(STAGES),
                           sources=[str(data / folder) for folder in RESULT_FOLDERS], potentials=potentials,
                           max_atoms={p: overrides.get(p, RESULTS_MAX_ATOMS.get(p)) for p in potentials},
-                          n_batches=0, relax_parameters={"n_threads": 1})
+                          n_batches=0, relax_parameters={"n_threads": 1}, sample_first="science")
     return base.with_changes(**changes)
 
 

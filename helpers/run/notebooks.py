@@ -102,9 +102,11 @@ def job_notebook(job: dict[str, Any]) -> str:
 
 def job_label(job: dict[str, Any]) -> str:
     """A job's name within its notebook's jobs (its executed notebook's suffix, its failure record): the
-    potential and batch of a 03_relax job, the potential of any other."""
+    potential and batch of a 03_relax job (and its sample set, in a pass restricted to one), the potential of
+    any other."""
     if job_notebook(job) == RELAX_NOTEBOOK:
-        return job_tag(job["potential"], job["batch"], job["n_batches"])
+        tag = job_tag(job["potential"], job["batch"], job["n_batches"])
+        return f"{tag}.{job['sample']}" if job.get("sample") else tag
     return job["potential"]
 
 

@@ -26,7 +26,7 @@ CONTRACT = {
                  "steps_per_atom": None, "strategy": "fast", "draft": "float32", "optimizer": "BFGS",
                  "cell_filter": "frechet", "fix_symmetry": False, "hydrostatic": False, "max_wall_time": None,
                  "trajectory_dir": None, "limit": None, "n_threads": None, "max_atoms": None,
-                 "checkpoint_every": 300.0, "hessian_seed": None, "hessian_seed_floor": 5.0},
+                 "checkpoint_every": 300.0, "hessian_seed": None, "hessian_seed_floor": 5.0, "sample": None},
     "04_analysis": {"relaxed_dbs": "data/relaxed_*.db", "clean_db": "data/clean.db", "out_dir": "data/analysis",
                     "converged_only": True, "alpha_v": 1.65e-4, "t_ref": 0.0, "threshold_pct": 20.0,
                     "temperature_edges": (150, 250), "structure": True, "matcher": False,

@@ -55,7 +55,7 @@ def campaign(tmp_path_factory, cod_dir, model_dir):
     plan = CampaignConfig(sources=[str(root / "data" / "cod"), str(root / "data" / "cod-sample")],
                           work_dir=str(root / "work"), docs_dir=str(root / "docs"), stages=list(STAGES),
                           potentials=["ani1x", "ani1x-d3"], max_atoms={"ani1x-d3": 26}, n_batches=1,
-                          relax_parameters={"fmax": 0.05, "n_threads": 1},
+                          relax_parameters={"fmax": 0.05, "n_threads": 1}, sample_first="science",
                           lattice_parameters={"benchmarks": ["x23"], "crystals": ["co2"], "fmax": 0.05})
     out = run_campaign(plan)
     return root, plan, out
@@ -83,6 +83,19 @@ def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     assert (root / "docs" / "figures" / "hist_grid_volume.png").is_file()  # 3 shared structures: no ranking figure
     assert not (root / "docs" / "figures" / "ci_volume.png").exists()
     assert "3 CIF files" in markdown or "4 CIF files" in markdown
+
+
+@slow
+def test_the_science_sample_is_relaxed_first(campaign):
+    """Issue 35: every potential relaxes the unaltered COD entries first (its own pass, its own executed
+    notebook), then the rest; nothing twice."""
+    root, plan, _ = campaign
+    executed = Path(plan.executed_dir)
+    assert (executed / "03_relax.ani1x.batch0000of0001.science.ipynb").is_file()
+    assert (executed / "03_relax.ani1x.batch0000of0001.ipynb").is_file()
+    rows = sorted(dbmod.connect(plan.dbs["out_db"].format(potential="ani1x")).select(), key=lambda row: row.ctime)
+    assert [row.structure_id for row in rows][0] == "cod-2000642"  # the cod-sample/ entry, before the cod/ ones
+    assert sorted(row.structure_id for row in rows) == ["cod-1011063", "cod-2000642", "cod-2007300"]
 
 
 @slow
@@ -232,3 +245,29 @@ def test_the_report_tests_the_cif_error_explanation(campaign):
     flagged = json.loads((root / "docs" / "results.json").read_text())["flagged"]
     assert set(flagged["reasons"]) == {"volume_consensus", "chemistry_changed", "filter_flagged", "start_extreme"}
     assert (root / "work" / "analysis" / "consensus_outliers.csv").is_file()
+
+
+def test_a_sample_set_restricts_the_batches_and_a_first_pass_comes_first(small_clean_db):
+    """The relax jobs' ``sample`` (real clean rows of cod/: three test inputs and ice II) and the campaign's
+    passes: ``sample_first`` alone with every potential, then everything."""
+    from helpers.relax.stage import batch_ids, relax_targets
+    from helpers.run.config import results_config
+    from helpers.run.notebooks import job_label
+
+    clean = dbmod.connect(small_clean_db)
+    every = set(batch_ids(clean, 0, 1))
+    assert set(batch_ids(clean, 0, 1, sample="ice")) == {"cod-1011063"}
+    assert set(batch_ids(clean, 0, 1, sample="altered")) == every - {"cod-1011063"} and len(every) == 4
+    assert batch_ids(clean, 0, 1, sample="science") == []
+    assert relax_targets(clean, ["ani1x"], {}, "ice") == {"ani1x": {"cod-1011063"}}
+    with pytest.raises(ValueError, match="sample must be one of"):
+        batch_ids(clean, 0, 1, sample="sience")
+    plan = results_config("/data", work_dir="/work", potentials=["ani1x", "gfn-ff"], n_batches=2)
+    first, rest = plan.passes()
+    assert (first.sample, rest.sample, plan.sample_first) == ("science", None, "science")
+    assert {job["sample"] for job in first.jobs()} == {"science"} and all("sample" not in job for job in rest.jobs())
+    assert job_label(first.jobs()[0]) == "ani1x.batch0000of0002.science" and job_label(rest.jobs()[0]) == \
+        "ani1x.batch0000of0002"
+    assert len(plan.with_changes(sample="altered").passes()) == 1 == len(plan.with_changes(sample_first=None).passes())
+    with pytest.raises(ValueError, match="sample_first must be one of"):
+        plan.with_changes(sample_first="cod")
