@@ -1,5 +1,7 @@
 """The ranking a referee accepts: same structures, failures scored, uncertainty on metric and rank.
 
+- **Fit for crystals.** A potential known to be unfit for molecular crystals (:data:`UNFIT`: AIMNet2) is listed
+  with its numbers and the reason, never ranked.
 - **Same structures.** Potentials are compared on the structures *every ranked potential attempted*
   (not the ones each converged: that would throw out the hardest cases). A potential that attempted
   fewer than :data:`MIN_RANKED` structures is listed, not ranked; when the shared set is smaller than
@@ -52,9 +54,10 @@ ALPHA_V_SD = 0.51e-4  # 1/K, spread of organic-crystal volumetric expansivities 
 ALPHA_V_SOURCE = "A. D. Bond, Acta Cryst. B77, 357–364 (2021): 161 ± 51 p.p.m. K⁻¹ over 6201 CSD structures"
 T_ASSUMED = 293.0  # K, an entry without a temperature: most likely measured at room temperature
 T_UNKNOWN_RANGE = (90.0, 300.0)  # K, where the bootstrap draws an unknown temperature from
-#: potentials not fit for molecular crystals, flagged wherever they appear
-UNFIT = {"aimnet2": "trained on molecules, not periodic crystals: unfit for crystals until the coverage issue "
-                    "says otherwise (README)"}
+#: potentials not fit for molecular crystals: listed with their numbers, never ranked (issue 35), flagged wherever
+#: they appear
+UNFIT = {"aimnet2": "unfit for crystals: trained on molecules, it expands them by a many-body error of the model "
+                    "that no set-up of the aimnet package fixes (docs/aimnet2.md)"}
 
 
 def dv_zero_kelvin(dv_pct, temperature, alpha_v=THERMAL_EXPANSION_V):
@@ -69,10 +72,12 @@ def _is_unfit(potential: str) -> str:
 
 
 def shared_set(errors: pd.DataFrame, min_ranked: int = MIN_RANKED) -> tuple[list[str], list[str], dict[str, str]]:
-    """(ranked potentials, shared structure ids, {potential: why not ranked}) from every attempt in ``errors``."""
+    """(ranked potentials, shared structure ids, {potential: why not ranked}) from every attempt in ``errors``;
+    a potential unfit for crystals (:data:`UNFIT`) is never ranked, and does not limit the shared set."""
     attempted = {p: set(g["structure_id"]) for p, g in errors.groupby("potential")}
-    not_ranked = {p: f"{len(s)} structures attempted (< {min_ranked})" for p, s in attempted.items()
-                  if len(s) < min_ranked}
+    not_ranked = {p: _is_unfit(p) for p in attempted if _is_unfit(p)}
+    not_ranked |= {p: f"{len(s)} structures attempted (< {min_ranked})" for p, s in attempted.items()
+                   if len(s) < min_ranked and p not in not_ranked}
     ranked = {p: s for p, s in attempted.items() if p not in not_ranked}
     shared = set.intersection(*ranked.values()) if ranked else set()
     while len(shared) < min_ranked and len(ranked) > 2:
@@ -239,7 +244,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
                      "n_attempted": len(own_ids), "n_converged": int((~np.isnan(dv_t[:, 0])).sum()),
                      **{k: float(v[0]) for k, v in stats0.items()},
                      "metric_uncorrected": float(per_potential(dv_t)["metric"][0]),
-                     "note": "; ".join(x for x in (f"not ranked: {why}", _is_unfit(p)) if x)})
+                     "note": f"not ranked: {why}" + (f"; {_is_unfit(p)}" if _is_unfit(p) not in ("", why) else "")})
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(["ranked", "rank", "potential"], ascending=[False, True, True],
