@@ -188,14 +188,21 @@ def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
     """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
-    return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + unfinished_text(inputs.info.get("coverage"))]),
+    table = inputs.ranking["table"]
+    ranked = set(table.loc[table["ranked"].astype(bool), "potential"]) if len(table) else set()
+    return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + unfinished_text(inputs.info.get("coverage"),
+                                                                                      ranked)]),
             ""]
 
 
-def unfinished_text(coverage: dict[str, tuple[int, int]] | None) -> str:
+def unfinished_text(coverage: dict[str, tuple[int, int]] | None, ranked: set[str] | frozenset[str] = frozenset()
+                    ) -> str:
     """The potentials a verdict cannot speak for yet: those the campaign has not finished (``coverage``:
-    potential -> (structures to relax, finished)). Empty when every one finished or nothing is known."""
-    unfinished = {p: (target, done) for p, (target, done) in (coverage or {}).items() if done < target}
+    potential -> (structures to relax, finished)) and the ranking could not rank. A potential ranked on the science
+    sample while the rest of its clean set is still to come (the campaign relaxes the science sample first) is in
+    the verdict: it is not named. Empty when every one finished or nothing is known."""
+    unfinished = {p: (target, done) for p, (target, done) in (coverage or {}).items()
+                  if done < target and p not in ranked}
     if not unfinished:
         return ""
     listed = ", ".join(f"{display_name(p)} ({done} of {target})" for p, (target, done) in unfinished.items())

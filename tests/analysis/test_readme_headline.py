@@ -50,6 +50,8 @@ def test_the_verdict_names_the_potentials_it_cannot_speak_for(tmp_path):
     text = unfinished_text(coverage)
     assert "SevenNet-0-d3 (12 of 150)" in text and "CHGNet-d3 (0 of 150)" in text and "ANI-1x" not in text
     assert unfinished_text({"ani1x": (167, 167)}) == "" and unfinished_text(None) == ""
+    # ranked on the science sample, the rest of its clean set still to come (science first): in the verdict
+    assert "SevenNet" not in unfinished_text(coverage, ranked={"ani1x", "sevennet0-d3"})
     inputs = ReportInputs(tables={"errors": pd.DataFrame()}, plan=None, info={"coverage": coverage}, docs=tmp_path,
                           figures=tmp_path)
     assert "SevenNet-0-d3 (12 of 150)" in headline_of("\n".join(verdict_section(inputs)))
