@@ -20,6 +20,8 @@ from helpers.analysis import sample_sets
 
 #: coverage is measured on the science crystals of at most this many atoms in the cell
 COVERAGE_MAX_ATOMS = 150
+#: the coverage a potential needs before its row speaks for the sample (issue 35)
+COVERAGE_GOAL = 0.95
 COVERAGE_RULE = (f"attempted ∩ yardstick / yardstick; yardstick: the unaltered clean COD crystals (`cod-sample/`) "
                  f"of ≤ {COVERAGE_MAX_ATOMS} atoms in the cell whose elements the potential covers; a failed "
                  "relaxation counts as attempted")
@@ -71,6 +73,19 @@ def coverage(attempted: set[str], yardstick: set[str] | None) -> dict[str, Any]:
         return {"coverage": None, "n_covered": None, "n_yardstick": len(yardstick) if yardstick is not None else None}
     covered = len(set(attempted) & yardstick)
     return {"coverage": covered / len(yardstick), "n_covered": covered, "n_yardstick": len(yardstick)}
+
+
+def coverage_sentence(coverage_by_potential: dict[str, dict[str, Any]], names: dict[str, str]) -> str:
+    """Which potentials reach :data:`COVERAGE_GOAL` of their yardstick, which do not (``names``: display names)."""
+    known = {p: c for p, c in coverage_by_potential.items() if c.get("coverage") is not None}
+    if not known:
+        return ""
+    short = {p: c for p, c in known.items() if c["coverage"] < COVERAGE_GOAL}
+    goal = f"{COVERAGE_GOAL:.0%} of the science crystals of ≤ {COVERAGE_MAX_ATOMS} atoms whose elements it covers"
+    if not short:
+        return f"Every potential covers at least {goal}."
+    listed = ", ".join(f"{names.get(p, p)} {c['n_covered']} of {c['n_yardstick']}" for p, c in sorted(short.items()))
+    return f"Below {goal}: {listed}; the rest reach it."
 
 
 def science_targets(plan: Any) -> dict[str, set[str]] | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.analysis import sample_sets
+from helpers.analysis import ranking_targets, sample_sets
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.ranking_targets import COVERAGE_MAX_ATOMS, coverage, coverage_sets, science_targets
@@ -525,11 +525,13 @@ def header_section(inputs: ReportInputs) -> list[str]:
 def run_section(inputs: ReportInputs) -> list[str]:
     """What each potential was to relax and finished, what was left out, how long it took."""
     info, tables = inputs.info, inputs.tables
-    coverage = (coverage_table(info["coverage"], inputs.plan.max_atoms, yardstick_coverage(inputs))
+    yardstick = yardstick_coverage(inputs)
+    coverage = (coverage_table(info["coverage"], inputs.plan.max_atoms, yardstick)
                 if info.get("coverage") else None)
+    goal = ranking_targets.coverage_sentence(yardstick or {}, {p: display_name(p) for p in yardstick or {}})
     return [
-        *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage), ""]
-          if coverage is not None else []),
+        *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage) + (f" {goal}" if goal else ""),
+           ""] if coverage is not None else []),
         *([left_out_sentence(tables["left_out"]), ""] if not tables["left_out"].empty else []),
         *(["Campaign wall time on this machine (every run added: resumed relaxations, each regeneration of the "
            "analysis and report): "
