@@ -115,14 +115,16 @@ def _metric(scores: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def per_potential(dv: np.ndarray) -> dict[str, np.ndarray]:
-    """Per column: failure_rate, within_5pct, within_10pct (failures count as outside), bias, spread, metric."""
+    """Per column: failure_rate, within_5pct, within_10pct (failures count as outside), bias, spread and mean
+    (of the converged ones), metric."""
     scores = _scores(dv)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a column of failures only: NaN bias, as meant
         bias = np.nanmedian(dv, axis=0) if dv.size else np.array([])
         spread = np.nanmedian(np.abs(dv - bias), axis=0) if dv.size else np.array([])
+        mean = np.nanmean(dv, axis=0) if dv.size else np.array([])
     return {"failure_rate": np.isnan(dv).mean(axis=0), "within_5pct": (scores < 5).mean(axis=0),
-            "within_10pct": (scores < 10).mean(axis=0), "bias": bias, "spread": spread,
+            "within_10pct": (scores < 10).mean(axis=0), "bias": bias, "spread": spread, "mean": mean,
             "metric": _metric(scores)}
 
 
@@ -204,12 +206,16 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
         point0, point_t = per_potential(dv_0), per_potential(dv_t)
         rng = np.random.default_rng(seed)
         n = len(ids)
-        boot0, boot_t, ranks = [], [], []
+        boot0, boot_t, ranks, means = [], [], [], []
         for _ in range(max(n_boot, 0)):
             pick = rng.integers(0, n, n)
             alpha = np.clip(rng.normal(alpha_v, alpha_v_sd, n), 0, None)
             t_draw = np.where(np.isnan(temperature[pick]), rng.uniform(*T_UNKNOWN_RANGE, n), temperature[pick])
-            metric0 = _metric(_scores(dv_zero_kelvin(dv_t[pick], t_draw[:, None], alpha[:, None])))
+            drawn = dv_zero_kelvin(dv_t[pick], t_draw[:, None], alpha[:, None])
+            metric0 = _metric(_scores(drawn))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a draw of failures only: NaN mean, as meant
+                means.append(np.nanmean(drawn, axis=0))
             boot0.append(metric0)
             boot_t.append(_metric(_scores(dv_t[pick])))
             ranks.append(rankdata(metric0, method="min"))
@@ -218,6 +224,10 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             low0, high0 = _interval(np.array(boot0), level)
             low_t, high_t = _interval(np.array(boot_t), level)
             rank_low, rank_high = _interval(np.array(ranks, dtype=float), level)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean_low, mean_high = (np.nanpercentile(np.array(means), q, axis=0)
+                                       for q in ((1 - level) / 2 * 100, (1 + level) / 2 * 100))
         point_rank = rankdata(point0["metric"], method="min")
         for j, p in enumerate(potentials):
             rows.append({
@@ -226,6 +236,8 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
                 "rank_ci_high": float(rank_high[j]) if have_boot else np.nan,
                 "n_shared": n, "n_converged": int((~failed[:, j]).sum()),
                 **{f"{k}": float(v[j]) for k, v in point0.items()},
+                "mean_ci_low": float(mean_low[j]) if have_boot else np.nan,
+                "mean_ci_high": float(mean_high[j]) if have_boot else np.nan,
                 "metric_ci_low": float(low0[j]) if have_boot else np.nan,
                 "metric_ci_high": float(high0[j]) if have_boot else np.nan,
                 "metric_uncorrected": float(point_t["metric"][j]), "bias_uncorrected": float(point_t["bias"][j]),

@@ -264,7 +264,10 @@ def _rank_rows(table: pd.DataFrame) -> pd.DataFrame:
             "n": int(r.n_shared) if r.ranked else int(getattr(r, "n_attempted", 0) or 0),
             "median |ΔV₀| [%] (95 % CI)": f"{_num(r.metric)} [{_num(r.metric_ci_low)}, {_num(r.metric_ci_high)}]"
             if r.ranked else _num(r.metric),
-            "bias: median ΔV₀ [%]": _num(r.bias), "spread: MAD [%]": _num(r.spread),
+            "bias: median ΔV₀ [%]": _num(r.bias),
+            "mean ΔV₀ [%] (95 % CI)": f"{_num(r.mean)} [{_num(getattr(r, 'mean_ci_low', np.nan))}, "
+                                      f"{_num(getattr(r, 'mean_ci_high', np.nan))}]" if r.ranked else _num(r.mean),
+            "spread: MAD [%]": _num(r.spread),
             "within 5 %": _pct(r.within_5pct), "within 10 %": _pct(r.within_10pct),
             "failure rate": _pct(r.failure_rate),
             "uncorrected: median |ΔV| [%] (95 % CI)":
@@ -293,7 +296,8 @@ def publish_ranking(inputs: ReportInputs) -> None:
     """``results.json`` sections ``potentials`` and ``paired`` from the ranking."""
     table, pairs = inputs.ranking["table"], inputs.ranking["pairs"]
     keys = ("ranked", "rank", "rank_ci_low", "rank_ci_high", "n_shared", "n_converged", "failure_rate",
-            "within_5pct", "within_10pct", "bias", "spread", "metric", "metric_ci_low", "metric_ci_high",
+            "within_5pct", "within_10pct", "bias", "spread", "mean", "mean_ci_low", "mean_ci_high", "metric",
+            "metric_ci_low", "metric_ci_high",
             "metric_uncorrected", "note", "n_attempted", "n_targets", "n_not_reached")
     payload = {r["potential"]: {k: r.get(k) for k in keys} | {"display_name": display_name(r["potential"])}
                for r in table.to_dict("records")}
@@ -375,8 +379,9 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
              f"({inputs.ranking['n_unknown_t']} of them without a measurement temperature, kept: "
              f"{T_ASSUMED:g} K assumed). Failed relaxations (step cap, explosion, error) count as failures: "
              "|ΔV| = ∞ in the ranking metric and outside 5 % and 10 %. Ranked by the median |ΔV₀| (the primary "
-             "estimator: median and MAD in every column); CIs: paired bootstrap over structures with α_V redrawn "
-             f"per structure. Potentials with fewer than {MIN_RANKED} structures are listed, not ranked. "
+             "estimator: median and MAD in every column; the mean ΔV₀ of the converged ones beside them); CIs: "
+             "paired bootstrap over structures with α_V redrawn per structure. Potentials with fewer than "
+             f"{MIN_RANKED} structures are listed, not ranked. "
              "Beside it the uncorrected view (the study's, against the cell as measured).", "",
              _markdown(_rank_rows(table)), "", *([partial, ""] if partial else []), *figure]
     if len(pairs):

@@ -103,6 +103,7 @@ def test_ranking_scores_failures_and_recomputes_by_hand(sourced_errors):
         assert row.within_5pct == pytest.approx((score < 5).mean())
         assert row.within_10pct == pytest.approx((score < 10).mean())
         assert row.metric == pytest.approx(np.median(score)) and row.bias == pytest.approx(np.nanmedian(dv0))
+        assert row["mean"] == pytest.approx(np.nanmean(dv0)) and row.mean_ci_low <= row["mean"] <= row.mean_ci_high
         assert row.metric_ci_low <= row.metric <= row.metric_ci_high
         assert row.rank_ci_low <= row["rank"] <= row.rank_ci_high
         assert row.metric_uncorrected == pytest.approx(np.median(np.where(rows.status == "converged",
