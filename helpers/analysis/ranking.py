@@ -129,8 +129,12 @@ def per_potential(dv: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval; with infinite draws (a metric of mostly failures) the nearest draw, not an
+    interpolation between ∞ and ∞ (NaN)."""
     tail = (1 - level) / 2 * 100
-    return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+    method = "linear" if np.isfinite(samples).all() else "nearest"
+    return (np.percentile(samples, tail, axis=0, method=method),
+            np.percentile(samples, 100 - tail, axis=0, method=method))
 
 
 def _base(potential: str) -> str:

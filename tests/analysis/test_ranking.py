@@ -283,3 +283,13 @@ def test_the_headline_names_the_runner_up_with_the_size_of_the_difference(source
     assert f"closer to experiment on {closer} of the {int(row.n)} crystals" in text
     assert ("cannot be told apart" in text) == (not row.holm_p < 0.05)
     assert text in verdict_text(ranking)
+
+
+def test_a_bootstrap_interval_of_mostly_failures_is_infinite_not_nan():
+    from helpers.analysis.ranking import _interval
+
+    draws = np.array([[1.0, 2.0], [np.inf, 3.0], [np.inf, 4.0], [np.inf, 5.0]] * 25)
+    low, high = _interval(draws, 0.95)
+    assert low[0] == 1.0 and np.isinf(high[0])  # not NaN (∞ − ∞ in an interpolation)
+    finite_low, finite_high = _interval(draws[:, 1:], 0.95)  # finite draws: the usual interpolated percentiles
+    assert (finite_low[0], finite_high[0]) == (np.percentile(draws[:, 1], 2.5), np.percentile(draws[:, 1], 97.5))
