@@ -89,3 +89,9 @@ TRUE_WORDS = frozenset({"true", "yes", "on", "1", "y", "t"})
 FALSE_WORDS = frozenset({"false", "no", "off", "0", "n", "f"})
 #: 03_relax's ``hessian_seed`` value that turns a potential's default seed off (the study's BFGS start)
 NO_HESSIAN_SEED = "off"
+
+
+#: potentials not fit for molecular crystals (registered name -> why): the ranking lists them with their numbers and
+#: never ranks them, and they are no evidence about a CIF (the consensus checks leave them out)
+UNFIT_FOR_CRYSTALS = {"aimnet2": "unfit for crystals: trained on molecules, it expands them by a many-body error of "
+                                 "the model that no set-up of the aimnet package fixes (docs/aimnet2.md)"}

@@ -16,6 +16,9 @@ A crystal is listed (``consensus_outliers.csv``) for any of these reasons, each 
   non-H atom, where recorded, else ``start_fmax``; :mod:`helpers.relax.start_tells`).
   Ranks, not eV/Å: X-ray C–H bonds alone give ANI start forces of several eV/Å, and potentials differ.
 
+A potential unfit for crystals (:data:`helpers.vocabulary.UNFIT_FOR_CRYSTALS`: AIMNet2, which expands every crystal)
+does not vote on any reason: its numbers say nothing about the entry.
+
 :func:`with_and_without` then gives every headline number (per potential n, median, μ and σ of the
 study's Gaussian fit, skewness, fraction beyond ±10 %) for all entries, without the listed ones, and
 without each reason's, so a reader sees how much of each tail is the data.
@@ -28,6 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from helpers.vocabulary import UNFIT_FOR_CRYSTALS
 
 REASONS = ("volume_consensus", "chemistry_changed", "filter_flagged", "start_extreme")
 THRESHOLD_PCT = 10.0
@@ -57,12 +62,19 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
                        agree_fraction: float = AGREE_FRACTION, min_potentials: int = MIN_POTENTIALS,
                        chemistry_fraction: float = CHEMISTRY_FRACTION, filter_flags: Sequence[str] = FILTER_FLAGS,
                        start_quantile: float = START_QUANTILE,
-                       min_start_potentials: int = MIN_START_POTENTIALS) -> pd.DataFrame:
-    """One row per listed crystal (:data:`OUTLIER_COLUMNS`), ``reasons`` comma-separated in :data:`REASONS` order."""
+                       min_start_potentials: int = MIN_START_POTENTIALS,
+                       ignore: Sequence[str] = tuple(UNFIT_FOR_CRYSTALS)) -> pd.DataFrame:
+    """One row per listed crystal (:data:`OUTLIER_COLUMNS`), ``reasons`` comma-separated in :data:`REASONS` order.
+    The potentials in ``ignore`` (default: those unfit for crystals) are no evidence about an entry: their rows
+    do not vote."""
     if errors.empty or "structure_id" not in errors:
         return pd.DataFrame(columns=OUTLIER_COLUMNS)
     frame = errors.copy()
     frame["potential"] = frame.get("potential", frame.get("potential_name"))
+    base = frame["potential"].astype(str).str.split("[").str[0]  # a run label name[hash7] is its potential's
+    frame = frame[~base.isin(set(ignore))]
+    if frame.empty:
+        return pd.DataFrame(columns=OUTLIER_COLUMNS)
     converged = frame["converged"].map(_truthy).fillna(False).astype(bool) if "converged" in frame else True
     frame["_dv"] = pd.to_numeric(frame.get("dV_pct"), errors="coerce").where(converged)
     # heavy-atom start forces where recorded (X-ray H positions dominate the all-atom ones), else all atoms

@@ -47,17 +47,15 @@ from scipy.stats import rankdata
 from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test, signed_rank
 from helpers.analysis.quantities import display_name
 from helpers.analysis.uncertainty import BOOT_SEED, CI_LEVEL, N_BOOT
-from helpers.vocabulary import THERMAL_EXPANSION_V
+from helpers.vocabulary import THERMAL_EXPANSION_V, UNFIT_FOR_CRYSTALS
 
 MIN_RANKED = 10
 ALPHA_V_SD = 0.51e-4  # 1/K, spread of organic-crystal volumetric expansivities (Bond 2021)
 ALPHA_V_SOURCE = "A. D. Bond, Acta Cryst. B77, 357–364 (2021): 161 ± 51 p.p.m. K⁻¹ over 6201 CSD structures"
 T_ASSUMED = 293.0  # K, an entry without a temperature: most likely measured at room temperature
 T_UNKNOWN_RANGE = (90.0, 300.0)  # K, where the bootstrap draws an unknown temperature from
-#: potentials not fit for molecular crystals: listed with their numbers, never ranked (issue 35), flagged wherever
-#: they appear
-UNFIT = {"aimnet2": "unfit for crystals: trained on molecules, it expands them by a many-body error of the model "
-                    "that no set-up of the aimnet package fixes (docs/aimnet2.md)"}
+#: potentials not fit for molecular crystals: listed with their numbers, never ranked (issue 35)
+UNFIT = UNFIT_FOR_CRYSTALS
 
 
 def dv_zero_kelvin(dv_pct, temperature, alpha_v=THERMAL_EXPANSION_V):

@@ -55,6 +55,20 @@ def test_consensus_list_by_hand():
     assert "S1" not in set(strict["structure_id"]) and "S3" in set(strict["structure_id"])
 
 
+def test_a_potential_unfit_for_crystals_casts_no_vote():
+    """AIMNet2 (docs/aimnet2.md), here contracting every crystal by 20 %: counted, it would outvote S1 (3 of 5 far
+    up < ceil(2/3 · 5)) and veto S6 (its smallest start force); as a potential unfit for crystals it casts no vote."""
+    table = _table()
+    aimnet = table[table.potential == "p4"].assign(potential="aimnet2", dV_pct=-20.0)
+    aimnet["start_fmax"] = np.arange(len(aimnet), 0, -1.0)  # S6 its smallest start force
+    listed = consensus_outliers(pd.concat([table, aimnet]))
+    alone = consensus_outliers(table)
+    assert dict(zip(listed["structure_id"], listed["reasons"])) == dict(zip(alone["structure_id"], alone["reasons"]))
+    assert "aimnet2" not in " ".join(listed["dV_by_potential"])
+    voted = set(consensus_outliers(pd.concat([table, aimnet]), ignore=())["structure_id"])
+    assert "S1" not in voted and "S6" not in voted
+
+
 def test_headline_numbers_with_and_without_by_hand():
     effect = with_and_without(_table(), consensus_outliers(_table())).set_index(["potential", "subset"])
     # p1, converged: 15, 15, -20, 1, 3, -2 -> median 2.0; without S1, S3, S4, S5, S6 only S2 (15) is left
