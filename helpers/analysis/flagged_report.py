@@ -19,6 +19,7 @@ import pandas as pd
 from helpers.analysis import consensus
 from helpers.analysis.quantities import display_name
 from helpers.analysis.results_json import update_results_json
+from helpers.vocabulary import UNFIT_FOR_CRYSTALS
 
 REASON_TEXT = {
     "volume_consensus": (f"at least {consensus.AGREE_FRACTION:.0%} of the potentials that converged it (≥ "
@@ -144,8 +145,9 @@ def flagged_section(analysis_dir: str | Path, docs_dir: str | Path | None = None
            "The study explains its asymmetric histograms by missing long-range attraction in ANI *and* by errors in "
            "the CIF files. A crystal is listed here as a candidate CIF problem when " + "; or when ".join(
                f"{REASON_TEXT[r]} (`{r}`, {len(by_reason[r])})" for r in consensus.REASONS) + ". "
-           "The list with its evidence is `consensus_outliers.csv`; every number with and without it (and without "
-           "each reason) is `consensus_effect.csv`.", ""]
+           "Potentials unfit for crystals (" + ", ".join(display_name(p) for p in UNFIT_FOR_CRYSTALS) + ") cast no "
+           "vote. The list with its evidence is `consensus_outliers.csv`; every number with and without it (and "
+           "without each reason) is `consensus_effect.csv`.", ""]
     if len(listed):
         shown = listed.sort_values("structure_id").head(25)
         table = shown[["structure_id", "reasons", "median_dV_pct", "dV_by_potential", "bond_changes",
