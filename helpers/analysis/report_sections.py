@@ -528,6 +528,13 @@ GLOSSARY = {
                        "stays ≤ 5 %.",
     "sign test": "counts the structures where A is closer and where B is; tests whether the median difference "
                  "is zero.",
+    "signed-rank test (Wilcoxon)": "ranks the sizes of the per-structure differences and tests whether those "
+                                   "where A is closer outweigh those where B is; the rank-biserial r (−1 to +1) "
+                                   "says how far, +1 when A is closer on every structure.",
+    "coverage": "the share of the unaltered clean crystals of ≤ 150 atoms whose elements a potential covers that it "
+                "attempted (a failure counts as attempted).",
+    "unfit for crystals": "a potential whose crystals are wrong for a reason of the model, not of the set-up "
+                          "(AIMNet2: docs/aimnet2.md): listed with its numbers, never ranked, no vote on CIFs.",
     "science sample": "unaltered COD entries (`cod-sample/`); the COD tool suite's altered test inputs and ice "
                       "are reported apart.",
     "polymorph": "a different crystal packing of the same compound: a different crystal, kept as its own entry "
