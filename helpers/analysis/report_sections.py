@@ -531,8 +531,8 @@ GLOSSARY = {
     "signed-rank test (Wilcoxon)": "ranks the sizes of the per-structure differences and tests whether those "
                                    "where A is closer outweigh those where B is; the rank-biserial r (−1 to +1) "
                                    "says how far, +1 when A is closer on every structure.",
-    "coverage": "the share of the unaltered clean crystals of ≤ 150 atoms whose elements a potential covers that it "
-                "attempted (a failure counts as attempted).",
+    "coverage": f"the share of the unaltered clean crystals of ≤ {ranking_targets.COVERAGE_MAX_ATOMS} atoms whose "
+                "elements a potential covers that it attempted (a failure counts as attempted).",
     "unfit for crystals": "a potential whose crystals are wrong for a reason of the model, not of the set-up "
                           "(AIMNet2: docs/aimnet2.md): listed with its numbers, never ranked, no vote on CIFs.",
     "science sample": "unaltered COD entries (`cod-sample/`); the COD tool suite's altered test inputs and ice "
