@@ -267,6 +267,23 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             "n_shared_complete": n_shared_complete}
 
 
+def pair_statistics(score_a: np.ndarray, score_b: np.ndarray, level: float = CI_LEVEL) -> dict[str, Any]:
+    """One pair on the same structures, from |Δ| per structure (∞: a failure; NaN: not comparable, left out):
+    d = |Δ_A| − |Δ_B| (both failed: a tie), the counts each way, the median of d with its exact CI, the exact
+    sign test, and the Wilcoxon signed-rank test with its rank-biserial r."""
+    keep = ~np.isnan(score_a) & ~np.isnan(score_b)
+    sa, sb = score_a[keep], score_b[keep]
+    with np.errstate(invalid="ignore"):
+        d = np.where(np.isinf(sa) & np.isinf(sb), 0.0, sa - sb)
+    p, negative, nonzero = sign_test(d)
+    low, high, coverage = median_ci_exact(d, level)
+    rank_p, rank_r = signed_rank(d)
+    return {"n": len(d), "a_closer": negative, "b_closer": nonzero - negative, "ties": len(d) - nonzero,
+            "median_d": float(np.median(d)) if d.size else np.nan, "median_d_ci_low": low,
+            "median_d_ci_high": high, "ci_coverage": coverage, "sign_p": p, "signed_rank_p": rank_p,
+            "rank_biserial": rank_r}
+
+
 def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEVEL,
                     alpha: float = 0.05) -> pd.DataFrame:
     """Every pair on the shared structures: median of d = |Δ_A| − |Δ_B| (failures ∞, both failed: tie),
@@ -274,18 +291,8 @@ def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEV
     it the Wilcoxon signed-rank p (and Holm-adjusted) with its rank-biserial correlation, which weigh the
     sizes of the differences too."""
     scores = _scores(dv)
-    rows = []
-    for (i, a), (j, b) in itertools.combinations(enumerate(potentials), 2):
-        both_failed = np.isinf(scores[:, i]) & np.isinf(scores[:, j])
-        with np.errstate(invalid="ignore"):
-            d = np.where(both_failed, 0.0, scores[:, i] - scores[:, j])
-        p, negative, nonzero = sign_test(d)
-        low, high, coverage = median_ci_exact(d, level)
-        rank_p, rank_r = signed_rank(d)
-        rows.append({"potential_a": a, "potential_b": b, "n": len(d), "a_closer": negative,
-                     "b_closer": nonzero - negative, "ties": len(d) - nonzero, "median_d": float(np.median(d)),
-                     "median_d_ci_low": low, "median_d_ci_high": high, "ci_coverage": coverage, "sign_p": p,
-                     "signed_rank_p": rank_p, "rank_biserial": rank_r})
+    rows = [{"potential_a": a, "potential_b": b, **pair_statistics(scores[:, i], scores[:, j], level)}
+            for (i, a), (j, b) in itertools.combinations(enumerate(potentials), 2)]
     table = pd.DataFrame(rows)
     if table.empty:
         return table

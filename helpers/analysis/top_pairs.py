@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.analysis.exact_stats import holm, median_ci_exact, sign_test, signed_rank
+from helpers.analysis.exact_stats import holm
 from helpers.analysis.quantities import QUANTITIES, display_name
-from helpers.analysis.ranking import T_ASSUMED, dv_zero_kelvin
+from helpers.analysis.ranking import T_ASSUMED, dv_zero_kelvin, pair_statistics
 from helpers.vocabulary import THERMAL_EXPANSION_V, Status
 
 #: how many of the ranking's first fit potentials are compared pair by pair
@@ -80,20 +80,9 @@ def top_pairs(errors: pd.DataFrame, ranking: dict[str, Any], k: int = TOP,
         if len(potentials) < 2 or QUANTITIES[quantity].column not in errors:
             continue
         scores = _scores(errors, potentials, ids, quantity)
-        for (i, a), (j, b) in itertools.combinations(enumerate(potentials), 2):
-            keep = ~np.isnan(scores[:, i]) & ~np.isnan(scores[:, j])
-            sa, sb = scores[keep, i], scores[keep, j]
-            with np.errstate(invalid="ignore"):
-                d = np.where(np.isinf(sa) & np.isinf(sb), 0.0, sa - sb)
-            p_sign, negative, nonzero = sign_test(d)
-            low, high, coverage = median_ci_exact(d, level)
-            p_rank, r_rank = signed_rank(d)
-            rows.append({"quantity": quantity, "label": QUANTITIES[quantity].label, "potential_a": a,
-                         "potential_b": b, "n": int(keep.sum()), "a_closer": negative, "b_closer": nonzero - negative,
-                         "ties": int(keep.sum()) - nonzero, "median_d": float(np.median(d)) if d.size else np.nan,
-                         "median_d_ci_low": low, "median_d_ci_high": high, "ci_coverage": coverage,
-                         "sign_p": p_sign, "signed_rank_p": p_rank,
-                         "rank_biserial": r_rank})
+        rows += [{"quantity": quantity, "label": QUANTITIES[quantity].label, "potential_a": a, "potential_b": b,
+                  **pair_statistics(scores[:, i], scores[:, j], level)}
+                 for (i, a), (j, b) in itertools.combinations(enumerate(potentials), 2)]
     table = pd.DataFrame(rows)
     if table.empty:
         return table
