@@ -10,7 +10,8 @@ import json
 import sys
 from typing import Any
 
-from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, SAMPLE_SETS, STAGES, STUDY_POTENTIALS
+from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, STAGES, STUDY_POTENTIALS
+from helpers.vocabulary import SAMPLE_SETS
 
 
 def _ids(text: str | None) -> list[int] | None:

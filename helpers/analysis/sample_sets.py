@@ -23,7 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-SCIENCE, ALTERED, ICE, UNKNOWN = "science", "altered", "ice", "unknown source"
+from helpers.vocabulary import SAMPLE_SETS
+
+SCIENCE, ALTERED, ICE = SAMPLE_SETS
+UNKNOWN = "unknown source"
 SETS = (SCIENCE, ALTERED, ICE, UNKNOWN)
 #: folder name of the unaltered COD entries, and of the COD tool suite's test inputs
 SCIENCE_FOLDER, ALTERED_FOLDER = "cod-sample", "cod"

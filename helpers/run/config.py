@@ -18,7 +18,7 @@ from typing import Any
 
 from helpers.process.parallel import worker_count
 from helpers.store.paths import project_root, resolve, work_layout
-from helpers.vocabulary import DATA_ENV
+from helpers.vocabulary import DATA_ENV, SAMPLE_SETS
 
 #: small, clean CHNO COD entries (29-48 atoms per cell) that relax in seconds: the demo input
 DEMO_COD_IDS = (2000642, 2007300, 4021477, 2100348)
@@ -29,8 +29,6 @@ JOB_RETRIES = 2
 STAGES = ("fetch", "filter", "relax", "analysis", "lattice", "report")
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
 RESULT_FOLDERS = ("cod", "cod-sample")
-#: the sample sets a campaign can restrict itself to, or relax first (:mod:`helpers.analysis.sample_sets`)
-SAMPLE_SETS = ("science", "altered", "ice")
 #: the largest crystal a non-xTB potential relaxes in the results campaign (issue 35: every one of them on every
 #: clean crystal of up to 150 atoms, so the fair table rests on the sample, not on its smallest cells); measured
 #: here at the study's fmax, one core: SevenNet-0 + D3 ~0.3-0.4 s per call at 24 atoms, 2 s at 84 (300-600 steps

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from helpers.vocabulary import FALSE_WORDS, NO_HESSIAN_SEED, TRUE_WORDS
+from helpers.vocabulary import FALSE_WORDS, NO_HESSIAN_SEED, SAMPLE_SETS, TRUE_WORDS
 
 Coerce = Callable[[Any], Any]
 
@@ -213,7 +213,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "max_wall_time": optional(number(0.0, strict=True)), "trajectory_dir": optional(text),
         "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),
         "checkpoint_every": number(0.0), "hessian_seed": optional(_or_off(potential_name)),
-        "hessian_seed_floor": number(0.0, strict=True), "sample": optional(choice("science", "altered", "ice")),
+        "hessian_seed_floor": number(0.0, strict=True), "sample": optional(choice(*SAMPLE_SETS)),
     },
     "04_analysis": {
         "relaxed_dbs": lambda v: v if isinstance(v, (list, tuple)) and v else text(v),
