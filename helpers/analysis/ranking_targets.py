@@ -75,7 +75,7 @@ def coverage(attempted: set[str], yardstick: set[str] | None) -> dict[str, Any]:
     return {"coverage": covered / len(yardstick), "n_covered": covered, "n_yardstick": len(yardstick)}
 
 
-def coverage_sentence(coverage_by_potential: dict[str, dict[str, Any]], names: dict[str, str]) -> str:
+def coverage_goal_sentence(coverage_by_potential: dict[str, dict[str, Any]], names: dict[str, str]) -> str:
     """Which potentials reach :data:`COVERAGE_GOAL` of their yardstick, which do not (``names``: display names)."""
     known = {p: c for p, c in coverage_by_potential.items() if c.get("coverage") is not None}
     if not known:

@@ -19,10 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.analysis import ranking_targets, sample_sets
+from helpers.analysis import sample_sets
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
-from helpers.analysis.ranking_targets import COVERAGE_MAX_ATOMS, coverage, coverage_sets, science_targets
+from helpers.analysis.ranking_targets import (
+    COVERAGE_MAX_ATOMS,
+    coverage,
+    coverage_goal_sentence,
+    coverage_sets,
+    science_targets,
+)
 from helpers.analysis.readme_headline import sync_readme
 from helpers.analysis.report_figures import shrink_png
 from helpers.analysis.report_sections import (
@@ -528,7 +534,7 @@ def run_section(inputs: ReportInputs) -> list[str]:
     yardstick = yardstick_coverage(inputs)
     coverage = (coverage_table(info["coverage"], inputs.plan.max_atoms, yardstick)
                 if info.get("coverage") else None)
-    goal = ranking_targets.coverage_sentence(yardstick or {}, {p: display_name(p) for p in yardstick or {}})
+    goal = coverage_goal_sentence(yardstick or {}, {p: display_name(p) for p in yardstick or {}})
     return [
         *(["## What was run", "", _markdown(coverage), "", coverage_sentence(coverage) + (f" {goal}" if goal else ""),
            ""] if coverage is not None else []),

@@ -55,12 +55,12 @@ def test_coverage_is_measured_on_one_yardstick(small_clean_db, monkeypatch):
 
 
 def test_the_coverage_goal_names_the_potentials_below_it():
-    from helpers.analysis.ranking_targets import coverage_sentence
+    from helpers.analysis.ranking_targets import coverage_goal_sentence
 
     full = {"coverage": 1.0, "n_covered": 126, "n_yardstick": 126}
     short = {"coverage": 119 / 126, "n_covered": 119, "n_yardstick": 126}  # 94.4 %: below 95 %
     names = {"ani1x": "ANI-1x", "chgnet-d3": "CHGNet-d3"}
-    assert coverage_sentence({"ani1x": full, "chgnet-d3": short}, names).startswith(
+    assert coverage_goal_sentence({"ani1x": full, "chgnet-d3": short}, names).startswith(
         "Below 95% of the science crystals of ≤ 150 atoms whose elements it covers: CHGNet-d3 119 of 126;")
-    assert coverage_sentence({"ani1x": full}, names).startswith("Every potential covers at least 95%")
-    assert coverage_sentence({"ani1x": {"coverage": None}}, names) == ""
+    assert coverage_goal_sentence({"ani1x": full}, names).startswith("Every potential covers at least 95%")
+    assert coverage_goal_sentence({"ani1x": {"coverage": None}}, names) == ""
