@@ -75,6 +75,17 @@ def coverage(attempted: set[str], yardstick: set[str] | None) -> dict[str, Any]:
     return {"coverage": covered / len(yardstick), "n_covered": covered, "n_yardstick": len(yardstick)}
 
 
+def science_coverage(science: Any, label: str, yardsticks: dict[str, set[str]] | None,
+                     column: str = "potential") -> dict[str, Any]:
+    """:func:`coverage` of the science rows whose ``column`` is ``label`` (a run label, ``name[hash7]`` when a
+    potential ran with several settings, or a bare ``potential_name``) on its potential's yardstick: the one
+    count results.json and the report's *What was run* both show."""
+    attempted = (set(science.loc[science[column] == label, "structure_id"].astype(str))
+                 if len(science) and column in science else set())
+    found = (yardsticks or {}).get(label, (yardsticks or {}).get(label.split("[")[0]))
+    return coverage(attempted, found if yardsticks is not None else None)
+
+
 def coverage_goal_sentence(coverage_by_potential: dict[str, dict[str, Any]], names: dict[str, str]) -> str:
     """Which potentials reach :data:`COVERAGE_GOAL` of their yardstick, which do not (``names``: display names)."""
     known = {p: c for p, c in coverage_by_potential.items() if c.get("coverage") is not None}

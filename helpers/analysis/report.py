@@ -24,9 +24,9 @@ from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.ranking_targets import (
     COVERAGE_MAX_ATOMS,
-    coverage,
     coverage_goal_sentence,
     coverage_sets,
+    science_coverage,
     science_targets,
 )
 from helpers.analysis.readme_headline import sync_readme
@@ -348,9 +348,8 @@ def yardstick_coverage(inputs: ReportInputs) -> dict[str, dict[str, Any]] | None
     sets = inputs.extra.get("coverage_sets")
     if sets is None:
         return None
-    science = inputs.science
-    return {p: coverage(set(science.loc[science.get("potential_name", science["potential"]) == p, "structure_id"]
-                            .astype(str)) if len(science) else set(), ids) for p, ids in sets.items()}
+    column = "potential_name" if "potential_name" in inputs.science else "potential"
+    return {p: science_coverage(inputs.science, p, sets, column) for p in sets}
 
 
 def coverage_sentence(coverage: pd.DataFrame) -> str:

@@ -307,11 +307,10 @@ def publish_ranking(inputs: ReportInputs) -> None:
                 value[k] = "inf"
     yardsticks = inputs.extra.get("coverage_sets")
     for potential, value in payload.items():
-        attempted = set(inputs.science.loc[inputs.science["potential"] == potential, "structure_id"].astype(str))
-        yardstick = (yardsticks or {}).get(potential, (yardsticks or {}).get(potential.split("[")[0]))
         value.update(_volume_statistics(inputs.tables.get("summary"), potential),
                      settings_hash=_settings_hashes(inputs.errors, potential),
-                     **ranking_targets.coverage(attempted, yardstick), targets_reached=_coverage(value))
+                     **ranking_targets.science_coverage(inputs.science, potential, yardsticks),
+                     targets_reached=_coverage(value))
     update_results_json(inputs.docs, "potentials", payload)
     update_results_json(inputs.docs, "coverage_rule", ranking_targets.COVERAGE_RULE)
     ranked = table.loc[table["ranked"].astype(bool), "potential"].tolist()

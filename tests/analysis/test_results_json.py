@@ -52,6 +52,18 @@ def test_coverage_is_measured_on_one_yardstick(small_clean_db, monkeypatch):
     assert ranking_targets.coverage({first, "cod-elsewhere"}, every) == {
         "coverage": 1 / len(every), "n_covered": 1, "n_yardstick": len(every)}
     assert ranking_targets.coverage({first}, None)["coverage"] is None
+    # one count for results.json (run labels, name[hash7] when a potential ran with two settings) and the
+    # report (bare potential names): the label finds its potential's yardstick
+    import pandas as pd
+
+    second = sorted(every)[1]
+    science = pd.DataFrame({"structure_id": [first, second], "potential": ["ani1x[abc1234]", "ani1x[def5678]"],
+                            "potential_name": ["ani1x", "ani1x"]})
+    yardsticks = {"ani1x": every}
+    assert ranking_targets.science_coverage(science, "ani1x[abc1234]", yardsticks)["n_covered"] == 1
+    assert ranking_targets.science_coverage(science, "ani1x", yardsticks, "potential_name")["n_covered"] == 2
+    assert ranking_targets.science_coverage(science, "ani1x", None)["coverage"] is None
+    assert ranking_targets.science_coverage(science.iloc[:0], "ani1x", yardsticks)["n_covered"] == 0
 
 
 def test_the_coverage_goal_names_the_potentials_below_it():
