@@ -123,7 +123,11 @@ def molecules_text(clean_row) -> str | None:
 
 
 def _compound_name(row, clean_row) -> str | None:
-    """The CIF's compound name (from the clean row's stored CIF text, else the relaxed row's)."""
+    """The CIF's compound name: as 01_fetch recorded it (key ``compound_name``), else, for rows fetched before
+    it did, read from the clean row's stored CIF text (else the relaxed row's)."""
+    for holder in (clean_row, row):
+        if holder is not None and holder.get("compound_name"):
+            return str(holder.get("compound_name"))
     for holder in (clean_row, row):
         text = ((holder.data or {}).get("cif") if holder is not None else None)
         if text:

@@ -35,6 +35,7 @@ METADATA_TAGS: dict[str, tuple[str, ...]] = {
     "cod_database_code": ("_cod_database_code",),
     "doi": ("_journal_paper_doi",),
     "radiation": ("_diffrn_radiation_type",),
+    "compound_name": ("_chemical_name_common", "_chemical_name_systematic"),
 }
 NUMERIC = {"spacegroup_number", "cell_temperature", "diffrn_temperature", "pressure",
            "r_factor", "z_formula", "cod_database_code"}
@@ -83,7 +84,8 @@ def block_metadata(block: CIFBlock) -> dict[str, Any]:
                     continue
             elif not isinstance(value, str):
                 value = str(value)
-            out[key] = value.strip() if isinstance(value, str) else value
+            out[key] = (" ".join(value.split()) if key == "compound_name"  # a multi-line text field
+                        else value.strip() if isinstance(value, str) else value)
             break
     temperature = temperature_kelvin(out)
     if temperature is not None:
@@ -126,25 +128,17 @@ def cif_blocks(text: str) -> list[CIFBlock]:
         return list(parse_cif(io.StringIO(text)))
 
 
-#: the compound's name as the authors gave it: the common name first, else the systematic one
-NAME_TAGS = ("_chemical_name_common", "_chemical_name_systematic")
-
-
 @functools.lru_cache(maxsize=4096)
 def compound_name(text: str) -> str | None:
-    """The compound's name from CIF text (its first block that names one), whitespace collapsed; None when
-    no block names it or the text cannot be parsed. Cached: the same entry is named once per analysis."""
+    """The compound's name from CIF text (its first block that names one; the common name first, else the
+    systematic one: metadata key ``compound_name``, which 01_fetch records), whitespace collapsed; None when
+    no block names it or the text cannot be parsed. For rows fetched before the key was recorded. Cached: the
+    same entry is named once per analysis."""
     try:
         blocks = cif_blocks(text)
     except Exception:  # noqa: BLE001 - a name is a courtesy; an unreadable CIF was reported by 01_fetch
         return None
-    for block in blocks:
-        for tag in NAME_TAGS:
-            value = block.get(tag)
-            value = value[0] if isinstance(value, list) and value else value
-            if isinstance(value, str) and value.strip() not in ("", "?", "."):
-                return " ".join(value.split())
-    return None
+    return next((name for block in blocks if (name := block_metadata(block).get("compound_name"))), None)
 
 
 def read_entries(text: str, one_entry: bool = False) -> list[CifEntry]:

@@ -38,6 +38,8 @@ class FilterResult:
     data: dict[str, Any] = field(default_factory=dict)
     #: atoms for the output row when they do not come from the raw row (reader="pymatgen" fallback)
     atoms: Atoms | None = None
+    #: the compound's name as the CIF gives it (01_fetch's ``compound_name``), for the reader of the rejects
+    name: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -52,7 +54,7 @@ def evaluate(entry: Entry, thresholds: Thresholds | None = None,
              checks: Sequence[Check] = CHECKS) -> FilterResult:
     """Run every check on one entry; a check that crashes is itself recorded, never raised."""
     t = thresholds or Thresholds()
-    result = FilterResult(entry.structure_id)
+    result = FilterResult(entry.structure_id, name=entry.kvp.get("compound_name"))
     for check in checks:
         try:
             with time_limit(t.check_time_limit, f"check {check.name}", "check_time_limit"):
@@ -196,10 +198,10 @@ class FilterReport:
             "n_entries", ascending=False, ignore_index=True)
 
     def table(self):
-        """One line per rejected structure: its failed checks and the headline reason."""
+        """One line per rejected structure: what the CIF calls it, its failed checks and the headline reason."""
         import pandas as pd
 
-        return pd.DataFrame([{"structure_id": r.structure_id, "checks": ",".join(r.checks),
+        return pd.DataFrame([{"structure_id": r.structure_id, "compound": r.name, "checks": ",".join(r.checks),
                               "reason": r.rejections[0].reason} for r in self.results if not r.passed])
 
 

@@ -146,3 +146,22 @@ def test_the_compound_name_from_real_cifs(cod_dir):
     assert name(1011063) == "Dihydrogen oxide - ice II"  # a mineral name is not the compound's
     assert name(4021477) is None
     assert compound_name("data_x\n_cell_length_a 5\n") is None and compound_name("not a cif ;;; \x00") is None
+
+
+def test_01_fetch_records_the_compound_name(tmp_path, cod_dir):
+    """The name is metadata 01_fetch keeps (raw row key ``compound_name``, passed on to clean and rejects);
+    a row fetched before it was kept gets it from its stored CIF text at analysis time."""
+    from types import SimpleNamespace
+
+    from helpers.analysis.stage import _compound_name
+    from helpers.fetch.stage import fetch
+    from helpers.store import db as dbmod
+
+    raw = str(tmp_path / "raw.db")
+    fetch(source=str(cod_dir), raw_db=raw, cod_ids=[2000642, 4021477], progress=False)
+    rows = {row.structure_id: row for row in dbmod.connect(raw).select()}
+    assert rows["cod-2000642"].get("compound_name") == "1,4-Dibenzoylbenzene"
+    assert rows["cod-4021477"].get("compound_name") is None
+    assert _compound_name(None, rows["cod-2000642"]) == "1,4-Dibenzoylbenzene"
+    older = SimpleNamespace(get=lambda key, default=None: None, data=rows["cod-2000642"].data)
+    assert "cif" in older.data and _compound_name(None, older) == "1,4-Dibenzoylbenzene"

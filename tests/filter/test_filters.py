@@ -54,6 +54,11 @@ def test_every_entry_is_clean_or_has_a_reason(filtered_all, shared_data):
     counts = filtered_all["report"].counts()
     assert counts.loc["passed", "n"] + len(rejected) == counts.loc["total", "n"] == len(raw)
     assert counts.loc[list(REJECT_NAMES), "n_first"].sum() == len(rejected)
+    # the rejects table says what each entry is, as 01_fetch recorded it from the CIF
+    table = filtered_all["report"].table().set_index("structure_id")
+    names = {row.structure_id: row.get("compound_name") for row in rejected}
+    shown = {sid: name if isinstance(name, str) else None for sid, name in table["compound"].items()}
+    assert shown == names and names["cod-2001174"] == "2,4,6-tris(tert.-butyl)anilin"  # partial occupancy
 
 
 @pytest.mark.slow
@@ -109,6 +114,7 @@ def test_clean_rows_carry_raw_keys_and_reference_cell(filtered_all):
     assert np.allclose(row.data["cell_exp"], row.toatoms().cell.array)
     assert np.allclose(row.positions, raw.positions) and row.natoms == raw.natoms == 48
     assert row.flag_no_temperature is False and row.flag_high_pressure is False
+    assert row.compound_name == raw.compound_name == "benzene"
     assert row.data["cif"] == raw.data["cif"]
     # what the crystal is: 4 benzene molecules, Z' = 4 / 8 operations of Pbca, 5 entries of benzene in the data
     assert row.n_molecules == 4 and row.z_prime == 0.5 and row.reader == "ase"
