@@ -179,5 +179,6 @@ def _info_html(row, rejection: dict[str, Any], scene: Scene) -> str:
     elif rejection.get("check") == "incomplete_structure" and details.get("fragments"):
         d = [f"{f['reason']}: {', '.join(f['labels'][:4])}" for f in details["fragments"][:5]]
         extra = "<br>fragments (magenta): " + escape("; ".join(d))
-    return (f"<b>{escape(str(row.structure_id))}</b> ({escape(str(row.get('cif_formula', '?')))}; "
+    name = f" {escape(str(row.get('compound_name')))}" if row.get("compound_name") else ""
+    return (f"<b>{escape(str(row.structure_id))}</b>{name} ({escape(str(row.get('cif_formula', '?')))}; "
             f"failed: {escape(str(row.get('checks', '')))})<br>{escape(rejection.get('reason', ''))}{extra}")

@@ -53,6 +53,7 @@ def test_switching_reason_redraws_partial_occupancy_sites(rejects_db):
     viewer = RejectViewer(rejects_db, check="close_contact")
     viewer.reason.value = "partial_occupancy"  # as a user would, through the dropdown
     assert viewer.current["structure_id"] == "cod-2208311"
+    assert "1-(1-Hydroxy-2-naphthyl)ethanone" in viewer.info.value  # the CIF's name (systematic; common empty)
     assert viewer.scene.spheres and not viewer.scene.pairs
     assert viewer.scene.spheres == viewer.current["rejection"]["details"]["atoms"]
     last_spacefill = [kw for name, kw in _representations(viewer.view) if name == "spacefill"][-1]
