@@ -59,7 +59,7 @@ def _campaign_config(command: str, args: argparse.Namespace, parser: argparse.Ar
 
     from helpers.run.config import PRESETS, CampaignConfig, default_data_dir
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "status")}
     if command == "results" and (args.config is None or "data_dir" in given):
         data_dir = given.get("data_dir") or default_data_dir()
         if not Path(data_dir).is_dir():
@@ -143,10 +143,23 @@ def main(argv: list[str] | None = None) -> int:
                      help="per-potential subset overrides, e.g. 'gfn-ff=48,ani1x-d3=100,chgnet-d3=none' "
                           "(most atoms evaluated per structure — a Γ-point code's supercell; none = every structure)")
 
+    status_help = ("print where this campaign stands (per potential: finished, not converged, in flight, core-hours "
+                   "spent and left) from its databases, and exit: runs nothing, safe beside a running campaign")
+    for command in (demo, camp, res):
+        command.add_argument("--status", action="store_true", help=status_help)
+
     conf = sub.add_parser("config", help="print a preset's campaign config as YAML: a starting file for --config")
     conf.add_argument("--preset", choices=("demo", "campaign", "results"), default="results")
 
     args = parser.parse_args(argv)
+    if args.command in ("demo", "campaign", "results") and getattr(args, "status", False):
+        import os
+
+        from helpers.run.status import status_text
+
+        config = _campaign_config(args.command, args, parser)
+        print(status_text(config, config.max_parallel or os.cpu_count() or 1))
+        return 0
     if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
         from helpers.process.guard import stop_on_sigterm
 

@@ -7,6 +7,7 @@ guards, process pools, atomic writes) are in :mod:`helpers.process`."""
 from helpers.run.campaign import run_campaign
 from helpers.run.config import CampaignConfig, campaign_config, demo_config, results_config
 from helpers.run.executor import DaskExecutor, Executor, LocalExecutor
+from helpers.run.status import campaign_status, status_text
 
-__all__ = ["CampaignConfig", "DaskExecutor", "Executor", "LocalExecutor", "campaign_config", "demo_config",
-           "results_config", "run_campaign"]
+__all__ = ["CampaignConfig", "DaskExecutor", "Executor", "LocalExecutor", "campaign_config", "campaign_status",
+           "demo_config", "results_config", "run_campaign", "status_text"]

@@ -82,6 +82,43 @@ def test_the_command_line_runs_a_config_file_with_its_flags_on_top(small_clean_d
         "03_relax.ani1x.batch0000of0002.ipynb", "03_relax.ani1x.batch0001of0002.ipynb"]
     assert (tmp_path / "stage_times.csv").is_file()
 
+    # --status: where it stands, read from the databases, nothing run; then with one structure taken back
+    # out of every result file and marked in flight, as a job stopped on it leaves it
+    from helpers.run.status import campaign_status
+
+    assert main(["campaign", "--config", str(path), "--potentials", "ani1x", "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "left: ~0.0 core-hours" in out and "none left" in out
+    row = campaign_status(file_config).set_index("potential").loc["ani1x"]
+    assert (row["to relax"], row["finished"]) == (len(clean_ids), len(clean_ids)) and row["core-hours spent"] > 0
+    first = sorted(clean_ids)[0]
+    for result_file in [tmp_path / "relaxed_ani1x.db", *tmp_path.glob("relaxed_ani1x.batch*.db")]:
+        with dbmod.connect(str(result_file)) as db:
+            db.delete([r.id for r in db.select(structure_id=first)])
+    (tmp_path / "relaxed_ani1x.batch0000of0002.inflight.json").write_text(json.dumps({"structure_id": first}))
+    row = campaign_status(file_config).set_index("potential").loc["ani1x"]
+    assert row["finished"] == len(clean_ids) - 1 and row["in flight"] == first
+    assert row["core-hours left (est.)"] > 0 and row["estimate"] == f"mean of {len(clean_ids) - 1}"
+    assert row["not converged"] == sum(r.status != "converged" for r in dbmod.connect(
+        str(tmp_path / "relaxed_ani1x.db")).select())
+
+
+def test_the_cost_left_is_fitted_on_the_atoms():
+    """A cost that grows as n^1.5 is extrapolated exactly; few rows give their mean; none gives no number."""
+    import numpy as np
+    import pandas as pd
+
+    from helpers.run.status import MIN_FIT, cost_left
+
+    natoms = np.array([12, 20, 36, 48, 60, 84, 96, 116, 140])
+    done = pd.DataFrame({"natoms": natoms, "cost": 2.0 * natoms ** 1.5})
+    seconds, how = cost_left(done, np.array([24, 150]))
+    assert seconds == pytest.approx(2.0 * (24 ** 1.5 + 150 ** 1.5)) and how == "fit on 9: n^1.50"
+    few = done.iloc[:MIN_FIT - 1]
+    assert cost_left(few, np.array([24, 150]))[0] == pytest.approx(2 * few["cost"].mean())
+    assert cost_left(done.iloc[:0], np.array([24])) == (None, "no finished relaxation yet")
+    assert cost_left(done, np.array([])) == (0.0, "none left")
+
 
 @pytest.mark.slow
 def test_local_and_dask_executors_finish_the_same_crystals_and_report_a_failure_alike(small_clean_db, tmp_path,
