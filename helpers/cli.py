@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         from helpers.run.status import status_text
 
         config = _campaign_config(args.command, args, parser)
-        print(status_text(config, config.max_parallel or os.cpu_count() or 1))
+        try:
+            print(status_text(config, config.max_parallel or os.cpu_count() or 1))
+        except FileNotFoundError as err:  # no clean database: the campaign has not got past 02_filter here
+            print(f"{args.command} --status: nothing relaxed yet in {config.work_dir}: {err}", file=sys.stderr)
+            return 1
         return 0
     if args.command in ("demo", "campaign", "results"):  # long runs: kill = Ctrl-C, nothing left running
         from helpers.process.guard import stop_on_sigterm

@@ -88,6 +88,8 @@ def test_the_command_line_runs_a_config_file_with_its_flags_on_top(small_clean_d
 
     assert main(["campaign", "--config", str(path), "--potentials", "ani1x", "--status"]) == 0
     out = capsys.readouterr().out
+    assert main(["campaign", "--work-dir", str(tmp_path / "none"), "--status"]) == 1  # no campaign there
+    assert "nothing relaxed yet" in capsys.readouterr().err
     assert "left: ~0.0 core-hours" in out and "none left" in out
     row = campaign_status(file_config).set_index("potential").loc["ani1x"]
     assert (row["to relax"], row["finished"]) == (len(clean_ids), len(clean_ids)) and row["core-hours spent"] > 0
