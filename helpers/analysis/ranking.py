@@ -267,6 +267,33 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             "n_shared_complete": n_shared_complete}
 
 
+def leave_out_effect(errors: pd.DataFrame, ranking: Mapping[str, Any], leave_out: Iterable[str],
+                     alpha_v: float = THERMAL_EXPANSION_V) -> dict[str, Any] | None:
+    """The ranked potentials' metric (median |ΔV₀|, failures ∞) on the shared structures without ``leave_out``
+    (e.g. the entries measured under pressure, compared with 0 GPa relaxations): how much a doubtful subset
+    moves the ranking. None when none of them is shared or fewer than :data:`MIN_RANKED` would remain.
+
+    Returns ``ids`` (those left out), ``n`` (what remains), ``metric`` (potential -> without them),
+    ``max_shift`` (the largest |change| of a metric, points) and ``order`` (the ranked potentials by the new
+    metric, ties by the old rank)."""
+    table = ranking.get("table", pd.DataFrame())
+    if table.empty:
+        return None
+    ranked = table[table["ranked"].astype(bool)].sort_values("rank")
+    dropped = sorted(set(ranking.get("shared", [])) & {str(i) for i in leave_out})
+    keep = [i for i in ranking.get("shared", []) if i not in set(dropped)]
+    if not dropped or len(keep) < MIN_RANKED or ranked.empty:
+        return None
+    potentials = ranked["potential"].tolist()
+    dv_t, _, temperature = _matrices(errors, potentials, keep)
+    dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
+    metric = dict(zip(potentials, map(float, per_potential(dv_0)["metric"])))
+    shifts = [abs(metric[p] - float(m)) for p, m in zip(potentials, ranked["metric"])]
+    finite = [d for d in shifts if np.isfinite(d)]
+    return {"ids": dropped, "n": len(keep), "metric": metric, "max_shift": max(finite) if finite else float("nan"),
+            "order": sorted(potentials, key=lambda p: (metric[p], potentials.index(p)))}
+
+
 def pair_statistics(score_a: np.ndarray, score_b: np.ndarray, level: float = CI_LEVEL) -> dict[str, Any]:
     """One pair on the same structures, from |Δ| per structure (∞: a failure; NaN: not comparable, left out):
     d = |Δ_A| − |Δ_B| (both failed: a tie), the counts each way, the median of d with its exact CI, the exact

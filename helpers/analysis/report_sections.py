@@ -28,6 +28,7 @@ from helpers.analysis.ranking import (
     MIN_RANKED,
     T_ASSUMED,
     T_UNKNOWN_RANGE,
+    leave_out_effect,
     partial_sentence,
     rank_potentials,
 )
@@ -71,6 +72,33 @@ class ReportInputs:
         if self.science.empty or "potential" not in self.science:
             return {"table": pd.DataFrame(), "pairs": pd.DataFrame(), "shared": [], "n_unknown_t": 0}
         return rank_potentials(self.science, n_boot=self.n_boot, seed=self.seed, targets=self.extra.get("targets"))
+
+    @cached_property
+    def under_pressure(self) -> dict[str, Any] | None:
+        """:func:`helpers.analysis.ranking.leave_out_effect` of the shared entries measured under pressure
+        (02_filter's ``high_pressure`` flag): compared with 0 GPa relaxations, as the study did."""
+        if self.science.empty or "filter_flags" not in self.science:
+            return None
+        flags = self.science["filter_flags"].fillna("").astype(str).str.split(",")
+        ids = self.science.loc[flags.map(lambda f: PRESSURE_FLAG in f), "structure_id"].astype(str)
+        return leave_out_effect(self.science, self.ranking, set(ids))
+
+
+#: 02_filter's flag for an entry measured under pressure (its check ``high_pressure``)
+PRESSURE_FLAG = "high_pressure"
+
+
+def pressure_sentence(effect: dict[str, Any] | None, before: list[str]) -> str:
+    """What the shared entries measured under pressure do to the ranking (``before``: the ranked potentials in
+    rank order); "" when none is shared."""
+    if not effect:
+        return ""
+    order = ("the order is unchanged" if effect["order"] == before else
+             "the order becomes " + ", ".join(display_name(p) for p in effect["order"]))
+    return (f"{len(effect['ids'])} of the shared structures were measured under pressure (02_filter's "
+            f"`{PRESSURE_FLAG}` flag) and are compared with 0 GPa relaxations, as the study did; without them "
+            f"({effect['n']} structures) the median |ΔV₀| of a ranked potential moves by at most "
+            f"{_num(effect['max_shift'])} points and {order} (`results.json` → `ranking.under_pressure`).")
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -322,7 +350,8 @@ def publish_ranking(inputs: ReportInputs) -> None:
         "metric": "median |ΔV| against the 0 K-extrapolated cell, failures scored as ∞, on the shared science "
                   "structures", "assumption": assumption_text(), "shared_ids": inputs.ranking["shared"],
         "n_unknown_temperature": inputs.ranking["n_unknown_t"],
-        "partial": {p: {"not_reached": n, "targets": m} for p, (n, m) in inputs.ranking.get("partial", {}).items()}})
+        "partial": {p: {"not_reached": n, "targets": m} for p, (n, m) in inputs.ranking.get("partial", {}).items()},
+        "under_pressure": inputs.under_pressure})
     update_results_json(inputs.docs, "paired", pairs.to_dict("records") if len(pairs) else [])
 
 
@@ -373,6 +402,8 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
     figure = _figure(report_figures.ranking_intervals(table, inputs.figures / "ranking_ci.png"),
                      "Ranking metric with 95 % CIs, n per potential")
     partial = partial_sentence(inputs.ranking)  # potentials still running: how far the shared set is cut
+    ranked = table[table["ranked"].astype(bool)].sort_values("rank")["potential"].tolist()
+    pressure = pressure_sentence(inputs.under_pressure, ranked)
     lines = ["## Ranking on shared structures (primary: against the 0 K-extrapolated experiment)", "",
              f"{len(inputs.ranking['shared'])} science structures attempted by every ranked potential "
              f"({inputs.ranking['n_unknown_t']} of them without a measurement temperature, kept: "
@@ -382,7 +413,8 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
              "paired bootstrap over structures with α_V redrawn per structure. Potentials with fewer than "
              f"{MIN_RANKED} structures are listed, not ranked. "
              "Beside it the uncorrected view (the study's, against the cell as measured).", "",
-             _markdown(_rank_rows(table)), "", *([partial, ""] if partial else []), *figure]
+             _markdown(_rank_rows(table)), "", *([partial, ""] if partial else []),
+             *([pressure, ""] if pressure else []), *figure]
     if len(pairs):
         rows = [{"A": display_name(r.potential_a), "B": display_name(r.potential_b), "n": int(r.n),
                  "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",

@@ -293,3 +293,31 @@ def test_a_bootstrap_interval_of_mostly_failures_is_infinite_not_nan():
     assert low[0] == 1.0 and np.isinf(high[0])  # not NaN (∞ − ∞ in an interpolation)
     finite_low, finite_high = _interval(draws[:, 1:], 0.95)  # finite draws: the usual interpolated percentiles
     assert (finite_low[0], finite_high[0]) == (np.percentile(draws[:, 1], 2.5), np.percentile(draws[:, 1], 97.5))
+
+
+def test_leaving_out_the_entries_under_pressure_by_hand(sourced_errors):
+    """The ranked potentials' median |ΔV₀| without the shared entries 02_filter flagged high_pressure (compared
+    with 0 GPa relaxations), recomputed by hand; the report's sentence says how far it moved."""
+    from helpers.analysis.ranking import T_ASSUMED, dv_zero_kelvin, leave_out_effect, rank_potentials
+    from helpers.analysis.report_sections import pressure_sentence
+
+    errors = sample_sets.science(sourced_errors).copy()
+    result = rank_potentials(errors, n_boot=0)
+    squeezed = sorted(result["shared"])[:3]
+    effect = leave_out_effect(errors, result, {*squeezed, "cod-not-shared"})
+    assert effect["ids"] == squeezed and effect["n"] == len(result["shared"]) - 3
+    before = result["table"].set_index("potential")
+    for potential in ("ani1x", "ani1ccx", "ani2x"):
+        rows = errors[errors.potential == potential].set_index("structure_id")
+        rows = rows.loc[[i for i in result["shared"] if i not in squeezed]]
+        dv0 = dv_zero_kelvin(rows.dV_pct, rows.temperature.fillna(T_ASSUMED))
+        score = np.where(rows.status == "converged", np.abs(dv0), np.inf)
+        assert effect["metric"][potential] == pytest.approx(np.median(score))
+    shifts = [abs(effect["metric"][p] - before.loc[p, "metric"]) for p in effect["metric"]]
+    assert effect["max_shift"] == pytest.approx(max(shifts))
+    assert effect["order"] == sorted(effect["metric"], key=effect["metric"].get)
+    order = before[before.ranked].sort_values("rank").index.tolist()
+    text = pressure_sentence(effect, order)
+    assert text.startswith("3 of the shared structures were measured under pressure") and f"({effect['n']} " in text
+    assert ("the order is unchanged" in text) == (effect["order"] == order)
+    assert leave_out_effect(errors, result, {"cod-not-shared"}) is None and pressure_sentence(None, order) == ""
