@@ -89,11 +89,19 @@ def shared_set(errors: pd.DataFrame, min_ranked: int = MIN_RANKED) -> tuple[list
     return sorted(ranked), sorted(shared), not_ranked
 
 
-def _matrices(errors: pd.DataFrame, potentials: list[str], ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ΔV at T with NaN for failures, failed flags) as structures × potentials, and the temperatures (NaN unknown)."""
+def delta_matrices(errors: pd.DataFrame, potentials: list[str], ids: list[str], column: str = "dV_pct",
+                   lattice: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Δ at T of ``column`` with NaN for failures, failed flags) as structures × potentials, and the
+    temperatures (NaN unknown). A converged row without a volume has no result: a failure. For a cell length
+    (``lattice``), one whose relaxed cell could not be matched to the experimental setting is NaN but not a
+    failure: it is left out of that length's comparison (not the potential's fault)."""
     rows = errors[errors["potential"].isin(potentials) & errors["structure_id"].isin(ids)].copy()
-    rows["dv"] = pd.to_numeric(rows["dV_pct"], errors="coerce")
-    rows["failed"] = (rows["status"] != "converged") | rows["dv"].isna()
+    rows["dv"] = pd.to_numeric(rows[column], errors="coerce")
+    rows["failed"] = rows["status"] != "converged"
+    if not lattice:
+        rows["failed"] |= rows["dv"].isna()
+    elif "cell_setting" in rows:
+        rows.loc[rows["cell_setting"] == "unmatched", "dv"] = np.nan
     dv = rows.pivot_table(index="structure_id", columns="potential", values="dv", aggfunc="first", dropna=False)
     failed = rows.pivot_table(index="structure_id", columns="potential", values="failed", aggfunc="first")
     dv, failed = dv.reindex(index=ids, columns=potentials), failed.reindex(index=ids, columns=potentials)
@@ -201,7 +209,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
     pairs = pd.DataFrame()
     n_unknown = 0
     if potentials:
-        dv_t, failed, temperature = _matrices(errors, potentials, ids)
+        dv_t, failed, temperature = delta_matrices(errors, potentials, ids)
         n_unknown = int(np.isnan(temperature).sum())
         t_point = np.where(np.isnan(temperature), T_ASSUMED, temperature)
         dv_0 = dv_zero_kelvin(dv_t, t_point[:, None], alpha_v)
@@ -251,7 +259,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
     for p, why in sorted(not_ranked.items()):
         own = errors[errors["potential"] == p]
         own_ids = sorted(set(own["structure_id"]))
-        dv_t, _, temperature = _matrices(errors, [p], own_ids)
+        dv_t, _, temperature = delta_matrices(errors, [p], own_ids)
         dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
         stats0 = per_potential(dv_0)
         rows.append({"potential": p, "ranked": False, "rank": np.nan, "n_shared": 0, **reached[p],
@@ -285,7 +293,7 @@ def leave_out_effect(errors: pd.DataFrame, ranking: Mapping[str, Any], leave_out
     if not dropped or len(keep) < MIN_RANKED or ranked.empty:
         return None
     potentials = ranked["potential"].tolist()
-    dv_t, _, temperature = _matrices(errors, potentials, keep)
+    dv_t, _, temperature = delta_matrices(errors, potentials, keep)
     dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
     metric = dict(zip(potentials, map(float, per_potential(dv_0)["metric"])))
     shifts = [abs(metric[p] - float(m)) for p, m in zip(potentials, ranked["metric"])]

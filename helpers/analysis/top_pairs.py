@@ -30,8 +30,8 @@ import pandas as pd
 
 from helpers.analysis.exact_stats import holm
 from helpers.analysis.quantities import QUANTITIES, display_name
-from helpers.analysis.ranking import T_ASSUMED, dv_zero_kelvin, pair_statistics
-from helpers.vocabulary import THERMAL_EXPANSION_V, Status
+from helpers.analysis.ranking import T_ASSUMED, delta_matrices, dv_zero_kelvin, pair_statistics
+from helpers.vocabulary import THERMAL_EXPANSION_V
 
 #: how many of the ranking's first fit potentials are compared pair by pair
 TOP = 3
@@ -52,20 +52,10 @@ def top_potentials(ranking: dict[str, Any], k: int = TOP) -> list[str]:
 def _scores(errors: pd.DataFrame, potentials: list[str], ids: list[str], quantity: str) -> np.ndarray:
     """|Δ₀| per structure × potential: ∞ for a failed relaxation, NaN where a length is not comparable."""
     q = QUANTITIES[quantity]
-    rows = errors[errors["potential"].isin(potentials) & errors["structure_id"].isin(ids)].copy()
-    rows["value"] = pd.to_numeric(rows[q.column], errors="coerce")
-    rows["failed"] = rows["status"] != Status.converged
-    if q.lattice and "cell_setting" in rows:
-        rows.loc[~rows["failed"] & (rows["cell_setting"] == "unmatched"), "value"] = np.nan
-    if not q.lattice:  # a converged relaxation without a volume has no result: a failure, as in the ranking
-        rows["failed"] |= rows["value"].isna()
-    temperature = pd.to_numeric(rows["temperature"], errors="coerce").fillna(T_ASSUMED)
+    values, failed, temperature = delta_matrices(errors, potentials, ids, q.column, q.lattice)
     expansion = THERMAL_EXPANSION_V if not q.lattice else THERMAL_EXPANSION_V / 3
-    rows["score"] = np.abs(dv_zero_kelvin(rows["value"], temperature, expansion))
-    rows.loc[rows["failed"], "score"] = np.inf
-    wide = rows.pivot_table(index="structure_id", columns="potential", values="score", aggfunc="first",
-                            dropna=False)
-    return wide.reindex(index=ids, columns=potentials).to_numpy(dtype=float)
+    zero = dv_zero_kelvin(values, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], expansion)
+    return np.where(failed, np.inf, np.abs(zero))
 
 
 def top_pairs(errors: pd.DataFrame, ranking: dict[str, Any], k: int = TOP,
