@@ -96,7 +96,8 @@ def pressure_sentence(effect: dict[str, Any] | None, before: list[str]) -> str:
     order = ("the order is unchanged" if effect["order"] == before else
              "the order becomes " + ", ".join(display_name(p) for p in effect["order"]))
     return (f"{len(effect['ids'])} of the shared structures were measured under pressure (02_filter's "
-            f"`{PRESSURE_FLAG}` flag) and are compared with 0 GPa relaxations, as the study did; without them "
+            f"`{PRESSURE_FLAG}` flag) and are compared with 0 GPa relaxations, as the study did (03_relax's "
+            "`pressure = \"experimental\"` relaxes each at its own); without them "
             f"({effect['n']} structures) the median |ΔV₀| of a ranked potential moves by at most "
             f"{_num(effect['max_shift'])} points and {order} (`results.json` → `ranking.under_pressure`).")
 

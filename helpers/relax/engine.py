@@ -38,6 +38,11 @@ CELL_FILTERS = ("frechet", "fixed")
 #: come from the full float64 model at the full fmax)
 STRATEGIES = ("study", "fast")
 DRAFTS = (None, "float32")
+#: the external pressure a crystal is relaxed at: None, 0 GPa (the study's); "experimental", the pressure its
+#: CIF says it was measured at (0 where none is recorded), so a high-pressure entry is compared in its own state
+PRESSURES = (None, "experimental")
+#: ``atoms.info`` key of the external pressure (eV/Å³) a crystal is relaxed at, set by the relax stage
+EXTERNAL_PRESSURE = "external_pressure"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class RelaxSettings:
     hessian_seed: str | None = None
     #: smallest eigenvalue (eV/Å²) of the seed Hessian
     hessian_seed_floor: float = 5.0
+    #: the external pressure (:data:`PRESSURES`): None, 0 GPa as the study; "experimental", the CIF's own
+    pressure: str | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -81,6 +88,8 @@ class RelaxSettings:
             raise ValueError(f"hessian_seed seeds BFGS's Hessian; optimizer {self.optimizer!r} keeps none")
         if not self.hessian_seed_floor > 0:
             raise ValueError("hessian_seed_floor must be positive")
+        if self.pressure not in PRESSURES:
+            raise ValueError(f"unknown pressure {self.pressure!r}; choose from {PRESSURES}")
 
     def resolved(self, default_steps_per_atom: int) -> RelaxSettings:
         """Fill ``steps_per_atom`` from the potential's default (the study's x)."""
@@ -105,6 +114,8 @@ class RelaxSettings:
             del fields["strategy"], fields["draft"]
         if fields["hessian_seed"] is None:  # unseeded: the hash of every earlier version
             del fields["hessian_seed"], fields["hessian_seed_floor"]
+        if fields["pressure"] is None:  # at 0 GPa: the hash of every earlier version
+            del fields["pressure"]
         data = {**fields, "versions": versions(self.potential)}
         options = dict(calculator or {})
         if MODEL_FILE_HASH in options:  # another weights file: it replaces the default file's hash
@@ -192,12 +203,15 @@ def prepare(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> Atoms:
 
 
 def wrap_cell(atoms: Atoms, settings: RelaxSettings, cell_filter: type | None = None):
-    """Atoms alone (fixed cell) or a Fréchet cell filter (atoms + cell; ``cell_filter`` a subclass)."""
+    """Atoms alone (fixed cell) or a Fréchet cell filter (atoms + cell; ``cell_filter`` a subclass), at the
+    external pressure ``atoms.info[EXTERNAL_PRESSURE]`` (eV/Å³) when ``settings.pressure`` asks for one: the
+    optimizer then minimises the enthalpy E + pV, and converges where the stress balances the pressure."""
     if settings.cell_filter == "fixed":
         return atoms
     if cell_filter is None:
         from ase.filters import FrechetCellFilter as cell_filter
-    return cell_filter(atoms, hydrostatic_strain=settings.hydrostatic)
+    pressure = float(atoms.info.get(EXTERNAL_PRESSURE, 0.0)) if settings.pressure else 0.0
+    return cell_filter(atoms, hydrostatic_strain=settings.hydrostatic, scalar_pressure=pressure)
 
 
 def check_not_fused(closest: float, settings: RelaxSettings) -> None:

@@ -17,12 +17,13 @@ from typing import Any
 import pandas as pd
 from ase import Atoms
 from ase.db.core import Database
+from ase.units import GPa, Pascal
 
 from helpers.process.cores import core_share, keep_niceness
 from helpers.process.guard import interrupt_on_sigterm
 from helpers.process.parallel import worker_count
 from helpers.relax.checkpoint import CHECKPOINT_EVERY
-from helpers.relax.engine import RelaxResult, RelaxSettings, relax, versions
+from helpers.relax.engine import EXTERNAL_PRESSURE, RelaxResult, RelaxSettings, relax, versions
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
 from helpers.relax.potentials.registry import get_potential
 from helpers.relax.time_split import format_time_split, time_split
@@ -156,6 +157,22 @@ def hessian_seed_for(potential: str, requested: str | None = None, optimizer: st
     return get_potential(potential).hessian_seed if optimizer == "BFGS" else None
 
 
+def experimental_pressure(row) -> float:
+    """The pressure (eV/Å³) the clean row's CIF says it was measured at (``pressure``, kPa as COD records it);
+    0 where none is recorded."""
+    kpa = row.get("pressure")
+    return float(kpa) * 1e3 * Pascal if kpa is not None else 0.0
+
+
+def relax_input(row, settings: RelaxSettings) -> Atoms:
+    """The clean row's atoms as its relaxation starts: with ``settings.pressure`` "experimental", the external
+    pressure it is relaxed at (``atoms.info[EXTERNAL_PRESSURE]``, read by the cell filter)."""
+    atoms = row.toatoms()
+    if settings.pressure == "experimental":
+        atoms.info[EXTERNAL_PRESSURE] = experimental_pressure(row)
+    return atoms
+
+
 def job_settings(potential: str, parameters: Mapping[str, Any] | None = None) -> RelaxSettings:
     """The settings a 03_relax job with these notebook ``parameters`` relaxes with (steps_per_atom
     resolved from the potential, the Hessian seed from :func:`hessian_seed_for`): whose hash marks its
@@ -236,7 +253,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
             with interrupt_on_sigterm():  # a stop we ask for clears the mark: it is not a crash
                 for sid, _ in runnable:
                     row = clean.get(structure_id=sid)
-                    atoms = row.toatoms()
+                    atoms = relax_input(row, settings)
                     deaths = died_on[1] if died_on and died_on[0] == sid else 0
                     if deaths >= DEATHS_BEFORE_CRASHED:
                         record(row, atoms, RelaxResult.without_relaxing(
@@ -291,7 +308,7 @@ def _relax_side_by_side(clean: Database, runnable: list[tuple[str, int]], calc, 
     def items():
         for sid, _ in sorted(runnable, key=lambda x: (-x[1], x[0])):
             rows[sid] = clean.get(structure_id=sid)
-            yield sid, rows[sid].toatoms()
+            yield sid, relax_input(rows[sid], settings)
 
     import torch
 
@@ -367,6 +384,8 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         model_file_sha256=model_hash,
         **{k: result.extra.get(k) for k in START_TELLS},
         hessian_seeded=result.extra.get("hessian_seeded"), hessian_seed_time=result.extra.get("hessian_seed_time"),
+        relax_pressure_gpa=(round(experimental_pressure(clean_row) / GPa, 6) if settings.pressure == "experimental"
+                            else None),
     )
     data = {"cell_exp": clean_row.data.get("cell_exp", clean_row.cell.tolist()),
             "settings": settings.__dict__, "versions": versions_now, "message": result.message}

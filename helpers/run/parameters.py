@@ -214,6 +214,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),
         "checkpoint_every": number(0.0), "hessian_seed": optional(_or_off(potential_name)),
         "hessian_seed_floor": number(0.0, strict=True), "sample": optional(choice(*SAMPLE_SETS)),
+        "pressure": choice("experimental", None),
     },
     "04_analysis": {
         "relaxed_dbs": lambda v: v if isinstance(v, (list, tuple)) and v else text(v),
