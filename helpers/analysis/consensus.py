@@ -2,10 +2,15 @@
 
 A crystal is listed (``consensus_outliers.csv``) for any of these reasons, each with its evidence:
 
-- ``volume_consensus``: most potentials that relaxed it to convergence (at least ``agree_fraction`` of
-  them, and at least ``min_potentials``) change its volume by more than ``threshold_pct`` in the same
+- ``volume_consensus``: most potential *families* that relaxed it to convergence (at least ``agree_fraction``
+  of them, and at least ``min_families``) change its volume by more than ``threshold_pct`` in the same
   direction. Potentials with different physics agreeing on a large change says the experimental
-  structure (or its CIF) is not what the potentials' common chemistry expects;
+  structure (or its CIF) is not what the potentials' common chemistry expects. Members of one family (the six
+  ANI models and their D3 variants: one architecture, one training lineage; the three SevenNet models) are not
+  independent witnesses, and three D3 variants of ANI contract the typical crystal by 10–17 %: counted one by
+  one they would outvote everyone else with their shared bias. So a family votes once, in the direction most
+  of its converged members (more than half) move the crystal far, and not at all otherwise; a potential
+  without a family (a plug-in) is its own;
 - ``chemistry_changed``: at least ``chemistry_fraction`` of the potentials that relaxed it broke or
   formed covalent bonds (``bonds_intact`` False; ``bond_changes`` names them): the molecule of the CIF
   is not a minimum of their chemistry (a mislabelled atom, an impossible bond length);
@@ -37,6 +42,10 @@ from helpers.vocabulary import UNFIT_FOR_CRYSTALS
 REASONS = ("volume_consensus", "chemistry_changed", "filter_flagged", "start_extreme")
 THRESHOLD_PCT = 10.0
 AGREE_FRACTION = 2 / 3
+#: families that must agree: two independent ones at least (the study's ANI-1x and ANI-1ccx alone cannot tell a
+#: CIF error from their shared one)
+MIN_FAMILIES = 2
+#: converged relaxations a crystal needs before its volume is voted on at all
 MIN_POTENTIALS = 3
 CHEMISTRY_FRACTION = 0.5
 FILTER_FLAGS = ("bond_length_outlier",)
@@ -45,7 +54,8 @@ MIN_START_POTENTIALS = 2
 #: the asymmetry measure of the report: fraction of ΔV beyond ± this (%)
 TAIL_PCT = 10.0
 
-OUTLIER_COLUMNS = ["structure_id", "reasons", "n_potentials", "n_converged", "n_far_up", "n_far_down",
+OUTLIER_COLUMNS = ["structure_id", "reasons", "n_potentials", "n_converged", "n_families", "n_families_up",
+                   "n_families_down", "n_far_up", "n_far_down",
                    "median_dV_pct", "dV_by_potential", "n_bonds_changed", "bond_changes", "filter_flags",
                    "start_fmax_min", "start_rank_min", "start_fmax_by_potential"]
 
@@ -58,15 +68,41 @@ def _truthy(value) -> bool | None:
     return bool(value)
 
 
+def potential_families(potentials) -> dict[str, str]:
+    """Potential (or run label ``name[hash7]``) -> its registry card's family; its own name for one without."""
+    from helpers.relax.potentials.registry import REGISTRY
+
+    out = {}
+    for label in potentials:
+        card = REGISTRY.get(str(label).split("[")[0])
+        out[label] = getattr(card, "family", "") or str(label).split("[")[0]
+    return out
+
+
+def family_votes(dv: pd.DataFrame, families: dict[str, str], threshold_pct: float) -> tuple[int, int, int]:
+    """(families that converged the crystal, those voting far up, those voting far down) from its converged rows
+    (``potential``, ``_dv``): a family votes in the direction more than half of its converged members move it
+    beyond ``threshold_pct``."""
+    up = down = 0
+    groups = dv.groupby(dv["potential"].map(lambda p: families.get(p, p)))
+    for _, members in groups:
+        n = len(members)
+        up += int((members["_dv"] > threshold_pct).sum() * 2 > n)
+        down += int((members["_dv"] < -threshold_pct).sum() * 2 > n)
+    return groups.ngroups, up, down
+
+
 def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD_PCT,
-                       agree_fraction: float = AGREE_FRACTION, min_potentials: int = MIN_POTENTIALS,
+                       agree_fraction: float = AGREE_FRACTION, min_families: int = MIN_FAMILIES,
+                       families: dict[str, str] | None = None, min_potentials: int = MIN_POTENTIALS,
                        chemistry_fraction: float = CHEMISTRY_FRACTION, filter_flags: Sequence[str] = FILTER_FLAGS,
                        start_quantile: float = START_QUANTILE,
                        min_start_potentials: int = MIN_START_POTENTIALS,
                        ignore: Sequence[str] = tuple(UNFIT_FOR_CRYSTALS)) -> pd.DataFrame:
     """One row per listed crystal (:data:`OUTLIER_COLUMNS`), ``reasons`` comma-separated in :data:`REASONS` order.
     The potentials in ``ignore`` (default: those unfit for crystals) are no evidence about an entry: their rows
-    do not vote."""
+    do not vote. ``families``: potential -> family for the volume vote (default: the registry's cards,
+    :func:`potential_families`); ``min_potentials``: converged relaxations a volume vote needs at all."""
     if errors.empty or "structure_id" not in errors:
         return pd.DataFrame(columns=OUTLIER_COLUMNS)
     frame = errors.copy()
@@ -85,13 +121,16 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
     frame["_start_rank"] = start.groupby(frame["potential"]).rank(pct=True, method="max").where(start.notna())
     frame["_start"] = start
     wanted = set(filter_flags)
+    families = {**potential_families(frame["potential"].unique()), **(families or {})}
     rows = []
     for sid, group in frame.groupby("structure_id", sort=True):
         dv = group.dropna(subset=["_dv"])
         up, down = int((dv["_dv"] > threshold_pct).sum()), int((dv["_dv"] < -threshold_pct).sum())
         n_conv = len(dv)
+        n_fam, fam_up, fam_down = family_votes(dv, families, threshold_pct)
         reasons = []
-        if n_conv >= min_potentials and max(up, down) >= max(min_potentials, math.ceil(agree_fraction * n_conv - 1e-9)):
+        if (n_conv >= min_potentials and n_fam >= min_families
+                and max(fam_up, fam_down) >= max(min_families, math.ceil(agree_fraction * n_fam - 1e-9))):
             reasons.append("volume_consensus")
         intact = group.get("bonds_intact", pd.Series(dtype=object)).map(_truthy)
         known = intact.dropna()
@@ -109,7 +148,8 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
             continue
         rows.append({
             "structure_id": sid, "reasons": ",".join(reasons), "n_potentials": int(group["potential"].nunique()),
-            "n_converged": n_conv, "n_far_up": up, "n_far_down": down,
+            "n_converged": n_conv, "n_families": n_fam, "n_families_up": fam_up, "n_families_down": fam_down,
+            "n_far_up": up, "n_far_down": down,
             "median_dV_pct": float(dv["_dv"].median()) if n_conv else np.nan,
             "dV_by_potential": "; ".join(f"{p} {v:+.1f}" for p, v in zip(dv["potential"], dv["_dv"])),
             "n_bonds_changed": len(changed),

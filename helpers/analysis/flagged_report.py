@@ -22,9 +22,11 @@ from helpers.analysis.results_json import update_results_json
 from helpers.vocabulary import UNFIT_FOR_CRYSTALS
 
 REASON_TEXT = {
-    "volume_consensus": (f"at least {consensus.AGREE_FRACTION:.0%} of the potentials that converged it (≥ "
-                         f"{consensus.MIN_POTENTIALS}) change its volume by more than {consensus.THRESHOLD_PCT:g} % "
-                         "in the same direction"),
+    "volume_consensus": (f"at least {consensus.AGREE_FRACTION:.0%} of the potential families that converged it "
+                         f"(≥ {consensus.MIN_FAMILIES} families, ≥ {consensus.MIN_POTENTIALS} relaxations) change its "
+                         f"volume by more than {consensus.THRESHOLD_PCT:g} % in the same direction (a family votes "
+                         "once, as most of its members do: the ANI models and their D3 variants are one witness, "
+                         "not six)"),
     "chemistry_changed": (f"at least {consensus.CHEMISTRY_FRACTION:.0%} of the potentials broke or formed a covalent "
                           "bond while relaxing it"),
     "filter_flagged": "02_filter found a bond outside the range of its perceived order (bond_length_outlier)",
@@ -136,7 +138,8 @@ def flagged_section(analysis_dir: str | Path, docs_dir: str | Path | None = None
         update_results_json(docs_dir, "flagged", {
             "reasons": by_reason, "n_listed": len(listed),
             "criteria": {"threshold_pct": consensus.THRESHOLD_PCT, "agree_fraction": consensus.AGREE_FRACTION,
-                         "min_potentials": consensus.MIN_POTENTIALS,
+                         "min_potentials": consensus.MIN_POTENTIALS, "min_families": consensus.MIN_FAMILIES,
+                         "vote": "one per potential family (registry card), as most of its converged members",
                          "chemistry_fraction": consensus.CHEMISTRY_FRACTION,
                          "filter_flags": list(consensus.FILTER_FLAGS), "start_quantile": consensus.START_QUANTILE},
             "effect": effect.to_dict(orient="records") if not effect.empty else [],

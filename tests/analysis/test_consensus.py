@@ -118,3 +118,22 @@ def test_a_relaxation_that_breaks_a_bond_is_recorded(small_clean_db, tmp_path):
     assert rec.start_fmax == 9.0
     listed = consensus_outliers(errors)
     assert list(listed["structure_id"]) == ["cod-2000642"] and listed.iloc[0]["reasons"] == "chemistry_changed"
+
+
+def test_a_family_votes_once():
+    """Four ANI models contracting a crystal by 15 % are one witness: against SevenNet-0-d3 and CHGNet-d3 (not far)
+    they are 1 family of 3, not 4 potentials of 6; with one of the others agreeing, 2 of 3 families list it.
+    A family votes as more than half of its converged members: 2 of 4 ANI models far is no vote."""
+    ani, others = ("ani1x", "ani1x-d3", "ani1ccx-d3", "ani2x-d3"), ("sevennet0-d3", "chgnet-d3")
+    dv = {"S7": (-15, -15, -15, -15, -2, -3),   # ANI alone: 1 of 3 families (it was 4 of 6 potentials: listed)
+          "S8": (15, 15, 15, 15, 12, 2),       # ANI and SevenNet: 2 of 3 families -> listed
+          "S9": (15, 15, 2, 2, 12, 11)}        # ANI split 2 / 4: no vote; SevenNet, CHGNet: 2 of 3 -> listed
+    table = pd.DataFrame([{"structure_id": sid, "potential": p, "dV_pct": float(v), "converged": True}
+                          for sid, values in dv.items() for p, v in zip(ani + others, values)])
+    listed = consensus_outliers(table).set_index("structure_id")
+    assert list(listed.index) == ["S8", "S9"]
+    assert tuple(listed.loc["S8", ["n_families", "n_families_up", "n_far_up"]]) == (3, 2, 5)
+    assert tuple(listed.loc["S9", ["n_families", "n_families_up", "n_far_up"]]) == (3, 2, 4)
+    # one potential one vote (each its own family): S7 is back, 4 of 6 far down
+    alone = {p: p for p in ani + others}
+    assert "S7" in set(consensus_outliers(table, families=alone)["structure_id"])
