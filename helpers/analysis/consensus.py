@@ -11,9 +11,10 @@ A crystal is listed (``consensus_outliers.csv``) for any of these reasons, each 
   one they would outvote everyone else with their shared bias. So a family votes once, in the direction most
   of its converged members (more than half) move the crystal far, and not at all otherwise; a potential
   without a family (a plug-in) is its own;
-- ``chemistry_changed``: at least ``chemistry_fraction`` of the potentials that relaxed it broke or
-  formed covalent bonds (``bonds_intact`` False; ``bond_changes`` names them): the molecule of the CIF
-  is not a minimum of their chemistry (a mislabelled atom, an impossible bond length);
+- ``chemistry_changed``: at least ``chemistry_fraction`` of the potential families that relaxed it broke or
+  formed covalent bonds (``bonds_intact`` False; ``bond_changes`` names them; a family counts as most of its
+  members with a bond check do): the molecule of the CIF is not a minimum of their chemistry (a mislabelled
+  atom, an impossible bond length);
 - ``filter_flagged``: 02_filter flagged its clean row for a reason in ``filter_flags`` (default: a bond
   outside the range of its perceived order, :mod:`helpers.filter.bond_lengths`);
 - ``start_extreme``: every potential with start tells (at least ``min_start_potentials``) found it
@@ -135,7 +136,13 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
         intact = group.get("bonds_intact", pd.Series(dtype=object)).map(_truthy)
         known = intact.dropna()
         changed = group.loc[known.index[~known.astype(bool)]] if len(known) else group.iloc[0:0]
-        if len(known) and len(changed) >= max(1, math.ceil(chemistry_fraction * len(known) - 1e-9)):
+        # by family too: a family changed the chemistry when more than half of its members with a bond check did
+        checked = intact.notna().to_numpy()
+        members: dict[str, list[bool]] = {}
+        for p, ok in zip(group["potential"].to_numpy()[checked], intact.to_numpy()[checked]):
+            members.setdefault(families.get(p, p), []).append(not bool(ok))
+        broke = [sum(b) * 2 > len(b) for b in members.values()]
+        if broke and sum(broke) >= max(1, math.ceil(chemistry_fraction * len(broke) - 1e-9)):
             reasons.append("chemistry_changed")
         flags = sorted({f for text in group.get("filter_flags", pd.Series(dtype=object)).dropna().astype(str)
                         for f in text.split(",") if f})

@@ -27,8 +27,8 @@ REASON_TEXT = {
                          f"volume by more than {consensus.THRESHOLD_PCT:g} % in the same direction (a family votes "
                          "once, as most of its members do: the ANI models and their D3 variants are one witness, "
                          "not six)"),
-    "chemistry_changed": (f"at least {consensus.CHEMISTRY_FRACTION:.0%} of the potentials broke or formed a covalent "
-                          "bond while relaxing it"),
+    "chemistry_changed": (f"at least {consensus.CHEMISTRY_FRACTION:.0%} of the potential families broke or formed a "
+                          "covalent bond while relaxing it (a family as most of its members)"),
     "filter_flagged": "02_filter found a bond outside the range of its perceived order (bond_length_outlier)",
     "start_extreme": (f"every potential (≥ {consensus.MIN_START_POTENTIALS}) put its start force among its own "
                       f"top {1 - consensus.START_QUANTILE:.0%}"),

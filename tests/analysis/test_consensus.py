@@ -137,3 +137,13 @@ def test_a_family_votes_once():
     # one potential one vote (each its own family): S7 is back, 4 of 6 far down
     alone = {p: p for p in ani + others}
     assert "S7" in set(consensus_outliers(table, families=alone)["structure_id"])
+
+
+def test_a_family_breaks_a_bond_once():
+    """Three ANI models breaking the same bond are one family of two: with SevenNet-0-d3 keeping it, 1 of 2
+    families (≥ half) lists the crystal; one ANI model of three breaking it is no family's verdict."""
+    rows = [{"structure_id": sid, "potential": p, "dV_pct": 0.0, "converged": True, "bonds_intact": intact}
+            for sid, flags in {"S10": (False, False, False, True), "S11": (False, True, True, True)}.items()
+            for p, intact in zip(("ani1x", "ani1ccx", "ani2x", "sevennet0-d3"), flags)]
+    listed = consensus_outliers(pd.DataFrame(rows))
+    assert list(listed["structure_id"]) == ["S10"] and listed["reasons"].iloc[0] == "chemistry_changed"
