@@ -80,17 +80,13 @@ def potential_families(potentials) -> dict[str, str]:
     return out
 
 
-def family_votes(dv: pd.DataFrame, families: dict[str, str], threshold_pct: float) -> tuple[int, int, int]:
-    """(families that converged the crystal, those voting far up, those voting far down) from its converged rows
-    (``potential``, ``_dv``): a family votes in the direction more than half of its converged members move it
-    beyond ``threshold_pct``."""
-    up = down = 0
-    groups = dv.groupby(dv["potential"].map(lambda p: families.get(p, p)))
-    for _, members in groups:
-        n = len(members)
-        up += int((members["_dv"] > threshold_pct).sum() * 2 > n)
-        down += int((members["_dv"] < -threshold_pct).sum() * 2 > n)
-    return groups.ngroups, up, down
+def families_agreeing(potentials, hits, families: dict[str, str]) -> tuple[int, int]:
+    """(families among ``potentials``, those in which more than half of the members hit): one vote per family,
+    ``hits`` a flag per potential row (e.g. ΔV beyond +10 %, a bond broken)."""
+    members: dict[str, list[bool]] = {}
+    for p, hit in zip(potentials, hits):
+        members.setdefault(families.get(p, p), []).append(bool(hit))
+    return len(members), sum(sum(v) * 2 > len(v) for v in members.values())
 
 
 def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD_PCT,
@@ -128,7 +124,8 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
         dv = group.dropna(subset=["_dv"])
         up, down = int((dv["_dv"] > threshold_pct).sum()), int((dv["_dv"] < -threshold_pct).sum())
         n_conv = len(dv)
-        n_fam, fam_up, fam_down = family_votes(dv, families, threshold_pct)
+        n_fam, fam_up = families_agreeing(dv["potential"], dv["_dv"] > threshold_pct, families)
+        fam_down = families_agreeing(dv["potential"], dv["_dv"] < -threshold_pct, families)[1]
         reasons = []
         if (n_conv >= min_potentials and n_fam >= min_families
                 and max(fam_up, fam_down) >= max(min_families, math.ceil(agree_fraction * n_fam - 1e-9))):
@@ -138,11 +135,9 @@ def consensus_outliers(errors: pd.DataFrame, *, threshold_pct: float = THRESHOLD
         changed = group.loc[known.index[~known.astype(bool)]] if len(known) else group.iloc[0:0]
         # by family too: a family changed the chemistry when more than half of its members with a bond check did
         checked = intact.notna().to_numpy()
-        members: dict[str, list[bool]] = {}
-        for p, ok in zip(group["potential"].to_numpy()[checked], intact.to_numpy()[checked]):
-            members.setdefault(families.get(p, p), []).append(not bool(ok))
-        broke = [sum(b) * 2 > len(b) for b in members.values()]
-        if broke and sum(broke) >= max(1, math.ceil(chemistry_fraction * len(broke) - 1e-9)):
+        n_checked, n_broke = families_agreeing(group["potential"].to_numpy()[checked],
+                                               ~intact.to_numpy()[checked].astype(bool), families)
+        if n_checked and n_broke >= max(1, math.ceil(chemistry_fraction * n_checked - 1e-9)):
             reasons.append("chemistry_changed")
         flags = sorted({f for text in group.get("filter_flags", pd.Series(dtype=object)).dropna().astype(str)
                         for f in text.split(",") if f})
