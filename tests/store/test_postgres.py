@@ -105,6 +105,13 @@ def test_notebooks_end_to_end_with_postgresql_urls(pg_server, cod_dir, tmp_path,
     out = dbmod.connect(relaxed.format(potential="ani1x"), must_exist=True)
     assert sorted(r.structure_id for r in out.select()) == ["cod-2007300", "cod-4021477"]
     assert all(r.status == "converged" for r in out.select())
+    # where it stands, read from the server as from SQLite (one database, no shards)
+    from helpers.run import CampaignConfig, campaign_status
+
+    config = CampaignConfig(work_dir=str(tmp_path), potentials=["ani1x"], n_batches=2, clean_db=clean,
+                            out_db=relaxed, relax_parameters={"fmax": 0.05, "n_threads": 1})
+    row = campaign_status(config).set_index("potential").loc["ani1x"]
+    assert (row["to relax"], row["finished"], row["in flight"]) == (2, 2, "–") and row["core-hours spent"] > 0
     analysis = tmp_path / "analysis"
     executed = execute("04_analysis", {"relaxed_dbs": [relaxed.format(potential="ani1x")], "clean_db": clean,
                                        "out_dir": str(analysis), "structure": False}, logs)
