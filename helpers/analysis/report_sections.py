@@ -569,6 +569,11 @@ GLOSSARY = {
                           "(AIMNet2: docs/aimnet2.md): listed with its numbers, never ranked, no vote on CIFs.",
     "science sample": "unaltered COD entries (`cod-sample/`); the COD tool suite's altered test inputs and ice "
                       "are reported apart.",
+    "potential family": "potentials of one architecture and training lineage (ANI with its D3 variants, "
+                        "SevenNet, CHGNet, GFN-FF, xTB): one witness, so each family casts one vote when the "
+                        "potentials' agreement is taken as evidence about a CIF.",
+    "under pressure": "an entry whose CIF records a measurement above 1 MPa (02_filter's high_pressure flag); "
+                      "the study's relaxations are at 0 GPa, so its cell is compared in another state.",
     "polymorph": "a different crystal packing of the same compound: a different crystal, kept as its own entry "
                  "when duplicates are collapsed.",
     "Γ point, supercell": "tight-binding codes here have no k-points; each crystal is evaluated in a supercell "
