@@ -6,8 +6,9 @@ Per potential: the structures it is to relax and those it finished (also on the 
 estimate of those left. Nothing is locked or written: safe beside a running campaign, on any machine that
 sees its work folder.
 
-The estimate fits cost = c · n_atoms^k (least squares in log-log, k kept in [0, 3]) to the potential's own
-finished relaxations and sums it over the structures it has still to relax; with fewer than
+The estimate fits cost = c · n_atoms^k to the potential's own finished relaxations (k by least squares in
+log-log, kept in [0, 3]; c so that the fit adds up to what they cost) and sums it over the structures it has
+still to relax; with fewer than
 :data:`MIN_FIT` finished it uses their mean cost, with none it gives no number. A pass runs its largest
 structures first, so an early estimate leans on the expensive end and the fit is what keeps it honest.
 """
@@ -104,8 +105,9 @@ def cost_left(done: pd.DataFrame, natoms_left: np.ndarray) -> tuple[float | None
         return float(known["cost"].mean() * len(natoms_left)), f"mean of {len(known)}"
     k, log_c = np.polyfit(np.log(known["natoms"].to_numpy(float)), np.log(known["cost"].to_numpy(float)), 1)
     k = float(np.clip(k, *EXPONENT_RANGE))
-    log_c = float(np.mean(np.log(known["cost"]) - k * np.log(known["natoms"])))  # refit c with k kept in range
-    return float(np.exp(log_c) * np.sum(np.asarray(natoms_left, float) ** k)), f"fit on {len(known)}: n^{k:.2f}"
+    # c so that the fit adds up to what the finished ones cost (a log-log fit alone undershoots the sum)
+    c = float(known["cost"].sum() / np.sum(known["natoms"].to_numpy(float) ** k))
+    return float(c * np.sum(np.asarray(natoms_left, float) ** k)), f"fit on {len(known)}: n^{k:.2f}"
 
 
 def campaign_status(config: Any) -> pd.DataFrame:

@@ -116,6 +116,9 @@ def test_the_cost_left_is_fitted_on_the_atoms():
     done = pd.DataFrame({"natoms": natoms, "cost": 2.0 * natoms ** 1.5})
     seconds, how = cost_left(done, np.array([24, 150]))
     assert seconds == pytest.approx(2.0 * (24 ** 1.5 + 150 ** 1.5)) and how == "fit on 9: n^1.50"
+    # scattered costs: the fit, applied to the finished ones themselves, adds up to what they cost
+    noisy = done.assign(cost=done["cost"] * np.where(np.arange(len(done)) % 2, 1.4, 0.6))
+    assert cost_left(noisy, natoms)[0] == pytest.approx(noisy["cost"].sum())
     few = done.iloc[:MIN_FIT - 1]
     assert cost_left(few, np.array([24, 150]))[0] == pytest.approx(2 * few["cost"].mean())
     assert cost_left(done.iloc[:0], np.array([24])) == (None, "no finished relaxation yet")
