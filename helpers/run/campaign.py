@@ -178,19 +178,27 @@ def relaxed_ids(config: CampaignConfig) -> dict[str, set[str]]:
     per-batch shards): the relax jobs' own rule, so rows made under other settings do not count."""
     from helpers.relax.stage import finished_ids
     from helpers.store import db as dbmod
-    from helpers.store.shards import result_files
 
-    hashes, out_db = settings_hashes(config), config.dbs["out_db"]
+    hashes = settings_hashes(config)
     found = {}
     for p in config.potentials:
         ids: set[str] = set()
-        for path in result_files(out_db, p) or ([out_db.format(potential=p)] if dbmod.is_url(out_db) else []):
+        for path in result_paths(config, p):
             try:
                 ids |= finished_ids(dbmod.connect(path, must_exist=True), hashes[p])
             except Exception:  # noqa: BLE001 - a shard being written: counted next time
                 pass
         found[p] = ids
     return found
+
+
+def result_paths(config: CampaignConfig, potential: str) -> list:
+    """Every database holding ``potential``'s results: its SQLite database and shards, or its server URL."""
+    from helpers.store import db as dbmod
+    from helpers.store.shards import result_files
+
+    out_db = config.dbs["out_db"]
+    return result_files(out_db, potential) or ([out_db.format(potential=potential)] if dbmod.is_url(out_db) else [])
 
 
 def relaxed_counts(config: CampaignConfig) -> dict[str, int]:

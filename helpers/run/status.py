@@ -46,15 +46,14 @@ def finished_rows(config: Any) -> dict[str, pd.DataFrame]:
     import pandas as pd
 
     from helpers.relax.stage import FINAL_STATUSES
-    from helpers.run.campaign import settings_hashes
+    from helpers.run.campaign import result_paths, settings_hashes
     from helpers.store import db as dbmod
-    from helpers.store.shards import result_files
 
-    hashes, out_db = settings_hashes(config), config.dbs["out_db"]
+    hashes = settings_hashes(config)
     out = {}
     for p in config.potentials:
         records: dict[str, dict[str, Any]] = {}
-        for path in result_files(out_db, p) or ([out_db.format(potential=p)] if dbmod.is_url(out_db) else []):
+        for path in result_paths(config, p):
             try:
                 rows = list(dbmod.connect(path, must_exist=True).select(
                     settings_hash=hashes[p], columns=["key_value_pairs", "numbers"]))
