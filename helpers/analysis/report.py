@@ -53,21 +53,30 @@ WORST_PER_POTENTIAL = 10
 #: why our numbers may differ from the study's: said in every report, beside the computed comparison
 CAVEATS = """Why the numbers may differ from the study's, in plain words:
 
-- **Sample.** The study relaxed 3000 of ~35,000 clean COD entries; this report relaxes the clean entries of
-  two small folders (a published force-field benchmark list and cod-tools test inputs), which are not a
-  random sample of COD: typical small organic crystals, fewer large or disordered ones.
+- **Sample.** The study relaxed 3000 of ~35,000 clean COD entries; the science tables here rest on the clean
+  unaltered entries of `cod-sample/` (a published force-field benchmark list), which are not a random sample
+  of COD: typical small organic crystals, few large or disordered ones. The COD tool suite's test inputs
+  (`cod/`), altered on purpose, are the filter's material and are reported apart.
 - **Temperature.** Most COD cells are measured at 100–300 K; a 0 K relaxation should come out smaller by
   roughly 1.65·10⁻⁴ K⁻¹ × T. The thermal-corrected table removes this first-order effect; it does not remove
   zero-point expansion.
 - **Duplicates.** Redeterminations and polymorphs of one compound count once each in "all entries"; the
   one-per-compound rows show whether they move μ and σ.
-- **The float32 draft.** The fast path moves crystals on float32 forces first, but every reported energy,
-  force, stress and convergence verdict comes from the float64 model at fmax = 5·10⁻⁴ eV/Å; on the
+- **The float32 draft (ANI).** ANI's fast path moves crystals on float32 forces first, but every reported
+  energy, force, stress and convergence verdict comes from the float64 model at fmax = 5·10⁻⁴ eV/Å; on the
   benchmark crystals volumes agree with the study's one-at-a-time method within 0.003 % (README).
+- **The seed Hessian (SevenNet, CHGNet).** Their BFGS starts from the Hessian ANI-2x computes at the start
+  geometry instead of ASE's guess: about half the steps, the same minimum on the benchmark crystals (volumes
+  within 0.01 %, docs/throughput.md). Every reported number is the graph potential's own; these models run in
+  float32 (SevenNet's layers compiled), so their forces carry float32 rounding near the fmax threshold.
 - **The optimizer.** BFGS on a flat surface can stop in different nearby minima (NOTES: a urea supercell
   ends at +0.6 % or +7.8 % depending on tolerance and optimizer); step-capped rows are excluded from μ/σ.
 - **The potentials.** ANI sees nothing beyond its 5.2 Å cutoff (no long-range dispersion); D3 added on top
   also repeats the short-range part the networks learned, and the `-d3` rows come out much smaller (README).
+  The graph potentials (SevenNet, CHGNet) learned PBE (SevenNet-MF-0's head: r²SCAN) on the Materials
+  Project's relaxations, mostly inorganic solids, and get their dispersion from D3(BJ) for that functional:
+  their errors are the functional's with D3 as much as the network's. GFN-FF (molecular-crystal parameters)
+  keeps the start's bonding topology; AIMNet2 is shown for completeness only (docs/aimnet2.md).
 - **Γ-point tight binding.** tblite (GFN1-/GFN2-xTB) has no k-points: each crystal is evaluated on its
   supercell of ≥ 8 Å perpendicular widths (the equivalent k-point mesh). Solved at Γ in their own 3.4–5 Å
   cells, as an earlier run of this campaign did, tetrazole collapsed by 46 % and the relaxed cells were under
