@@ -331,15 +331,15 @@ def paired_verdicts(dv: np.ndarray, potentials: list[str], level: float = CI_LEV
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["holm_p"] = holm(table["sign_p"].to_numpy())
+    table["holm_sign_p"] = holm(table["sign_p"].to_numpy())
     table["holm_signed_rank_p"] = holm(table["signed_rank_p"].to_numpy())
 
     def verdict(row) -> str:
         a, b = display_name(row.potential_a), display_name(row.potential_b)
-        if not row.holm_p < alpha:
-            return f"cannot tell (Holm-adjusted p = {row.holm_p:.2g})"
+        if not row.holm_sign_p < alpha:
+            return f"cannot tell (Holm-adjusted p = {row.holm_sign_p:.2g})"
         closer = a if row.a_closer > row.b_closer else b
-        return f"{closer} closer (Holm-adjusted p = {row.holm_p:.2g})"
+        return f"{closer} closer (Holm-adjusted p = {row.holm_sign_p:.2g})"
 
     table["verdict"] = table.apply(verdict, axis=1)
     return table

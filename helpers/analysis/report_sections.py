@@ -203,13 +203,13 @@ def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
                     else (row.median_d, row.median_d_ci_low, row.median_d_ci_high))
     closer, farther = (row.b_closer, row.a_closer) if flip else (row.a_closer, row.b_closer)
     a, b = display_name(best), display_name(second)
-    tests = (f"Holm-adjusted sign test p = {row.holm_p:.2g}; Wilcoxon signed-rank p = "
+    tests = (f"Holm-adjusted sign test p = {row.holm_sign_p:.2g}; Wilcoxon signed-rank p = "
              f"{row.get('holm_signed_rank_p', float('nan')):.2g}")
     favour = f"median difference {_num(-d)} points of |ΔV₀| in {a}'s favour [exact 95 % CI {_num(-high)}, {_num(-low)}]"
     counts = f"{a} is closer to experiment on {closer} of the {int(row.n)} crystals, {b} on {farther}"
-    if row.holm_p < 0.05 and closer > farther:
+    if row.holm_sign_p < 0.05 and closer > farther:
         return f"Against the next, {b}: {counts}; {a} is better, {favour} ({tests})."
-    if row.holm_p < 0.05:
+    if row.holm_sign_p < 0.05:
         return (f"Against the next, {b}: {counts}, so crystal by crystal {b} is closer more often although {a} "
                 f"has the smaller median error; {favour} ({tests}).")
     return f"Against the next, {b}: {counts}, {favour}: on this evidence the two cannot be told apart ({tests})."
@@ -283,6 +283,11 @@ def apart_section(inputs: ReportInputs) -> list[str]:
 # The ranking
 
 
+def _ranking_n(row: dict[str, Any]) -> int:
+    """The structures behind a potential's ranking metric: the shared ones when ranked, else those it attempted."""
+    return int(row["n_shared"]) if row["ranked"] else int(row.get("n_attempted", 0) or 0)
+
+
 def _rank_rows(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in table.itertuples():
@@ -290,7 +295,7 @@ def _rank_rows(table: pd.DataFrame) -> pd.DataFrame:
             "rank (95 % CI)": f"{int(r.rank)} [{_num(r.rank_ci_low, 0)}–{_num(r.rank_ci_high, 0)}]" if r.ranked
             else "not ranked",
             "potential": display_name(r.potential),
-            "n": int(r.n_shared) if r.ranked else int(getattr(r, "n_attempted", 0) or 0),
+            "n": _ranking_n(r._asdict()),
             "median |ΔV₀| [%] (95 % CI)": f"{_num(r.metric)} [{_num(r.metric_ci_low)}, {_num(r.metric_ci_high)}]"
             if r.ranked else _num(r.metric),
             "bias: median ΔV₀ [%]": _num(r.bias),
@@ -328,8 +333,8 @@ def publish_ranking(inputs: ReportInputs) -> None:
             "within_5pct", "within_10pct", "bias", "spread", "mean", "mean_ci_low", "mean_ci_high", "metric",
             "metric_ci_low", "metric_ci_high",
             "metric_uncorrected", "note", "n_attempted", "n_targets", "n_not_reached")
-    payload = {r["potential"]: {k: r.get(k) for k in keys} | {"display_name": display_name(r["potential"])}
-               for r in table.to_dict("records")}
+    payload = {r["potential"]: {"n": _ranking_n(r)} | {k: r.get(k) for k in keys}
+               | {"display_name": display_name(r["potential"])} for r in table.to_dict("records")}
     for value in payload.values():  # infinite metrics (more than half failed) as the string JSON can hold
         for k in ("metric", "metric_ci_low", "metric_ci_high", "metric_uncorrected"):
             if isinstance(value.get(k), float) and math.isinf(value[k]):
@@ -421,7 +426,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
                  "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",
                  "median |ΔV₀,A| − |ΔV₀,B| [points] (exact 95 % CI)":
                      f"{_num(r.median_d)} [{_num(r.median_d_ci_low)}, {_num(r.median_d_ci_high)}]",
-                 "sign-test p": _num(r.sign_p, 3), "Holm p": _num(r.holm_p, 3),
+                 "sign-test p": _num(r.sign_p, 3), "Holm p": _num(r.holm_sign_p, 3),
                  "signed-rank p (Holm)": _num(getattr(r, "holm_signed_rank_p", np.nan), 3), "verdict": r.verdict}
                 for r in pairs.itertuples()]
         lines += [f"Every pair ({len(pairs)}), on the same shared structures: the exact sign test of the median "

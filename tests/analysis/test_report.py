@@ -260,6 +260,7 @@ def test_ranking_counts_failures_and_results_json_has_them(report):
         assert record["within_10pct"] == pytest.approx((score < 10).mean())
         assert record["metric"] == pytest.approx(np.median(score))
         assert table.loc[name, "failure rate"] == f"{100 * failed.mean():.0f} %"
+        assert record["n"] == len(rows) == int(table.loc[name, "n"])  # results.json's n is the table's
         assert table.loc[name, "median |ΔV₀| [%] (95 % CI)"].startswith(f"{np.median(score):.2f} [")
     # issue 35's machine-readable numbers: ΔV statistics by hand, the settings hash, the common structures
     data = json.loads((root / "docs" / "results.json").read_text())
