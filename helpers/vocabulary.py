@@ -95,6 +95,11 @@ NO_HESSIAN_SEED = "off"
 #: never ranks them, and they are no evidence about a CIF (the consensus checks leave them out)
 UNFIT_FOR_CRYSTALS = {"aimnet2": "unfit for crystals: trained on molecules, it expands them by a many-body error of "
                                  "the model that no set-up of the aimnet package fixes (docs/aimnet2.md)"}
+#: the two classes of crystals the report splits the ranking by (helpers.analysis.bonding): one of the molecules
+#: has an N–H or O–H (a conventional hydrogen-bond donor), or none has
+DONORS = "N–H/O–H donors"
+NO_DONORS = "no N–H/O–H donors"
+BONDING_CLASSES = (DONORS, NO_DONORS)
 #: the sample sets of the clean entries (helpers.analysis.sample_sets) a relax run can be restricted to or relax
 #: first: the unaltered COD entries, the COD tool suite's test inputs, ice
 SAMPLE_SETS = ("science", "altered", "ice")

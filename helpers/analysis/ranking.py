@@ -275,6 +275,47 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             "n_shared_complete": n_shared_complete}
 
 
+def _ranked(ranking: Mapping[str, Any]) -> list[str]:
+    """The ranked potentials of ``ranking`` in rank order."""
+    table = ranking.get("table", pd.DataFrame())
+    if table.empty:
+        return []
+    return table[table["ranked"].astype(bool)].sort_values("rank")["potential"].tolist()
+
+
+def subset_ranking(errors: pd.DataFrame, ranking: Mapping[str, Any], keep: Iterable[str],
+                   alpha_v: float = THERMAL_EXPANSION_V, level: float = CI_LEVEL) -> dict[str, Any] | None:
+    """The ranked potentials of ``ranking`` on the shared structures in ``keep`` (a class of crystals, or the
+    shared set less a doubtful subset): does the order hold there? α_V fixed, unknown temperatures at
+    :data:`T_ASSUMED`, failures ∞ as in the ranking. None when fewer than :data:`MIN_RANKED` shared structures
+    are in ``keep`` or nothing is ranked.
+
+    Returns ``ids`` (the structures), ``n``, per potential ``metric`` (median |ΔV₀|) with its exact
+    order-statistic CI (``metric_ci_low``/``metric_ci_high``), ``bias`` (median ΔV₀ of the converged ones),
+    ``failures``; ``order`` (by the metric, ties by the overall rank) and ``first_two``: the overall first
+    against the overall second on these structures (:func:`pair_statistics`, not adjusted: descriptive)."""
+    potentials = _ranked(ranking)
+    wanted = {str(i) for i in keep}
+    ids = [i for i in ranking.get("shared", []) if str(i) in wanted]
+    if not potentials or len(ids) < MIN_RANKED:
+        return None
+    dv_t, _, temperature = delta_matrices(errors, potentials, ids)
+    dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
+    stats_ = per_potential(dv_0)
+    scores = _scores(dv_0)
+    rows = {}
+    for j, p in enumerate(potentials):
+        low, high, _ = median_ci_exact(scores[:, j], level)
+        rows[p] = {"metric": float(stats_["metric"][j]), "metric_ci_low": low, "metric_ci_high": high,
+                   "bias": float(stats_["bias"][j]), "failures": int(np.isnan(dv_0[:, j]).sum())}
+    first_two = None
+    if len(potentials) >= 2:
+        first_two = {"potential_a": potentials[0], "potential_b": potentials[1],
+                     **pair_statistics(scores[:, 0], scores[:, 1], level)}
+    return {"ids": ids, "n": len(ids), "potentials": rows, "first_two": first_two,
+            "order": sorted(potentials, key=lambda p: (rows[p]["metric"], potentials.index(p)))}
+
+
 def leave_out_effect(errors: pd.DataFrame, ranking: Mapping[str, Any], leave_out: Iterable[str],
                      alpha_v: float = THERMAL_EXPANSION_V) -> dict[str, Any] | None:
     """The ranked potentials' metric (median |ΔV₀|, failures ∞) on the shared structures without ``leave_out``
@@ -284,22 +325,19 @@ def leave_out_effect(errors: pd.DataFrame, ranking: Mapping[str, Any], leave_out
     Returns ``ids`` (those left out), ``n`` (what remains), ``metric`` (potential -> without them),
     ``max_shift`` (the largest |change| of a metric, points) and ``order`` (the ranked potentials by the new
     metric, ties by the old rank)."""
-    table = ranking.get("table", pd.DataFrame())
-    if table.empty:
+    shared = [str(i) for i in ranking.get("shared", [])]
+    dropped = sorted(set(shared) & {str(i) for i in leave_out})
+    if not dropped:
         return None
-    ranked = table[table["ranked"].astype(bool)].sort_values("rank")
-    dropped = sorted(set(ranking.get("shared", [])) & {str(i) for i in leave_out})
-    keep = [i for i in ranking.get("shared", []) if i not in set(dropped)]
-    if not dropped or len(keep) < MIN_RANKED or ranked.empty:
+    rest = subset_ranking(errors, ranking, set(shared) - set(dropped), alpha_v)
+    if rest is None:
         return None
-    potentials = ranked["potential"].tolist()
-    dv_t, _, temperature = delta_matrices(errors, potentials, keep)
-    dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
-    metric = dict(zip(potentials, map(float, per_potential(dv_0)["metric"])))
-    shifts = [abs(metric[p] - float(m)) for p, m in zip(potentials, ranked["metric"])]
-    finite = [d for d in shifts if np.isfinite(d)]
-    return {"ids": dropped, "n": len(keep), "metric": metric, "max_shift": max(finite) if finite else float("nan"),
-            "order": sorted(potentials, key=lambda p: (metric[p], potentials.index(p)))}
+    table = ranking["table"]
+    before = dict(zip(table["potential"], table["metric"]))
+    metric = {p: row["metric"] for p, row in rest["potentials"].items()}
+    finite = [d for d in (abs(m - float(before[p])) for p, m in metric.items()) if np.isfinite(d)]
+    return {"ids": dropped, "n": rest["n"], "metric": metric, "max_shift": max(finite) if finite else float("nan"),
+            "order": rest["order"]}
 
 
 def pair_statistics(score_a: np.ndarray, score_b: np.ndarray, level: float = CI_LEVEL) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
 from helpers.analysis import compounds, consensus, sample_sets, start_backfill
+from helpers.analysis.bonding import nh_oh_donors
 from helpers.analysis.distributions import median_mad
 from helpers.analysis.quantities import (
     BASE_QUANTITIES,
@@ -79,6 +80,8 @@ ERROR_COLUMNS = [
     "start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress", "filter_flags",
     # the chemistry of the entry, for a reader of the worst structures: the CIF's name, 02_filter's molecules
     "compound_name", "molecules",
+    # the report's chemical split (helpers.analysis.bonding): N or O atoms carrying H in the distinct molecules
+    "nh_oh_donors",
 ]
 
 
@@ -111,11 +114,15 @@ def _pct(calc: float, exp: float) -> float:
     return float((calc - exp) / exp * 100) if exp and np.isfinite(exp) and np.isfinite(calc) else np.nan
 
 
+def _species(clean_row) -> list[dict]:
+    """02_filter's distinct molecules of a clean row (SMILES, formula, count, charge); [] when it has none."""
+    return ((clean_row.data or {}).get("molecules") if clean_row is not None else None) or []
+
+
 def molecules_text(clean_row) -> str | None:
     """02_filter's molecules of a clean row as ``count × SMILES`` (charge when not neutral), joined by ' + '."""
-    species = ((clean_row.data or {}).get("molecules") if clean_row is not None else None) or []
     parts = []
-    for sp in species:
+    for sp in _species(clean_row):
         charge = int(sp.get("charge") or 0)
         label = sp.get("smiles") or sp.get("formula") or "?"
         parts.append(f"{sp.get('count', 1)} × {label}" + (f" (charge {charge:+d})" if charge else ""))
@@ -171,6 +178,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "source": kvp.get("source") or (clean_row.get("source") if clean_row else None),
         "cif_formula": kvp.get("cif_formula") or (clean_row.get("cif_formula") if clean_row else None),
         "compound_name": _compound_name(row, clean_row), "molecules": molecules_text(clean_row),
+        "nh_oh_donors": nh_oh_donors(sp.get("smiles") for sp in _species(clean_row)),
     }
     notes = []
     relaxed = row.toatoms()

@@ -1,0 +1,51 @@
+"""Which crystals can hold conventional hydrogen bonds: the chemical split a reader asks of a ranking.
+
+A potential chosen for a pharmaceutical (amides, acids, alcohols: N–H···O, O–H···O) may not be the one for a
+crystal held by dispersion and weak contacts alone (hydrocarbons, ethers, nitro aromatics). The split is read
+from the molecules 02_filter found in the cell (their SMILES, with hydrogens as the CIF placed them): a crystal
+is in the donor class when one of its molecules has an N or O atom carrying a hydrogen (N–H, O–H: amines,
+amides, acids, alcohols, water of crystallisation, ammonium). The rule is deliberately simple and transparent:
+no geometry, no acceptor count (every such crystal here also has N or O acceptors), S–H and C–H donors not
+counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from helpers.vocabulary import BONDING_CLASSES, DONORS, NO_DONORS
+
+__all__ = ["BONDING_CLASSES", "DONORS", "NO_DONORS", "bonding_class", "nh_oh_donors"]
+
+#: the atoms that donate a conventional hydrogen bond when they carry a hydrogen
+DONOR_ELEMENTS = ("N", "O")
+
+
+def nh_oh_donors(smiles: Iterable[str]) -> int | None:
+    """N or O atoms carrying at least one hydrogen, summed over the distinct molecules given as SMILES (each
+    counted once, whatever its multiplicity in the cell); None when there is none or one cannot be read."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    total, seen = 0, 0
+    for text in smiles:
+        mol = Chem.MolFromSmiles(str(text)) if text else None
+        if mol is None:
+            return None
+        seen += 1
+        total += sum(1 for atom in mol.GetAtoms()
+                     if atom.GetSymbol() in DONOR_ELEMENTS and atom.GetTotalNumHs() > 0)
+    return total if seen else None
+
+
+def bonding_class(n_donors: float | int | None) -> str | None:
+    """:data:`DONORS` or :data:`NO_DONORS` from :func:`nh_oh_donors`' count; None when it is unknown."""
+    if n_donors is None:
+        return None
+    try:
+        n = float(n_donors)
+    except (TypeError, ValueError):
+        return None
+    if n != n:  # NaN: the molecules were not read
+        return None
+    return DONORS if n > 0 else NO_DONORS
