@@ -85,6 +85,11 @@ class ReportInputs:
         ids = self.science.loc[flags.map(lambda f: PRESSURE_FLAG in f), "structure_id"].astype(str)
         return leave_out_effect(self.science, self.ranking, set(ids))
 
+    @cached_property
+    def by_bonding(self) -> dict[str, dict[str, Any]]:
+        """The ranking on the crystals with N–H/O–H donors and on those without (:func:`by_bonding`)."""
+        return by_bonding(self.science, self.ranking)
+
 
 #: 02_filter's flag for an entry measured under pressure (its check ``high_pressure``)
 PRESSURE_FLAG = "high_pressure"
@@ -221,9 +226,8 @@ def verdict_section(inputs: ReportInputs) -> list[str]:
     """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
     table = inputs.ranking["table"]
     ranked = set(table.loc[table["ranked"].astype(bool), "potential"]) if len(table) else set()
-    return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + unfinished_text(inputs.info.get("coverage"),
-                                                                                      ranked)]),
-            ""]
+    return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + bonding_text(inputs.by_bonding, inputs.ranking)
+                                       + unfinished_text(inputs.info.get("coverage"), ranked)]), ""]
 
 
 def unfinished_text(coverage: dict[str, tuple[int, int]] | None, ranked: set[str] | frozenset[str] = frozenset()
@@ -470,26 +474,45 @@ def top_pairs_section(inputs: ReportInputs) -> list[str]:
 # Hydrogen-bond donors or not: does the ranking hold for both kinds of crystal?
 
 
-def by_bonding(inputs: ReportInputs) -> dict[str, dict[str, Any]]:
+def by_bonding(science: pd.DataFrame, ranking: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """:func:`helpers.analysis.ranking.subset_ranking` of each bonding class (:mod:`helpers.analysis.bonding`)
     of the shared structures; a class with too few structures is left out. {} without the donor counts."""
-    science = inputs.science
-    if science.empty or "nh_oh_donors" not in science or not inputs.ranking.get("shared"):
+    if science.empty or "nh_oh_donors" not in science or not ranking.get("shared"):
         return {}
     donors = pd.to_numeric(science.groupby("structure_id")["nh_oh_donors"].first(), errors="coerce")
     classes = donors.map(bonding_class)
     out = {}
     for name in BONDING_CLASSES:
-        result = subset_ranking(science, inputs.ranking, set(classes.index[classes == name].astype(str)))
+        result = subset_ranking(science, ranking, set(classes.index[classes == name].astype(str)))
         if result is not None:
             out[name] = result
     return out
 
 
+#: where each bonding class is, in a sentence
+BONDING_WHERE = {DONORS: f"the crystals with {DONORS}", NO_DONORS: f"those with {NO_DONORS}"}
+
+
+def bonding_places(split: dict[str, dict[str, Any]], potential: str) -> str:
+    """Where ``potential`` stands in each class: "first among the crystals with … (80) and second among …"."""
+    return " and ".join(f"{_ordinal(result['order'].index(potential) + 1)} among {BONDING_WHERE[name]} "
+                        f"({result['n']})" for name, result in split.items() if potential in result["order"])
+
+
+def bonding_text(split: dict[str, dict[str, Any]], ranking: dict[str, Any]) -> str:
+    """The headline's clause on the chemical split: where the first stands in each class; "" without it."""
+    table = ranking.get("table", pd.DataFrame())
+    if not split or table.empty or not table["ranked"].astype(bool).any():
+        return ""
+    first = table[table["ranked"].astype(bool)].sort_values("rank")["potential"].iloc[0]
+    places = bonding_places(split, first)
+    return f" By chemistry, {display_name(first)} is {places} (*Hydrogen-bonded or not*)." if places else ""
+
+
 def bonding_section(inputs: ReportInputs) -> list[str]:
     """The ranked potentials on the crystals with N–H/O–H donors and on those without, side by side, and the
     overall first two compared within each; publishes ``results.json`` → ``by_bonding``."""
-    split = by_bonding(inputs)
+    split = inputs.by_bonding
     update_results_json(inputs.docs, "by_bonding", split)
     if not split:
         return []
@@ -507,9 +530,6 @@ def bonding_section(inputs: ReportInputs) -> list[str]:
             row[f"{name}: rank"] = result["order"].index(r.potential) + 1
         rows.append(row)
     first = ranked["potential"].iloc[0]
-    where = {DONORS: f"the crystals with {DONORS}", NO_DONORS: f"those with {NO_DONORS}"}
-    places = [f"{_ordinal(result['order'].index(first) + 1)} among {where[name]} ({result['n']})"
-              for name, result in split.items()]
     lines = ["## Hydrogen-bonded or not: does the ranking hold for both?", "",
              "The shared structures split by their molecules (02_filter's SMILES): a crystal is in the donor class "
              "when a molecule has an N or O atom carrying a hydrogen (amines, amides, acids, alcohols, water of "
@@ -518,14 +538,14 @@ def bonding_section(inputs: ReportInputs) -> list[str]:
              f"{T_ASSUMED:g} K) and the bias (median ΔV₀ of the converged). Descriptive: the classes were not "
              "designed, and nothing here is adjusted for multiple comparisons.", "",
              _markdown(pd.DataFrame(rows)), "",
-             f"{display_name(first)}, first overall, is " + " and ".join(places) + ". The overall first two on "
+             f"{display_name(first)}, first overall, is {bonding_places(split, first)}. The overall first two on "
              "each class:", ""]
     for name, result in split.items():
         pair = result.get("first_two")
         if not pair:
             continue
         a, b = display_name(pair["potential_a"]), display_name(pair["potential_b"])
-        lines.append(f"- On {where[name]} ({pair['n']}): {a} closer on {pair['a_closer']}, {b} on "
+        lines.append(f"- On {BONDING_WHERE[name]} ({pair['n']}): {a} closer on {pair['a_closer']}, {b} on "
                      f"{pair['b_closer']}, median |ΔV₀,A| − |ΔV₀,B| {_num(pair['median_d'])} points "
                      f"[exact 95 % CI {_num(pair['median_d_ci_low'])}, {_num(pair['median_d_ci_high'])}], "
                      f"sign-test p = {_num(pair['sign_p'], 3)} (unadjusted).")

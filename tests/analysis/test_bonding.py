@@ -64,3 +64,13 @@ def test_the_report_splits_the_ranking_by_donors(tmp_path, sourced_errors):
             cell = table.loc[display, f"{name} (n = {len(members)}): median |ΔV₀| [%] (exact 95 % CI)"]
             assert cell.startswith(f"{np.median(score):.2f} [")
         assert sorted(split[name]["order"]) == sorted(split[name]["potentials"])
+    # the headline says where the first stands in each class, from the same numbers
+    potentials = json.loads((tmp_path / "docs" / "results.json").read_text())["potentials"]
+    first = next(p for p, row in potentials.items() if row["rank"] == 1)
+    verdict = markdown.split("## Verdict", 1)[1].split("## ", 1)[0]
+    ordinal = ("first", "second", "third")
+    expected = [f"{ordinal[split[DONORS]['order'].index(first)]} among the crystals with {DONORS} "
+                f"({split[DONORS]['n']})",
+                f"{ordinal[split[NO_DONORS]['order'].index(first)]} among those with {NO_DONORS} "
+                f"({split[NO_DONORS]['n']})"]
+    assert f"By chemistry, {potentials[first]['display_name']} is {expected[0]} and {expected[1]}" in verdict
