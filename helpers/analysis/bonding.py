@@ -11,11 +11,15 @@ counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+import pandas as pd
+
+from helpers.analysis.ranking import subset_ranking
 from helpers.vocabulary import BONDING_CLASSES, DONORS, NO_DONORS
 
-__all__ = ["BONDING_CLASSES", "DONORS", "NO_DONORS", "bonding_class", "nh_oh_donors"]
+__all__ = ["BONDING_CLASSES", "DONORS", "NO_DONORS", "bonding_class", "bonding_frame", "by_bonding", "nh_oh_donors"]
 
 #: the atoms that donate a conventional hydrogen bond when they carry a hydrogen
 DONOR_ELEMENTS = ("N", "O")
@@ -49,3 +53,27 @@ def bonding_class(n_donors: float | int | None) -> str | None:
     if n != n:  # NaN: the molecules were not read
         return None
     return DONORS if n > 0 else NO_DONORS
+
+
+def by_bonding(science: pd.DataFrame, ranking: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`helpers.analysis.ranking.subset_ranking` of each bonding class (:mod:`helpers.analysis.bonding`)
+    of the shared structures; a class with too few structures is left out. {} without the donor counts."""
+    if science.empty or "nh_oh_donors" not in science or not ranking.get("shared"):
+        return {}
+    donors = pd.to_numeric(science.groupby("structure_id")["nh_oh_donors"].first(), errors="coerce")
+    classes = donors.map(bonding_class)
+    out = {}
+    for name in BONDING_CLASSES:
+        result = subset_ranking(science, ranking, set(classes.index[classes == name].astype(str)))
+        if result is not None:
+            out[name] = result
+    return out
+
+
+def bonding_frame(split: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """:func:`by_bonding` as one tidy table: a row per class and ranked potential (``n``, ``metric`` with its
+    exact CI, ``bias``, ``failures``, ``rank`` in the class), for a notebook."""
+    rows = [{"class": name, "potential": potential, "n": result["n"], **values,
+             "rank": result["order"].index(potential) + 1}
+            for name, result in split.items() for potential, values in result["potentials"].items()]
+    return pd.DataFrame(rows)

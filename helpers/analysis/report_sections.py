@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.analysis import ranking_targets, report_figures, sample_sets, top_pairs
-from helpers.analysis.bonding import bonding_class
+from helpers.analysis.bonding import by_bonding
 from helpers.analysis.exact_stats import median_ci_exact
 from helpers.analysis.quantities import STUDY_RESULT, all_entries, display_name
 from helpers.analysis.ranking import (
@@ -32,11 +32,10 @@ from helpers.analysis.ranking import (
     leave_out_effect,
     partial_sentence,
     rank_potentials,
-    subset_ranking,
 )
 from helpers.analysis.readme_headline import marked
 from helpers.analysis.results_json import update_results_json
-from helpers.vocabulary import BONDING_CLASSES, DONORS, GLOSSARY_HEADING, NO_DONORS, THERMAL_EXPANSION_V
+from helpers.vocabulary import DONORS, GLOSSARY_HEADING, NO_DONORS, THERMAL_EXPANSION_V
 
 #: size strata (atoms in the cell) for testing whether a shift depends on size
 SIZE_EDGES = (50, 100)
@@ -472,21 +471,6 @@ def top_pairs_section(inputs: ReportInputs) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Hydrogen-bond donors or not: does the ranking hold for both kinds of crystal?
-
-
-def by_bonding(science: pd.DataFrame, ranking: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """:func:`helpers.analysis.ranking.subset_ranking` of each bonding class (:mod:`helpers.analysis.bonding`)
-    of the shared structures; a class with too few structures is left out. {} without the donor counts."""
-    if science.empty or "nh_oh_donors" not in science or not ranking.get("shared"):
-        return {}
-    donors = pd.to_numeric(science.groupby("structure_id")["nh_oh_donors"].first(), errors="coerce")
-    classes = donors.map(bonding_class)
-    out = {}
-    for name in BONDING_CLASSES:
-        result = subset_ranking(science, ranking, set(classes.index[classes == name].astype(str)))
-        if result is not None:
-            out[name] = result
-    return out
 
 
 #: where each bonding class is, in a sentence

@@ -74,3 +74,23 @@ def test_the_report_splits_the_ranking_by_donors(tmp_path, sourced_errors):
                 f"{ordinal[split[NO_DONORS]['order'].index(first)]} among those with {NO_DONORS} "
                 f"({split[NO_DONORS]['n']})"]
     assert f"By chemistry, {potentials[first]['display_name']} is {expected[0]} and {expected[1]}" in verdict
+
+
+def test_the_notebook_table_is_the_split(sourced_errors):
+    from helpers.analysis.bonding import bonding_frame, by_bonding
+    from helpers.analysis.ranking import rank_potentials
+    from tests.analysis.test_report import science
+
+    rows = science(sourced_errors).copy()
+    ids = sorted(set(rows.structure_id))
+    rows["nh_oh_donors"] = rows.structure_id.map({s: k % 2 for k, s in enumerate(ids)})
+    ranking = rank_potentials(rows, n_boot=50)
+    split = by_bonding(rows, ranking)
+    frame = bonding_frame(split)
+    assert set(frame["class"]) == {DONORS, NO_DONORS} and len(frame) == 2 * len(split[DONORS]["potentials"])
+    for r in frame.to_dict("records"):
+        assert r["metric"] == split[r["class"]]["potentials"][r["potential"]]["metric"]
+        assert split[r["class"]]["order"][r["rank"] - 1] == r["potential"]
+    assert split[DONORS]["n"] + split[NO_DONORS]["n"] == len(ranking["shared"])
+    rows["nh_oh_donors"] = np.nan  # molecules not read: no split, not a split into "no donors"
+    assert by_bonding(rows, ranking) == {}
