@@ -89,12 +89,13 @@ def read_tables(analysis_dir: str | Path) -> dict[str, pd.DataFrame]:
     """The analysis CSVs the report is made of."""
     folder = Path(analysis_dir)
     names = ("summary", "errors", "status_counts", "thermal_summary", "paired_volume", "structure_summary",
-             "left_out", "sets_summary")
+             "left_out", "sets_summary", "consensus_outliers")
     tables = {}
     for name in names:
         path = folder / f"{name}.csv"
-        tables[name] = pd.read_csv(path, index_col=0 if name == "status_counts" else None) if path.is_file() \
-            else pd.DataFrame()
+        # an empty table may be written as an empty file (no header): nothing listed
+        tables[name] = pd.read_csv(path, index_col=0 if name == "status_counts" else None) \
+            if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
     return tables
 
 

@@ -85,6 +85,15 @@ class ReportInputs:
         return leave_out_effect(self.science, self.ranking, set(ids))
 
     @cached_property
+    def without_flagged(self) -> dict[str, Any] | None:
+        """:func:`helpers.analysis.ranking.leave_out_effect` of the shared entries *CIF error or potential
+        error?* lists (``consensus_outliers.csv``): is the order carried by a few doubtful CIFs?"""
+        listed = self.tables.get("consensus_outliers", pd.DataFrame())
+        if self.science.empty or listed.empty or "structure_id" not in listed:
+            return None
+        return leave_out_effect(self.science, self.ranking, set(listed["structure_id"].astype(str)))
+
+    @cached_property
     def by_bonding(self) -> dict[str, dict[str, Any]]:
         """The ranking on the crystals with N–H/O–H donors and on those without (:func:`by_bonding`)."""
         return by_bonding(self.science, self.ranking)
@@ -94,18 +103,40 @@ class ReportInputs:
 PRESSURE_FLAG = "high_pressure"
 
 
-def pressure_sentence(effect: dict[str, Any] | None, before: list[str]) -> str:
-    """What the shared entries measured under pressure do to the ranking (``before``: the ranked potentials in
-    rank order); "" when none is shared."""
+def leave_out_sentence(effect: dict[str, Any] | None, before: list[str], what: str, key: str) -> str:
+    """What leaving a doubtful subset of the shared entries out does to the ranking (``effect``:
+    :func:`helpers.analysis.ranking.leave_out_effect`; ``before``: the ranked potentials in rank order; ``what``:
+    what those entries are, as the sentence's predicate; ``key``: where ``results.json`` keeps it under
+    ``ranking``); "" when none is shared."""
     if not effect:
         return ""
-    order = ("the order is unchanged" if effect["order"] == before else
-             "the order becomes " + ", ".join(display_name(p) for p in effect["order"]))
-    return (f"{len(effect['ids'])} of the shared structures were measured under pressure (02_filter's "
-            f"`{PRESSURE_FLAG}` flag) and are compared with 0 GPa relaxations, as the study did (03_relax's "
-            "`pressure = \"experimental\"` relaxes each at its own); without them "
+    order = "the order is unchanged" if effect["order"] == before else order_change(before, effect["order"])
+    return (f"{len(effect['ids'])} of the shared structures {what}; without them "
             f"({effect['n']} structures) the median |ΔV₀| of a ranked potential moves by at most "
-            f"{_num(effect['max_shift'])} points and {order} (`results.json` → `ranking.under_pressure`).")
+            f"{_num(effect['max_shift'])} points and {order} (`results.json` → `ranking.{key}`).")
+
+
+def order_change(before: list[str], after: list[str]) -> str:
+    """How a ranking's order changed, by the potentials that moved: "ranks 1–4 unchanged; ANI-2x-d3 now rank 5
+    (was 6), ANI-1ccx now rank 6 (was 5)"."""
+    moved = [p for p in after if after.index(p) != before.index(p)]
+    kept = next((k for k, (a, b) in enumerate(zip(before, after)) if a != b), len(after))
+    head = f"ranks 1–{kept} unchanged; " if kept > 1 else ("rank 1 unchanged; " if kept == 1 else "")
+    return head + ", ".join(f"{display_name(p)} now rank {after.index(p) + 1} (was {before.index(p) + 1})"
+                            for p in moved)
+
+
+def pressure_sentence(effect: dict[str, Any] | None, before: list[str]) -> str:
+    """What the shared entries measured under pressure do to the ranking; "" when none is shared."""
+    return leave_out_sentence(effect, before, f"were measured under pressure (02_filter's `{PRESSURE_FLAG}` flag) "
+                              "and are compared with 0 GPa relaxations, as the study did (03_relax's "
+                              "`pressure = \"experimental\"` relaxes each at its own)", "under_pressure")
+
+
+def flagged_sentence(effect: dict[str, Any] | None, before: list[str]) -> str:
+    """What the shared entries listed as candidate CIF problems do to the ranking; "" when none is shared."""
+    return leave_out_sentence(effect, before, "are listed as candidate CIF problems (*CIF error or potential "
+                              "error?*: the evidence is in part the potentials' own agreement)", "without_flagged")
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -362,7 +393,7 @@ def publish_ranking(inputs: ReportInputs) -> None:
                   "structures", "assumption": assumption_text(), "shared_ids": inputs.ranking["shared"],
         "n_unknown_temperature": inputs.ranking["n_unknown_t"],
         "partial": {p: {"not_reached": n, "targets": m} for p, (n, m) in inputs.ranking.get("partial", {}).items()},
-        "under_pressure": inputs.under_pressure})
+        "under_pressure": inputs.under_pressure, "without_flagged": inputs.without_flagged})
     update_results_json(inputs.docs, "paired", pairs.to_dict("records") if len(pairs) else [])
 
 
@@ -415,6 +446,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
     partial = partial_sentence(inputs.ranking)  # potentials still running: how far the shared set is cut
     ranked = table[table["ranked"].astype(bool)].sort_values("rank")["potential"].tolist()
     pressure = pressure_sentence(inputs.under_pressure, ranked)
+    flagged = flagged_sentence(inputs.without_flagged, ranked)
     lines = ["## Ranking on shared structures (primary: against the 0 K-extrapolated experiment)", "",
              f"{len(inputs.ranking['shared'])} science structures attempted by every ranked potential "
              f"({inputs.ranking['n_unknown_t']} of them without a measurement temperature, kept: "
@@ -425,7 +457,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
              f"{MIN_RANKED} structures are listed, not ranked. "
              "Beside it the uncorrected view (the study's, against the cell as measured).", "",
              _markdown(_rank_rows(table)), "", *([partial, ""] if partial else []),
-             *([pressure, ""] if pressure else []), *figure]
+             *([pressure, ""] if pressure else []), *([flagged, ""] if flagged else []), *figure]
     if len(pairs):
         rows = [{"A": display_name(r.potential_a), "B": display_name(r.potential_b), "n": int(r.n),
                  "A closer / B closer / ties": f"{int(r.a_closer)} / {int(r.b_closer)} / {int(r.ties)}",
@@ -537,7 +569,7 @@ def bonding_section(inputs: ReportInputs) -> list[str]:
 
 
 def _ordinal(k: int) -> str:
-    return {1: "first", 2: "second", 3: "third"}.get(k, f"{k}th")
+    return {1: "first", 2: "second", 3: "third"}.get(k, f"{k}th")  # a ranking here has fewer than 21 places
 
 
 # ---------------------------------------------------------------------------------------------

@@ -321,3 +321,12 @@ def test_leaving_out_the_entries_under_pressure_by_hand(sourced_errors):
     assert text.startswith("3 of the shared structures were measured under pressure") and f"({effect['n']} " in text
     assert ("the order is unchanged" in text) == (effect["order"] == order)
     assert leave_out_effect(errors, result, {"cod-not-shared"}) is None and pressure_sentence(None, order) == ""
+
+
+def test_an_order_change_names_who_moved():
+    from helpers.analysis.report_sections import order_change
+
+    assert order_change(["ani1x", "ani2x", "ani1ccx"], ["ani1x", "ani1ccx", "ani2x"]) == \
+        "rank 1 unchanged; ANI-1ccx now rank 2 (was 3), ANI-2x now rank 3 (was 2)"
+    assert order_change(["ani1x", "ani2x"], ["ani2x", "ani1x"]) == \
+        "ANI-2x now rank 1 (was 2), ANI-1x now rank 2 (was 1)"
