@@ -235,3 +235,18 @@ def test_compiled_sevennet_without_a_cpp_compiler_says_how_to_go_on(monkeypatch,
     with pytest.raises(RuntimeError, match=r"C\+\+ compiler.*install one.*compiled=False"):
         potential.calculator()
     assert potential.calculator(compiled=False) is not None
+
+
+@pytest.mark.slow
+def test_gfn_ff_converges_where_bfgs_from_ases_start_stalled(require_potential, shared_data):
+    """GFN-FF's card seeds BFGS with ANI-2x's Hessian: COD 2004431 (38 atoms) stopped at the old cap from ASE's
+    start (528 steps, fmax 0.02 eV/Å) and converges seeded, to the study's fmax, in far fewer steps than its cap."""
+    from helpers.relax.stage import job_settings
+
+    settings = job_settings("gfn-ff")
+    assert settings.hessian_seed == "ani2x" and settings.steps_per_atom == 20
+    atoms = read_crystal(shared_data / "cod-sample" / "2004431.cif")
+    result = relax(atoms, require_potential("gfn-ff").calculator(), settings)
+    assert result.status == Status.converged and result.fmax_final < settings.fmax
+    assert result.steps < 528 and result.extra["hessian_seeded"] == 1
+    assert -15 < 100 * (result.atoms.get_volume() / atoms.get_volume() - 1) < -9  # over-binds, as its card says

@@ -74,9 +74,9 @@ def test_side_by_side_seed_is_the_one_at_a_time_seed(co2):
     assert side_by_side_evaluator("gfn-ff") is None  # not ANI: its calculator, one geometry at a time
 
 
-def test_the_graph_potentials_are_seeded_by_default_and_ani_is_not():
+def test_the_graph_potentials_and_gfn_ff_are_seeded_by_default_and_ani_is_not():
     seeded = {name for name, pot in REGISTRY.items() if pot.hessian_seed}
-    assert {"chgnet-d3", "sevennet0-d3", "sevennet-l3i5-d3", "sevennet-mf0-r2scan-d3"} <= seeded
+    assert {"chgnet-d3", "sevennet0-d3", "sevennet-l3i5-d3", "sevennet-mf0-r2scan-d3", "gfn-ff"} <= seeded
     assert not {name for name in seeded if name.startswith("ani")}
     for name in seeded:  # a seed is cheap and covers the organic elements
         assert get_potential(name).hessian_seed == "ani2x"
