@@ -51,7 +51,9 @@ def test_every_new_potential_is_registered_with_its_card():
     for name in NEW:
         pot = REGISTRY[name]
         assert {"H", "C", "N", "O"} <= pot.elements, name
-        assert pot.steps_per_atom == 6 and pot.citation and pot.licence and pot.source and pot.cost, name
+        # the study's cap 300 + 6 per atom; GFN-FF's cheap steps may be 20 per atom (its card says why)
+        assert pot.steps_per_atom == (20 if name == "gfn-ff" else 6), name
+        assert pot.citation and pot.licence and pot.source and pot.cost, name
         assert pot.description and pot.packages, name
     rows = {r["name"]: r for r in potentials_table()}
     assert set(NEW) <= set(rows)
