@@ -12,6 +12,7 @@ counted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -28,31 +29,29 @@ DONOR_ELEMENTS = ("N", "O")
 def nh_oh_donors(smiles: Iterable[str]) -> int | None:
     """N or O atoms carrying at least one hydrogen, summed over the distinct molecules given as SMILES (each
     counted once, whatever its multiplicity in the cell); None when there is none or one cannot be read."""
+    counts = [_donor_atoms(str(text)) if text else None for text in smiles]
+    return sum(counts) if counts and None not in counts else None
+
+
+@lru_cache(maxsize=4096)
+def _donor_atoms(smiles: str) -> int | None:
+    """One molecule's N and O atoms carrying H (None: not a SMILES RDKit reads). Cached: the analysis asks once
+    per relaxed row, so once per potential for the same molecules."""
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    total, seen = 0, 0
-    for text in smiles:
-        mol = Chem.MolFromSmiles(str(text)) if text else None
-        if mol is None:
-            return None
-        seen += 1
-        total += sum(1 for atom in mol.GetAtoms()
-                     if atom.GetSymbol() in DONOR_ELEMENTS and atom.GetTotalNumHs() > 0)
-    return total if seen else None
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return None
+    return sum(1 for atom in mol.GetAtoms() if atom.GetSymbol() in DONOR_ELEMENTS and atom.GetTotalNumHs() > 0)
 
 
 def bonding_class(n_donors: float | int | None) -> str | None:
-    """:data:`DONORS` or :data:`NO_DONORS` from :func:`nh_oh_donors`' count; None when it is unknown."""
-    if n_donors is None:
+    """:data:`DONORS` or :data:`NO_DONORS` from :func:`nh_oh_donors`' count; None when it is unknown (None or
+    NaN: the molecules were not read)."""
+    if n_donors is None or pd.isna(n_donors):
         return None
-    try:
-        n = float(n_donors)
-    except (TypeError, ValueError):
-        return None
-    if n != n:  # NaN: the molecules were not read
-        return None
-    return DONORS if n > 0 else NO_DONORS
+    return DONORS if float(n_donors) > 0 else NO_DONORS
 
 
 def by_bonding(science: pd.DataFrame, ranking: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -275,8 +275,8 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             "n_shared_complete": n_shared_complete}
 
 
-def _ranked(ranking: Mapping[str, Any]) -> list[str]:
-    """The ranked potentials of ``ranking`` in rank order."""
+def ranked_potentials(ranking: Mapping[str, Any]) -> list[str]:
+    """The ranked potentials of ``ranking`` (:func:`rank_potentials`) in rank order; [] when none is."""
     table = ranking.get("table", pd.DataFrame())
     if table.empty:
         return []
@@ -294,7 +294,7 @@ def subset_ranking(errors: pd.DataFrame, ranking: Mapping[str, Any], keep: Itera
     order-statistic CI (``metric_ci_low``/``metric_ci_high``), ``bias`` (median ΔV₀ of the converged ones),
     ``failures``; ``order`` (by the metric, ties by the overall rank) and ``first_two``: the overall first
     against the overall second on these structures (:func:`pair_statistics`, not adjusted: descriptive)."""
-    potentials = _ranked(ranking)
+    potentials = ranked_potentials(ranking)
     wanted = {str(i) for i in keep}
     ids = [i for i in ranking.get("shared", []) if str(i) in wanted]
     if not potentials or len(ids) < MIN_RANKED:

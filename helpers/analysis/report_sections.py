@@ -32,6 +32,7 @@ from helpers.analysis.ranking import (
     leave_out_effect,
     partial_sentence,
     rank_potentials,
+    ranked_potentials,
 )
 from helpers.analysis.readme_headline import marked
 from helpers.analysis.results_json import update_results_json
@@ -444,7 +445,7 @@ def ranking_section(inputs: ReportInputs) -> list[str]:
     figure = _figure(report_figures.ranking_intervals(table, inputs.figures / "ranking_ci.png"),
                      "Ranking metric with 95 % CIs, n per potential")
     partial = partial_sentence(inputs.ranking)  # potentials still running: how far the shared set is cut
-    ranked = table[table["ranked"].astype(bool)].sort_values("rank")["potential"].tolist()
+    ranked = ranked_potentials(inputs.ranking)
     pressure = pressure_sentence(inputs.under_pressure, ranked)
     flagged = flagged_sentence(inputs.without_flagged, ranked)
     lines = ["## Ranking on shared structures (primary: against the 0 K-extrapolated experiment)", "",
@@ -517,10 +518,10 @@ def bonding_places(split: dict[str, dict[str, Any]], potential: str) -> str:
 
 def bonding_text(split: dict[str, dict[str, Any]], ranking: dict[str, Any]) -> str:
     """The headline's clause on the chemical split: where the first stands in each class; "" without it."""
-    table = ranking.get("table", pd.DataFrame())
-    if not split or table.empty or not table["ranked"].astype(bool).any():
+    ranked = ranked_potentials(ranking)
+    if not split or not ranked:
         return ""
-    first = table[table["ranked"].astype(bool)].sort_values("rank")["potential"].iloc[0]
+    first = ranked[0]
     places = bonding_places(split, first)
     return f" By chemistry, {display_name(first)} is {places} (*Hydrogen-bonded or not*)." if places else ""
 
@@ -532,10 +533,9 @@ def bonding_section(inputs: ReportInputs) -> list[str]:
     update_results_json(inputs.docs, "by_bonding", split)
     if not split:
         return []
-    table = inputs.ranking["table"]
-    ranked = table[table["ranked"].astype(bool)].sort_values("rank")
+    order = ranked_potentials(inputs.ranking)
     rows = []
-    for r in ranked.itertuples():
+    for r in inputs.ranking["table"].set_index("potential").loc[order].reset_index().itertuples():
         row = {"potential": display_name(r.potential), "overall rank": int(r.rank),
                "overall median |ΔV₀| [%]": _num(r.metric)}
         for name, result in split.items():
@@ -545,7 +545,7 @@ def bonding_section(inputs: ReportInputs) -> list[str]:
             row[f"{name}: bias [%]"] = _num(own["bias"])
             row[f"{name}: rank"] = result["order"].index(r.potential) + 1
         rows.append(row)
-    first = ranked["potential"].iloc[0]
+    first = order[0]
     lines = ["## Hydrogen-bonded or not: does the ranking hold for both?", "",
              "The shared structures split by their molecules (02_filter's SMILES): a crystal is in the donor class "
              "when a molecule has an N or O atom carrying a hydrogen (amines, amides, acids, alcohols, water of "
