@@ -13,6 +13,7 @@ scored in the ranking), one it never reached does not.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,11 @@ COVERAGE_RULE = (f"attempted ∩ yardstick / yardstick; yardstick: the unaltered
                  "relaxation counts as attempted")
 
 
-def _clean_and_science(plan: Any):
-    """(the plan's clean database, the science structure ids in it) or None when it has no clean database."""
+def _clean_and_science(clean_path: Any):
+    """(the clean database at ``clean_path``, the science structure ids in it) or None when there is none."""
     from helpers.store import db as dbmod
 
-    try:
-        clean_path = plan.dbs["clean_db"]
-    except (AttributeError, KeyError, TypeError):
-        return None
-    if not Path(clean_path).is_file():
+    if clean_path is None or not (dbmod.is_url(str(clean_path)) or Path(clean_path).is_file()):
         return None
     clean = dbmod.connect(clean_path, must_exist=True)
     sets = {str(row.get("structure_id")): sample_sets.sample_set(row.get("source"), row.get("compound_key"),
@@ -45,12 +42,19 @@ def _clean_and_science(plan: Any):
     return clean, {sid for sid, s in sets.items() if s == sample_sets.SCIENCE or not labelled}
 
 
+def _plan_clean_db(plan: Any) -> Any:
+    try:
+        return plan.dbs["clean_db"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
 def coverage_sets(plan: Any, max_atoms: int = COVERAGE_MAX_ATOMS) -> dict[str, set[str]] | None:
     """Per potential of ``plan``, its coverage yardstick (see the module docstring): science structure ids of at
     most ``max_atoms`` atoms in the cell whose elements it covers; None without a clean database."""
     from helpers.relax.potentials.registry import get_potential
 
-    found = _clean_and_science(plan)
+    found = _clean_and_science(_plan_clean_db(plan))
     if found is None:
         return None
     clean, science = found
@@ -103,10 +107,19 @@ def science_targets(plan: Any) -> dict[str, set[str]] | None:
     """Per potential of ``plan`` (a :class:`helpers.run.config.CampaignConfig`), the clean structure ids it is to
     relax (within its ``max_atoms``) that belong to the science sample (every one when no clean row records
     its source, as :func:`helpers.analysis.sample_sets.science`); None when the plan has no clean database."""
+    clean_db = _plan_clean_db(plan)
+    return None if clean_db is None else science_targets_in(clean_db, plan.potentials, plan.max_atoms)
+
+
+def science_targets_in(clean_db: Any, potentials: Iterable[str],
+                       max_atoms: Mapping[str, int | None] | None = None) -> dict[str, set[str]] | None:
+    """:func:`science_targets` without a campaign plan: what 04_analysis ranks with, from its clean database and
+    ``max_atoms`` (a potential absent from it: every clean structure), so a potential still running is listed
+    as partial there as in the report instead of cutting the shared set; None without a clean database."""
     from helpers.relax.stage import relax_targets
 
-    found = _clean_and_science(plan)
+    found = _clean_and_science(clean_db)
     if found is None:
         return None
     clean, wanted = found
-    return {p: ids & wanted for p, ids in relax_targets(clean, plan.potentials, plan.max_atoms).items()}
+    return {p: ids & wanted for p, ids in relax_targets(clean, list(potentials), dict(max_atoms or {})).items()}

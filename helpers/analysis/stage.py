@@ -25,7 +25,7 @@ import pandas as pd
 from ase import Atoms
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
-from helpers.analysis import compounds, consensus, sample_sets, start_backfill
+from helpers.analysis import compounds, consensus, ranking_targets, sample_sets, start_backfill
 from helpers.analysis.bonding import nh_oh_donors
 from helpers.analysis.distributions import median_mad
 from helpers.analysis.quantities import (
@@ -656,7 +656,9 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
     written into the relaxed databases; False: off). Parameters may
     arrive as strings (papermill's command line): they are coerced
     and checked here. Returns the DataFrames by name plus ``files`` (name -> path), ``figures``
-    (paths) and ``entries_note`` (which entry sets summary.csv holds, and why).
+    (paths), ``entries_note`` (which entry sets summary.csv holds, and why) and ``targets`` (potential -> the
+    science structures it is to relax within ``max_atoms``, or None without ``clean_db``: the ranking's
+    ``targets``, so a potential still running is listed as partial instead of cutting the shared set).
     """
     compounds.parse_rule(one_per_compound)  # bad parameters fail before any work
     _as_int(n_boot, "n_boot", 0), _as_int(boot_seed, "boot_seed", 0)
@@ -672,10 +674,13 @@ def run_analysis(relaxed_dbs, clean_db=None, out_dir: str | Path = "data/analysi
         start_backfill.backfill_for_analysis(resolve_many(relaxed_dbs), clean_db, keep, progress=True)
     errors = collect_errors(relaxed_dbs, clean_db, structure=structure, symprec=symprec, matcher=matcher,
                             progress=progress, settings_hashes=settings_hashes, max_atoms=max_atoms)
-    return analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
-                          threshold_pct=threshold_pct, temperature_edges=temperature_edges, alpha_v=alpha_v,
-                          t_ref=t_ref, plots=plots, one_per_compound=one_per_compound, n_boot=n_boot,
-                          boot_seed=boot_seed)
+    names = sorted(set(errors["potential_name"].astype(str))) if "potential_name" in errors else []
+    result = analyse_errors(errors, out, converged_only=converged_only, quantities=quantities,
+                            threshold_pct=threshold_pct, temperature_edges=temperature_edges, alpha_v=alpha_v,
+                            t_ref=t_ref, plots=plots, one_per_compound=one_per_compound, n_boot=n_boot,
+                            boot_seed=boot_seed)
+    result["targets"] = ranking_targets.science_targets_in(clean_db, names, max_atoms)
+    return result
 
 
 def analyse_errors(errors: pd.DataFrame, out_dir: str | Path, *, converged_only: bool = True,

@@ -546,3 +546,31 @@ def test_rerun_into_the_same_folder_leaves_no_stale_outputs(dbs, tmp_path):
     assert not (out / "hist_ani1ccx_volume.png").exists(), "a figure of the earlier run was left behind"
     assert (out / "hist_ani1x_volume.png").is_file()
     assert (out / "notes.txt").read_text() == "mine" and (out / "my_table.csv").is_file()  # not ours: kept
+
+
+def test_run_analysis_gives_the_ranking_its_targets_so_a_running_potential_waits(tmp_path, benzene):
+    """04_analysis ranks as the report does: 12 clean structures, ANI-1x and ANI-1ccx relaxed all of them,
+    ANI-2x only 4 (a campaign still running). run_analysis says what each potential is to relax; with that,
+    ANI-2x is listed as partial and the other two are ranked on all 12, not on the 4 ANI-2x reached."""
+    from helpers.analysis.ranking import rank_potentials
+
+    clean = dbmod.connect(tmp_path / "clean.db")
+    ids = [f"cod-20000{i:02d}" for i in range(12)]
+    for i, sid in enumerate(ids):
+        clean.write(benzene, key_value_pairs=exp_kvp(benzene, sid),
+                    data={"cell_exp": np.asarray(benzene.cell).tolist()})
+        for potential, extra in (("ani1x", 0.0), ("ani1ccx", 0.01), ("ani2x", 0.02)):
+            if potential != "ani2x" or i < 4:
+                write_relaxed(tmp_path / f"relaxed_{potential}.db", benzene,
+                              scaled(benzene, [1.0 + 0.002 * i + extra] * 3), sid, potential)
+    result = analysis.run_analysis(str(tmp_path / "relaxed_*.db"), tmp_path / "clean.db", tmp_path / "out",
+                                   structure=False, plots=False, quantities=("volume",), n_boot=50)
+    assert result["targets"] == {p: set(ids) for p in ("ani1ccx", "ani1x", "ani2x")}
+    ranking = rank_potentials(result["errors"], n_boot=50, targets=result["targets"])
+    table = ranking["table"].set_index("potential")
+    assert ranking["partial"] == {"ani2x": (8, 12)} and len(ranking["shared"]) == 12
+    assert table.loc[["ani1x", "ani1ccx"], "ranked"].all() and not table.loc["ani2x", "ranked"]
+    blind = rank_potentials(result["errors"], n_boot=50, min_ranked=4)  # without targets: cut to the 4
+    assert len(blind["shared"]) == 4
+    assert analysis.run_analysis(str(tmp_path / "relaxed_*.db"), None, tmp_path / "out2", structure=False,
+                                 plots=False, quantities=("volume",), n_boot=50)["targets"] is None
