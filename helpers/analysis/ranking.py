@@ -172,7 +172,7 @@ def partial_sentence(result: dict[str, Any]) -> str:
         return ""
     named = ", ".join(f"{display_name(p)} has not reached {n} of its {m} target structures"
                       for p, (n, m) in sorted(partial.items()))
-    ranked = [p for p in partial if p in set(result["table"].loc[result["table"]["ranked"].astype(bool), "potential"])]
+    ranked = [p for p in partial if p in set(ranked_potentials(result))]
     effect = (f"The shared set holds only what every ranked potential attempted: {len(result['shared'])} structures"
               + (f"; without the partial ones ({', '.join(display_name(p) for p in sorted(ranked))}) it would "
                  f"hold {result['n_shared_complete']}" if ranked and result.get("n_shared_complete") is not None
@@ -275,12 +275,19 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
             "n_shared_complete": n_shared_complete}
 
 
+def ranked_rows(table: pd.DataFrame | None) -> pd.DataFrame:
+    """The ranked rows of a ranking's ``table`` (:func:`rank_potentials`) in rank order, ties by name: the one
+    filter every section, figure and verdict reads the order from; empty when nothing is ranked."""
+    if table is None or table.empty:
+        columns = ["potential", "ranked", "rank", "note"]
+        keep = table is not None and set(columns) <= set(table.columns)
+        return table.iloc[:0] if keep else pd.DataFrame(columns=columns)
+    return table[table["ranked"].astype(bool)].sort_values(["rank", "potential"], kind="stable")
+
+
 def ranked_potentials(ranking: Mapping[str, Any]) -> list[str]:
     """The ranked potentials of ``ranking`` (:func:`rank_potentials`) in rank order; [] when none is."""
-    table = ranking.get("table", pd.DataFrame())
-    if table.empty:
-        return []
-    return table[table["ranked"].astype(bool)].sort_values("rank")["potential"].tolist()
+    return ranked_rows(ranking.get("table"))["potential"].tolist()
 
 
 def subset_ranking(errors: pd.DataFrame, ranking: Mapping[str, Any], keep: Iterable[str],

@@ -22,6 +22,7 @@ import pandas as pd
 from helpers.analysis import sample_sets
 from helpers.analysis.flagged_report import flagged_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
+from helpers.analysis.ranking import ranked_rows
 from helpers.analysis.ranking_targets import (
     COVERAGE_MAX_ATOMS,
     coverage_goal_sentence,
@@ -592,8 +593,7 @@ def flagged_report_section(inputs: ReportInputs) -> list[str]:
 
 def lattice_section(inputs: ReportInputs) -> list[str]:
     """Issue 30's section: lattice energies beside the volumes, the best on COD volumes named from the ranking."""
-    table = inputs.ranking["table"]
-    ranked = table[table["ranked"].astype(bool)].sort_values("rank") if len(table) else table
+    ranked = ranked_rows(inputs.ranking["table"])
     from helpers.relax.potentials.registry import REGISTRY
 
     return lattice_energy_section(inputs.docs, ranked if len(ranked) else None, expected=list(REGISTRY))

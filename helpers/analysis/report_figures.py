@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from helpers.analysis.distributions import fit_gaussian  # noqa: E402
 from helpers.analysis.plots import _save  # noqa: E402
 from helpers.analysis.quantities import all_entries, display_name  # noqa: E402
+from helpers.analysis.ranking import ranked_rows  # noqa: E402
 
 
 def colours(potentials) -> dict[str, tuple]:
@@ -65,7 +66,7 @@ def histogram_grid(errors: pd.DataFrame, path: str | Path, column: str = "dV_pct
 
 def ranking_intervals(table: pd.DataFrame, path: str | Path) -> Path | None:
     """The ranking metric (median |ΔV₀|, failures as ∞) with its 95 % CI per ranked potential, n beside it."""
-    ranked = table[table["ranked"]] if len(table) else table
+    ranked = ranked_rows(table)
     if ranked.empty:
         return None
     rows = [(r.potential, r.metric, r.metric_ci_low, r.metric_ci_high, r.n_shared) for r in ranked.itertuples()]

@@ -33,6 +33,7 @@ from helpers.analysis.ranking import (
     partial_sentence,
     rank_potentials,
     ranked_potentials,
+    ranked_rows,
 )
 from helpers.analysis.readme_headline import marked
 from helpers.analysis.results_json import update_results_json
@@ -178,7 +179,7 @@ def assumption_text() -> str:
 def verdict_text(ranking: dict[str, Any]) -> str:
     """The bottom line from the ranking: which potential to trust, how sure, under which assumption."""
     table, pairs = ranking["table"], ranking["pairs"]
-    ranked = table[table["ranked"]] if len(table) else table
+    ranked = ranked_rows(table)
     if ranked.empty:
         return (f"No verdict: fewer than {MIN_RANKED} science structures were attempted by at least two potentials, "
                 "so nothing is ranked.")
@@ -226,7 +227,7 @@ def verdict_text(ranking: dict[str, Any]) -> str:
 def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
     """The paired verdict of the first potential against the next one, crystal by crystal, with the size of
     the difference and its CI ('' when there is no next one)."""
-    others = [p for p in ranked.sort_values("rank")["potential"] if p != best]
+    others = [p for p in ranked["potential"] if p != best]  # ranked: ranked_rows, in rank order
     fit = [p for p in others if p in set(ranked.loc[ranked["note"].fillna("") == "", "potential"])]
     if not (fit or others) or pairs is None or pairs.empty:
         return ""
@@ -255,8 +256,7 @@ def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
     """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
-    table = inputs.ranking["table"]
-    ranked = set(table.loc[table["ranked"].astype(bool), "potential"]) if len(table) else set()
+    ranked = set(ranked_potentials(inputs.ranking))
     return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + bonding_text(inputs.by_bonding, inputs.ranking)
                                        + unfinished_text(inputs.info.get("coverage"), ranked)]), ""]
 
@@ -384,7 +384,7 @@ def publish_ranking(inputs: ReportInputs) -> None:
                      targets_reached=_coverage(value))
     update_results_json(inputs.docs, "potentials", payload)
     update_results_json(inputs.docs, "coverage_rule", ranking_targets.COVERAGE_RULE)
-    ranked = table.loc[table["ranked"].astype(bool), "potential"].tolist()
+    ranked = ranked_potentials(inputs.ranking)
     update_results_json(inputs.docs, "common", {
         "potentials": ranked, "structure_ids": list(inputs.ranking["shared"]),
         "rule": "the science structures every ranked potential attempted; a failed relaxation counts as its "

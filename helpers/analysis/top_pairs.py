@@ -30,7 +30,7 @@ import pandas as pd
 
 from helpers.analysis.exact_stats import holm
 from helpers.analysis.quantities import QUANTITIES, display_name
-from helpers.analysis.ranking import T_ASSUMED, delta_matrices, dv_zero_kelvin, pair_statistics
+from helpers.analysis.ranking import T_ASSUMED, delta_matrices, dv_zero_kelvin, pair_statistics, ranked_rows
 from helpers.vocabulary import THERMAL_EXPANSION_V
 
 #: how many of the ranking's first fit potentials are compared pair by pair
@@ -42,11 +42,8 @@ ALPHA = 0.05
 
 def top_potentials(ranking: dict[str, Any], k: int = TOP) -> list[str]:
     """The first ``k`` ranked potentials without a fitness note (the ones a verdict can recommend)."""
-    table = ranking.get("table", pd.DataFrame())
-    if table.empty:
-        return []
-    ranked = table[table["ranked"].astype(bool) & (table["note"].fillna("") == "")]
-    return ranked.sort_values(["rank", "potential"])["potential"].head(k).tolist()
+    ranked = ranked_rows(ranking.get("table"))
+    return ranked.loc[ranked["note"].fillna("") == "", "potential"].head(k).tolist()
 
 
 def _scores(errors: pd.DataFrame, potentials: list[str], ids: list[str], quantity: str) -> np.ndarray:
