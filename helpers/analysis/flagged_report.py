@@ -10,6 +10,7 @@ counted. What is left is the potentials'. The ids per reason go into ``docs/resu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,17 @@ REASON_TEXT = {
 }
 
 
-def _tables(analysis_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    errors = pd.read_csv(analysis_dir / "errors.csv", low_memory=False)
+def _tables(analysis_dir: Path, read: Mapping[str, pd.DataFrame] | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """errors, the listed crystals and their effect; ``read``: tables the report has read already (errors.csv,
+    consensus_outliers.csv by name), not read twice."""
+    read = read or {}
+    errors = read["errors"] if "errors" in read else pd.read_csv(analysis_dir / "errors.csv", low_memory=False)
     listed_path, effect_path = analysis_dir / "consensus_outliers.csv", analysis_dir / "consensus_effect.csv"
     if listed_path.is_file() and effect_path.is_file():
-        listed = pd.read_csv(listed_path)
+        listed = read.get("consensus_outliers")
+        if listed is None or listed.columns.empty:  # not read, or read as an empty file: as before
+            listed = pd.read_csv(listed_path)
         effect = pd.read_csv(effect_path) if effect_path.stat().st_size > 1 else pd.DataFrame()
     else:  # an analysis written before the consensus tables existed
         tables = consensus.consensus_tables(errors)
@@ -129,9 +136,11 @@ def verdict(effect: pd.DataFrame, shares: pd.DataFrame, n_listed: int) -> str:
     return text
 
 
-def flagged_section(analysis_dir: str | Path, docs_dir: str | Path | None = None) -> list[str]:
-    """Markdown lines of the section; writes ``flagged`` into ``docs_dir/results.json`` when given."""
-    errors, listed, effect = _tables(Path(analysis_dir))
+def flagged_section(analysis_dir: str | Path, docs_dir: str | Path | None = None,
+                    tables: Mapping[str, pd.DataFrame] | None = None) -> list[str]:
+    """Markdown lines of the section; writes ``flagged`` into ``docs_dir/results.json`` when given. ``tables``:
+    the analysis tables already read (:func:`helpers.analysis.report.read_tables`), used instead of the files."""
+    errors, listed, effect = _tables(Path(analysis_dir), tables)
     shares = tail_shares(errors, listed)
     by_reason = consensus.ids_by_reason(listed)
     if docs_dir is not None:

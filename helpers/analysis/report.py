@@ -588,7 +588,7 @@ def discussion_section(inputs: ReportInputs) -> list[str]:
 
 def flagged_report_section(inputs: ReportInputs) -> list[str]:
     """Issue 36's section: how much of each tail is entries whose CIF is in doubt (consensus outliers)."""
-    return flagged_section(inputs.extra["analysis_dir"], inputs.docs)
+    return flagged_section(inputs.extra["analysis_dir"], inputs.docs, inputs.tables)
 
 
 def lattice_section(inputs: ReportInputs) -> list[str]:

@@ -69,3 +69,17 @@ def test_section_numbers_with_and_without(report):
     up = dv.dV_pct > 10
     n_up_listed = int((up & dv.structure_id.isin(listed)).sum())
     assert row["tails that are listed"].startswith(f"{n_up_listed}/{int(up.sum())} up")
+
+
+def test_the_report_hands_its_tables_over_and_the_section_is_the_same(report):
+    """The report has read errors.csv and consensus_outliers.csv already: the section built from those tables is
+    the one built from the files (and a table it is given is the one it uses)."""
+    from helpers.analysis.flagged_report import flagged_section
+    from helpers.analysis.report import read_tables
+
+    _, _, root = report
+    tables = read_tables(root / "analysis")
+    whole = flagged_section(root / "analysis", tables=tables)
+    assert whole == flagged_section(root / "analysis") and "| cod-2000001 " in "\n".join(whole)
+    none_listed = {**tables, "consensus_outliers": tables["consensus_outliers"].iloc[:0]}
+    assert "| cod-2000001 " not in "\n".join(flagged_section(root / "analysis", tables=none_listed))
