@@ -168,9 +168,12 @@ def target_ids(config: CampaignConfig) -> dict[str, set[str]]:
 
 def settings_hashes(config: CampaignConfig) -> dict[str, str]:
     """Per potential: the settings hash its relax jobs write (what marks a row as this campaign's)."""
+    from helpers.relax.potentials.registry import get_potential
     from helpers.relax.stage import job_settings
 
-    return {p: job_settings(p, config.relax_parameters).hash() for p in config.potentials}
+    options = config.relax_parameters.get("calculator_options")
+    return {p: job_settings(p, config.relax_parameters).hash(get_potential(p).answer_options(options))
+            for p in config.potentials}
 
 
 def relaxed_ids(config: CampaignConfig) -> dict[str, set[str]]:

@@ -191,6 +191,19 @@ def atom_limits(value: Any) -> dict[str, int | None]:
     limit = optional(integer(1))
     return {text(name): limit(n) for name, n in value.items()}
 
+
+def keyword_options(value: Any) -> dict[str, Any]:
+    """03_relax's ``calculator_options``: keyword arguments of the potential's calculator, by name (a mapping,
+    or its JSON text as papermill's ``-p`` passes it)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise TypeError('a mapping such as {"min_width": 0}') from None
+    if not isinstance(value, Mapping):
+        raise TypeError('a mapping such as {"min_width": 0}')
+    return {text(name): v for name, v in value.items()}
+
 #: what each notebook parameter may be; tests/run/test_notebooks.py checks these match the notebooks
 SPECS: dict[str, dict[str, Coerce]] = {
     "01_fetch": {
@@ -214,7 +227,7 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "limit": optional(integer(0)), "n_threads": optional(integer(1)), "max_atoms": optional(integer(1)),
         "checkpoint_every": number(0.0), "hessian_seed": optional(_or_off(potential_name)),
         "hessian_seed_floor": number(0.0, strict=True), "sample": optional(choice(*SAMPLE_SETS)),
-        "pressure": choice("experimental", None),
+        "pressure": choice("experimental", None), "calculator_options": optional(keyword_options),
     },
     "04_analysis": {
         "relaxed_dbs": lambda v: v if isinstance(v, (list, tuple)) and v else text(v),

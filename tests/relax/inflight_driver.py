@@ -5,6 +5,7 @@ imports are done."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def main() -> int:
     parser.add_argument("--steps-per-atom", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=float, default=300.0)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--calculator-options", type=json.loads, default=None, help="JSON keyword arguments")
     args = parser.parse_args()
     from helpers.relax.engine import RelaxSettings
     from helpers.relax.stage import run_batch
@@ -31,7 +33,7 @@ def main() -> int:
                              max_steps_base=args.max_steps_base, steps_per_atom=args.steps_per_atom)
     print("START", flush=True)
     run_batch(args.clean, args.out, potential=args.potential, settings=settings, progress=False, n_threads=1,
-              checkpoint_every=args.checkpoint_every, limit=args.limit)
+              checkpoint_every=args.checkpoint_every, limit=args.limit, calculator_options=args.calculator_options)
     print("DONE", flush=True)
     return 0
 
