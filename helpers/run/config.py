@@ -37,11 +37,14 @@ GRAPH_MAX_ATOMS = 150
 #: the largest crystal (atoms it evaluates: a Γ-point code's supercell) each potential relaxes in the results
 #: campaign. GFN1-/GFN2-xTB evaluate every crystal on its ≥ 8 Å supercell (78-96 atoms for the 8 cheapest;
 #: helpers.relax.potentials.supercell): GFN1-xTB 1-2 s per call there (8 crystals of ≤ 100), GFN2-xTB ~12 s
-#: idle, ~1 core-hour per relaxation (the 3 of ≤ 84): their crystal benchmark is the lattice energy. Unlisted
-#: potentials (ANI and ANI + D3) relax every clean structure. Override per run: ``--max-atoms name=N``.
-RESULTS_MAX_ATOMS: dict[str, int] = {"gfn2-xtb": 84, "gfn1-xtb": 100, **{
+#: idle, ~1 core-hour per relaxation (the 3 of ≤ 84): their crystal benchmark is the lattice energy. GFN-FF
+#: evaluates its ≥ 8 Å supercell too (its card says why): ≤ 500 atoms there holds every clean cell of ≤ 150
+#: atoms (the largest: 496) and some larger ones. Unlisted potentials (ANI and ANI + D3) relax every clean
+#: structure. Override per run: ``--max-atoms name=N``.
+GFNFF_MAX_ATOMS = 500
+RESULTS_MAX_ATOMS: dict[str, int] = {"gfn2-xtb": 84, "gfn1-xtb": 100, "gfn-ff": GFNFF_MAX_ATOMS, **{
     name: GRAPH_MAX_ATOMS for name in ("sevennet0-d3", "sevennet-l3i5-d3", "sevennet-mf0-r2scan-d3", "chgnet-d3",
-                                       "aimnet2", "gfn-ff")}}
+                                       "aimnet2")}}
 
 
 def registered_potentials(names: Sequence[str] | None = None) -> list[str]:

@@ -66,6 +66,7 @@ def test_default_settings_keep_the_hash_of_rows_already_computed(potential, monk
     ("aimnet2", {"members": [0]}, {"members": (0, 1, 2, 3)}),
     ("sevennet0-d3", {"dispersion": True}, {"dispersion": False}),
     ("gfn-ff", {}, {"version": "gfnff"}),
+    ("gfn-ff", {"min_width": 8}, {"min_width": 0.0}),
 ])
 def test_a_calculator_option_that_changes_the_answer_changes_the_hash(potential, default, other):
     pot = get_potential(potential)

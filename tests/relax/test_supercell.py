@@ -6,6 +6,7 @@ campaign's xTB subsets, whose GFN1-xTB relaxation at Γ collapsed by 46 %.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import ase.io
@@ -90,3 +91,65 @@ def test_gfn1_xtb_on_tetrazole_needs_the_supercell_and_gets_it_exactly(tetrazole
     pressure = {name: -a.get_stress()[:3].mean() / GPa for name, a in (("gamma", cell), ("mesh", wrapped))}
     assert abs(pressure["gamma"] - pressure["mesh"]) > 1.0, pressure
     assert (cell.get_potential_energy() - wrapped.get_potential_energy()) / 7 > 0.05  # Γ alone: 69 meV/atom off
+
+
+def test_one_supercell_object_while_a_structure_relaxes_and_a_new_one_for_the_next():
+    """A calculator that keys state to the Atoms it is given (GFN-FF's topology, fixed from a relaxation's
+    start) must see one supercell object while one structure moves, and a new one for another structure."""
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    atoms.calc = SupercellCalculator(LennardJones(sigma=3.4, epsilon=0.0104, rc=8.0, smooth=True), 12.0)
+    atoms.get_potential_energy()
+    first = atoms.calc._big
+    atoms.rattle(0.02, seed=2)
+    atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
+    moved = atoms.get_potential_energy()
+    assert atoms.calc._big is first and atoms.calc.n_calls == 2
+    explicit = atoms.repeat(atoms.calc.repeats)
+    explicit.calc = LennardJones(sigma=3.4, epsilon=0.0104, rc=8.0, smooth=True)
+    assert moved == pytest.approx(explicit.get_potential_energy() / 27, rel=1e-10)  # moved in place, exactly
+    other = atoms.copy()
+    other.positions[0] += 0.01
+    other.calc = atoms.calc
+    other.get_potential_energy()
+    assert atoms.calc._big is not first  # another structure: a supercell of its own
+
+
+def test_gfn_ff_evaluates_its_supercell_because_the_bare_cell_is_not_converged(shared_data, require_potential):
+    """gfnff sums its periodic images, but not to convergence on small cells: on COD 2004431 (38 atoms) the
+    bare cell is 2 meV/atom and 0.05 GPa off the 12 Å supercell (measured), the card's 8 Å one is not."""
+    from helpers.relax.potentials.factories import GFNFF_MIN_WIDTH
+
+    pot = require_potential("gfn-ff")
+    assert isinstance(pot.calculator(), SupercellCalculator) and pot.supercell_min_width == GFNFF_MIN_WIDTH == 8.0
+    assert pot.versions()["gamma_point_supercell_min_width"] == "8 Å"  # in its settings hash
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crystal = ase.io.read(shared_data / "cod-sample" / "2004431.cif")
+    found = {}
+    for width in (0, 8, 12):
+        atoms = crystal.copy()
+        atoms.calc = pot.calculator(min_width=width)
+        found[width] = (atoms.get_potential_energy() / len(atoms), -atoms.get_stress()[:3].mean() / GPa)
+    assert abs(found[0][0] - found[12][0]) > 1e-3 and abs(found[0][1] - found[12][1]) > 0.02  # bare cell
+    assert abs(found[8][0] - found[12][0]) < 3e-4 and abs(found[8][1] - found[12][1]) < 0.01  # the card's
+
+
+def test_gfn_ff_runs_on_the_cells_whose_bare_evaluation_aborts_it(shared_data, require_potential):
+    """COD 4110681 (28 atoms, a = 3.6 Å): gfnff aborts the process on the bare cell (malloc(): invalid size)
+    and runs on its supercell, as the card now evaluates it. In a process of its own: an abort must not end
+    the test session."""
+    import subprocess
+    import sys
+
+    require_potential("gfn-ff")
+    script = ("import sys, warnings, ase.io; warnings.simplefilter('ignore')\n"
+              "from helpers.relax.potentials.registry import get_potential\n"
+              "atoms = ase.io.read(sys.argv[1]); atoms.calc = get_potential('gfn-ff').calculator(min_width="
+              "float(sys.argv[2]))\n"
+              "print(atoms.get_potential_energy() / len(atoms))\n")
+    cif = str(shared_data / "cod-sample" / "4110681.cif")
+    run = [subprocess.run([sys.executable, "-c", script, cif, width], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}) for width in ("8", "0")]
+    assert run[0].returncode == 0, run[0].stderr[-2000:]
+    assert -5.0 < float(run[0].stdout.strip().splitlines()[-1]) < -3.0  # eV/atom, as its neighbours
+    assert run[1].returncode != 0 and "malloc" in run[1].stderr  # the bare cell, still: the reason for the card

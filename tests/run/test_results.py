@@ -31,7 +31,7 @@ def test_results_subsets_default_and_overrides(capsys):
     assert {name for name, n in every.items() if n is None} == {"ani1x", "ani1x-d3", "ani1ccx", "ani1ccx-d3",
                                                                 "ani2x", "ani2x-d3"}
     assert {name: n for name, n in every.items() if n is not None and "xtb" not in name} == {
-        "gfn-ff": 150, "sevennet0-d3": 150, "sevennet-l3i5-d3": 150, "sevennet-mf0-r2scan-d3": 150,
+        "gfn-ff": 500, "sevennet0-d3": 150, "sevennet-l3i5-d3": 150, "sevennet-mf0-r2scan-d3": 150,
         "chgnet-d3": 150, "aimnet2": 150}
     for bad in ("gfn-ff", "gfn-ff=0", "gfn-ff=ten"):
         with pytest.raises(SystemExit):

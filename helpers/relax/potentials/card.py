@@ -59,8 +59,9 @@ class Potential:
     #: fixed choices inside the calculator that change its answers (e.g. the D3 cutoffs), by name:
     #: recorded in the settings hash beside the versions, so changing one never mixes old and new rows
     answer_settings: tuple[tuple[str, str], ...] = ()
-    #: Γ-point-only codes (tblite) evaluate a crystal on the supercell whose perpendicular widths are all at
-    #: least this (Å; :mod:`helpers.relax.potentials.supercell`); 0: the cell itself
+    #: codes evaluated on the supercell whose perpendicular widths are all at least this (Å;
+    #: :mod:`helpers.relax.potentials.supercell`): tblite (Γ point only), gfnff (periodic sums not converged on
+    #: small cells); 0: the cell itself
     supercell_min_width: float = 0.0
     #: a potential built from a user-downloaded weights file: ``model_file(given)`` is the file its calculator
     #: loads (``given``: the ``model_file`` calculator option, or None for the default search path). The
@@ -89,7 +90,8 @@ class Potential:
 
     def atoms_evaluated(self, atoms) -> int:
         """Atoms in one evaluation of this crystal (``Atoms`` or a database row): its own, or its supercell's
-        for a Γ-point code — what a relaxation's cost grows with, and what ``max_atoms`` subsets bound."""
+        for a code evaluated on a supercell — what a relaxation's cost grows with, and what ``max_atoms``
+        subsets bound."""
         natoms = len(atoms) if isinstance(atoms, Atoms) else atoms.natoms
         return natoms * math.prod(supercell_repeats(atoms, self.supercell_min_width))
 
@@ -130,7 +132,8 @@ class Potential:
             except PackageNotFoundError:
                 out[dist] = "missing"
         out.update(self.answer_settings)
-        if self.supercell_min_width:  # the supercell changes a Γ-point code's answers: part of its hash
+        # the supercell changes the answers: part of the hash (the key keeps its first name, so hashes hold)
+        if self.supercell_min_width:
             out["gamma_point_supercell_min_width"] = f"{self.supercell_min_width:g} Å"
         if self.model_file is not None:  # the weights are the model: their content, wherever the file is
             out[MODEL_FILE_HASH] = self.model_file_hash()
@@ -218,7 +221,7 @@ CARD_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool, str]] = {
     "cost": (str, True, "measured cost per call, one line"),
     "packages": (list, False, "distributions whose versions are in the settings hash"),
     "answer_settings": (dict, False, "fixed choices that change the answers (text values; in the settings hash)"),
-    "supercell_min_width": ((int, float), False, "Γ-point codes: minimum supercell width, Å"),
+    "supercell_min_width": ((int, float), False, "codes evaluated on a supercell (tblite, gfnff): minimum width, Å"),
     "hessian_seed": (str, False, "a cheap potential whose Hessian may seed BFGS"),
 }
 

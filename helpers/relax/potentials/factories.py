@@ -96,11 +96,20 @@ def tblite_factory(method: str):
 
 # --- GFN-FF: gfnff ---------------------------------------------------------------------------------------------
 
+#: gfnff's periodic sums are not converged on small cells (the bare cell 2-3 meV/atom and 0.05-0.1 GPa off, its
+#: relaxed cells under -0.11 to +0.34 GPa once evaluated on the supercell, two 28-atom cells abort the library:
+#: benchmarks/xtb_gamma_point.py --method gfn-ff), so a crystal is evaluated on its supercell of at least this
+#: width (Å), as tblite's (helpers.relax.potentials.supercell)
+GFNFF_MIN_WIDTH = 8.0
+
+
 def gfnff_factory(version: str = "mcgfnff2023"):
-    def make(**options: Any) -> Calculator:
-        """gfnff's ASE calculator, topology per structure (below). ``mcgfnff2023`` needs a periodic cell."""
+    def make(min_width: float = GFNFF_MIN_WIDTH, **options: Any) -> Calculator:
+        """gfnff's ASE calculator, topology per structure (below), on the supercell of ``min_width`` (0: the bare
+        cell, as gfnff alone does). ``mcgfnff2023`` needs a periodic cell."""
         _limit_openmp()
-        return _topology_per_structure_gfnff()(version=options.pop("version", version), **options)
+        calc = _topology_per_structure_gfnff()(version=options.pop("version", version), **options)
+        return SupercellCalculator(calc, min_width) if min_width else calc
 
     return make
 
