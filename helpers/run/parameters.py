@@ -181,13 +181,7 @@ ELEMENTS = optional(sequence(element, "a list of element symbols"))
 
 def atom_limits(value: Any) -> dict[str, int | None]:
     """04_analysis's ``max_atoms``: potential -> largest structure (atoms it evaluates), None for no limit."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise TypeError('a mapping such as {"gfn-ff": 60}') from None
-    if not isinstance(value, Mapping):
-        raise TypeError('a mapping such as {"gfn-ff": 60}')
+    value = _mapping(value, '{"gfn-ff": 60}')
     limit = optional(integer(1))
     return {text(name): limit(n) for name, n in value.items()}
 
@@ -195,14 +189,19 @@ def atom_limits(value: Any) -> dict[str, int | None]:
 def keyword_options(value: Any) -> dict[str, Any]:
     """03_relax's ``calculator_options``: keyword arguments of the potential's calculator, by name (a mapping,
     or its JSON text as papermill's ``-p`` passes it)."""
+    return {text(name): v for name, v in _mapping(value, '{"min_width": 0}').items()}
+
+
+def _mapping(value: Any, example: str) -> Mapping:
+    """``value`` as a mapping: given as one, or as its JSON text (papermill's ``-p`` passes text)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
-            raise TypeError('a mapping such as {"min_width": 0}') from None
+            raise TypeError(f"a mapping such as {example}") from None
     if not isinstance(value, Mapping):
-        raise TypeError('a mapping such as {"min_width": 0}')
-    return {text(name): v for name, v in value.items()}
+        raise TypeError(f"a mapping such as {example}")
+    return value
 
 #: what each notebook parameter may be; tests/run/test_notebooks.py checks these match the notebooks
 SPECS: dict[str, dict[str, Coerce]] = {

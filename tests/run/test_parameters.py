@@ -75,3 +75,12 @@ def test_05_lattice_energy_takes_command_line_strings():
     for bad in ({"benchmarks": "x24"}, {"geometry": "relax"}, {"fmax": "0"}):
         with pytest.raises(ParameterError, match=next(iter(bad))):
             checked("05_lattice_energy", bad)
+
+
+def test_calculator_options_arrive_as_json_text_or_a_mapping():
+    """papermill's ``-p calculator_options '{"min_width": 0}'`` passes text; ``-y`` or the campaign a mapping."""
+    for given in ('{"min_width": 0}', {"min_width": 0}):
+        assert checked("03_relax", {"calculator_options": given}) == {"calculator_options": {"min_width": 0}}
+    assert checked("03_relax", {"calculator_options": "None"}) == {"calculator_options": None}
+    with pytest.raises(ParameterError, match=r'calculator_options = .*a mapping such as \{"min_width": 0\}'):
+        checked("03_relax", {"calculator_options": "min_width=0"})
