@@ -65,7 +65,8 @@ def test_a_structure_that_kills_the_process_is_recorded_and_the_batch_goes_on(gf
     for death in range(DEATHS_BEFORE_CRASHED):
         proc = job(gfnff_clean_db, out, "gfn-ff", "study", 0.05, BARE_CELL)
         _, err = proc.communicate(timeout=600)
-        assert proc.returncode == -signal.SIGABRT, err[-2000:]  # the real crash, in gfnff's native code
+        # the real crash, in gfnff's native code: a heap corruption, met as glibc's abort or a segfault
+        assert proc.returncode in (-signal.SIGABRT, -signal.SIGSEGV), err[-2000:]
         assert marker.died_on() == (f"cod-{GFNFF_ABORTS_ON}", death + 1)
     proc = job(gfnff_clean_db, out, "gfn-ff", "study", 0.05, BARE_CELL)
     output, err = proc.communicate(timeout=600)

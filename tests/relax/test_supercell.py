@@ -138,6 +138,7 @@ def test_gfn_ff_runs_on_the_cells_whose_bare_evaluation_aborts_it(shared_data, r
     """COD 4110681 (28 atoms, a = 3.6 Å): gfnff aborts the process on the bare cell (malloc(): invalid size)
     and runs on its supercell, as the card now evaluates it. In a process of its own: an abort must not end
     the test session."""
+    import signal
     import subprocess
     import sys
 
@@ -152,4 +153,6 @@ def test_gfn_ff_runs_on_the_cells_whose_bare_evaluation_aborts_it(shared_data, r
                           env={**os.environ, "OMP_NUM_THREADS": "1"}) for width in ("8", "0")]
     assert run[0].returncode == 0, run[0].stderr[-2000:]
     assert -5.0 < float(run[0].stdout.strip().splitlines()[-1]) < -3.0  # eV/atom, as its neighbours
-    assert run[1].returncode != 0 and "malloc" in run[1].stderr  # the bare cell, still: the reason for the card
+    # the bare cell, still: the reason for the card. A heap corruption: glibc's abort ("malloc(): invalid size")
+    # or a segfault, whichever the corrupted heap meets first (both seen)
+    assert run[1].returncode in (-signal.SIGABRT, -signal.SIGSEGV), (run[1].returncode, run[1].stderr[-500:])
