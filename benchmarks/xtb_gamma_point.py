@@ -51,7 +51,7 @@ XTB = ("gfn1-xtb", "gfn2-xtb")
 def _evaluate_here(atoms: Atoms, method: str, width: float) -> tuple[tuple[int, ...], float, float, float]:
     reps = supercell_repeats(atoms, width)
     big = atoms.repeat(reps)
-    big.calc = get_potential(method).calculator(**({"min_width": 0} if method in XTB else {}))
+    big.calc = get_potential(method).calculator(min_width=0)  # the supercell is built here, explicitly
     start = time.perf_counter()
     stress = big.get_stress()
     return reps, big.get_potential_energy() / len(big), -stress[:3].mean() / GPa, time.perf_counter() - start
