@@ -64,7 +64,8 @@ def dv_zero_kelvin(dv_pct, temperature, alpha_v=THERMAL_EXPANSION_V):
             - 1) * 100
 
 
-def _is_unfit(potential: str) -> str:
+def unfit_reason(potential: str) -> str:
+    """Why ``potential`` (a name or run label ``name[hash7]``) is never ranked (:data:`UNFIT`); "" when it is fit."""
     base = str(potential).split("[")[0].lower()
     return next((why for key, why in UNFIT.items() if base.startswith(key)), "")
 
@@ -73,7 +74,7 @@ def shared_set(errors: pd.DataFrame, min_ranked: int = MIN_RANKED) -> tuple[list
     """(ranked potentials, shared structure ids, {potential: why not ranked}) from every attempt in ``errors``;
     a potential unfit for crystals (:data:`UNFIT`) is never ranked, and does not limit the shared set."""
     attempted = {p: set(g["structure_id"]) for p, g in errors.groupby("potential")}
-    not_ranked = {p: _is_unfit(p) for p in attempted if _is_unfit(p)}
+    not_ranked = {p: unfit_reason(p) for p in attempted if unfit_reason(p)}
     not_ranked |= {p: f"{len(s)} structures attempted (< {min_ranked})" for p, s in attempted.items()
                    if len(s) < min_ranked and p not in not_ranked}
     ranked = {p: s for p, s in attempted.items() if p not in not_ranked}
@@ -254,7 +255,7 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
                 "within_5pct_uncorrected": float(point_t["within_5pct"][j]),
                 "metric_uncorrected_ci_low": float(low_t[j]) if have_boot else np.nan,
                 "metric_uncorrected_ci_high": float(high_t[j]) if have_boot else np.nan,
-                "note": _is_unfit(p), **reached[p]})
+                "note": unfit_reason(p), **reached[p]})
         pairs = paired_verdicts(dv_0, potentials, level)
     for p, why in sorted(not_ranked.items()):
         own = errors[errors["potential"] == p]
@@ -266,7 +267,8 @@ def rank_potentials(errors: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = B
                      "n_attempted": len(own_ids), "n_converged": int((~np.isnan(dv_t[:, 0])).sum()),
                      **{k: float(v[0]) for k, v in stats0.items()},
                      "metric_uncorrected": float(per_potential(dv_t)["metric"][0]),
-                     "note": f"not ranked: {why}" + (f"; {_is_unfit(p)}" if _is_unfit(p) not in ("", why) else "")})
+                     "note": f"not ranked: {why}"
+                             + (f"; {unfit_reason(p)}" if unfit_reason(p) not in ("", why) else "")})
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(["ranked", "rank", "potential"], ascending=[False, True, True],

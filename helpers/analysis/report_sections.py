@@ -34,6 +34,7 @@ from helpers.analysis.ranking import (
     rank_potentials,
     ranked_potentials,
     ranked_rows,
+    unfit_reason,
 )
 from helpers.analysis.readme_headline import marked
 from helpers.analysis.results_json import update_results_json
@@ -266,14 +267,18 @@ def unfinished_text(coverage: dict[str, tuple[int, int]] | None, ranked: set[str
     """The potentials a verdict cannot speak for yet: those the campaign has not finished (``coverage``:
     potential -> (structures to relax, finished)) and the ranking could not rank. A potential ranked on the science
     sample while the rest of its clean set is still to come (the campaign relaxes the science sample first) is in
-    the verdict: it is not named. Empty when every one finished or nothing is known."""
+    the verdict: it is not named. One never ranked (unfit for crystals, :func:`~helpers.analysis.ranking.unfit_reason`)
+    is named with that reason instead, finished or not: the campaign is not what keeps it out. Empty when every one
+    finished and none is unfit, or nothing is known."""
+    unfit = {p: unfit_reason(p) for p in coverage or {} if unfit_reason(p)}
     unfinished = {p: (target, done) for p, (target, done) in (coverage or {}).items()
-                  if done < target and p not in ranked}
-    if not unfinished:
-        return ""
-    listed = ", ".join(f"{display_name(p)} ({done} of {target})" for p, (target, done) in unfinished.items())
-    return (f" Not yet part of this verdict, because the campaign has not finished them: {listed} "
-            "(*What was run*); the verdict speaks only for the potentials ranked below.")
+                  if done < target and p not in ranked and p not in unfit}
+    text = ""
+    if unfinished:
+        listed = ", ".join(f"{display_name(p)} ({done} of {target})" for p, (target, done) in unfinished.items())
+        text = (f" Not yet part of this verdict, because the campaign has not finished them: {listed} "
+                "(*What was run*); the verdict speaks only for the potentials ranked below.")
+    return text + "".join(f" {display_name(p)} is listed, not ranked: {why}." for p, why in unfit.items())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,11 @@ def test_the_verdict_names_the_potentials_it_cannot_speak_for(tmp_path):
     assert unfinished_text({"ani1x": (167, 167)}) == "" and unfinished_text(None) == ""
     # ranked on the science sample, the rest of its clean set still to come (science first): in the verdict
     assert "SevenNet" not in unfinished_text(coverage, ranked={"ani1x", "sevennet0-d3"})
+    # never ranked (unfit for crystals): named with that reason, not as waiting for the campaign
+    text = unfinished_text({**coverage, "aimnet2": (150, 126)}, ranked={"ani1x", "sevennet0-d3"})
+    assert "AIMNet2 (126 of 150)" not in text and "AIMNet2 is listed, not ranked: unfit for crystals" in text
+    assert "not finished them: CHGNet-d3 (0 of 150)" in text
+    assert unfinished_text({"ani1x": (167, 167), "aimnet2": (150, 150)}).strip().startswith("AIMNet2 is listed")
     inputs = ReportInputs(tables={"errors": pd.DataFrame()}, plan=None, info={"coverage": coverage}, docs=tmp_path,
                           figures=tmp_path)
     assert "SevenNet-0-d3 (12 of 150)" in headline_of("\n".join(verdict_section(inputs)))
