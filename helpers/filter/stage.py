@@ -288,12 +288,18 @@ def _write_chunk(out: dict[str, Any], rows: list[tuple[str, str, Atoms, dict, di
     every structure is written to its database (an upsert under the write lock: concurrent runs on the
     same outputs never duplicate a row). An interruption between the two leaves a structure in neither
     database, which the next run repairs; never in both, so 03_relax cannot relax a rejected structure.
+    Every writer locks the clean database before the rejects and writes its rows in that order, so two
+    concurrent runs queue for each other instead of each holding one database (a deadlock); within a
+    database the rows keep the raw database's order.
     """
+    order = list(out)
     with dbmod.transaction(out["clean"]), dbmod.transaction(out["rejects"]):
+        dbmod.lock_in_order(*out.values())
         for name, db in out.items():
             dbmod.delete_in_transaction(db, "structure_id", [sid for sid, target, *_ in rows if target != name])
     with dbmod.transaction(out["clean"]), dbmod.transaction(out["rejects"]):
-        for sid, target, atoms, kvp, data in rows:
+        dbmod.lock_in_order(*out.values())
+        for sid, target, atoms, kvp, data in sorted(rows, key=lambda row: order.index(row[1])):
             dbmod.upsert_in_transaction(out[target], atoms, {"structure_id": sid}, data=data, **kvp)
 
 

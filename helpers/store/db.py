@@ -214,14 +214,26 @@ def _create_postgres_database(url: str) -> None:
         conn.close()
 
 
+def lock_in_order(*dbs: Database) -> None:
+    """Take the SQLite write lock of each database now, in the order given, inside the callers' ``with db:``.
+
+    A writer that needs several databases in one transaction must lock them in one fixed order: two
+    writers that each hold one and wait for the other stay stuck until SQLite's busy timeout fails both
+    ("database is locked"). PostgreSQL needs nothing here (its locks are per key, see ``_lock_key``).
+    """
+    for db in dbs:
+        if getattr(db, "type", None) == "db" and not db.connection.in_transaction:
+            db.connection.execute("BEGIN IMMEDIATE")
+
+
 def _lock_key(db: Database, match: dict[str, Any]) -> None:
     """Serialise writers of the same ``match`` key until commit.
 
     SQLite: take the write lock before looking for the row (``BEGIN IMMEDIATE``); with the default
     deferred transaction two processes could both find no row and both insert one.
     """
-    if getattr(db, "type", None) == "db" and not db.connection.in_transaction:
-        db.connection.execute("BEGIN IMMEDIATE")
+    if getattr(db, "type", None) == "db":
+        lock_in_order(db)
     elif getattr(db, "type", None) == "postgresql":
         key = "|".join(f"{k}={match[k]}" for k in sorted(match))
         db.connection.cursor().execute("SELECT pg_advisory_xact_lock(hashtext(?))", (key,))

@@ -53,6 +53,41 @@ def test_two_filter_runs_at_once_write_each_structure_once(raw_db, tmp_path):
     assert sorted(clean + rejects) == structure_ids(raw_db)
 
 
+def test_a_writer_locks_the_clean_database_before_the_rejects(raw_db, tmp_path, monkeypatch):
+    """Two writers that each hold one database and wait for the other both fail ("database is locked"):
+    whenever a filter run touches the rejects, it already holds the clean database's write lock."""
+    import sqlite3
+
+    clean, rejects = str(tmp_path / "clean.db"), str(tmp_path / "rejects.db")
+
+    def clean_is_locked() -> bool:
+        con = sqlite3.connect(clean, timeout=0, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            con.close()
+
+    seen = []
+
+    def watched(write):
+        def call(db, *args, **kwargs):
+            if db.filename == rejects:
+                seen.append(clean_is_locked())
+            return write(db, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(dbmod, "upsert_in_transaction", watched(dbmod.upsert_in_transaction))
+    monkeypatch.setattr(dbmod, "delete_in_transaction", watched(dbmod.delete_in_transaction))
+    report = run_filter(str(raw_db), clean, rejects, progress=False, chunk_size=4)
+    n_rejected = len(structure_ids(rejects))
+    assert 0 < n_rejected < len(report.results)  # both databases written in the same run
+    assert len(seen) >= n_rejected and all(seen)
+
+
 DRIVER = """
 import sys
 from helpers.filter.stage import run_filter
