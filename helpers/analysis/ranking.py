@@ -292,6 +292,26 @@ def ranked_potentials(ranking: Mapping[str, Any]) -> list[str]:
     return ranked_rows(ranking.get("table"))["potential"].tolist()
 
 
+def per_structure(errors: pd.DataFrame, potentials: list[str], ids: list[str],
+                  alpha_v: float = THERMAL_EXPANSION_V) -> dict[str, Any]:
+    """Each potential's result on each of ``ids``, aligned with ``ids``: what a user needs to compare a new
+    potential with these, crystal by crystal (a paired test), as the ranking does. ``temperature_K`` (None:
+    unknown, taken as :data:`T_ASSUMED`), ``status`` (None: not attempted), ``dV_pct`` against the cell at its
+    temperature and ``dV0_pct`` against the 0 K-extrapolated cell (None: failed or not attempted, which the
+    ranking scores as |ΔV| = ∞)."""
+    dv_t, _, temperature = delta_matrices(errors, potentials, ids)
+    dv_0 = dv_zero_kelvin(dv_t, np.where(np.isnan(temperature), T_ASSUMED, temperature)[:, None], alpha_v)
+    rows = errors[errors["potential"].isin(potentials) & errors["structure_id"].isin(ids)]
+    status = (rows.groupby(["structure_id", "potential"])["status"].first().unstack()
+              .reindex(index=ids, columns=potentials).astype(object))
+    status = status.where(status.notna(), None)
+    return {"structure_ids": list(ids), "alpha_v_per_K": alpha_v, "t_assumed_K": T_ASSUMED,
+            "temperature_K": temperature,
+            "status": {p: status[p].tolist() for p in potentials},
+            "dV_pct": {p: dv_t[:, j] for j, p in enumerate(potentials)},
+            "dV0_pct": {p: dv_0[:, j] for j, p in enumerate(potentials)}}
+
+
 def subset_ranking(errors: pd.DataFrame, ranking: Mapping[str, Any], keep: Iterable[str],
                    alpha_v: float = THERMAL_EXPANSION_V, level: float = CI_LEVEL) -> dict[str, Any] | None:
     """The ranked potentials of ``ranking`` on the shared structures in ``keep`` (a class of crystals, or the

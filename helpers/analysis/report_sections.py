@@ -31,6 +31,7 @@ from helpers.analysis.ranking import (
     T_UNKNOWN_RANGE,
     leave_out_effect,
     partial_sentence,
+    per_structure,
     rank_potentials,
     ranked_potentials,
     ranked_rows,
@@ -393,7 +394,8 @@ def publish_ranking(inputs: ReportInputs) -> None:
     update_results_json(inputs.docs, "common", {
         "potentials": ranked, "structure_ids": list(inputs.ranking["shared"]),
         "rule": "the science structures every ranked potential attempted; a failed relaxation counts as its "
-                "failure (|ΔV| = ∞), not as a drop"})
+                "failure (|ΔV| = ∞), not as a drop",
+        "per_structure": _per_structure(inputs)})
     update_results_json(inputs.docs, "ranking", {
         "metric": "median |ΔV| against the 0 K-extrapolated cell, failures scored as ∞, on the shared science "
                   "structures", "assumption": assumption_text(), "shared_ids": inputs.ranking["shared"],
@@ -401,6 +403,14 @@ def publish_ranking(inputs: ReportInputs) -> None:
         "partial": {p: {"not_reached": n, "targets": m} for p, (n, m) in inputs.ranking.get("partial", {}).items()},
         "under_pressure": inputs.under_pressure, "without_flagged": inputs.without_flagged})
     update_results_json(inputs.docs, "paired", pairs.to_dict("records") if len(pairs) else [])
+
+
+def _per_structure(inputs: ReportInputs) -> dict[str, Any] | None:
+    """Every listed potential's result on each common structure (:func:`ranking.per_structure`); None when
+    nothing is shared."""
+    table, ids = inputs.ranking["table"], list(inputs.ranking["shared"])
+    listed = table["potential"].tolist() if "potential" in table else []
+    return per_structure(inputs.science, listed, ids) if ids and listed else None
 
 
 #: results.json per potential: its ΔV statistics (summary.csv, quantity volume, entries "all") under these names

@@ -283,6 +283,28 @@ def test_ranking_counts_failures_and_results_json_has_them(report):
     assert len(pairs) == 3 and all(v.startswith(("cannot tell", "ANI")) for v in pairs.verdict)
 
 
+def test_results_json_holds_each_crystal_so_a_new_potential_can_be_paired(report):
+    """results.json's common.per_structure: from it alone, each ranked potential's median |ΔV₀| (failures ∞)
+    and the paired counts of the verdicts come back; the values are the relaxed rows' own."""
+    errors, _, root = report
+    data = json.loads((root / "docs" / "results.json").read_text())
+    table, ids = data["common"]["per_structure"], data["common"]["structure_ids"]
+    assert table["structure_ids"] == ids and len(ids) >= 10
+    scores = {}
+    for potential in data["common"]["potentials"]:
+        dv0 = np.array([np.nan if v is None else v for v in table["dV0_pct"][potential]])
+        scores[potential] = np.where(np.isnan(dv0), np.inf, np.abs(dv0))
+        assert np.median(scores[potential]) == pytest.approx(data["potentials"][potential]["metric"])
+        rows = science(errors)[lambda f: f.potential == potential].set_index("structure_id")  # noqa: B023
+        assert table["status"][potential] == rows.loc[ids, "status"].tolist()
+        converged = [i for i, sid in enumerate(ids) if rows.loc[sid, "status"] == "converged"]
+        assert [table["dV_pct"][potential][i] for i in converged] == pytest.approx(
+            rows.loc[[ids[i] for i in converged], "dV_pct"].tolist())
+    for pair in data["paired"]:
+        a, b = scores[pair["potential_a"]], scores[pair["potential_b"]]
+        assert (int((a < b).sum()), int((b < a).sum())) == (pair["a_closer"], pair["b_closer"])
+
+
 def test_the_shift_sentence_follows_its_own_rows(report):
     from helpers.analysis.exact_stats import median_ci_exact
     from helpers.analysis.quantities import STUDY_RESULT
