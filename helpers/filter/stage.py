@@ -293,12 +293,10 @@ def _write_chunk(out: dict[str, Any], rows: list[tuple[str, str, Atoms, dict, di
     database the rows keep the raw database's order.
     """
     order = list(out)
-    with dbmod.transaction(out["clean"]), dbmod.transaction(out["rejects"]):
-        dbmod.lock_in_order(*out.values())
+    with dbmod.transactions(*out.values()):
         for name, db in out.items():
             dbmod.delete_in_transaction(db, "structure_id", [sid for sid, target, *_ in rows if target != name])
-    with dbmod.transaction(out["clean"]), dbmod.transaction(out["rejects"]):
-        dbmod.lock_in_order(*out.values())
+    with dbmod.transactions(*out.values()):
         for sid, target, atoms, kvp, data in sorted(rows, key=lambda row: order.index(row[1])):
             dbmod.upsert_in_transaction(out[target], atoms, {"structure_id": sid}, data=data, **kvp)
 

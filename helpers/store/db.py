@@ -7,7 +7,7 @@ from the file for non-COD sources), so re-running a stage updates rather than du
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,18 @@ def transaction(db: Database) -> Iterator[Database]:
     except sqlite3.Error as err:
         name = getattr(db, "filename", None) or "database"
         raise type(err)(f"{name}: {err}") from err
+
+
+@contextmanager
+def transactions(*dbs: Database) -> Iterator[tuple[Database, ...]]:
+    """:func:`transaction` over several databases at once, their write locks taken now in the order given
+    (:func:`lock_in_order`): every writer that passes its databases in one order queues behind the others
+    instead of deadlocking with them."""
+    with ExitStack() as stack:
+        for db in dbs:
+            stack.enter_context(transaction(db))
+        lock_in_order(*dbs)
+        yield dbs
 
 
 def upsert(db: Database, atoms: Atoms, match: dict[str, Any], *,
