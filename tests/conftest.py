@@ -135,3 +135,9 @@ def pytest_runtest_call(item):
     except PackageMissing as err:
         pytest.skip(str(err))
 
+
+@pytest.fixture
+def fast_rows_only(monkeypatch):
+    """run_batch keeps the fast pass's own step-cap rows instead of relaxing them again with the study's method
+    (helpers.relax.fallback): for tests of what the fast pass itself records."""
+    monkeypatch.setattr("helpers.relax.stage.needs_study_fallback", lambda result, settings: False)

@@ -24,15 +24,22 @@ from helpers.process.guard import interrupt_on_sigterm
 from helpers.process.parallel import worker_count
 from helpers.relax.checkpoint import CHECKPOINT_EVERY
 from helpers.relax.engine import EXTERNAL_PRESSURE, RelaxResult, RelaxSettings, relax, versions
+from helpers.relax.fallback import (
+    FALLBACK,
+    awaits_fallback,
+    is_final,
+    needs_study_fallback,
+    study_method,
+    with_fast_cost,
+)
 from helpers.relax.inflight import DEATHS_BEFORE_CRASHED, InFlight, crashed_message
 from helpers.relax.potentials.registry import get_potential
 from helpers.relax.time_split import format_time_split, time_split
 from helpers.store import db as dbmod
 from helpers.store.paths import file_in
 from helpers.store.shards import output_path, result_files, shard_paths
-from helpers.vocabulary import FAILURES, FINAL_STATUSES, NO_HESSIAN_SEED, THREADS_ENV, Status
+from helpers.vocabulary import FAILURES, NO_HESSIAN_SEED, THREADS_ENV, Status
 
-#: statuses that are final: a re-run does not redo them (``error``/``timeout`` are retried)
 #: above this fraction of exploded/error/timeout a batch warns loudly
 FAILURE_ALARM = 0.2
 #: clean-DB keys copied onto each relaxed row (the experimental reference travels with it)
@@ -215,17 +222,29 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     done = finished_ids(out, settings_hash) | _finished_elsewhere(out_db, potential, target, settings_hash)
     todo = [sid for sid in ids if sid not in done]
     report.skipped_done = len(ids) - len(todo)
+    # the fast path left these at the step cap here and the study's method has yet to try them
+    awaiting = awaiting_fallback(out, settings_hash)
+    fallback = [sid for sid in todo if sid in awaiting]
     bar = tqdm(total=len(todo), desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal",
                disable=not progress)
 
-    def record(row, atoms: Atoms, result: RelaxResult) -> None:
+    def record(row, atoms: Atoms, result: RelaxResult, fast: Mapping[str, Any] | None = None) -> None:
+        """Commit a result; one the fast path left at the step cap waits for the study's method (``fast``:
+        the fast row that result then replaces)."""
+        if fast is not None:
+            result = with_fast_cost(result, fast)
         write_result(out, row, result, settings, settings_hash, options)
+        if fast is None and needs_study_fallback(result, settings):
+            fallback.append(row.structure_id)
+            return
         report.rows.append(_summary_row(row.structure_id, len(atoms), result, row))
         bar.update()
         bar.set_postfix(Counter(r["status"] for r in report.rows))
 
     runnable = []
     for sid in todo:
+        if sid in fallback:
+            continue
         row = clean.get(structure_id=sid)
         atoms = row.toatoms()
         missing = pot.uncovered(atoms.get_chemical_symbols())
@@ -234,46 +253,59 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
                 atoms, settings, Status.skipped, f"{potential} does not cover {', '.join(sorted(missing))}"))
         else:
             runnable.append((sid, len(atoms)))
-    if not runnable:
+    if not runnable and not fallback:
         bar.close()
         _alarm(report)
         return report
     calc = pot.calculator(**(calculator_options or {}))
+    marker = InFlight.for_job(out_db, potential, batch, n_batches)
+    died_on = marker.died_on()  # the structure a previous run of this job died on, if any
+
+    def one_at_a_time(sids: list[str], run_settings: RelaxSettings, share) -> None:
+        """Relax ``sids`` one crystal at a time with ``run_settings`` (the study's method: the fast path's
+        step-cap crystals), each checkpointed and marked in flight so a crash or a stop loses nothing."""
+        is_fallback = run_settings is not settings
+        run_hash = run_settings.hash(options) if is_fallback else settings_hash
+        with interrupt_on_sigterm():  # a stop we ask for clears the mark: it is not a crash
+            for sid in sids:
+                row = clean.get(structure_id=sid)
+                atoms = relax_input(row, run_settings)
+                fast = out.get(structure_id=sid, settings_hash=settings_hash).key_value_pairs if is_fallback \
+                    else None
+                deaths = died_on[1] if died_on and died_on[0] == sid else 0
+                if deaths >= DEATHS_BEFORE_CRASHED:
+                    record(row, atoms, RelaxResult.without_relaxing(
+                        atoms, run_settings, Status.crashed, crashed_message(potential, deaths)), fast)
+                    continue
+                trajectory = file_in(trajectory_dir, sid, ".study.traj" if is_fallback else ".traj") \
+                    if trajectory_dir else None
+                if trajectory:
+                    trajectory.parent.mkdir(parents=True, exist_ok=True)
+                marker.begin(sid, deaths)
+                checkpoint = marker.checkpoint(sid, run_hash, checkpoint_every)
+                try:
+                    result = relax(atoms, calc, run_settings, max_wall_time=max_wall_time, trajectory=trajectory,
+                                   checkpoint=checkpoint,
+                                   on_optimizer=lambda opt: opt.attach(share.refresh, interval=1))
+                except BaseException:
+                    marker.clear()  # the checkpoint stays: the next run continues this relaxation
+                    raise
+                record(row, atoms, result, fast)
+                checkpoint.clear()
+            marker.clear()
+
     # cores that other jobs of this machine leave idle when they end come to this one (helpers.process.cores)
     with warnings.catch_warnings(), core_share(threads) as share:
         warnings.simplefilter("ignore", RuntimeWarning)
-        if settings.strategy == "fast" and runs_side_by_side(calc, settings, trajectory_dir):
+        if runnable and settings.strategy == "fast" and runs_side_by_side(calc, settings, trajectory_dir):
             report.time_split = _relax_side_by_side(clean, runnable, calc, settings, max_wall_time, record,
                                                     share.refresh)
             if progress:
                 print(format_time_split(report.time_split))
-        else:
-            marker = InFlight.for_job(out_db, potential, batch, n_batches)
-            died_on = marker.died_on()  # the structure a previous run of this job died on, if any
-            with interrupt_on_sigterm():  # a stop we ask for clears the mark: it is not a crash
-                for sid, _ in runnable:
-                    row = clean.get(structure_id=sid)
-                    atoms = relax_input(row, settings)
-                    deaths = died_on[1] if died_on and died_on[0] == sid else 0
-                    if deaths >= DEATHS_BEFORE_CRASHED:
-                        record(row, atoms, RelaxResult.without_relaxing(
-                            atoms, settings, Status.crashed, crashed_message(potential, deaths)))
-                        continue
-                    trajectory = file_in(trajectory_dir, sid, ".traj") if trajectory_dir else None
-                    if trajectory:
-                        trajectory.parent.mkdir(parents=True, exist_ok=True)
-                    marker.begin(sid, deaths)
-                    checkpoint = marker.checkpoint(sid, settings_hash, checkpoint_every)
-                    try:
-                        result = relax(atoms, calc, settings, max_wall_time=max_wall_time, trajectory=trajectory,
-                                       checkpoint=checkpoint,
-                                       on_optimizer=lambda opt: opt.attach(share.refresh, interval=1))
-                    except BaseException:
-                        marker.clear()  # the checkpoint stays: the next run continues this relaxation
-                        raise
-                    record(row, atoms, result)
-                    checkpoint.clear()
-                marker.clear()
+        elif runnable:
+            one_at_a_time([sid for sid, _ in runnable], settings, share)
+        if fallback:
+            one_at_a_time(list(fallback), study_method(settings), share)
     bar.close()
     _alarm(report)
     return report
@@ -348,10 +380,18 @@ def _finished_elsewhere(out_db: str, potential: str, target: str, settings_hash:
 
 
 def finished_ids(out: Database, settings_hash: str) -> set[str]:
-    """Structures ``out`` holds a final answer for (a final status) made with these settings: what a
-    rerun skips, and what a campaign counts as done."""
+    """Structures ``out`` holds a final answer for (a final status; a fast step-cap row only once the study's
+    method has redone it, :mod:`helpers.relax.fallback`) made with these settings: what a rerun skips, and
+    what a campaign counts as done."""
     return {row.structure_id for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"])
-            if row.get("status") in FINAL_STATUSES}
+            if is_final(row)}
+
+
+def awaiting_fallback(out: Database, settings_hash: str) -> set[str]:
+    """Structures whose row in ``out`` (these settings) the fast path left at the step cap and the study's
+    method has not yet redone: a rerun relaxes them the study's way only."""
+    return {row.structure_id for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"])
+            if awaits_fallback(row)}
 
 
 #: forces/stress at the experimental geometry (helpers.relax.start_tells), from the engines' first evaluation
@@ -375,6 +415,7 @@ def write_result(out: Database, clean_row, result: RelaxResult, settings: RelaxS
         e_initial=result.e_initial, e_final=result.e_final, wall_time=round(result.wall_time, 3),
         force_calls=result.force_calls, draft_calls=result.extra.get("draft_calls"), optimizer=settings.optimizer,
         resumed_at_step=result.extra.get("resumed_at_step"),
+        fallback=result.extra.get(FALLBACK), fast_steps=result.extra.get("fast_steps"),
         e_dispersion_initial=result.extra.get("e_dispersion_initial"), e_dispersion=result.extra.get("e_dispersion"),
         cost_time=round(result.extra.get("cost_time", result.wall_time), 3),
         cpu_time=round(result.extra["cpu_time"], 3) if "cpu_time" in result.extra else None,

@@ -45,7 +45,7 @@ def finished_rows(config: Any) -> dict[str, pd.DataFrame]:
     converged, cost [core-s]; one row per structure (the last written wins, as in the merge)."""
     import pandas as pd
 
-    from helpers.relax.stage import FINAL_STATUSES
+    from helpers.relax.fallback import is_final
     from helpers.run.campaign import result_paths, settings_hashes
     from helpers.store import db as dbmod
 
@@ -60,7 +60,7 @@ def finished_rows(config: Any) -> dict[str, pd.DataFrame]:
             except Exception:  # noqa: BLE001 - a shard being created: counted at the next look
                 continue
             for row in rows:
-                if row.get("status") in FINAL_STATUSES:
+                if is_final(row):
                     records[str(row.structure_id)] = {"structure_id": str(row.structure_id), "natoms": row.natoms,
                                                       "converged": row.get("status") == "converged",
                                                       "cost": _cost(row)}

@@ -51,7 +51,7 @@ def test_one_at_a_time_engine_records_its_first_evaluation(cod_dir, model_dir):
     assert expected["start_fmax"] > 0.1 and abs(expected["start_pressure"]) > 0.01
 
 
-def test_fast_path_records_them_and_backfill_writes_the_same(small_clean_db, tmp_path, model_dir):
+def test_fast_path_records_them_and_backfill_writes_the_same(small_clean_db, tmp_path, model_dir, fast_rows_only):
     out = str(tmp_path / "relaxed.db")
     settings = RelaxSettings(max_steps_base=3, steps_per_atom=0)
     run_batch(small_clean_db, out, settings=settings, progress=False, n_threads=1)
