@@ -616,6 +616,9 @@ def appendix_section(inputs: ReportInputs) -> list[str]:
         _markdown(thermal_table(tables["thermal_summary"])), "",
         *_figure_link("ΔV against measurement temperature", "dv_vs_temperature.png", inputs.extra.get("copied", [])),
         "### How the relaxations ended", "", _markdown(status_table(tables["status_counts"])), "",
+        *(["`study_fallback`: of these, the crystals the fast path left at its step cap and the study's method "
+           "(float64, one crystal at a time, ASE's BFGS from its default Hessian) relaxed again; its result is the "
+           "one counted (docs/reliability.md).", ""] if "study_fallback" in tables["status_counts"] else []),
         "### Cost on this machine", "",
         _markdown(cost_table(errors, inputs.extra.get("clean_fraction"), plan.max_atoms,
                              inputs.info.get("coverage"))), "",

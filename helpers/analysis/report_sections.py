@@ -679,7 +679,8 @@ GLOSSARY = {
     "step cap (step_cap)": "the optimizer's step limit, 300 + x·n_atoms; a relaxation still moving then is "
                            "not converged.",
     "fast path": "the relaxation moves atoms and cell on float32 forces first, then finishes in float64 to the "
-                 "study's fmax = 5·10⁻⁴ eV/Å; every reported number comes from the float64 finish.",
+                 "study's fmax = 5·10⁻⁴ eV/Å; every reported number comes from the float64 finish. A crystal it "
+                 "leaves at the step cap is relaxed again with the study's method, whose result is reported.",
     "settings hash": "a short fingerprint of every relaxation setting (optimizer, fmax, cap, potential options) "
                      "stored on each row, so rows made with different settings are never mixed.",
     "exact CI (order statistics)": "the median's interval [x_(k), x_(n−k+1)] with k from the binomial "

@@ -75,6 +75,8 @@ ERROR_COLUMNS = [
     "temperature", "cell_setting", "setting_transform", "exp_source", "cod_id", "spacegroup_number",
     "fmax_final", "e_final", "e_dispersion", "optimizer", "cell_filter", "settings_hash", "potential_name", "db",
     "row_id", "note", "compound_key", "r_factor", "wall_time", "cost_time", "cpu_time", "source", "cif_formula",
+    # helpers.relax.fallback: "study" where the fast path hit the step cap and the study's method redid the crystal
+    "fallback",
     # issue 36: how far from equilibrium the potential found the experimental structure, and the filter's
     # doubts about the entry (flags of its clean row, comma-separated)
     "start_fmax", "start_fmax_heavy", "start_pressure", "start_max_stress", "filter_flags",
@@ -163,7 +165,7 @@ def row_errors(row, clean_row=None, *, structure: bool = False, symprec: float =
         "e_dispersion": kvp.get("e_dispersion"),
         "optimizer": kvp.get("optimizer"), "cell_filter": kvp.get("cell_filter"),
         "wall_time": kvp.get("wall_time"), "cost_time": kvp.get("cost_time", kvp.get("wall_time")),
-        "cpu_time": kvp.get("cpu_time"),
+        "cpu_time": kvp.get("cpu_time"), "fallback": kvp.get("fallback"),
         "settings_hash": kvp.get("settings_hash"), "row_id": row.id,
         # one-per-compound statistics: the filter's compound_key and the R factor choose the entry
         "compound_key": kvp.get("compound_key") or (clean_row.get("compound_key") if clean_row else None),
@@ -448,7 +450,8 @@ def study_table(summary: pd.DataFrame, quantities: Sequence[str] = ("volume", "a
 
 
 def status_counts(errors: pd.DataFrame) -> pd.DataFrame:
-    """Relaxations per potential × status (converged, step_cap, exploded, error, then any other)."""
+    """Relaxations per potential × status (converged, step_cap, exploded, error, then any other); with
+    ``study_fallback``, how many of them the fast path left at the step cap and the study's method redid."""
     if errors.empty:
         return pd.DataFrame(columns=[*STATUSES, "total"])
     table = pd.crosstab(errors["potential"], errors["status"])
@@ -456,6 +459,9 @@ def status_counts(errors: pd.DataFrame) -> pd.DataFrame:
     table = table.reindex(columns=columns, fill_value=0)
     table["total"] = table.sum(axis=1)
     table["converged_fraction"] = (table["converged"] / table["total"]).round(4)
+    if "fallback" in errors:  # of these, relaxed again with the study's method after the fast path's step cap
+        redone = errors["fallback"].notna() & (errors["fallback"].astype(str) != "")
+        table["study_fallback"] = redone.groupby(errors["potential"]).sum().reindex(table.index, fill_value=0)
     table.columns.name = None
     return table
 
