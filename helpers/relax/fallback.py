@@ -1,7 +1,7 @@
 """The study's method as the fast path's fallback: a crystal our faster settings leave at the step cap is
 relaxed again the study's way, and that answer is recorded.
 
-Why: the fast path (float32 draft side by side, or a Hessian-seeded BFGS) reaches the study's minimum whenever
+Why: the fast path (a float32 draft side by side, or a Hessian-seeded BFGS) reaches the study's minimum whenever
 it converges, but near the step cap its path depends on rounding that changes with which crystals share a
 pass, so whether it converges there does not repeat from run to run (docs/reliability.md). The study's method
 (float64, one crystal at a time, ASE's BFGS from its default Hessian) is deterministic; relaxing with it what
@@ -34,16 +34,25 @@ def study_method(settings: RelaxSettings) -> RelaxSettings:
     return replace(settings, strategy="study", draft=None, hessian_seed=None)
 
 
+def took_a_shortcut(record: Mapping[str, Any]) -> bool:
+    """Did this relaxation leave the study's method: side by side with others (only that path counts draft
+    calls, 0 without a draft) or from a seeded BFGS Hessian? ``record``: a result's ``extra`` or a row's
+    key-value pairs. A potential relaxed one crystal at a time without a seed (xTB, AIMNet2, ``study``) ran
+    the study's method whatever its ``strategy`` says: its step cap is the study's."""
+    return record.get("side_by_side") is True or record.get("draft_calls") is not None \
+        or record.get("hessian_seeded") == 1
+
+
 def needs_study_fallback(result: RelaxResult, settings: RelaxSettings) -> bool:
-    """Did our faster settings leave this crystal at the step cap (so the study's method should try it)?"""
-    return result.status == Status.step_cap and not is_study_method(settings)
+    """Did a shortcut (:func:`took_a_shortcut`) leave this crystal at the step cap, so that the study's method
+    should try it? ``settings``: those it ran with (the study's method itself never needs it)."""
+    return result.status == Status.step_cap and not is_study_method(settings) and took_a_shortcut(result.extra)
 
 
 def awaits_fallback(row: Mapping[str, Any]) -> bool:
-    """A result row the fast path left at the step cap whose study's-method relaxation has not been recorded
+    """A result row a shortcut left at the step cap whose study's-method relaxation has not been recorded
     (e.g. a run stopped between the two, or a row written before the fallback existed)."""
-    fast = row.get("strategy") == "fast" or bool(row.get("hessian_seeded"))
-    return row.get("status") == Status.step_cap and fast and row.get(FALLBACK) is None
+    return row.get("status") == Status.step_cap and took_a_shortcut(row) and row.get(FALLBACK) is None
 
 
 def is_final(row: Mapping[str, Any]) -> bool:

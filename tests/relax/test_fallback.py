@@ -23,17 +23,20 @@ def rows_by_id(path):
 
 
 def test_which_rows_are_final():
-    assert is_final({"status": "converged", "strategy": "fast"})
-    assert is_final({"status": "step_cap", "strategy": "study"})
-    assert is_final({"status": "step_cap"})  # rows from before the strategy field: the study's method
-    assert is_final({"status": "step_cap", "strategy": "fast", "fallback": "study"})
-    assert is_final({"status": "exploded", "strategy": "fast"})
-    assert not is_final({"status": "step_cap", "strategy": "fast"})
-    assert not is_final({"status": "step_cap", "strategy": "study", "hessian_seeded": 1})  # a seeded BFGS
-    assert is_final({"status": "step_cap", "strategy": "study", "hessian_seeded": 0})  # seed did not apply
+    side_by_side = {"status": "step_cap", "strategy": "fast", "draft_calls": 12}
+    assert not is_final(side_by_side) and awaits_fallback(side_by_side)
+    assert not is_final({**side_by_side, "draft_calls": 0})  # side by side without a draft
+    assert not is_final({"status": "step_cap", "strategy": "fast", "hessian_seeded": 1})  # a seeded BFGS
+    assert not is_final({"status": "step_cap", "strategy": "study", "hessian_seeded": 1})
+    assert is_final({**side_by_side, "fallback": "study"})
+    # one crystal at a time from ASE's start (xTB, AIMNet2; a seed that did not cover the elements): the
+    # study's method whatever the strategy
+    assert is_final({"status": "step_cap", "strategy": "fast"})
+    assert is_final({"status": "step_cap", "strategy": "fast", "hessian_seeded": 0})
+    assert is_final({"status": "step_cap"})  # rows from before the strategy field
+    assert is_final({"status": "converged", "strategy": "fast", "draft_calls": 40})
+    assert is_final({"status": "exploded", "strategy": "fast", "draft_calls": 40})
     assert not is_final({"status": "error", "strategy": "fast"})
-    assert awaits_fallback({"status": "step_cap", "strategy": "fast"})
-    assert not awaits_fallback({"status": "converged", "strategy": "fast"})
 
 
 def test_the_studys_method_keeps_what_defines_the_minimum():
@@ -77,6 +80,23 @@ def test_a_fast_step_cap_is_relaxed_again_the_studys_way(small_clean_db, tmp_pat
     assert (counts.loc["ani1x", "step_cap"], counts.loc["ani1x", "study_fallback"]) == (4, 4)
     again = run_batch(small_clean_db, out, settings=settings, progress=False, n_threads=1)
     assert again.skipped_done == 4 and not again.rows
+
+
+@pytest.mark.parametrize("shortcut", [False, True], ids=["from ASE's start", "seeded"])
+def test_one_crystal_at_a_time_falls_back_only_from_a_seeded_start(small_clean_db, tmp_path, model_dir, shortcut):
+    """One crystal at a time (trajectories asked for): from ASE's start Hessian the relaxation is the study's
+    method already, so its step cap stands (no second run); from a seeded Hessian it is redone the study's way."""
+    settings = RelaxSettings(max_steps_base=12, steps_per_atom=0, hessian_seed="ani2x" if shortcut else None)
+    out = str(tmp_path / "relaxed.db")
+    report = run_batch(small_clean_db, out, settings=settings.resolved(6), trajectory_dir=str(tmp_path / "traj"),
+                       progress=False, n_threads=1, limit=2)
+    rows = rows_by_id(out)
+    assert len(rows) == len(report.rows) == 2 and report.time_split is None
+    for sid, row in rows.items():
+        assert row.status == "step_cap" and row.force_calls == 13
+        assert row.get("fallback") == ("study" if shortcut else None)
+        assert (tmp_path / "traj" / f"{sid}.study.traj").exists() == shortcut
+    assert finished_ids(dbmod.connect(out), report.settings_hash) == set(rows)
 
 
 def test_a_capped_crystals_answer_does_not_depend_on_its_batch(small_clean_db, tmp_path, model_dir):
