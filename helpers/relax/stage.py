@@ -243,7 +243,7 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
 
     runnable = []
     for sid in todo:
-        if sid in fallback:
+        if sid in awaiting:
             continue
         row = clean.get(structure_id=sid)
         atoms = row.toatoms()
@@ -261,10 +261,11 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     marker = InFlight.for_job(out_db, potential, batch, n_batches)
     died_on = marker.died_on()  # the structure a previous run of this job died on, if any
 
-    def one_at_a_time(sids: list[str], run_settings: RelaxSettings, share) -> None:
-        """Relax ``sids`` one crystal at a time with ``run_settings`` (the study's method: the fast path's
-        step-cap crystals), each checkpointed and marked in flight so a crash or a stop loses nothing."""
-        is_fallback = run_settings is not settings
+    def one_at_a_time(sids: list[str], share, is_fallback: bool = False) -> None:
+        """Relax ``sids`` one crystal at a time with the job's settings, or with ``is_fallback`` the study's
+        method (the fast path's step-cap crystals), each checkpointed and marked in flight so a crash or a stop
+        loses nothing."""
+        run_settings = study_method(settings) if is_fallback else settings
         run_hash = run_settings.hash(options) if is_fallback else settings_hash
         with interrupt_on_sigterm():  # a stop we ask for clears the mark: it is not a crash
             for sid in sids:
@@ -303,9 +304,9 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
             if progress:
                 print(format_time_split(report.time_split))
         elif runnable:
-            one_at_a_time([sid for sid, _ in runnable], settings, share)
+            one_at_a_time([sid for sid, _ in runnable], share)
         if fallback:
-            one_at_a_time(list(fallback), study_method(settings), share)
+            one_at_a_time(list(fallback), share, is_fallback=True)
     bar.close()
     _alarm(report)
     return report
