@@ -219,11 +219,11 @@ def run_batch(clean_db: str, out_db: str, potential: str = "ani1x", batch: int =
     options = pot.answer_options(calculator_options)  # what of calculator_options changes the answers
     settings_hash = settings.hash(options)
     report = BatchReport(potential, batch, n_batches, target, settings_hash)
-    done = finished_ids(out, settings_hash) | _finished_elsewhere(out_db, potential, target, settings_hash)
+    # awaiting: the fast path left these at the step cap here and the study's method has yet to try them
+    done, awaiting = finished_and_waiting(out, settings_hash)
+    done |= _finished_elsewhere(out_db, potential, target, settings_hash)
     todo = [sid for sid in ids if sid not in done]
     report.skipped_done = len(ids) - len(todo)
-    # the fast path left these at the step cap here and the study's method has yet to try them
-    awaiting = awaiting_fallback(out, settings_hash)
     fallback = [sid for sid in todo if sid in awaiting]
     bar = tqdm(total=len(todo), desc=f"{potential} batch {batch + 1}/{n_batches}", unit="crystal",
                disable=not progress)
@@ -384,15 +384,20 @@ def finished_ids(out: Database, settings_hash: str) -> set[str]:
     """Structures ``out`` holds a final answer for (a final status; a fast step-cap row only once the study's
     method has redone it, :mod:`helpers.relax.fallback`) made with these settings: what a rerun skips, and
     what a campaign counts as done."""
-    return {row.structure_id for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"])
-            if is_final(row)}
+    return finished_and_waiting(out, settings_hash)[0]
 
 
-def awaiting_fallback(out: Database, settings_hash: str) -> set[str]:
-    """Structures whose row in ``out`` (these settings) the fast path left at the step cap and the study's
-    method has not yet redone: a rerun relaxes them the study's way only."""
-    return {row.structure_id for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"])
-            if awaits_fallback(row)}
+def finished_and_waiting(out: Database, settings_hash: str) -> tuple[set[str], set[str]]:
+    """One read of ``out`` (these settings): the structures with a final answer (:func:`finished_ids`), and
+    those the fast path left at the step cap that the study's method has not yet redone (a rerun relaxes them
+    the study's way only)."""
+    final, waiting = set(), set()
+    for row in out.select(settings_hash=settings_hash, columns=["key_value_pairs"]):
+        if is_final(row):
+            final.add(row.structure_id)
+        elif awaits_fallback(row):
+            waiting.add(row.structure_id)
+    return final, waiting
 
 
 #: forces/stress at the experimental geometry (helpers.relax.start_tells), from the engines' first evaluation
@@ -443,7 +448,7 @@ def _summary_row(sid: str, natoms: int, result: RelaxResult, clean_row) -> dict[
     return {"structure_id": sid, "natoms": natoms, "status": result.status, "steps": result.steps,
             "max_steps": result.max_steps, "fmax_final": result.fmax_final,
             "dV_pct": 100 * (v - v_exp) / v_exp, "wall_time": round(result.wall_time, 2),
-            "message": result.message}
+            FALLBACK: result.extra.get(FALLBACK), "message": result.message}
 
 
 def _alarm(report: BatchReport) -> None:

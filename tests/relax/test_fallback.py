@@ -73,6 +73,7 @@ def test_a_fast_step_cap_is_relaxed_again_the_studys_way(small_clean_db, tmp_pat
         assert np.abs(row.cell - alone.atoms.cell).max() < 1e-10
         assert row.e_final == pytest.approx(alone.e_final, abs=1e-9)
     assert finished_ids(dbmod.connect(out), report.settings_hash) == set(rows)
+    assert set(report.table()["fallback"]) == {"study"}  # 03_relax's batch table says so too
     # 04_analysis: errors.csv's `fallback`, counted in the status table
     errors = pd.DataFrame([row_errors(row) for row in rows.values()]).rename(columns={"potential_name": "potential"})
     assert set(errors["fallback"]) == {"study"}
@@ -96,6 +97,7 @@ def test_one_crystal_at_a_time_falls_back_only_from_a_seeded_start(small_clean_d
         assert row.status == "step_cap" and row.force_calls == 13
         assert row.get("fallback") == ("study" if shortcut else None)
         assert (tmp_path / "traj" / f"{sid}.study.traj").exists() == shortcut
+    assert list(report.table()["fallback"]) == (["study"] * 2 if shortcut else [None] * 2)
     assert finished_ids(dbmod.connect(out), report.settings_hash) == set(rows)
 
 
