@@ -681,6 +681,9 @@ GLOSSARY = {
     "fast path": "the relaxation moves atoms and cell on float32 forces first, then finishes in float64 to the "
                  "study's fmax = 5·10⁻⁴ eV/Å; every reported number comes from the float64 finish. A crystal it "
                  "leaves at the step cap is relaxed again with the study's method, whose result is reported.",
+    "space group lost": "the relaxed cell's space group (spglib, symprec 0.01 Å) is not the experiment's: the "
+                        "potential did not hold the crystal's symmetry. There a ΔV can depend on the optimizer's "
+                        "path (another minimum, or a saddle where the forces vanish; docs/reliability.md).",
     "settings hash": "a short fingerprint of every relaxation setting (optimizer, fmax, cap, potential options) "
                      "stored on each row, so rows made with different settings are never mixed.",
     "exact CI (order statistics)": "the median's interval [x_(k), x_(n−k+1)] with k from the binomial "
