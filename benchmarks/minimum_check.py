@@ -4,9 +4,10 @@ BFGS from an experimental cell can stop on a saddle its symmetry held it on (:mo
 For every converged row of one relaxed database (``--sample science``: the unaltered COD entries only), this
 kicks the recorded end point by 0.01 Å (seeded) and relaxes it again with the study's method (float64, one
 crystal, ASE's BFGS; the row's own fmax, step cap, cell filter and pressure), then prints per crystal the
-energy drop and the volume the kicked relaxation reached, and a summary: how many end points were not minima,
-and the potential's median ΔV over the checked crystals with the kicked ends in their place. The database is
-only read; results go to ``--csv`` (appended; a rerun skips the crystals already there).
+energy drop (enthalpy under pressure) and the volume the kicked relaxation reached, and a summary: how many
+end points were not minima, and the potential's median ΔV over the checked crystals with the kicked ends in
+their place. The database is only read; results go to ``--csv`` (appended; a rerun skips the crystals
+already there).
 Usage: ``.venv/bin/python benchmarks/minimum_check.py data/results/relaxed_ani1ccx.db --sample science``.
 """
 
@@ -38,9 +39,10 @@ def main() -> None:
 
     import numpy as np
     from ase.db import connect
+    from ase.units import GPa
 
     from helpers.analysis.sample_sets import sample_set
-    from helpers.relax.engine import RelaxSettings
+    from helpers.relax.engine import EXTERNAL_PRESSURE, RelaxSettings
     from helpers.relax.fallback import study_method
     from helpers.relax.potentials.registry import get_potential
     from helpers.relax.stability import rattle_test
@@ -64,8 +66,11 @@ def main() -> None:
             settings = study_method(RelaxSettings(**row.data["settings"]))
             if row.potential not in calcs:
                 calcs[row.potential] = get_potential(row.potential).calculator()
+            atoms = row.toatoms()
+            if settings.pressure:  # relaxed at its CIF's pressure: kicked and compared (in enthalpy) at it too
+                atoms.info[EXTERNAL_PRESSURE] = row.relax_pressure_gpa * GPa
             start = time.perf_counter()
-            found = rattle_test(row.toatoms(), calcs[row.potential], settings, seed=args.seed)
+            found = rattle_test(atoms, calcs[row.potential], settings, seed=args.seed)
             line = {"potential": row.potential, "structure_id": row.structure_id, "natoms": row.natoms,
                     "dV_end": 100 * (row.V_relaxed / row.V_exp - 1),
                     "dV_kicked": 100 * (found.atoms.get_volume() / row.V_exp - 1),

@@ -202,6 +202,12 @@ def prepare(atoms: Atoms, calc: Calculator, settings: RelaxSettings) -> Atoms:
     return atoms
 
 
+def external_pressure(atoms: Atoms, settings: RelaxSettings) -> float:
+    """The external pressure (eV/Å³) ``atoms`` are relaxed at: ``atoms.info[EXTERNAL_PRESSURE]`` when
+    ``settings.pressure`` asks for one, else 0 (the study's)."""
+    return float(atoms.info.get(EXTERNAL_PRESSURE, 0.0)) if settings.pressure else 0.0
+
+
 def wrap_cell(atoms: Atoms, settings: RelaxSettings, cell_filter: type | None = None):
     """Atoms alone (fixed cell) or a Fréchet cell filter (atoms + cell; ``cell_filter`` a subclass), at the
     external pressure ``atoms.info[EXTERNAL_PRESSURE]`` (eV/Å³) when ``settings.pressure`` asks for one: the
@@ -210,8 +216,8 @@ def wrap_cell(atoms: Atoms, settings: RelaxSettings, cell_filter: type | None = 
         return atoms
     if cell_filter is None:
         from ase.filters import FrechetCellFilter as cell_filter
-    pressure = float(atoms.info.get(EXTERNAL_PRESSURE, 0.0)) if settings.pressure else 0.0
-    return cell_filter(atoms, hydrostatic_strain=settings.hydrostatic, scalar_pressure=pressure)
+    return cell_filter(atoms, hydrostatic_strain=settings.hydrostatic,
+                       scalar_pressure=external_pressure(atoms, settings))
 
 
 def check_not_fused(closest: float, settings: RelaxSettings) -> None:

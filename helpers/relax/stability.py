@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from helpers.relax.engine import RelaxSettings, relax
+from helpers.relax.engine import RelaxSettings, external_pressure, relax
 
 #: eV/atom: a kicked relaxation ending lower than this below the end point means it was not a minimum
 #: (issue 31's energy tolerance between two relaxations of one crystal)
@@ -30,7 +30,9 @@ class Stability:
     """What the rattle test found at one relaxed structure."""
 
     is_minimum: bool  #: the kicked relaxation ended no lower (False too where it did not end: see ``status``)
-    energy_drop: float  #: eV/atom, end point minus the kicked relaxation's end (> 0: it found lower ground)
+    #: eV/atom, end point minus the kicked relaxation's end (> 0: it found lower ground); the enthalpy E + pV
+    #: where the relaxation is under an external pressure (what the optimizer minimises), else the energy
+    energy_drop: float
     volume_change_pct: float  #: the kicked relaxation's volume against the end point's, %
     status: str  #: how the kicked relaxation ended
     steps: int
@@ -41,15 +43,18 @@ def rattle_test(atoms: Atoms, calc: Calculator, settings: RelaxSettings, kick: f
                 tolerance: float = ENERGY_TOLERANCE) -> Stability:
     """Kick the relaxed ``atoms`` (positions, ``kick`` Å standard deviation, ``seed``) and relax them again with
     ``settings`` (its steps_per_atom resolved); the end point is a minimum unless the kicked relaxation ends more
-    than ``tolerance`` eV/atom lower. Atoms in, not changed."""
+    than ``tolerance`` eV/atom lower (in enthalpy under ``settings.pressure``: the pressure of
+    ``atoms.info``, as in the relaxation). Atoms in, not changed."""
     end = atoms.copy()
     end.calc = calc
-    e_end = end.get_potential_energy()
+    pressure = external_pressure(atoms, settings)
+    h_end = end.get_potential_energy() + pressure * atoms.get_volume()
     kicked = atoms.copy()
     kicked.rattle(stdev=kick, seed=seed)
     result = relax(kicked, calc, settings)
     n = len(atoms)
-    drop = (e_end - result.e_final) / n if result.e_final is not None else float("nan")
+    drop = (h_end - result.e_final - pressure * result.atoms.get_volume()) / n if result.e_final is not None \
+        else float("nan")
     volume = 100 * (result.atoms.get_volume() / atoms.get_volume() - 1)
     return Stability(is_minimum=bool(drop <= tolerance), energy_drop=drop, volume_change_pct=volume,
                      status=str(result.status), steps=result.steps, atoms=result.atoms)
