@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, STAGES, STUDY_POTENTIALS
+from helpers.run.config import DEMO_COD_IDS, JOB_RETRIES, OPT_IN_STAGES, STAGES, STUDY_POTENTIALS
 from helpers.vocabulary import SAMPLE_SETS
 
 
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--work-dir", help="databases, executed notebooks, analysis (default: data/results)")
     res.add_argument("--docs-dir", help="where results.md and figures/ go (default: docs)")
     res.add_argument("--potentials", help="comma-separated (default: every registered potential)")
-    res.add_argument("--stages", help=f"default: {','.join(STAGES)}")
+    res.add_argument("--stages", help=f"of {','.join(STAGES)}; default: all but {','.join(OPT_IN_STAGES)} (the "
+                                      "minimum check: the rattle test on every converged crystal, opt-in)")
     res.add_argument("--wait", action="store_true",
                      help="another run holds --work-dir: wait for it to end (default: say who, exit)")
     res.add_argument("--max-parallel", type=int, help="relax jobs at once (default: one per core)")

@@ -21,6 +21,7 @@ import pandas as pd
 
 from helpers.analysis import sample_sets
 from helpers.analysis.flagged_report import flagged_section
+from helpers.analysis.minima_section import minima_section
 from helpers.analysis.quantities import QUANTITIES, STUDY_RESULT, display_name
 from helpers.analysis.ranking import ranked_rows
 from helpers.analysis.ranking_targets import (
@@ -678,6 +679,7 @@ def write_report(analysis_dir: str | Path, plan: Any, docs_dir: str | Path = "do
         study_section,
         ranking_section,
         top_pairs_section,
+        minima_section,  # the rattle test on converged crystals, where the minima stage ran
         bonding_section,
         temperature_section,
         duplicates_section,

@@ -1,6 +1,7 @@
 """Run a campaign (:class:`~helpers.run.config.CampaignConfig`): its stages, in order, through the notebooks.
 
-fetch -> filter -> relax (every (potential x batch) 03_relax job) -> analysis -> lattice -> report. Every
+fetch -> filter -> relax (every (potential x batch) 03_relax job) -> minima (opt-in: the rattle test,
+06_minimum_check) -> analysis -> lattice -> report. Every
 stage is resumable: a rerun after an interruption skips what is done (the fetch and filter are idempotent,
 each relaxation is committed as it ends and recognised by its settings hash). One run at a time per work dir
 (:mod:`helpers.run.lock`); each stage's wall time is appended to :data:`TIMINGS_FILE`.
@@ -49,6 +50,10 @@ def run_campaign(config: CampaignConfig, executor: Executor | None = None) -> di
             try:
                 if stage == "relax":
                     relaxed = relax(config, executor)
+                elif stage == "minima":  # the rattle test on converged crystals (helpers.run.minima)
+                    from helpers.run.minima import run_minima_stage
+
+                    run_minima_stage(config, executor)
                 elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
                     lattice_failed = lattice(config, executor)["failed"]
                 else:

@@ -26,7 +26,9 @@ STUDY_POTENTIALS = ("ani1x", "ani1ccx")
 #: extra attempts for a failed relax job by default (``campaign --retries``, the results campaign)
 JOB_RETRIES = 2
 #: the stages of a campaign, in the order they run
-STAGES = ("fetch", "filter", "relax", "analysis", "lattice", "report")
+STAGES = ("fetch", "filter", "relax", "minima", "analysis", "lattice", "report")
+#: stages a preset runs only when asked (``--stages``): the minimum check relaxes every converged crystal again
+OPT_IN_STAGES = ("minima",)
 #: folders of ../shared/data the results are computed on (real COD entries; cod/ has broken ones too)
 RESULT_FOLDERS = ("cod", "cod-sample")
 #: the largest crystal a non-xTB potential relaxes in the results campaign (issue 35: every one of them on every
@@ -231,7 +233,7 @@ def results_config(data_dir: str | Path | None = None, **changes: Any) -> Campai
     if extra:
         raise KeyError(f"--max-atoms names potentials not in this run: {extra}")
     data = Path(data_dir or default_data_dir())
-    base = CampaignConfig(work_dir="data/results", stages=list(STAGES),
+    base = CampaignConfig(work_dir="data/results", stages=[s for s in STAGES if s not in OPT_IN_STAGES],
                           sources=[str(data / folder) for folder in RESULT_FOLDERS], potentials=potentials,
                           max_atoms={p: overrides.get(p, RESULTS_MAX_ATOMS.get(p)) for p in potentials},
                           n_batches=0, relax_parameters={"n_threads": 1}, sample_first="science")

@@ -107,6 +107,8 @@ def job_label(job: dict[str, Any]) -> str:
     if job_notebook(job) == RELAX_NOTEBOOK:
         tag = job_tag(job["potential"], job["batch"], job["n_batches"])
         return f"{tag}.{job['sample']}" if job.get("sample") else tag
+    if job.get("n_batches", 1) > 1:  # a split job of another notebook (06_minimum_check)
+        return job_tag(job["potential"], job["batch"], job["n_batches"])
     return job["potential"]
 
 

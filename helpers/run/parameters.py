@@ -246,6 +246,11 @@ SPECS: dict[str, dict[str, Coerce]] = {
         "start_db": optional(database), "max_wall_time": optional(number(0.0, strict=True)),
         "n_threads": optional(integer(1)), "reference_dir": optional(text),
     },
+    "06_minimum_check": {
+        "potential": potential_name, "relaxed_db": database, "minima_db": database, "settings_hash": optional(text),
+        "sample": optional(choice(*SAMPLE_SETS)), "batch": integer(0), "n_batches": integer(1), "seed": integer(0),
+        "limit": optional(integer(0)), "n_threads": optional(integer(1)),
+    },
 }
 
 

@@ -24,10 +24,11 @@ def project_root() -> Path:
 
 
 #: a campaign's work folder (helpers.run.config.CampaignConfig): its databases (the relaxed one per potential,
-#: per-batch shards beside it), the executed notebooks, the analysis and the lattice-energy stage's files, by key
+#: per-batch shards beside it), the executed notebooks, the analysis, the lattice-energy and minimum-check
+#: stages' files, by key
 WORK_LAYOUT = {"raw_db": "raw.db", "clean_db": "clean.db", "rejects_db": "rejects.db",
                "out_db": "relaxed_{potential}.db", "executed": "executed", "analysis": "analysis",
-               "lattice": "lattice"}
+               "lattice": "lattice", "minima": "minima"}
 
 
 def work_layout(work_dir: str | Path) -> dict[str, str]:

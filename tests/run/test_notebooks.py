@@ -1,4 +1,4 @@
-"""The five notebooks: the parameter contract, no committed outputs, and a real end-to-end run."""
+"""The six notebooks: the parameter contract, no committed outputs, and a real end-to-end run."""
 
 import ast
 import json
@@ -37,6 +37,9 @@ CONTRACT = {
                           "out_csv": "data/lattice_{potential}.csv", "fmax": 0.0005, "max_steps_base": 300,
                           "steps_per_atom": None, "geometry": "relaxed", "crystals": None, "start_db": None,
                           "max_wall_time": None, "n_threads": None, "reference_dir": None},
+    "06_minimum_check": {"potential": "ani1ccx", "relaxed_db": "data/relaxed_{potential}.db",
+                         "minima_db": "data/minima/minima_{potential}.db", "settings_hash": None, "sample": "science",
+                         "batch": 0, "n_batches": 1, "seed": 0, "limit": None, "n_threads": 1},
 }
 NOTEBOOKS = tuple(CONTRACT)
 

@@ -64,7 +64,7 @@ def campaign(tmp_path_factory, cod_dir, model_dir):
 @slow
 def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     root, plan, out = campaign
-    assert set(out["minutes"]) == {"fetch", "filter", "relax", "analysis", "lattice", "report"}
+    assert set(out["minutes"]) == {"fetch", "filter", "relax", "minima", "analysis", "lattice", "report"}
     assert coverage(plan) == {"ani1x": (3, 3), "ani1x-d3": (1, 1)}  # the subset rule: only the 24-atom cell
     markdown = (root / "docs" / "results.md").read_text()
     ran = section_table(markdown, "## What was run").set_index("potential")
@@ -83,6 +83,25 @@ def test_every_stage_runs_and_the_report_says_what_ran(campaign):
     assert (root / "docs" / "figures" / "hist_grid_volume.png").is_file()  # 3 shared structures: no ranking figure
     assert not (root / "docs" / "figures" / "ci_volume.png").exists()
     assert "3 CIF files" in markdown or "4 CIF files" in markdown
+
+
+@slow
+def test_the_minimum_check_stage_checks_the_converged_science_rows(campaign):
+    """The minima stage (asked for: it is opt-in) kicks and relaxes again each converged crystal of the science
+    sample with its row's settings; the report counts them per potential and results.json carries them."""
+    from helpers.analysis.minima_section import HEADING
+    from helpers.relax.minima import minima_table
+
+    root, plan, _ = campaign
+    table = minima_table(str(root / "work" / "minima" / "minima_ani1x.db"))
+    assert list(table.structure_id) == ["cod-2000642"] and list(table.status) == ["converged"]
+    row = next(dbmod.connect(plan.dbs["out_db"].format(potential="ani1x")).select(structure_id="cod-2000642"))
+    assert table.relaxed_hash.iloc[0] == row.settings_hash
+    assert list((root / "work" / "executed").glob("06_minimum_check.ani1x*.ipynb"))  # its job's log
+    shown = section_table((root / "docs" / "results.md").read_text(), HEADING).set_index("potential")
+    assert list(shown.index) == ["ANI-1x"] and shown.loc["ANI-1x", "checked / converged"] == "1 / 1"
+    published = json.loads((root / "docs" / "results.json").read_text())["minima"]
+    assert set(published) == {"ani1x"} and published["ani1x"]["checked"] == 1
 
 
 @slow
