@@ -35,16 +35,38 @@ def checked_rows(folder: str | Path | None, science: pd.DataFrame) -> pd.DataFra
     return table[keep]
 
 
+def checked_summary(inputs: Any) -> pd.DataFrame:
+    """:func:`~helpers.relax.minima.minima_summary` of the checks of the report's converged science rows."""
+    from helpers.run.minima import minima_folder
+
+    work = getattr(inputs.plan, "work_path", None)
+    table = checked_rows(minima_folder(work) if work else None, inputs.science)
+    return minima_summary(table) if len(table) else pd.DataFrame()
+
+
+def verdict_sentence(inputs: Any, potentials: list[str]) -> str:
+    """For the verdict: how many of the converged end points of ``potentials`` (the first ones) are not minima,
+    where they were checked; empty when none of them was."""
+    summary = checked_summary(inputs)
+    if summary.empty:
+        return ""
+    summary = summary.set_index("potential")
+    said = [f"{display_name(p)} {int(summary.loc[p, 'not_minima'])} of {int(summary.loc[p, 'checked'])}"
+            for p in potentials if p in summary.index]
+    if not said:
+        return ""
+    unchecked = [display_name(p) for p in potentials if p not in summary.index]
+    return (" End points that are not minima (a 0.01 Å kick relaxes them lower; *Are the end points minima?*): "
+            + ", ".join(said) + (f"; not checked: {', '.join(unchecked)}" if unchecked else "") + ".")
+
+
 def minima_section(inputs: Any) -> list[str]:
     """Per checked potential: crystals checked of its converged science crystals, the non-minima by name, and
     its median ΔV and |ΔV| at the end points and with the kicked ends in the non-minima's place."""
     from helpers.analysis.results_json import update_results_json
-    from helpers.run.minima import minima_folder
 
     science = inputs.science
-    work = getattr(inputs.plan, "work_path", None)
-    table = checked_rows(minima_folder(work) if work else None, science)
-    summary = minima_summary(table) if len(table) else pd.DataFrame()
+    summary = checked_summary(inputs)
     converged = science[science["status"] == Status.converged].groupby("potential").size() \
         if len(science) else pd.Series(dtype=int)
     update_results_json(inputs.docs, "minima", {

@@ -258,9 +258,12 @@ def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
     """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
+    from helpers.analysis.minima_section import verdict_sentence  # it formats its tables with this module
+
     ranked = set(ranked_potentials(inputs.ranking))
+    minima = verdict_sentence(inputs, top_pairs.top_potentials(inputs.ranking)) if ranked else ""
     return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + bonding_text(inputs.by_bonding, inputs.ranking)
-                                       + unfinished_text(inputs.info.get("coverage"), ranked)]), ""]
+                                       + minima + unfinished_text(inputs.info.get("coverage"), ranked)]), ""]
 
 
 def unfinished_text(coverage: dict[str, tuple[int, int]] | None, ranked: set[str] | frozenset[str] = frozenset()

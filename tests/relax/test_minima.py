@@ -73,7 +73,7 @@ def test_a_minimum_passes_and_a_failed_check_is_recorded_and_retried(relaxed, tm
 def test_the_report_section_counts_the_checked_rows(relaxed, tmp_path):
     """After both checks above: ANI-1ccx's dry ice is named, ANI-1x's is a minimum, a potential without a check
     is named as not checked, and results.json carries the counts."""
-    from helpers.analysis.minima_section import HEADING, minima_section
+    from helpers.analysis.minima_section import HEADING, minima_section, verdict_sentence
 
     for potential in ("ani1ccx", "ani1x"):
         check_minima(str(relaxed / f"relaxed_{potential}.db"), minima_path(relaxed / "minima", potential))
@@ -92,8 +92,11 @@ def test_the_report_section_counts_the_checked_rows(relaxed, tmp_path):
     published = json.loads((tmp_path / "results.json").read_text())["minima"]
     assert published["ani1ccx"]["structure_ids"] == [DRY_ICE] and published["ani1x"]["not_minima"] == 0
     assert published["ani1ccx"]["median_dv_kicked"] > published["ani1ccx"]["median_dv"] + 20
+    assert verdict_sentence(inputs, ["ani1ccx", "ani1x", "ani2x"]).endswith(
+        ": ANI-1ccx 1 of 1, ANI-1x 0 of 1; not checked: ANI-2x.")
     unchecked = SimpleNamespace(science=science, plan=SimpleNamespace(work_path=str(tmp_path)), docs=tmp_path)
     assert "Not run for this report" in "\n".join(minima_section(unchecked))
+    assert verdict_sentence(unchecked, ["ani1ccx"]) == ""  # the verdict says nothing of a check not run
 
 
 def test_the_notebook_runs_on_command_line_strings(relaxed, tmp_path):
