@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from helpers.analysis.markdown import markdown_table
 from helpers.analysis.quantities import display_name
-from helpers.analysis.report_sections import _markdown
 from helpers.relax.minima import FILE_PREFIX, minima_summary, minima_table
 from helpers.vocabulary import Status
 
@@ -37,10 +37,10 @@ def checked_rows(folder: str | Path | None, science: pd.DataFrame) -> pd.DataFra
 
 def checked_summary(inputs: Any) -> pd.DataFrame:
     """:func:`~helpers.relax.minima.minima_summary` of the checks of the report's converged science rows."""
-    from helpers.run.minima import minima_folder
+    from helpers.store.paths import work_layout
 
     work = getattr(inputs.plan, "work_path", None)
-    table = checked_rows(minima_folder(work) if work else None, inputs.science)
+    table = checked_rows(work_layout(work)["minima"] if work else None, inputs.science)
     return minima_summary(table) if len(table) else pd.DataFrame()
 
 
@@ -93,5 +93,5 @@ def minima_section(inputs: Any) -> list[str]:
             "minimum** when the kicked relaxation ends more than 0.1 meV/atom lower. The tables above keep the "
             "end points (the study's convention); the medians here show how much they move with the kicked ends "
             "in the non-minima's place.", "",
-            _markdown(pd.DataFrame(rows)), "",
+            markdown_table(pd.DataFrame(rows)), "",
             *([f"Not checked: {', '.join(display_name(p) for p in unchecked)}. {how}", ""] if unchecked else [])]

@@ -22,6 +22,7 @@ import pandas as pd
 from helpers.analysis import ranking_targets, report_figures, sample_sets, top_pairs
 from helpers.analysis.bonding import by_bonding
 from helpers.analysis.exact_stats import median_ci_exact
+from helpers.analysis.markdown import markdown_table as _markdown
 from helpers.analysis.quantities import STUDY_RESULT, all_entries, display_name
 from helpers.analysis.ranking import (
     ALPHA_V_SD,
@@ -155,15 +156,6 @@ def _num(value: Any, digits: int = 2) -> str:
 
 def _pct(value: Any) -> str:
     return "–" if value is None or pd.isna(value) else f"{100 * float(value):.0f} %"
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    """A markdown table; ``|`` inside cells (Δ|a1|) escaped so the table keeps its columns."""
-    if not len(frame):
-        return "_(no data)_"
-    escape = lambda value: value.replace("|", "\\|") if isinstance(value, str) else value  # noqa: E731
-    frame = frame.rename(columns=escape).apply(lambda column: column.map(escape))
-    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def assumption_text() -> str:

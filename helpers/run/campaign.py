@@ -53,7 +53,7 @@ def run_campaign(config: CampaignConfig, executor: Executor | None = None) -> di
                 elif stage == "minima":  # the rattle test on converged crystals (helpers.run.minima)
                     from helpers.run.minima import run_minima_stage
 
-                    run_minima_stage(config, executor)
+                    run_minima_stage(config, executor, settings_hashes(config))
                 elif stage == "lattice":  # X23 + ICE13 lattice energies per potential -> docs/lattice_energy.csv
                     lattice_failed = lattice(config, executor)["failed"]
                 else:

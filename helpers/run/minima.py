@@ -36,12 +36,11 @@ def minima_jobs(relaxed_dbs: dict[str, str], work_dir: str | Path, settings_hash
             for p, db in relaxed_dbs.items() for b in range(n_batches)]
 
 
-def run_minima_stage(config, executor: Executor) -> dict[str, Any]:
+def run_minima_stage(config, executor: Executor, settings_hashes: dict[str, str]) -> dict[str, Any]:
     """Every potential of ``config`` with a relaxed database, checked on ``executor`` (as many batches per
-    potential as leave no core idle); a failed job is reported and the others go on. Returns ``{"failed",
-    "notebooks"}``."""
+    potential as leave no core idle), each on its rows of ``settings_hashes`` (potential -> the campaign's hash);
+    a failed job is reported and the others go on. Returns ``{"failed", "notebooks"}``."""
     from helpers.process.parallel import worker_count
-    from helpers.run.campaign import settings_hashes
     from helpers.store.db import is_url
 
     out_db = config.dbs["out_db"]
@@ -52,5 +51,5 @@ def run_minima_stage(config, executor: Executor) -> dict[str, Any]:
     Path(minima_folder(config.work_path)).mkdir(parents=True, exist_ok=True)
     n_batches = max(1, worker_count() // len(relaxed))
     sample = config.sample or config.sample_first
-    jobs = minima_jobs(relaxed, config.work_path, settings_hashes(config), sample, n_batches)
+    jobs = minima_jobs(relaxed, config.work_path, settings_hashes, sample, n_batches)
     return run_jobs(executor, jobs, config.executed_dir, "minima")
