@@ -32,7 +32,7 @@ def main() -> None:
 
     import warnings
 
-    from helpers.relax.minima import check_minima, minima_summary, minima_table
+    from helpers.relax.minima import check_minima, finished_checks, minima_summary, minima_table
     from helpers.relax.stage import configure_threads
 
     warnings.simplefilter("ignore")
@@ -45,8 +45,8 @@ def main() -> None:
     for line in minima_summary(table).itertuples():
         print(f"{line.potential}: checked {line.checked} converged crystals, {line.not_minima} end points are not "
               f"minima (a 0.01 Å kick relaxes them lower by more than 0.1 meV/atom), {line.failed} checks failed")
-        saddles = table[(table.potential == line.potential) & table.is_minimum.eq(False)]
-        for r in saddles.itertuples():
+        ok, saddle = finished_checks(table[table.potential == line.potential])
+        for r in ok[saddle].itertuples():
             print(f"  {r.structure_id}: ΔV {r.dv_end:+.2f} % -> {r.dv_kicked:+.2f} %, {r.energy_drop_mev:.2f} "
                   "meV/atom lower")
         print(f"  median ΔV end points {line.median_dv:+.2f} %, kicked ends in the non-minima's place "

@@ -36,7 +36,8 @@ def checked_rows(folder: str | Path | None, science: pd.DataFrame) -> pd.DataFra
 
 
 def checked_summary(inputs: Any) -> pd.DataFrame:
-    """:func:`~helpers.relax.minima.minima_summary` of the checks of the report's converged science rows."""
+    """:func:`~helpers.relax.minima.minima_summary` of the checks of the report's converged science rows
+    (``inputs``: the report's, whose ``minima`` holds this once read)."""
     from helpers.store.paths import work_layout
 
     work = getattr(inputs.plan, "work_path", None)
@@ -47,7 +48,7 @@ def checked_summary(inputs: Any) -> pd.DataFrame:
 def verdict_sentence(inputs: Any, potentials: list[str]) -> str:
     """For the verdict: how many of the converged end points of ``potentials`` (the first ones) are not minima,
     where they were checked; empty when none of them was."""
-    summary = checked_summary(inputs)
+    summary = inputs.minima
     if summary.empty:
         return ""
     summary = summary.set_index("potential")
@@ -65,8 +66,7 @@ def minima_section(inputs: Any) -> list[str]:
     its median ΔV and |ΔV| at the end points and with the kicked ends in the non-minima's place."""
     from helpers.analysis.results_json import update_results_json
 
-    science = inputs.science
-    summary = checked_summary(inputs)
+    science, summary = inputs.science, inputs.minima
     converged = science[science["status"] == Status.converged].groupby("potential").size() \
         if len(science) else pd.Series(dtype=int)
     update_results_json(inputs.docs, "minima", {

@@ -23,6 +23,7 @@ from helpers.analysis import ranking_targets, report_figures, sample_sets, top_p
 from helpers.analysis.bonding import by_bonding
 from helpers.analysis.exact_stats import median_ci_exact
 from helpers.analysis.markdown import markdown_table as _markdown
+from helpers.analysis.minima_section import checked_summary, verdict_sentence
 from helpers.analysis.quantities import STUDY_RESULT, all_entries, display_name
 from helpers.analysis.ranking import (
     ALPHA_V_SD,
@@ -102,6 +103,12 @@ class ReportInputs:
     def by_bonding(self) -> dict[str, dict[str, Any]]:
         """The ranking on the crystals with N–H/O–H donors and on those without (:func:`by_bonding`)."""
         return by_bonding(self.science, self.ranking)
+
+    @cached_property
+    def minima(self) -> pd.DataFrame:
+        """The minimum checks of the converged science rows, per potential (:func:`checked_summary`; empty when
+        the minima stage did not run): read once for the verdict and the section."""
+        return checked_summary(self)
 
 
 #: 02_filter's flag for an entry measured under pressure (its check ``high_pressure``)
@@ -250,8 +257,6 @@ def runner_up_text(best: str, ranked: pd.DataFrame, pairs: pd.DataFrame) -> str:
 
 def verdict_section(inputs: ReportInputs) -> list[str]:
     """The bottom line, between the markers the README's headline is copied from (:mod:`readme_headline`)."""
-    from helpers.analysis.minima_section import verdict_sentence  # it formats its tables with this module
-
     ranked = set(ranked_potentials(inputs.ranking))
     minima = verdict_sentence(inputs, top_pairs.top_potentials(inputs.ranking)) if ranked else ""
     return ["## Verdict", "", *marked([verdict_text(inputs.ranking) + bonding_text(inputs.by_bonding, inputs.ranking)

@@ -48,9 +48,9 @@ def rows_to_check(relaxed_db: str, settings_hash: str | None = None, sample: str
     from helpers.analysis.sample_sets import sample_set  # the sets are the analysis's
 
     db = dbmod.connect(relaxed_db, must_exist=True)
-    rows = [r for r in db.select(status=Status.converged)
-            if (settings_hash is None or r.get("settings_hash") == settings_hash)
-            and (sample is None or sample_set(r.get("source"), formula=r.get("cif_formula")) == sample)]
+    query = {"status": Status.converged, **({"settings_hash": settings_hash} if settings_hash else {})}
+    rows = [r for r in db.select(**query)
+            if sample is None or sample_set(r.get("source"), formula=r.get("cif_formula")) == sample]
     rows.sort(key=lambda r: (r.natoms, r.structure_id))
     return rows[batch::n_batches]
 
@@ -134,6 +134,12 @@ def minima_table(minima_db: str) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=list(COLUMNS))
 
 
+def finished_checks(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The lines of ``table`` whose check ran (not ``error``) and, for them, which end points are not minima."""
+    ok = table[table["status"] != Status.error]
+    return ok, ok["is_minimum"].astype(bool).eq(False)
+
+
 def minima_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per potential (:func:`minima_table` lines, several potentials allowed): crystals ``checked``, ``not_minima``
     (and ``saddles``, their ids), ``failed`` checks, and over the checked crystals the median ΔV and |ΔV| (%) at
@@ -141,13 +147,11 @@ def minima_summary(table: pd.DataFrame) -> pd.DataFrame:
     potential's numbers depend on where its optimizer stopped."""
     out = []
     for potential, group in table.groupby("potential", sort=False):
-        ok = group[group["status"] != Status.error]
-        saddle = ok["is_minimum"].astype(bool).eq(False).to_numpy() if len(ok) else []
+        ok, saddle = finished_checks(group)
         end = ok["dv_end"].astype(float).to_numpy()
-        kicked = ok["dv_kicked"].astype(float).where(saddle, ok["dv_end"]).to_numpy() if len(ok) else end
-        out.append({"potential": potential, "checked": len(ok), "not_minima": int(sum(saddle)),
-                    "failed": len(group) - len(ok),
-                    "saddles": sorted(ok.loc[saddle, "structure_id"]) if len(ok) else [],
+        kicked = ok["dv_kicked"].astype(float).where(saddle, ok["dv_end"]).to_numpy()
+        out.append({"potential": potential, "checked": len(ok), "not_minima": int(saddle.sum()),
+                    "failed": len(group) - len(ok), "saddles": sorted(ok.loc[saddle, "structure_id"]),
                     "median_dv": _median(end), "median_dv_kicked": _median(kicked),
                     "median_abs_dv": _median(abs(end)), "median_abs_dv_kicked": _median(abs(kicked))})
     return pd.DataFrame(out, columns=["potential", "checked", "not_minima", "failed", "saddles", "median_dv",
@@ -171,8 +175,7 @@ def kicked_figure(table: pd.DataFrame, path: str | Path | None = None):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = table[table["status"] != Status.error]
-    saddle = ok["is_minimum"].astype(bool).eq(False)
+    ok, saddle = finished_checks(table)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.scatter(ok.loc[~saddle, "dv_end"], ok.loc[~saddle, "dv_kicked"], s=14, color="0.45", label="minimum")
     ax.scatter(ok.loc[saddle, "dv_end"], ok.loc[saddle, "dv_kicked"], s=28, color="tab:red",

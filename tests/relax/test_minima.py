@@ -74,6 +74,7 @@ def test_the_report_section_counts_the_checked_rows(relaxed, tmp_path):
     """After both checks above: ANI-1ccx's dry ice is named, ANI-1x's is a minimum, a potential without a check
     is named as not checked, and results.json carries the counts."""
     from helpers.analysis.minima_section import HEADING, minima_section, verdict_sentence
+    from helpers.analysis.report_sections import ReportInputs
 
     for potential in ("ani1ccx", "ani1x"):
         check_minima(str(relaxed / f"relaxed_{potential}.db"), minima_path(relaxed / "minima", potential))
@@ -82,7 +83,12 @@ def test_the_report_section_counts_the_checked_rows(relaxed, tmp_path):
             for r in dbmod.connect(str(relaxed / f"relaxed_{p}.db")).select()]
     rows.append({**rows[1], "potential": "ani2x"})
     science = pd.DataFrame(rows).assign(sample_set="science")
-    inputs = SimpleNamespace(science=science, plan=SimpleNamespace(work_path=str(relaxed)), docs=tmp_path)
+
+    def report_inputs(work):
+        return ReportInputs(tables={"errors": science}, plan=SimpleNamespace(work_path=str(work)), info={},
+                            docs=tmp_path, figures=tmp_path)
+
+    inputs = report_inputs(relaxed)
     lines = minima_section(inputs)
     assert lines[0] == HEADING
     text = " ".join("\n".join(lines).split(" "))  # the table's cells without their padding
@@ -94,7 +100,7 @@ def test_the_report_section_counts_the_checked_rows(relaxed, tmp_path):
     assert published["ani1ccx"]["median_dv_kicked"] > published["ani1ccx"]["median_dv"] + 20
     assert verdict_sentence(inputs, ["ani1ccx", "ani1x", "ani2x"]).endswith(
         ": ANI-1ccx 1 of 1, ANI-1x 0 of 1; not checked: ANI-2x.")
-    unchecked = SimpleNamespace(science=science, plan=SimpleNamespace(work_path=str(tmp_path)), docs=tmp_path)
+    unchecked = report_inputs(tmp_path)
     assert "Not run for this report" in "\n".join(minima_section(unchecked))
     assert verdict_sentence(unchecked, ["ani1ccx"]) == ""  # the verdict says nothing of a check not run
 
